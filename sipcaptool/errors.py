@@ -1,0 +1,66 @@
+"""The project's exceptions and the exit codes they map to.
+
+Every error a user can cause ends the program with one line on stderr and one of
+these exit codes (documented in ``sipcaptool(1)``):
+
+====  =====================================================================
+0     success
+1     internal error (a bug: please report it with ``--debug`` output)
+2     bad usage or bad setting (ConfigError, click usage errors)
+3     bad input: a capture file missing, unreadable, not a capture, or cut off
+4     database error: unreachable, refusing, or a statement that failed
+5     capture error: an interface or socket could not be opened
+====  =====================================================================
+"""
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_INPUT = 3
+EXIT_DATABASE = 4
+EXIT_CAPTURE = 5
+
+
+class SipcaptoolError(Exception):
+    """Root of every error the project raises on purpose."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class DecodeError(SipcaptoolError):
+    """Bytes that do not decode as what they claim to be.
+
+    ``reason`` is a short, stable, machine-friendly token (``"sip-no-start-line"``,
+    ``"hep3-bad-length"``...) used to count skipped input by reason.
+    """
+
+    exit_code = EXIT_INPUT
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class ConfigError(SipcaptoolError):
+    """A setting with a value that is not allowed."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputError(SipcaptoolError):
+    """A capture file that is missing, unreadable, not a capture, or cut off."""
+
+    exit_code = EXIT_INPUT
+
+
+class StoreError(SipcaptoolError):
+    """The database refused, failed or could not be reached."""
+
+    exit_code = EXIT_DATABASE
+
+
+class CaptureError(SipcaptoolError):
+    """A live interface or socket could not be opened or read."""
+
+    exit_code = EXIT_CAPTURE

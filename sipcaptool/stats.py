@@ -1,0 +1,32 @@
+"""Counters shared by every stage: what was read, stored, skipped, and why.
+
+Keys are plain strings with a category prefix so a summary can group them:
+
+* ``packets``                frames/datagrams read from a source
+* ``messages``               application messages decoded (SIP, or HEP logs/RTCP/reports)
+* ``stored:<table>``         rows written to a table
+* ``skipped:<reason>``       input that is not a message (``non-sip``, ``keepalive``,
+                             ``icmp-quoted``, ``non-ip``, ``port-filter`` ...)
+* ``malformed:<reason>``     input that claimed to be a message but did not decode
+* ``dropped:<reason>``       messages that were lost on purpose (``capture-off``,
+                             ``auth``, ``spool-full`` ...)
+* ``evicted:<reason>``       decoder state given up (``fragments``, ``tcp-stream``)
+* ``truncated:<column>``     values cut to their column width (the row is kept)
+* ``db:<event>``             batches, retries, errors
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+
+class Stats(Counter):
+    """A Counter with helpers to group keys by their ``category:`` prefix."""
+
+    def group(self, category: str) -> dict[str, int]:
+        """Return ``{rest: count}`` for every key ``category:rest`` with a non-zero count."""
+        prefix = category + ":"
+        return {k[len(prefix):]: v for k, v in sorted(self.items()) if k.startswith(prefix) and v}
+
+    def total(self, category: str) -> int:  # type: ignore[override]
+        return sum(self.group(category).values())
