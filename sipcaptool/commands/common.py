@@ -1,0 +1,113 @@
+"""Option bundles shared by the commands: every storage parameter of the module."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Callable
+
+import click
+
+from ..config import HASH_SOURCES, MT_MODES, Settings
+from ..stats import Stats
+
+# option name -> setting name
+STORAGE_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
+    (("--db-url", "--db"), "db_url",
+     {"metavar": "URL", "help": "Database: sqlite:///FILE, mysql://USER[:PASS]@HOST[:PORT]/DB, "
+      "postgresql://USER[:PASS]@HOST[:PORT]/DB, or none. [default: sqlite:///sipcapture.db]"}),
+    (("--table-name",), "table_name",
+     {"metavar": "T1|T2", "help": "Table(s), '|'-separated; strftime codes allowed "
+      "(sip_capture_%Y%m%d, UTC from each message's time). [default: sip_capture]"}),
+    (("--mt-mode",), "mt_mode",
+     {"type": click.Choice(MT_MODES), "help": "How one of several tables is chosen. [default: rand]"}),
+    (("--hash-source",), "hash_source",
+     {"type": click.Choice(HASH_SOURCES),
+      "help": "Hash key with --mt-mode hash (CRC-32, as Kamailio). [default: call_id]"}),
+    (("--capture-node",), "capture_node",
+     {"metavar": "NAME", "help": "Node name stored in the node column. [default: homer01]"}),
+    (("--callid-aleg-header",), "callid_aleg_header",
+     {"metavar": "H1;H2", "help": "Header(s) feeding callid_aleg, first match wins. [default: X-CID]"}),
+    (("--capture-bad-msgs",), "capture_bad_msgs",
+     {"type": click.IntRange(0, 1), "help": "1: store SIP that does not parse (fields best effort). [default: 0]"}),
+    (("--capture-mode",), "capture_mode",
+     {"multiple": True, "metavar": "NAME|DEF",
+      "help": "Store into a capture mode: a NAME defined in the config file, or a definition "
+      "'name=>db_url=...;table_name=a|b;mt_mode=hash;hash_source=call_id;'. Repeatable: "
+      "each message is stored into every mode given."}),
+    (("--insert-retries",), "insert_retries",
+     {"type": int, "metavar": "0-500", "help": "Retries of a failed batch. [default: 0]"}),
+    (("--insert-retry-timeout",), "insert_retry_timeout",
+     {"type": int, "metavar": "0-300", "help": "Time limit for those retries, seconds. [default: 60]"}),
+    (("--db-insert-mode",), "db_insert_mode",
+     {"type": int, "metavar": "0-2", "help": "0 plain INSERT, 1 INSERT DELAYED where supported, "
+      "2 asynchronous. [default: 0]"}),
+    (("--capture-on",), "capture_on",
+     {"type": int, "metavar": "0|1", "help": "Store at start (0: receive but store nothing "
+      "until switched on). [default: 1]"}),
+    (("--custom-field1-header",), "custom_field1_header", {"metavar": "NAME", "help": "[default: Mac]"}),
+    (("--custom-field2-header",), "custom_field2_header", {"metavar": "NAME", "help": "[default: IP]"}),
+    (("--custom-field3-header",), "custom_field3_header", {"metavar": "NAME", "help": "[default: Port]"}),
+    (("--batch-size",), "batch_size",
+     {"type": int, "metavar": "N", "help": "Rows per database batch. [default: 2000]"}),
+]
+
+
+def storage_options(f: Callable) -> Callable:
+    """Add --config and every storage setting; the command receives ``settings``."""
+    for names, setting, kw in reversed(STORAGE_OPTIONS):
+        f = click.option(*names, setting, default=None, **kw)(f)
+    f = click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+                     metavar="FILE", help="TOML file with settings (file < environment "
+                     "SIPCAPTOOL_<NAME> < command line).")(f)
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        cli_values = {s: kwargs.pop(s) for _n, s, _k in STORAGE_OPTIONS}
+        config_file = kwargs.pop("config_file")
+        kwargs["settings"] = Settings.load(config_file, cli_values)
+        return f(*args, **kwargs)
+
+    return wrapper
+
+
+def summary_dict(stats: Stats, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "packets": stats["packets"],
+        "messages": stats["messages"],
+        "stored": stats.group("stored"),
+        "stored_total": stats.total("stored"),
+        "skipped": stats.group("skipped"),
+        "malformed": stats.group("malformed"),
+        "dropped": stats.group("dropped"),
+        "evicted": stats.group("evicted"),
+        "truncated_values": stats.group("truncated"),
+        "db": stats.group("db"),
+    }
+    if extra:
+        d.update(extra)
+    return d
+
+
+def print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=False))
+        return
+    lines = [f"packets read:      {summary['packets']}",
+             f"messages decoded:  {summary['messages']}",
+             f"rows stored:       {summary['stored_total']}"]
+    for table, n in summary["stored"].items():
+        lines.append(f"  {table}: {n}")
+    for key, title in (("skipped", "skipped (not SIP)"), ("malformed", "malformed"),
+                       ("dropped", "dropped"), ("evicted", "evicted decoder state"),
+                       ("truncated_values", "values cut to column width")):
+        group = summary.get(key) or {}
+        if group:
+            lines.append(f"{title + ':':<19}{sum(group.values())}")
+            for reason, n in group.items():
+                lines.append(f"  {reason}: {n}")
+    for key in ("files", "errors"):
+        for item in summary.get(key, []) or []:
+            if key == "errors":
+                lines.append(f"error: {item}")
+    click.echo("\n".join(lines))

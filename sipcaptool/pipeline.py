@@ -1,0 +1,124 @@
+"""From CapturedMessage to stored rows: parse, build the row, choose the table, batch.
+
+Every source (replay, live, IPIP, HEP collector) calls ``Pipeline.submit`` for each
+message it decoded, and ``close`` at the end. Everything here is shared so the same
+message gives the same row whichever way it arrived.
+"""
+
+from __future__ import annotations
+
+from .config import Settings
+from .decode.sip import parse_sip, parse_sip_lenient
+from .errors import DecodeError
+from .record import AUX_TABLES, HEP_TYPE_SIP, CapturedMessage
+from .row import RowOptions, aux_row, hash_key, sip_row
+from .stats import Stats
+from .store.router import Router
+from .store.writer import Writer
+
+
+class _Target:
+    __slots__ = ("router", "writer", "hash_source", "needs_key", "single")
+
+    def __init__(self, router: Router, writer: Writer, hash_source: str, mt_mode: str, n: int):
+        self.router = router
+        self.writer = writer
+        self.hash_source = hash_source
+        self.needs_key = mt_mode == "hash" and n > 1
+        self.single = n == 1
+
+
+class Pipeline:
+    """Parse, route and batch messages into every active capture mode's database.
+
+    Args:
+        settings: the effective settings.
+        stats: counters updated in place.
+        background: write batches from a separate writer process (fast path). Off for
+            tests and small jobs that want the simplest path.
+    """
+
+    def __init__(self, settings: Settings, stats: Stats, *, background: bool = True) -> None:
+        self.settings = settings
+        self.stats = stats
+        self.capture_on = bool(settings.capture_on)
+        self.capture_bad = bool(settings.capture_bad_msgs)
+        self.opts = RowOptions(capture_node=settings.capture_node,
+                               callid_aleg_headers=settings.aleg_headers(),
+                               custom_field_headers=settings.custom_headers())
+        writers: dict[str, Writer] = {}
+        self.targets: list[_Target] = []
+        try:
+            for mode in settings.active_modes():
+                if mode.db_url.strip().lower() == "none":
+                    continue
+                w = writers.get(mode.db_url)
+                if w is None:
+                    w = Writer(mode.db_url, stats, batch_size=settings.batch_size,
+                               flush_interval=settings.flush_interval,
+                               insert_retries=settings.insert_retries,
+                               insert_retry_timeout=settings.insert_retry_timeout,
+                               background=background)
+                    writers[mode.db_url] = w
+                self.targets.append(_Target(Router(mode.tables, mode.mt_mode, mode.hash_source),
+                                            w, mode.hash_source, mode.mt_mode, len(mode.tables)))
+        except BaseException:
+            for w in writers.values():
+                try:
+                    w.close()
+                except Exception:
+                    pass
+            raise
+        self.writers = list(writers.values())
+        # logs/RTCP/reports go to the default mode's database, as the module does
+        self.aux_writer = self.targets[0].writer if self.targets else None
+
+    def submit(self, msg: CapturedMessage) -> None:
+        stats = self.stats
+        stats["messages"] += 1
+        if not self.capture_on:
+            stats["dropped:capture-off"] += 1
+            return
+        if msg.hep_type != HEP_TYPE_SIP:
+            self._submit_aux(msg)
+            return
+        try:
+            sip = parse_sip(msg.payload)
+        except DecodeError as e:
+            stats["malformed:" + e.reason] += 1
+            if not self.capture_bad:
+                return
+            sip = parse_sip_lenient(msg.payload)
+            stats["stored-bad"] += 1
+        row = sip_row(msg, sip, self.opts, stats)
+        ts = msg.ts_us
+        for t in self.targets:
+            key = hash_key(sip, t.hash_source) if t.needs_key else ""
+            t.writer.add(t.router.choose(key, ts), "sip", row)
+
+    def _submit_aux(self, msg: CapturedMessage) -> None:
+        dest = AUX_TABLES.get(msg.hep_type)
+        if dest is None:
+            self.stats[f"skipped:hep-type-{msg.hep_type}"] += 1
+            return
+        if self.aux_writer is None:
+            return
+        self.aux_writer.add(dest[0], "aux", aux_row(msg, self.opts, self.stats))
+
+    def set_capture(self, on: bool) -> None:
+        self.capture_on = on
+
+    def flush(self) -> None:
+        for w in self.writers:
+            w.flush()
+
+    def close(self) -> None:
+        """Flush and close every writer; the first error is raised after all are closed."""
+        first: BaseException | None = None
+        for w in self.writers:
+            try:
+                w.close()
+            except BaseException as e:  # noqa: BLE001 - re-raised below
+                first = first or e
+        if first is not None:
+            raise first
