@@ -1,0 +1,1 @@
+"""Command modules: one per subcommand, each exposing ``command``."""

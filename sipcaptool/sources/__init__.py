@@ -1,0 +1,1 @@
+"""Capture sources: pcap files, live libpcap, IPIP raw sockets, HEP listeners (all I/O)."""
