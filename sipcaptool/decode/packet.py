@@ -1,0 +1,353 @@
+"""Frames in, SIP messages out: the link → IP → transport → SIP path for one capture.
+
+``PacketDecoder`` is sans-IO: the caller (pcap file, live capture, IPIP socket) hands
+it ``(timestamp, frame bytes)`` and gets back zero or more ``CapturedMessage``.
+Reassembly state (IP fragments, TCP streams, SCTP fragments) lives inside the decoder,
+bounded in size and time; ``flush()`` ends the input.
+
+Nothing raised by bad input escapes ``decode()``: every frame that yields no message is
+counted in ``stats`` with the reason (``skipped:non-sip``, ``malformed:ip-length``...).
+The decoder does not count ``packets`` or ``messages``; the caller does.
+
+The plain Ethernet/IPv4/UDP path is kept short on purpose (offsets into the frame,
+``struct.unpack_from``, no per-layer objects): it carries nearly all capture traffic.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from typing import Callable
+
+from sipcaptool.decode import ip as _ip
+from sipcaptool.decode import link as _link
+from sipcaptool.decode.ip import addr_str
+from sipcaptool.record import AF_INET, AF_INET6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, CapturedMessage
+from sipcaptool.stats import Stats
+
+# Kamailio's transport enum continues PROTO_SCTP=4 with PROTO_WS=5, PROTO_WSS=6.
+PROTO_WS = 5
+
+MAX_TUNNEL_DEPTH = 4
+
+_IP4 = struct.Struct("!BBHHHBBH4s4s")
+_unpack_ip4 = _IP4.unpack_from
+_IP6 = struct.Struct("!IHBB16s16s")
+_unpack_ip6 = _IP6.unpack_from
+_PORTS = struct.Struct("!HHH")
+_unpack_ports = _PORTS.unpack_from
+
+_KEEPALIVES = frozenset({b"\r\n\r\n", b"\r\n", b"\n", b"\r\n\r\n\r\n\r\n"})
+
+# A SIP start line: request line (token SP URI SP SIP/2.0) or status line.
+_START_LINE = re.compile(rb"(?:[!%'*+\-.0-9A-Z_`a-z~]+ [^ \r\n]+ SIP/2\.0\r?\n|SIP/2\.0 [0-9]{3}[ \r\n])")
+
+
+def _fallback_looks_like_sip(data: bytes) -> bool:
+    return _START_LINE.match(data) is not None
+
+
+def _sip_checker() -> Callable[[bytes], bool]:
+    try:
+        from sipcaptool.decode.sip import looks_like_sip
+    except ImportError:
+        return _fallback_looks_like_sip
+    return looks_like_sip
+
+
+class PacketDecoder:
+    """Decode captured frames of one link type into SIP messages.
+
+    Args:
+        linktype: the capture's LINKTYPE_* value; unsupported values raise
+            ``DecodeError("unknown-linktype")`` here, once.
+        stats: the counters to record skipped/malformed/evicted input in.
+        ports: only UDP/TCP/SCTP traffic to or from one of these ports is SIP; None
+            means any port (SIP is recognised by its start line).
+        hep_ports: HEP is only looked for on these ports; None means any payload that
+            looks like HEP is decoded as HEP.
+        now_us: optional callable returning the current time in µs; not used by the
+            packet path (time-outs follow capture time) and kept for HEP packets
+            without a timestamp.
+        max_frag_bytes, max_frag_entries, frag_timeout_us: IP reassembly caps.
+        max_tcp_streams, max_tcp_stream_bytes, tcp_timeout_us: TCP reassembly caps.
+    """
+
+    def __init__(
+        self,
+        linktype: int,
+        stats: Stats,
+        *,
+        ports: frozenset[int] | None = None,
+        hep_ports: frozenset[int] | None = None,
+        now_us: Callable[[], int] | None = None,
+        max_frag_bytes: int = 4 * 1024 * 1024,
+        max_frag_entries: int = 1024,
+        frag_timeout_us: int = 30_000_000,
+        max_tcp_streams: int = 4096,
+        max_tcp_stream_bytes: int = 256 * 1024,
+        max_tcp_total_bytes: int = 64 * 1024 * 1024,
+        tcp_timeout_us: int = 300_000_000,
+        max_sctp_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
+        _link.check_linktype(linktype)
+        self.linktype = linktype
+        self.stats = stats
+        self.ports = ports
+        self.hep_ports = hep_ports
+        self.now_us = now_us
+        self._link_parser = _link.LINK_PARSERS[linktype]
+        self._looks_like_sip = _sip_checker()
+        self._snapped = False
+        self._frag_opts = (max_frag_bytes, max_frag_entries, frag_timeout_us)
+        self._tcp_opts = (max_tcp_streams, max_tcp_stream_bytes, max_tcp_total_bytes, tcp_timeout_us)
+        self._sctp_max = max_sctp_bytes
+        self._defrag = None
+        self._tcp = None
+        self._sctp = None
+        self._hep = None  # lazily imported HEP module, False when absent
+
+    # ------------------------------------------------------------------ entry points
+
+    def decode(self, ts_us: int, frame: bytes, wirelen: int | None = None) -> list[CapturedMessage]:
+        """Decode one captured frame; ``wirelen`` > ``len(frame)`` marks a snapped frame."""
+        out: list[CapturedMessage] = []
+        end = len(frame)
+        self._snapped = wirelen is not None and wirelen > end
+        try:
+            if self.linktype == 1:
+                if end < 14:
+                    self.stats["malformed:link-truncated"] += 1
+                    return out
+                et = frame[12] << 8 | frame[13]
+                if et == 0x0800:
+                    self._ipv4(ts_us, frame, 14, end, 0, out)
+                    return out
+                et, off = _link.after_ethertype(frame, 14, end, et)
+            else:
+                et, off = self._link_parser(frame, 0, end)
+            self._l3(ts_us, frame, off, end, et, 0, out)
+        except (IndexError, struct.error):
+            self.stats["malformed:truncated"] += 1
+        except RecursionError:  # pragma: no cover - depth is bounded
+            self.stats["malformed:too-deep"] += 1
+        return out
+
+    def flush(self) -> list[CapturedMessage]:
+        """End of input: give back what reassembly still holds as complete messages."""
+        out: list[CapturedMessage] = []
+        if self._tcp is not None:
+            for ts, key, proto, payload in self._tcp.flush():
+                self._emit_stream(ts, key, proto, payload, out)
+        if self._defrag is not None:
+            self._defrag.flush()
+        if self._sctp is not None:
+            self._sctp.flush()
+        return out
+
+    # ------------------------------------------------------------------ layer 3
+
+    def _l3(self, ts, buf, off, end, et, depth, out) -> None:
+        if et == 0x0800:
+            self._ipv4(ts, buf, off, end, depth, out)
+        elif et == 0x86DD:
+            self._ipv6(ts, buf, off, end, depth, out)
+        elif et == _link.ETH_TYPE_GUESS_IP:
+            if off >= end:
+                self.stats["malformed:ip-truncated"] += 1
+                return
+            v = buf[off] >> 4
+            if v == 4:
+                self._ipv4(ts, buf, off, end, depth, out)
+            elif v == 6:
+                self._ipv6(ts, buf, off, end, depth, out)
+            else:
+                self.stats["skipped:non-ip"] += 1
+        elif depth and et == _link.ETH_TYPE_TEB:
+            self._ether_inner(ts, buf, off, end, depth, out)
+        else:
+            self.stats["skipped:non-ip"] += 1
+
+    def _ether_inner(self, ts, buf, off, end, depth, out) -> None:
+        if end - off < 14:
+            self.stats["malformed:link-truncated"] += 1
+            return
+        et, off = _link.ethernet(buf, off, end)
+        self._l3(ts, buf, off, end, et, depth, out)
+
+    def _ipv4(self, ts, buf, off, end, depth, out) -> None:
+        if end - off < 20:
+            self.stats["malformed:ip-truncated"] += 1
+            return
+        vihl, _tos, tot, ident, ff, _ttl, proto, _sum, src, dst = _unpack_ip4(buf, off)
+        hl = (vihl & 15) << 2
+        if vihl >> 4 != 4 or hl < 20:
+            self.stats["malformed:ip-header"] += 1
+            return
+        if tot == 0:            # segmentation offload: length left to the NIC
+            tot = end - off
+        if tot < hl:
+            self.stats["malformed:ip-length"] += 1
+            return
+        if off + tot > end:
+            self.stats["malformed:snapped" if self._snapped else "malformed:ip-length"] += 1
+            return
+        end = off + tot         # drop Ethernet padding / trailers
+        if ff & 0x3FFF:         # MF set or offset non-zero
+            self._fragment(ts, (4, src, dst, ident, proto), (ff & 0x1FFF) << 3, ff & 0x2000,
+                           buf[off + hl:end], proto, src, dst, AF_INET, depth, out)
+            return
+        off += hl
+        if proto == 17:
+            self._udp(ts, buf, off, end, src, dst, AF_INET, depth, out)
+        else:
+            self._l4(ts, proto, buf, off, end, src, dst, AF_INET, depth, out)
+
+    def _ipv6(self, ts, buf, off, end, depth, out) -> None:
+        if end - off < 40:
+            self.stats["malformed:ip-truncated"] += 1
+            return
+        vtf, plen, nh, _hlim, src, dst = _unpack_ip6(buf, off)
+        if vtf >> 28 != 6:
+            self.stats["malformed:ip-header"] += 1
+            return
+        off += 40
+        if plen == 0:            # jumbogram or offload: take what was captured
+            plen = end - off
+        if off + plen > end:
+            self.stats["malformed:snapped" if self._snapped else "malformed:ip-length"] += 1
+            return
+        end = off + plen
+        try:
+            proto, off, frag = _ip.ipv6_ext(buf, off, end, nh)
+        except IndexError:
+            self.stats["malformed:ipv6-ext-header"] += 1
+            return
+        if frag is not None:
+            fo, more, ident = frag
+            self._fragment(ts, (6, src, dst, ident), fo, more, buf[off:end], proto, src, dst,
+                           AF_INET6, depth, out)
+            return
+        if proto == 17:
+            self._udp(ts, buf, off, end, src, dst, AF_INET6, depth, out)
+        else:
+            self._l4(ts, proto, buf, off, end, src, dst, AF_INET6, depth, out)
+
+    def _fragment(self, ts, key, fo, more, data, proto, src, dst, fam, depth, out) -> None:
+        if self._defrag is None:
+            from sipcaptool.decode.defrag import Defragmenter
+            mb, me, to = self._frag_opts
+            self._defrag = Defragmenter(self.stats, max_bytes=mb, max_entries=me, timeout_us=to)
+        whole = self._defrag.add(ts, key, fo, bool(more), data)
+        if whole is None:
+            return
+        if proto == 17:
+            self._udp(ts, whole, 0, len(whole), src, dst, fam, depth, out)
+        else:
+            self._l4(ts, proto, whole, 0, len(whole), src, dst, fam, depth, out)
+
+    # ------------------------------------------------------------------ layer 4
+
+    def _l4(self, ts, proto, buf, off, end, src, dst, fam, depth, out) -> None:
+        if proto == 6:
+            self._tcp_segment(ts, buf, off, end, src, dst, fam, depth, out)
+        elif proto == 17:
+            self._udp(ts, buf, off, end, src, dst, fam, depth, out)
+        elif proto == 132:
+            self._sctp_packet(ts, buf, off, end, src, dst, fam, out)
+        elif proto == 1 or proto == 58:
+            self.stats["skipped:icmp-quoted" if b"SIP/2.0" in buf[off:end] else "skipped:non-sip"] += 1
+        elif proto == 4 or proto == 41 or proto == 47:
+            if depth >= MAX_TUNNEL_DEPTH:
+                self.stats["malformed:tunnel-too-deep"] += 1
+            elif proto == 4:
+                self._ipv4(ts, buf, off, end, depth + 1, out)
+            elif proto == 41:
+                self._ipv6(ts, buf, off, end, depth + 1, out)
+            else:
+                self._gre(ts, buf, off, end, depth + 1, out)
+        else:
+            self.stats["skipped:non-sip"] += 1
+
+    def _udp(self, ts, buf, off, end, src, dst, fam, depth, out) -> None:
+        if end - off < 8:
+            self.stats["malformed:udp-truncated"] += 1
+            return
+        sport, dport, ulen = _unpack_ports(buf, off)
+        if ulen < 8:
+            if ulen == 0 and fam == AF_INET6:   # jumbogram: length from IPv6
+                ulen = end - off
+            else:
+                self.stats["malformed:udp-length"] += 1
+                return
+        if off + ulen > end:
+            self.stats["malformed:snapped" if self._snapped else "malformed:udp-length"] += 1
+            return
+        data = buf[off + 8:off + ulen]
+        if not data:
+            self.stats["skipped:non-sip"] += 1
+            return
+        if dport == 4789 or dport == 2152 or sport == 2152:
+            if self._udp_tunnel(ts, sport, dport, data, depth, out):
+                return
+        self._payload(ts, src, sport, dst, dport, PROTO_UDP, fam, data, out)
+
+    def _payload(self, ts, src, sport, dst, dport, proto, fam, data, out) -> None:
+        """An unframed L4 payload (UDP datagram, SCTP message): HEP, SIP or skipped."""
+        if data in _KEEPALIVES:
+            self.stats["skipped:keepalive"] += 1
+            return
+        hp = self.hep_ports
+        if (data[:4] == b"HEP3" or data[0] == 1 or data[0] == 2) and (
+                hp is None or sport in hp or dport in hp):
+            if self._try_hep(ts, data, out):
+                return
+        p = self.ports
+        if p is not None and sport not in p and dport not in p:
+            self.stats["skipped:port-filter"] += 1
+            return
+        if not self._looks_like_sip(data):
+            self.stats["skipped:non-sip"] += 1
+            return
+        out.append(CapturedMessage(ts, addr_str(src), sport, addr_str(dst), dport, proto, fam, data))
+
+    # ------------------------------------------------------------------ HEP
+
+    def _try_hep(self, ts, data, out) -> bool:
+        """Decode ``data`` as HEP if it is HEP; True when it was (messages or malformed)."""
+        hep = self._hep
+        if hep is None:
+            try:
+                from sipcaptool.decode import hep as hep_mod  # noqa: F401
+                hep = hep_mod if hasattr(hep_mod, "looks_like_hep") else False
+            except ImportError:
+                hep = False
+            self._hep = hep
+        if hep is False or not hep.looks_like_hep(data):
+            return False
+        from sipcaptool.errors import DecodeError
+        try:
+            pkts = hep.decode_datagram(data)
+        except DecodeError as e:
+            self.stats["malformed:" + e.reason] += 1
+            return True
+        for pkt in pkts:
+            out.append(pkt.to_message(now_us=ts))
+        return True
+
+    # ------------------------------------------------------------------ later layers
+
+    def _udp_tunnel(self, ts, sport, dport, data, depth, out) -> bool:
+        return False
+
+    def _gre(self, ts, buf, off, end, depth, out) -> None:
+        self.stats["skipped:non-sip"] += 1
+
+    def _tcp_segment(self, ts, buf, off, end, src, dst, fam, depth, out) -> None:
+        self.stats["skipped:non-sip"] += 1
+
+    def _sctp_packet(self, ts, buf, off, end, src, dst, fam, out) -> None:
+        self.stats["skipped:non-sip"] += 1
+
+    def _emit_stream(self, ts, key, proto, payload, out) -> None:
+        pass
