@@ -1,0 +1,1 @@
+"""Helpers for tests, benchmarks and capture-making scripts (not used when capturing)."""
