@@ -1,0 +1,781 @@
+"""HEP (Homer Encapsulation Protocol) v1, v2 and v3: decode and encode.
+
+Pure functions and one small state machine; standard library only, no I/O.
+
+Wire facts (see the project's HEP notes):
+
+* HEPv1/v2 are fixed C structs without a magic number: version (1 or 2), a u8 header
+  length (ignored on receive, as Kamailio does), address family (Linux ``AF_INET`` 2 /
+  ``AF_INET6`` 10), IP protocol, source and destination ports (network order), source
+  and destination addresses (4 or 16 bytes). The v1 payload starts right after (offset
+  16 / 40). v2 adds ``struct hep_timehdr {u32 tv_sec; u32 tv_usec; u16 captid;}`` which
+  is *not* packed: 12 bytes, **little-endian** (host order of every known sender), with
+  2 padding bytes, so the v2 payload starts at 28 / 52.
+* HEPv3 is ``"HEP3"`` (or ``"EEP3"``), a u16 total length including the 6-byte header,
+  then chunks: u16 vendor, u16 type, u16 length including the 6-byte chunk header, data.
+  Everything in network order. Chunks of a non-zero vendor are skipped (and counted);
+  unknown generic chunks are skipped; a generic chunk of type 0 invalidates the packet
+  (as in Kamailio). A UDP datagram may hold several HEPv3 packets back to back.
+
+Decoding follows Kamailio's sipcapture where it is sound and does the right thing where
+Kamailio crashes or drops a message for its own limits; each such place says so.
+
+Errors are :class:`~sipcaptool.errors.DecodeError` with one of these stable reasons:
+
+====================  ==============================================================
+``hep-truncated``     shorter than the headers its version/family needs
+``hep-bad-version``   first byte is not 1 or 2 and no HEP3/EEP3 id (e.g. plain SIP)
+``hep-bad-family``    HEPv1/v2 address family other than 2 or 10
+``hep3-bad-length``   HEPv3 total length < 6 or beyond the end of the datagram
+``hep3-bad-chunk``    a chunk shorter than its header, crossing the end of its packet,
+                      or a fixed-size chunk (port, time, address...) of the wrong size
+``hep3-chunk-type0``  generic chunk type 0
+``hep3-trailing``     bytes after the last HEPv3 packet of a datagram that are not one
+``hep-no-address``    source or destination address missing
+``hep-no-payload``    no payload chunk (0x000f or 0x0010)
+``hep-inflate``       compressed payload that is not zlib/gzip or inflates past 1 MB
+``hep-auth``          an authentication key is required and the packet's differs
+``hep3-stream-bad-length``  HEP over TCP: not a HEP3 header, or a length < 6
+====================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+import zlib
+
+from sipcaptool.errors import DecodeError
+from sipcaptool.record import (
+    AF_INET,
+    AF_INET6,
+    HEP_TYPE_SIP,
+    PROTO_NONE,
+    PROTO_SCTP,
+    PROTO_TCP,
+    PROTO_TLS,
+    PROTO_UDP,
+    CapturedMessage,
+)
+
+__all__ = [
+    "HepPacket",
+    "HepStream",
+    "decode_datagram",
+    "encode_hep1",
+    "encode_hep2",
+    "encode_hep3",
+    "looks_like_hep",
+    "MAX_INFLATED",
+]
+
+HEP3_IDS = (b"HEP3", b"EEP3")
+HEP3_MAX_LEN = 65535
+MAX_INFLATED = 1 << 20  # 1 MB: a compressed payload inflating past this is refused
+
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+IPPROTO_IDP = 22  # Kamailio's "fake TLS" marker in HEPv1/v2
+IPPROTO_SCTP = 132
+
+# IP protocol -> Kamailio transport enum.
+# HEPv3: Kamailio 5.6.3 maps only 17 and 6 and leaves the variable uninitialised for
+# anything else (observed 0 for SCTP); we map SCTP to 4 as HEPv2 does (a fix).
+_PROTO_V3 = {IPPROTO_UDP: PROTO_UDP, IPPROTO_TCP: PROTO_TCP, IPPROTO_SCTP: PROTO_SCTP}
+_PROTO_V12 = {
+    IPPROTO_UDP: PROTO_UDP,
+    IPPROTO_TCP: PROTO_TCP,
+    IPPROTO_IDP: PROTO_TLS,
+    IPPROTO_SCTP: PROTO_SCTP,
+}
+# Transport enum -> IP protocol, for the encoders (TLS runs over TCP in HEPv3).
+_IPPROTO_OF_V3 = {PROTO_UDP: IPPROTO_UDP, PROTO_TCP: IPPROTO_TCP, PROTO_TLS: IPPROTO_TCP,
+                  PROTO_SCTP: IPPROTO_SCTP}
+_IPPROTO_OF_V12 = {PROTO_UDP: IPPROTO_UDP, PROTO_TCP: IPPROTO_TCP, PROTO_TLS: IPPROTO_IDP,
+                   PROTO_SCTP: IPPROTO_SCTP}
+
+_V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
+
+_u16 = struct.Struct("!H").unpack_from
+_u32 = struct.Struct("!I").unpack_from
+_chunk_hdr = struct.Struct("!HHH").unpack_from
+_ports = struct.Struct("!HH").unpack_from
+_v2_time = struct.Struct("<IIH").unpack_from
+_ipv6_groups = struct.Struct("!8H").unpack
+
+
+# --------------------------------------------------------------------------- addresses
+
+_ADDR_CACHE: dict[bytes, str] = {}
+_ADDR_CACHE_MAX = 8192
+
+
+def _ip4_str(raw: bytes) -> str:
+    s = _ADDR_CACHE.get(raw)
+    if s is None:
+        s = "%d.%d.%d.%d" % (raw[0], raw[1], raw[2], raw[3])
+        if len(_ADDR_CACHE) >= _ADDR_CACHE_MAX:
+            _ADDR_CACHE.clear()
+        _ADDR_CACHE[raw] = s
+    return s
+
+
+def _ip6_str(raw: bytes) -> str:
+    """Compressed lower-case IPv6 text, hex groups only (as Kamailio's ip_addr2a).
+
+    The longest run of two or more zero groups becomes ``::`` (the first one on a tie);
+    an IPv4-mapped value is printed in hex (``::ffff:c000:201``), like Python 3.11's
+    ``ipaddress`` and unlike 3.13's, so the output does not depend on the Python version.
+    """
+    s = _ADDR_CACHE.get(raw)
+    if s is not None:
+        return s
+    groups = _ipv6_groups(raw)
+    best_start, best_len, run_start, run_len = -1, 0, -1, 0
+    for i, g in enumerate(groups):
+        if g == 0:
+            if run_len == 0:
+                run_start = i
+            run_len += 1
+            if run_len > best_len:
+                best_start, best_len = run_start, run_len
+        else:
+            run_len = 0
+    hexes = ["%x" % g for g in groups]
+    if best_len > 1:
+        s = ":".join(hexes[:best_start]) + "::" + ":".join(hexes[best_start + best_len:])
+    else:
+        s = ":".join(hexes)
+    if len(_ADDR_CACHE) >= _ADDR_CACHE_MAX:
+        _ADDR_CACHE.clear()
+    _ADDR_CACHE[raw] = s
+    return s
+
+
+def _parse_ip(text: str) -> tuple[int, bytes]:
+    """Printable address -> (family, packed bytes), for the encoders."""
+    import ipaddress  # only the encoders need it
+
+    addr = ipaddress.ip_address(text.strip("[]"))
+    return (AF_INET if addr.version == 4 else AF_INET6), addr.packed
+
+
+# --------------------------------------------------------------------------- packet
+
+class HepPacket:
+    """One decoded HEP packet.
+
+    Attributes:
+        version: 1, 2 or 3.
+        family: HEPv1/v2 ``hp_f``; HEPv3 family chunk 0x0001 raw value (None if absent).
+        ip_proto: HEPv1/v2 ``hp_p``; HEPv3 chunk 0x0002 raw value (None if absent).
+        src_family: address family of the source address (2 or 10): the family the
+            ``family`` column stores.
+        src_ip, dst_ip: printable addresses (dotted quad; compressed lower-case IPv6).
+        src_port, dst_port: ports (0 if the chunk is absent).
+        ts_sec, ts_usec: HEP time (None if absent; v1 has none).
+        proto_type: HEPv3 chunk 0x000b raw value (None if absent); 1 for v1/v2.
+        capture_id: HEPv3 chunk 0x000c (u32), HEPv2 ``captid`` (u16 LE); None if absent.
+        auth_key: chunk 0x000e up to its first NUL, or None.
+        correlation_id: chunk 0x0011 up to its first NUL (UTF-8, invalid bytes
+            replaced), '' when empty, None when absent.
+        node_name: chunk 0x0013 (UTF-8, invalid bytes replaced) or None.
+        payload: the captured payload bytes (inflated if it came in chunk 0x0010).
+        compressed: True when the payload came from the compressed chunk 0x0010.
+        vendor_chunks: number of vendor-specific (vendor id != 0) chunks skipped.
+        recv_us: the ``now_us`` given to :func:`decode_datagram` (time of reception).
+    """
+
+    __slots__ = (
+        "version", "family", "ip_proto", "src_family", "src_ip", "dst_ip", "src_port",
+        "dst_port", "ts_sec", "ts_usec", "proto_type", "capture_id", "auth_key",
+        "correlation_id", "node_name", "payload", "compressed", "vendor_chunks", "recv_us",
+    )
+
+    def __init__(
+        self,
+        version: int,
+        family: int | None,
+        ip_proto: int | None,
+        src_family: int,
+        src_ip: str,
+        dst_ip: str,
+        src_port: int,
+        dst_port: int,
+        ts_sec: int | None,
+        ts_usec: int | None,
+        proto_type: int | None,
+        capture_id: int | None,
+        auth_key: bytes | None,
+        correlation_id: str | None,
+        node_name: str | None,
+        payload: bytes,
+        compressed: bool = False,
+        vendor_chunks: int = 0,
+        recv_us: int = 0,
+    ) -> None:
+        self.version = version
+        self.family = family
+        self.ip_proto = ip_proto
+        self.src_family = src_family
+        self.src_ip = src_ip
+        self.dst_ip = dst_ip
+        self.src_port = src_port
+        self.dst_port = dst_port
+        self.ts_sec = ts_sec
+        self.ts_usec = ts_usec
+        self.proto_type = proto_type
+        self.capture_id = capture_id
+        self.auth_key = auth_key
+        self.correlation_id = correlation_id
+        self.node_name = node_name
+        self.payload = payload
+        self.compressed = compressed
+        self.vendor_chunks = vendor_chunks
+        self.recv_us = recv_us
+
+    def __repr__(self) -> str:
+        return (
+            f"HepPacket(v{self.version} {self.src_ip}:{self.src_port} -> "
+            f"{self.dst_ip}:{self.dst_port} ip_proto={self.ip_proto} "
+            f"type={self.proto_type} ts={self.ts_sec}.{self.ts_usec} "
+            f"captid={self.capture_id} payload={len(self.payload)}B)"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HepPacket):
+            return NotImplemented
+        return all(getattr(self, a) == getattr(other, a) for a in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def to_message(self, now_us: int | None = None) -> CapturedMessage:
+        """Map this packet to a :class:`CapturedMessage` the way sipcapture does.
+
+        * time: ``ts_sec * 1e6 + ts_usec`` (usec not range-checked) when ``ts_sec`` is
+          present and non-zero; otherwise ``now_us`` (default: :attr:`recv_us`).
+        * node_id: the capture id (0 when absent) when ``ts_sec != 0``, else None
+          (Kamailio appends ``:captid`` to the node name only for timed packets).
+        * proto: HEPv3 17 -> 1, 6 -> 2, 132 -> 4 (Kamailio leaves SCTP uninitialised),
+          else 0; HEPv1/v2 17 -> 1, 6 -> 2, 22 -> 3, 132 -> 4, else 0.
+        * family: of the source address (not the HEPv3 family chunk).
+        * hep_type: the proto_type chunk; 1 (SIP) when absent, see :func:`_decode_hep3`.
+        """
+        if self.ts_sec:
+            ts_us = self.ts_sec * 1_000_000 + (self.ts_usec or 0)
+            node_id: int | None = self.capture_id or 0
+        else:
+            ts_us = self.recv_us if now_us is None else now_us
+            node_id = None
+        if self.version == 3:
+            proto = _PROTO_V3.get(self.ip_proto, PROTO_NONE)  # type: ignore[arg-type]
+            hep_family = self.family
+        else:
+            proto = _PROTO_V12.get(self.ip_proto, PROTO_NONE)  # type: ignore[arg-type]
+            hep_family = None
+        return CapturedMessage(
+            ts_us,
+            self.src_ip,
+            self.src_port,
+            self.dst_ip,
+            self.dst_port,
+            proto,
+            self.src_family,
+            self.payload,
+            node_id,
+            self.correlation_id,
+            HEP_TYPE_SIP if self.proto_type is None else self.proto_type,
+            hep_family,
+            self.ip_proto,
+        )
+
+
+# --------------------------------------------------------------------------- detection
+
+def looks_like_hep(data: bytes) -> bool:
+    """Cheap content check: could this UDP/TCP payload be a HEP packet?
+
+    Used to recognise HEP on any port inside captures. True for a HEP3/EEP3 id with a
+    sane total length and first chunk, or for a HEPv1/v2 header with version 1/2, family
+    2/10, IP protocol 6/17/22/132, and a datagram long enough for its headers plus a
+    payload. ``hp_l`` is not checked: senders disagree on it (sngrep writes garbage).
+    """
+    n = len(data)
+    if n < 6:
+        return False
+    head = data[:4]
+    if head == b"HEP3" or head == b"EEP3":
+        total = _u16(data, 4)[0]
+        if total < 12 or total > n:
+            return False
+        clen = _u16(data, 10)[0]
+        return 6 <= clen <= total - 6
+    v = data[0]
+    if v != 1 and v != 2:
+        return False
+    fam = data[2]
+    if fam == AF_INET:
+        need = 16
+    elif fam == AF_INET6:
+        need = 40
+    else:
+        return False
+    if v == 2:
+        need += 12
+    return data[3] in _PROTO_V12 and n > need
+
+
+# --------------------------------------------------------------------------- decoding
+
+def _inflate(raw: bytes) -> bytes:
+    """Inflate a zlib or gzip stream, refusing output past MAX_INFLATED."""
+    d = zlib.decompressobj(wbits=47)  # 32 + 15: zlib or gzip header, auto-detected
+    try:
+        out = d.decompress(raw, MAX_INFLATED + 1)
+    except zlib.error as exc:
+        raise DecodeError("hep-inflate", str(exc)) from None
+    if len(out) > MAX_INFLATED or d.unconsumed_tail:
+        raise DecodeError("hep-inflate", f"inflates past {MAX_INFLATED} bytes")
+    if not d.eof:
+        raise DecodeError("hep-inflate", "compressed stream cut off")
+    return out
+
+
+def _text(raw: bytes) -> str:
+    """C-string semantics (up to the first NUL) and UTF-8 with invalid bytes replaced."""
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raw = raw[:nul]
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw.decode(errors="replace")
+
+
+def _decode_hep3(buf: bytes, start: int, end: int, recv_us: int) -> HepPacket:
+    """Decode the HEPv3 packet ``buf[start:end]`` (its header already checked).
+
+    Like Kamailio, the last chunk of each type wins (also between 0x000f and 0x0010,
+    and between the IPv4 and IPv6 address chunks). Unlike Kamailio we do not require
+    "at least 9 elements": what a row needs is the two addresses and a payload, so only
+    their absence is an error; missing ports are 0, a missing time means "now".
+
+    A missing proto_type chunk (0x000b) crashes Kamailio 5.6.3 (NULL dereference). We
+    keep ``proto_type`` None and treat the packet as SIP (type 1): HEPv1/v2 carry SIP
+    only and heplify-server assumes type 1 for them too, the payload still has to pass
+    the SIP parser downstream (which counts what it rejects), and dropping the packet
+    here would lose SIP from agents that omit the chunk.
+    """
+    i = start + 6
+    family = ip_proto = proto_type = capture_id = ts_sec = ts_usec = None
+    src_raw = dst_raw = None
+    src_port = dst_port = 0
+    auth_key = corr = node = None
+    payload = None
+    compressed = False
+    vendor_chunks = 0
+    chunk_hdr = _chunk_hdr
+    while i < end:
+        if end - i < 6:
+            raise DecodeError("hep3-bad-chunk", f"{end - i} stray bytes at offset {i}")
+        vendor, ctype, clen = chunk_hdr(buf, i)
+        nxt = i + clen
+        if clen < 6 or nxt > end:
+            raise DecodeError(
+                "hep3-bad-chunk", f"chunk {vendor}/{ctype} length {clen} at offset {i}"
+            )
+        n = clen - 6
+        j = i + 6
+        if vendor:
+            vendor_chunks += 1
+        elif ctype == 15:
+            payload = buf[j:nxt]
+            compressed = False
+        elif 1 <= ctype <= 12:
+            if ctype <= 2 or ctype == 11:
+                if n != 1:
+                    raise DecodeError("hep3-bad-chunk", f"chunk {ctype} of {n} bytes")
+                v = buf[j]
+                if ctype == 1:
+                    family = v
+                elif ctype == 2:
+                    ip_proto = v
+                else:
+                    proto_type = v
+            elif ctype <= 4:
+                if n == 4:
+                    raw = buf[j:nxt]
+                elif n == 16 and buf.startswith(_V4_MAPPED_PREFIX, j):
+                    raw = buf[j + 12:nxt]  # ::ffff:a.b.c.d sent in an IPv4 chunk
+                else:
+                    raise DecodeError("hep3-bad-chunk", f"IPv4 chunk {ctype} of {n} bytes")
+                if ctype == 3:
+                    src_raw = raw
+                else:
+                    dst_raw = raw
+            elif ctype <= 6:
+                if n != 16:
+                    raise DecodeError("hep3-bad-chunk", f"IPv6 chunk {ctype} of {n} bytes")
+                if ctype == 5:
+                    src_raw = buf[j:nxt]
+                else:
+                    dst_raw = buf[j:nxt]
+            elif ctype <= 8:
+                if n != 2:
+                    raise DecodeError("hep3-bad-chunk", f"port chunk {ctype} of {n} bytes")
+                if ctype == 7:
+                    src_port = _u16(buf, j)[0]
+                else:
+                    dst_port = _u16(buf, j)[0]
+            else:  # 9, 10, 12
+                if n != 4:
+                    raise DecodeError("hep3-bad-chunk", f"chunk {ctype} of {n} bytes")
+                if ctype == 9:
+                    ts_sec = _u32(buf, j)[0]
+                elif ctype == 10:
+                    ts_usec = _u32(buf, j)[0]
+                else:
+                    capture_id = _u32(buf, j)[0]
+        elif ctype == 16:
+            payload = buf[j:nxt]
+            compressed = True
+        elif ctype == 17:
+            corr = buf[j:nxt]
+        elif ctype == 14:
+            auth_key = buf[j:nxt]
+        elif ctype == 19:
+            node = buf[j:nxt]
+        elif ctype == 0:
+            raise DecodeError("hep3-chunk-type0", f"generic chunk type 0 at offset {i}")
+        # other generic chunks (keep-alive, VLAN, MAC, MOS...) are not stored: skipped
+        i = nxt
+
+    if payload is None:
+        raise DecodeError("hep-no-payload", "no payload chunk")
+    if src_raw is None or dst_raw is None:
+        raise DecodeError("hep-no-address", "source or destination address missing")
+    if compressed:
+        payload = _inflate(payload)
+    if len(src_raw) == 4:
+        src_family, src_ip = AF_INET, _ip4_str(src_raw)
+    else:
+        src_family, src_ip = AF_INET6, _ip6_str(src_raw)
+    dst_ip = _ip4_str(dst_raw) if len(dst_raw) == 4 else _ip6_str(dst_raw)
+    if auth_key is not None:
+        nul = auth_key.find(b"\x00")
+        if nul >= 0:
+            auth_key = auth_key[:nul]
+    return HepPacket(
+        3, family, ip_proto, src_family, src_ip, dst_ip, src_port, dst_port, ts_sec,
+        ts_usec, proto_type, capture_id, auth_key,
+        None if corr is None else _text(corr),
+        None if node is None else _text(node),
+        payload, compressed, vendor_chunks, recv_us,
+    )
+
+
+def _decode_hep12(data: bytes, recv_us: int) -> HepPacket:
+    version = data[0]
+    n = len(data)
+    if n < 4:
+        raise DecodeError("hep-truncated", f"HEPv{version} datagram of {n} bytes")
+    family, ip_proto = data[2], data[3]
+    if family == AF_INET:
+        alen = 4
+    elif family == AF_INET6:
+        alen = 16
+    else:
+        raise DecodeError("hep-bad-family", f"HEPv{version} family {family}")
+    hlen = 8 + 2 * alen
+    off = hlen + 12 if version == 2 else hlen
+    if n < off:
+        # Kamailio 5.6.3 computes len - offset unsigned here and hands the core a huge
+        # length (vectors/79_crash_v2_truncated); we refuse the datagram.
+        raise DecodeError("hep-truncated", f"HEPv{version} datagram of {n} bytes, headers need {off}")
+    src_port, dst_port = _ports(data, 4)
+    src_raw = data[8:8 + alen]
+    dst_raw = data[8 + alen:hlen]
+    if alen == 4:
+        src_ip, dst_ip = _ip4_str(src_raw), _ip4_str(dst_raw)
+    else:
+        src_ip, dst_ip = _ip6_str(src_raw), _ip6_str(dst_raw)
+    if version == 2:
+        ts_sec, ts_usec, capture_id = _v2_time(data, hlen)
+    else:
+        ts_sec = ts_usec = capture_id = None
+    return HepPacket(
+        version, family, ip_proto, family, src_ip, dst_ip, src_port, dst_port, ts_sec,
+        ts_usec, HEP_TYPE_SIP, capture_id, None, None, None, data[off:], False, 0, recv_us,
+    )
+
+
+def _check_auth(pkt: HepPacket, auth_key: bytes) -> None:
+    if pkt.auth_key is None:
+        raise DecodeError("hep-auth", f"HEPv{pkt.version} packet without authentication key")
+    if not hmac.compare_digest(pkt.auth_key, auth_key):
+        raise DecodeError("hep-auth", "authentication key mismatch")
+
+
+def decode_datagram(
+    data: bytes,
+    *,
+    now_us: int,
+    auth_key: bytes | None = None,
+    errors: list[DecodeError] | None = None,
+) -> list[HepPacket]:
+    """Decode one UDP datagram (or one HEP3 packet framed by :class:`HepStream`).
+
+    Args:
+        data: the datagram.
+        now_us: time of reception in µs, used for packets without a HEP time.
+        auth_key: when given, every packet must carry this key in chunk 0x000e
+            (HEPv1/v2 cannot carry one and are refused).
+        errors: optional list that receives the DecodeError of each part of a datagram
+            that failed while another part decoded (see below).
+
+    Returns:
+        The packets, in order: one for HEPv1/v2; one or more for HEPv3 (several
+        packets back to back in one datagram are all decoded).
+
+    Raises:
+        DecodeError: when no packet of the datagram decodes; its reason is that of
+            the first failure.
+
+    A HEPv3 datagram is cut into packets by their total lengths. A packet that fails
+    (bad chunk, no address, auth...) does not take its neighbours down: the good ones
+    are returned and the failures appended to ``errors``. Bytes after the last packet
+    that do not start another HEP3 packet fail as ``hep3-trailing`` (Kamailio reads only
+    the first packet and ignores them). Only when nothing decodes is the first error
+    raised.
+    """
+    n = len(data)
+    if n < 6:
+        if n and data[0] in (1, 2):
+            raise DecodeError("hep-truncated", f"datagram of {n} bytes")
+        if data[:n] == b"HEP3"[:n] or data[:n] == b"EEP3"[:n]:
+            raise DecodeError("hep-truncated", f"datagram of {n} bytes")
+        raise DecodeError("hep-bad-version", f"datagram of {n} bytes")
+    head = data[:4]
+    if head != b"HEP3" and head != b"EEP3":
+        v = data[0]
+        if v != 1 and v != 2:
+            raise DecodeError("hep-bad-version", f"version byte {v}")
+        pkt = _decode_hep12(data, now_us)
+        if auth_key is not None:
+            _check_auth(pkt, auth_key)
+        return [pkt]
+
+    out: list[HepPacket] = []
+    failed: list[DecodeError] = []
+    pos = 0
+    while pos < n:
+        if n - pos < 6 or data[pos:pos + 4] not in HEP3_IDS:
+            failed.append(DecodeError(
+                "hep3-trailing", f"{n - pos} bytes after the HEP3 packet(s) at offset {pos}"
+            ))
+            break
+        total = _u16(data, pos + 4)[0]
+        end = pos + total
+        if total < 6 or end > n:
+            failed.append(DecodeError(
+                "hep3-bad-length", f"total length {total} at offset {pos}, {n - pos} bytes available"
+            ))
+            break
+        try:
+            pkt = _decode_hep3(data, pos, end, now_us)
+            if auth_key is not None:
+                _check_auth(pkt, auth_key)
+            out.append(pkt)
+        except DecodeError as exc:
+            failed.append(exc)
+        pos = end
+    if failed:
+        if not out:
+            raise failed[0]
+        if errors is not None:
+            errors.extend(failed)
+    return out
+
+
+# --------------------------------------------------------------------------- TCP framing
+
+class HepStream:
+    """Sans-IO framer for HEPv3 over a byte stream (TCP, TLS).
+
+    :meth:`feed` takes whatever the socket read and returns the complete HEP3 packets
+    (as bytes, to give to :func:`decode_datagram`): several per read, or one over many
+    reads. The stream cannot resynchronise: a header that is not ``HEP3``/``EEP3`` or a
+    total length < 6 raises ``DecodeError("hep3-stream-bad-length")`` and the caller
+    should close the connection. If complete packets came before the bad bytes in the
+    same read, they are returned first and the error is raised by the next call (it is
+    also available as :attr:`error` at once).
+
+    At most one incomplete packet (< 65535 bytes) is buffered between calls.
+    """
+
+    __slots__ = ("_buf", "_need", "error")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._need = 0  # total length of the packet being collected, 0 = header unknown
+        self.error: DecodeError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an incomplete packet."""
+        return len(self._buf)
+
+    def _fail(self, detail: str, out: list[bytes]) -> list[bytes]:
+        self.error = DecodeError("hep3-stream-bad-length", detail)
+        self._buf.clear()
+        if out:
+            return out
+        raise self.error
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add bytes read from the stream; return the packets completed by them."""
+        if self.error is not None:
+            raise self.error
+        out: list[bytes] = []
+        buf = self._buf
+        pos = 0
+        n = len(data)
+        while pos < n:
+            if not buf and not self._need and n - pos >= 6:
+                # Fast path: a header at a packet boundary inside this read.
+                if data[pos:pos + 4] not in HEP3_IDS:
+                    return self._fail(f"no HEP3 id at stream offset +{pos}", out)
+                total = _u16(data, pos + 4)[0]
+                if total < 6:
+                    return self._fail(f"HEP3 length {total}", out)
+                if n - pos >= total:
+                    out.append(bytes(data[pos:pos + total]))
+                    pos += total
+                    continue
+                self._need = total
+                buf += data[pos:]
+                break
+            if not self._need:
+                # Collect the 6-byte header, checking the id as soon as bytes arrive.
+                take = min(6 - len(buf), n - pos)
+                buf += data[pos:pos + take]
+                pos += take
+                k = min(len(buf), 4)
+                head = bytes(buf[:k])
+                if head != b"HEP3"[:k] and head != b"EEP3"[:k]:
+                    return self._fail("no HEP3 id", out)
+                if len(buf) < 6:
+                    break
+                total = _u16(buf, 4)[0]
+                if total < 6:
+                    return self._fail(f"HEP3 length {total}", out)
+                self._need = total
+            take = min(self._need - len(buf), n - pos)
+            buf += data[pos:pos + take]
+            pos += take
+            if len(buf) == self._need:
+                out.append(bytes(buf))
+                buf.clear()
+                self._need = 0
+        return out
+
+
+# --------------------------------------------------------------------------- encoding
+
+_c_u8 = struct.Struct("!HHHB").pack
+_c_u16 = struct.Struct("!HHHH").pack
+_c_u32 = struct.Struct("!HHHI").pack
+_c_hdr = struct.Struct("!HHH").pack
+
+
+def _chunk(ctype: int, value: bytes) -> bytes:
+    return _c_hdr(0, ctype, 6 + len(value)) + value
+
+
+def encode_hep3(
+    msg: CapturedMessage,
+    *,
+    capture_id: int = 0,
+    auth_key: bytes | None = None,
+    node_name: str | None = None,
+    compress: bool = False,
+    ip_proto: int | None = None,
+) -> bytes:
+    """Encode a message as one HEPv3 packet.
+
+    Chunks, in the usual agent order: family, IP protocol, addresses (IPv4 3/4 or IPv6
+    5/6, from the source address's family; the destination uses its own family's
+    chunk), ports, time (from ``msg.ts_us``), proto_type (``msg.hep_type``), capture
+    id, auth key, correlation id (``msg.correlation_id`` when not None), node name,
+    payload (0x000f, or zlib-compressed in 0x0010 with ``compress``).
+
+    ``ip_proto`` defaults from ``msg.proto`` (1 -> 17, 2 -> 6, 3 -> 6, 4 -> 132), else
+    ``msg.hep_ip_proto``, else 0.
+
+    Raises:
+        ValueError: bad address text, or the packet would exceed 65535 bytes.
+    """
+    if ip_proto is None:
+        ip_proto = _IPPROTO_OF_V3.get(msg.proto)
+        if ip_proto is None:
+            ip_proto = msg.hep_ip_proto or 0
+    sfam, sraw = _parse_ip(msg.src_ip)
+    dfam, draw = _parse_ip(msg.dst_ip)
+    sec, usec = divmod(msg.ts_us, 1_000_000)
+    parts = [
+        _c_u8(0, 1, 7, sfam),
+        _c_u8(0, 2, 7, ip_proto & 0xFF),
+        _chunk(3 if sfam == AF_INET else 5, sraw),
+        _chunk(4 if dfam == AF_INET else 6, draw),
+        _c_u16(0, 7, 8, msg.src_port),
+        _c_u16(0, 8, 8, msg.dst_port),
+        _c_u32(0, 9, 10, sec & 0xFFFFFFFF),
+        _c_u32(0, 10, 10, usec),
+        _c_u8(0, 11, 7, msg.hep_type & 0xFF),
+        _c_u32(0, 12, 10, capture_id & 0xFFFFFFFF),
+    ]
+    if auth_key is not None:
+        parts.append(_chunk(14, auth_key))
+    if msg.correlation_id is not None:
+        parts.append(_chunk(17, msg.correlation_id.encode()))
+    if node_name is not None:
+        parts.append(_chunk(19, node_name.encode()))
+    if compress:
+        parts.append(_chunk(16, zlib.compress(msg.payload)))
+    else:
+        parts.append(_chunk(15, msg.payload))
+    body = b"".join(parts)
+    total = 6 + len(body)
+    if total > HEP3_MAX_LEN:
+        raise ValueError(f"HEP3 packet of {total} bytes exceeds {HEP3_MAX_LEN}")
+    return b"HEP3" + struct.pack("!H", total) + body
+
+
+def _encode_hep12(msg: CapturedMessage, version: int, capture_id: int, ip_proto: int | None) -> bytes:
+    if ip_proto is None:
+        ip_proto = _IPPROTO_OF_V12.get(msg.proto)
+        if ip_proto is None:
+            ip_proto = msg.hep_ip_proto or 0
+    sfam, sraw = _parse_ip(msg.src_ip)
+    dfam, draw = _parse_ip(msg.dst_ip)
+    if sfam != dfam:
+        raise ValueError("HEPv1/v2 need both addresses of the same family")
+    hlen = 8 + 2 * len(sraw)  # 16 / 40, as captagent sets hp_l
+    head = struct.pack("!BBBBHH", version, hlen, sfam, ip_proto & 0xFF,
+                       msg.src_port, msg.dst_port) + sraw + draw
+    if version == 1:
+        return head + msg.payload
+    sec, usec = divmod(msg.ts_us, 1_000_000)
+    return head + struct.pack("<IIHxx", sec & 0xFFFFFFFF, usec, capture_id & 0xFFFF) + msg.payload
+
+
+def encode_hep2(msg: CapturedMessage, *, capture_id: int = 0, ip_proto: int | None = None) -> bytes:
+    """Encode a message as HEPv2: header, little-endian time header (12 bytes with the
+    2 padding bytes, captid u16 LE), payload. ``ip_proto`` defaults from ``msg.proto``
+    (1 -> 17, 2 -> 6, 3 -> 22, 4 -> 132)."""
+    return _encode_hep12(msg, 2, capture_id, ip_proto)
+
+
+def encode_hep1(msg: CapturedMessage, *, ip_proto: int | None = None) -> bytes:
+    """Encode a message as HEPv1: header then payload (no time, no capture id)."""
+    return _encode_hep12(msg, 1, 0, ip_proto)
