@@ -28,6 +28,20 @@ class _Target:
         self.single = n == 1
 
 
+class CaptureFlag:
+    """Capture on/off, readable cheaply on every message.
+
+    ``value`` is 1 (store) or 0 (receive and count, store nothing). Processes that must
+    share the switch (workers started by a long-running command, driven by the control
+    socket) pass a ``multiprocessing.RawValue("b")`` instead: it has the same ``value``.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, on: bool = True) -> None:
+        self.value = 1 if on else 0
+
+
 class Pipeline:
     """Parse, route and batch messages into every active capture mode's database.
 
@@ -36,12 +50,15 @@ class Pipeline:
         stats: counters updated in place.
         background: write batches from a separate writer process (fast path). Off for
             tests and small jobs that want the simplest path.
+        capture_flag: an object with ``value`` (1 store / 0 don't), shared with the
+            control socket; by default a private one set from ``capture_on``.
     """
 
-    def __init__(self, settings: Settings, stats: Stats, *, background: bool = True) -> None:
+    def __init__(self, settings: Settings, stats: Stats, *, background: bool = True,
+                 capture_flag=None) -> None:
         self.settings = settings
         self.stats = stats
-        self.capture_on = bool(settings.capture_on)
+        self.capture_flag = capture_flag if capture_flag is not None else CaptureFlag(bool(settings.capture_on))
         self.capture_bad = bool(settings.capture_bad_msgs)
         self.opts = RowOptions(capture_node=settings.capture_node,
                                callid_aleg_headers=settings.aleg_headers(),
@@ -76,7 +93,7 @@ class Pipeline:
     def submit(self, msg: CapturedMessage) -> None:
         stats = self.stats
         stats["messages"] += 1
-        if not self.capture_on:
+        if not self.capture_flag.value:
             stats["dropped:capture-off"] += 1
             return
         if msg.hep_type != HEP_TYPE_SIP:
@@ -106,7 +123,7 @@ class Pipeline:
         self.aux_writer.add(dest[0], "aux", aux_row(msg, self.opts, self.stats))
 
     def set_capture(self, on: bool) -> None:
-        self.capture_on = on
+        self.capture_flag.value = 1 if on else 0
 
     def flush(self) -> None:
         for w in self.writers:
