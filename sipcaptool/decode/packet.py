@@ -36,6 +36,8 @@ _IP6 = struct.Struct("!IHBB16s16s")
 _unpack_ip6 = _IP6.unpack_from
 _PORTS = struct.Struct("!HHH")
 _unpack_ports = _PORTS.unpack_from
+_TCP = struct.Struct("!HHIIBB")
+_unpack_tcp = _TCP.unpack_from
 
 _KEEPALIVES = frozenset({b"\r\n\r\n", b"\r\n", b"\n", b"\r\n\r\n\r\n\r\n"})
 
@@ -344,7 +346,29 @@ class PacketDecoder:
         self.stats["skipped:non-sip"] += 1
 
     def _tcp_segment(self, ts, buf, off, end, src, dst, fam, depth, out) -> None:
-        self.stats["skipped:non-sip"] += 1
+        if end - off < 20:
+            self.stats["malformed:tcp-truncated"] += 1
+            return
+        sport, dport, seq, _ack, hl, flags = _unpack_tcp(buf, off)
+        hl = (hl >> 4) << 2
+        if hl < 20 or off + hl > end:
+            self.stats["malformed:tcp-header"] += 1
+            return
+        p = self.ports
+        if p is not None and sport not in p and dport not in p:
+            self.stats["skipped:port-filter"] += 1
+            return
+        tcp = self._tcp
+        if tcp is None:
+            from sipcaptool.decode.tcp import TcpReassembler
+            ms, msb, mtb, to = self._tcp_opts
+            tcp = self._tcp = TcpReassembler(self.stats, self._looks_like_sip, max_streams=ms,
+                                             max_stream_bytes=msb, max_total_bytes=mtb, timeout_us=to)
+        data = buf[off + hl:end]
+        if not data and not flags & 0x05:
+            return  # a bare ACK or SYN: nothing to count
+        for mts, proto, msg in tcp.segment(ts, (src, sport, dst, dport), seq, flags, data):
+            out.append(CapturedMessage(mts, addr_str(src), sport, addr_str(dst), dport, proto, fam, msg))
 
     def _sctp_packet(self, ts, buf, off, end, src, dst, fam, out) -> None:
         self.stats["skipped:non-sip"] += 1
