@@ -21,6 +21,7 @@ from typing import Callable
 
 from sipcaptool.decode import ip as _ip
 from sipcaptool.decode import link as _link
+from sipcaptool.decode import tunnel as _tunnel
 from sipcaptool.decode.ip import addr_str
 from sipcaptool.record import AF_INET, AF_INET6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, CapturedMessage
 from sipcaptool.stats import Stats
@@ -36,6 +37,10 @@ _IP6 = struct.Struct("!IHBB16s16s")
 _unpack_ip6 = _IP6.unpack_from
 _PORTS = struct.Struct("!HHH")
 _unpack_ports = _PORTS.unpack_from
+_unpack_2H = struct.Struct("!HH").unpack_from
+_unpack_chunk = struct.Struct("!BBH").unpack_from
+_unpack_data = struct.Struct("!IHH").unpack_from
+_unpack_idata = struct.Struct("!IHHII").unpack_from
 _TCP = struct.Struct("!HHIIBB")
 _unpack_tcp = _TCP.unpack_from
 
@@ -328,11 +333,14 @@ class PacketDecoder:
         if hep is False or not hep.looks_like_hep(data):
             return False
         from sipcaptool.errors import DecodeError
+        errors: list = []
         try:
-            pkts = hep.decode_datagram(data)
+            pkts = hep.decode_datagram(data, now_us=ts, errors=errors)
         except DecodeError as e:
             self.stats["malformed:" + e.reason] += 1
             return True
+        for e in errors:
+            self.stats["malformed:" + e.reason] += 1
         for pkt in pkts:
             out.append(pkt.to_message(now_us=ts))
         return True
@@ -340,10 +348,25 @@ class PacketDecoder:
     # ------------------------------------------------------------------ later layers
 
     def _udp_tunnel(self, ts, sport, dport, data, depth, out) -> bool:
-        return False
+        """VXLAN / GTP-U by port; False when the header does not fit (then it is payload)."""
+        if depth >= MAX_TUNNEL_DEPTH:
+            self.stats["malformed:tunnel-too-deep"] += 1
+            return True
+        if dport == _tunnel.VXLAN_PORT:
+            et, off = _tunnel.vxlan(data, 0, len(data))
+        else:
+            et, off = _tunnel.gtpu(data, 0, len(data))
+        if et == _link.ETH_TYPE_NONE:
+            return False
+        self._l3(ts, data, off, len(data), et, depth + 1, out)
+        return True
 
     def _gre(self, ts, buf, off, end, depth, out) -> None:
-        self.stats["skipped:non-sip"] += 1
+        et, off = _tunnel.gre(buf, off, end)
+        if et == _link.ETH_TYPE_NONE:
+            self.stats["skipped:non-sip"] += 1
+            return
+        self._l3(ts, buf, off, end, et, depth, out)
 
     def _tcp_segment(self, ts, buf, off, end, src, dst, fam, depth, out) -> None:
         if end - off < 20:
@@ -371,7 +394,95 @@ class PacketDecoder:
             out.append(CapturedMessage(mts, addr_str(src), sport, addr_str(dst), dport, proto, fam, msg))
 
     def _sctp_packet(self, ts, buf, off, end, src, dst, fam, out) -> None:
-        self.stats["skipped:non-sip"] += 1
+        """SCTP DATA / I-DATA chunks; fragmented user messages are reassembled."""
+        if end - off < 12:
+            self.stats["malformed:sctp-truncated"] += 1
+            return
+        sport, dport = _unpack_2H(buf, off)
+        pos = off + 12
+        n0 = len(out)
+        while pos + 4 <= end:
+            ctype, cflags, clen = _unpack_chunk(buf, pos)
+            if clen < 4 or pos + clen > end:
+                self.stats["malformed:sctp-chunk"] += 1
+                break
+            if ctype == 0 or ctype == 64:
+                hl = 16 if ctype == 0 else 20
+                if clen < hl:
+                    self.stats["malformed:sctp-chunk"] += 1
+                else:
+                    if ctype == 0:
+                        tsn, sid, ssn = _unpack_data(buf, pos + 4)
+                        seq, mid = tsn, ssn
+                    else:
+                        tsn, sid, _r, mid, fsn = _unpack_idata(buf, pos + 4)
+                        seq = 0 if cflags & 2 else fsn
+                    data = buf[pos + hl:pos + clen]
+                    if cflags & 3 != 3:
+                        if self._sctp is None:
+                            self._sctp = _SctpFragments(self.stats, self._sctp_max)
+                        data = self._sctp.add(ts, (src, sport, dst, dport, sid, mid, cflags & 4, ctype),
+                                              seq, cflags & 3, data)
+                    if data:
+                        self._payload(ts, src, sport, dst, dport, PROTO_SCTP, fam, data, out)
+            pos += (clen + 3) & ~3
+        for i in range(n0 + 1, len(out)):
+            out[i].ts_us += i - n0
 
     def _emit_stream(self, ts, key, proto, payload, out) -> None:
         pass
+
+
+class _SctpFragments:
+    """Fragments of SCTP user messages (B/E flags), bounded in bytes and entries."""
+
+    MAX_ENTRIES = 256
+    TIMEOUT_US = 30_000_000
+
+    def __init__(self, stats: Stats, max_bytes: int) -> None:
+        self.stats = stats
+        self.max_bytes = max_bytes
+        self.held = 0
+        self._msgs: dict[object, tuple[int, dict[int, tuple[int, bytes]]]] = {}
+
+    def add(self, ts: int, key: object, seq: int, be: int, data: bytes) -> bytes | None:
+        msgs = self._msgs
+        for k in [k for k, (t0, _) in msgs.items() if ts - t0 > self.TIMEOUT_US]:
+            self._evict(k)
+        entry = msgs.get(key)
+        if entry is None:
+            entry = msgs[key] = (ts, {})
+        frags = entry[1]
+        if seq in frags:
+            return None
+        frags[seq] = (be, data)
+        self.held += len(data)
+        while (self.held > self.max_bytes or len(msgs) > self.MAX_ENTRIES) and msgs:
+            self._evict(next(iter(msgs)))
+        if key not in msgs:
+            return None
+        first = next((s for s, (f, _) in frags.items() if f & 2), None)
+        if first is None:
+            return None
+        parts = []
+        s = first
+        for _ in range(len(frags)):
+            f = frags.get(s)
+            if f is None:
+                return None
+            parts.append(f[1])
+            if f[0] & 1:
+                del msgs[key]
+                self.held -= sum(len(d) for _, d in frags.values())
+                return b"".join(parts)
+            s = (s + 1) & 0xFFFFFFFF
+        return None
+
+    def _evict(self, key: object) -> None:
+        _, frags = self._msgs.pop(key)
+        self.held -= sum(len(d) for _, d in frags.values())
+        self.stats["evicted:sctp-fragments"] += 1
+
+    def flush(self) -> None:
+        while self._msgs:
+            self._evict(next(iter(self._msgs)))
