@@ -103,6 +103,16 @@ _ports = struct.Struct("!HH").unpack_from
 _v2_time = struct.Struct("<IIH").unpack_from
 _ipv6_groups = struct.Struct("!8H").unpack
 
+# The ten chunks most agents send first, in this order: family, IP proto, IPv4 src and
+# dst, ports, time sec/usec, proto_type, capture id (chunk headers kept as 6s fields).
+_STD_PREFIX = struct.Struct("!6sB6sB6s4s6s4s6sH6sH6sI6sI6sB6sI")
+_std_prefix = _STD_PREFIX.unpack_from
+_STD_PREFIX_LEN = _STD_PREFIX.size
+_STD_HEADERS = tuple(
+    struct.pack("!HHH", 0, t, 6 + n)
+    for t, n in ((1, 1), (2, 1), (3, 4), (4, 4), (7, 2), (8, 2), (9, 4), (10, 4), (11, 1), (12, 4))
+)
+
 
 # --------------------------------------------------------------------------- addresses
 
@@ -375,6 +385,15 @@ def _decode_hep3(buf: bytes, start: int, end: int, recv_us: int) -> HepPacket:
     compressed = False
     vendor_chunks = 0
     chunk_hdr = _chunk_hdr
+    if end - i >= _STD_PREFIX_LEN:
+        # Fast path: most agents (Kamailio siptrace, heplify, captagent) start with the
+        # same ten fixed-size IPv4 chunks; one unpack replaces ten loop iterations.
+        # The chunks after them go through the loop below (last chunk still wins).
+        v = _std_prefix(buf, i)
+        if v[0::2] == _STD_HEADERS:
+            (family, ip_proto, src_raw, dst_raw, src_port, dst_port, ts_sec, ts_usec,
+             proto_type, capture_id) = v[1::2]
+            i += _STD_PREFIX_LEN
     while i < end:
         if end - i < 6:
             raise DecodeError("hep3-bad-chunk", f"{end - i} stray bytes at offset {i}")
@@ -550,9 +569,8 @@ def decode_datagram(
     """
     n = len(data)
     if n < 6:
-        if n and data[0] in (1, 2):
-            raise DecodeError("hep-truncated", f"datagram of {n} bytes")
-        if data[:n] == b"HEP3"[:n] or data[:n] == b"EEP3"[:n]:
+        k = min(n, 4)
+        if not n or data[0] in (1, 2) or data[:k] == b"HEP3"[:k] or data[:k] == b"EEP3"[:k]:
             raise DecodeError("hep-truncated", f"datagram of {n} bytes")
         raise DecodeError("hep-bad-version", f"datagram of {n} bytes")
     head = data[:4]
@@ -689,6 +707,8 @@ _c_hdr = struct.Struct("!HHH").pack
 
 
 def _chunk(ctype: int, value: bytes) -> bytes:
+    if len(value) > HEP3_MAX_LEN - 12:
+        raise ValueError(f"HEP3 chunk {ctype} of {len(value)} bytes does not fit a packet")
     return _c_hdr(0, ctype, 6 + len(value)) + value
 
 
