@@ -197,9 +197,13 @@ class PacketDecoder:
             self.stats["malformed:ip-length"] += 1
             return
         if off + tot > end:
-            self.stats["malformed:snapped" if self._snapped else "malformed:ip-length"] += 1
-            return
-        end = off + tot         # drop Ethernet padding / trailers
+            if self._snapped:
+                self.stats["malformed:snapped"] += 1
+                return
+            # a length larger than the packet (a bit error, or a capture that did not
+            # record its snapping): use the bytes we have, as tshark does
+        else:
+            end = off + tot     # drop Ethernet padding / trailers
         if ff & 0x3FFF:         # MF set or offset non-zero
             self._fragment(ts, (4, src, dst, ident, proto), (ff & 0x1FFF) << 3, ff & 0x2000,
                            buf[off + hl:end], proto, src, dst, AF_INET, depth, out)
@@ -222,9 +226,11 @@ class PacketDecoder:
         if plen == 0:            # jumbogram or offload: take what was captured
             plen = end - off
         if off + plen > end:
-            self.stats["malformed:snapped" if self._snapped else "malformed:ip-length"] += 1
-            return
-        end = off + plen
+            if self._snapped:
+                self.stats["malformed:snapped"] += 1
+                return
+        else:
+            end = off + plen
         try:
             proto, off, frag = _ip.ipv6_ext(buf, off, end, nh)
         except IndexError:
@@ -288,8 +294,10 @@ class PacketDecoder:
                 self.stats["malformed:udp-length"] += 1
                 return
         if off + ulen > end:
-            self.stats["malformed:snapped" if self._snapped else "malformed:udp-length"] += 1
-            return
+            if self._snapped:
+                self.stats["malformed:snapped"] += 1
+                return
+            ulen = end - off    # as for IP: keep what was captured
         data = buf[off + 8:off + ulen]
         if not data:
             self.stats["skipped:non-sip"] += 1
