@@ -1,0 +1,257 @@
+"""`sipcaptool replay` end to end, run as a user runs it (a subprocess), rows checked in
+SQLite and in the real MariaDB and PostgreSQL servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+
+from sipcaptool.record import SIP_COLUMN_NAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+PCAPS = ROOT / "tests" / "pcaps"
+EXAMPLE = ROOT / "examples" / "call.pcap"
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "sipcaptool", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=300)
+
+
+def sqlite_rows(path: Path, table: str = "sip_capture") -> list[dict]:
+    con = sqlite3.connect(path)
+    con.row_factory = sqlite3.Row
+    rows = [dict(r) for r in con.execute(f"SELECT * FROM {table} ORDER BY id")]
+    con.close()
+    return rows
+
+
+def fetch_rows(url: str, table: str = "sip_capture") -> list[dict]:
+    """Rows of a table in any of the three databases, as plain Python values."""
+    if url.startswith("sqlite:///"):
+        return sqlite_rows(Path(url[len("sqlite:///"):]), table)
+    if url.startswith("mysql://"):
+        import pymysql
+
+        from sipcaptool.store.url import parse_db_url
+
+        u = parse_db_url(url)
+        c = pymysql.connect(host=u.host, port=u.port or 3306, user=u.user, password=u.password or "",
+                            database=u.database, cursorclass=pymysql.cursors.DictCursor)
+        with c.cursor() as cur:
+            cur.execute(f"SELECT * FROM `{table}` ORDER BY id")
+            rows = list(cur.fetchall())
+        c.close()
+    else:
+        import psycopg2
+        import psycopg2.extras
+
+        from sipcaptool.store.url import parse_db_url
+
+        u = parse_db_url(url)
+        c = psycopg2.connect(host=u.host, port=u.port or 5432, user=u.user, dbname=u.database)
+        with c.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(f'SELECT * FROM "{table}" ORDER BY id')
+            rows = [dict(r) for r in cur.fetchall()]
+        c.close()
+    out = []
+    for r in rows:
+        r = dict(r)
+        if isinstance(r.get("msg"), memoryview):
+            r["msg"] = bytes(r["msg"])
+        if not isinstance(r["date"], str):
+            r["date"] = r["date"].strftime("%Y-%m-%d %H:%M:%S")
+        out.append(r)
+    return out
+
+
+def normalise(rows: list[dict]) -> list[tuple]:
+    return [tuple(bytes(r[c]) if c == "msg" else r[c] for c in SIP_COLUMN_NAMES) for r in rows]
+
+
+# ------------------------------------------------------------------ SQLite, the default
+
+def test_example_replays_into_default_sqlite(tmp_path):
+    p = run("replay", str(EXAMPLE), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "rows stored:       30" in p.stdout
+    rows = sqlite_rows(tmp_path / "sipcapture.db")
+    assert len(rows) == 30
+    methods = [r["method"] for r in rows]
+    assert methods.count("INVITE") == 5 and methods.count("BYE") == 5 and methods.count("ACK") == 5
+    assert methods.count("180") == 5 and methods.count("200") == 10
+    assert len({r["callid"] for r in rows}) == 5
+    inv = rows[0]
+    assert inv["method"] == "INVITE" and inv["ruri"] == "sip:service@127.0.0.1:15060"
+    assert inv["source_ip"] == "127.0.0.1" and inv["source_port"] == 15061
+    assert inv["destination_port"] == 15060 and inv["proto"] == 1 and inv["family"] == 2
+    assert inv["type"] == 1 and inv["node"] == "homer01"
+    assert inv["correlation_id"] == inv["callid"]
+    assert inv["msg"].startswith(b"INVITE sip:service@127.0.0.1:15060 SIP/2.0\r\n")
+    assert inv["content_type"] == "application/sdp"
+    reply = next(r for r in rows if r["method"] == "180")
+    assert reply["type"] == 2 and reply["reply_reason"] == "Ringing" and reply["ruri"] == ""
+    # micro_ts strictly from the capture, date its UTC second
+    import time
+
+    assert inv["date"] == time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(inv["micro_ts"] // 1_000_000))
+
+
+def test_json_summary(tmp_path):
+    p = run("replay", "--json", "--db", f"sqlite:///{tmp_path}/x.db", str(EXAMPLE))
+    assert p.returncode == 0, p.stderr
+    s = json.loads(p.stdout)
+    assert s["packets"] == 30 and s["stored_total"] == 30 and s["stored"] == {"sip_capture": 30}
+    assert s["files"][0]["file"] == str(EXAMPLE)
+
+
+@pytest.mark.parametrize("name", sorted(p.name[:-len(".expected.jsonl")]
+                                        for p in PCAPS.glob("*.expected.jsonl")))
+def test_project_captures(tmp_path, name):
+    cap = next(PCAPS.glob(name + ".pcap*"))
+    expected = [json.loads(line) for line in (PCAPS / f"{name}.expected.jsonl").open()]
+    db = tmp_path / "t.db"
+    p = run("replay", "-q", "--db", f"sqlite:///{db}", str(cap))
+    assert p.returncode == 0, p.stderr
+    rows = sqlite_rows(db)
+    got = [{k: r[k] for k in ("micro_ts", "source_ip", "source_port", "destination_ip",
+                              "destination_port", "proto", "family", "method", "callid")}
+           | {"msg_len": len(r["msg"])} for r in rows]
+    want = [{k: e[k] for k in got[0]} if got else e for e in expected]
+    assert got == want
+    for e, r in zip(expected, rows):
+        if "node" in e:
+            assert r["node"] == e["node"]
+
+
+# ------------------------------------------------------------------ routing
+
+def _two_tables(tmp_path, *extra):
+    db = tmp_path / "r.db"
+    p = run("replay", "-q", "--db", f"sqlite:///{db}", "--table-name", "sip_a|sip_b", *extra,
+            str(PCAPS / "udp-vlan-qinq.pcap"), str(EXAMPLE))
+    assert p.returncode == 0, p.stderr
+    return sqlite_rows(db, "sip_a"), sqlite_rows(db, "sip_b")
+
+
+def test_hash_keeps_calls_together_and_matches_crc32(tmp_path):
+    a, b = _two_tables(tmp_path, "--mt-mode", "hash", "--hash-source", "call_id")
+    assert a and b and len(a) + len(b) == 39
+    for table_index, rows in enumerate((a, b)):
+        for r in rows:
+            key = r["callid"].split()[0]
+            assert zlib.crc32(key.encode()) % 2 == table_index
+    assert not ({r["callid"] for r in a} & {r["callid"] for r in b})
+
+
+def test_round_robin_alternates(tmp_path):
+    a, b = _two_tables(tmp_path, "--mt-mode", "round_robin")
+    assert abs(len(a) - len(b)) <= 1 and len(a) + len(b) == 39
+
+
+def test_strftime_table_names_in_utc(tmp_path):
+    db = tmp_path / "d.db"
+    p = run("replay", "-q", "--db", f"sqlite:///{db}", "--table-name", "sip_%Y%m%d",
+            str(PCAPS / "raw-ip.pcap"))
+    assert p.returncode == 0, p.stderr
+    # T0 of the generated captures is 2025-11-24T16:00:00Z
+    assert len(sqlite_rows(db, "sip_20251124")) == 2
+
+
+def test_capture_mode_definition(tmp_path):
+    db = tmp_path / "m.db"
+    p = run("replay", "-q", "--capture-mode",
+            f"calls=>db_url=sqlite:///{db};table_name=c1|c2;mt_mode=hash;hash_source=from_user;",
+            str(EXAMPLE))
+    assert p.returncode == 0, p.stderr
+    assert len(sqlite_rows(db, "c1")) + len(sqlite_rows(db, "c2")) == 30
+
+
+# ------------------------------------------------------------------ bad input
+
+def test_missing_file(tmp_path):
+    p = run("replay", "--db", f"sqlite:///{tmp_path}/x.db", str(tmp_path / "nope.pcap"))
+    assert p.returncode == 3
+    assert p.stderr.strip().splitlines() == [f"sipcaptool: error: {tmp_path}/nope.pcap: no such file"]
+
+
+def test_not_a_capture(tmp_path):
+    f = tmp_path / "notes.pcap"
+    f.write_text("hello, this is not a capture\n")
+    p = run("replay", "--db", f"sqlite:///{tmp_path}/x.db", str(f))
+    assert p.returncode == 3
+    assert "not a pcap or pcapng capture file" in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_truncated_capture_keeps_everything_before_the_cut(tmp_path):
+    data = EXAMPLE.read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[: len(data) - 100])  # inside the last packet
+    db = tmp_path / "t.db"
+    p = run("replay", "--json", "--db", f"sqlite:///{db}", str(cut))
+    assert p.returncode == 3, p.stderr
+    assert "cut off after packet 29" in p.stderr
+    assert len(sqlite_rows(db)) == 29
+    assert json.loads(p.stdout)["files"][0]["truncated"] is True
+
+
+def test_unknown_link_type(tmp_path):
+    from sipcaptool.testing.pcapgen import PcapWriter
+
+    f = tmp_path / "odd.pcap"
+    with open(f, "wb") as fh:
+        PcapWriter(fh, linktype=147).write(1_700_000_000_000_000, b"\0" * 40)  # USER0
+    p = run("replay", "--db", f"sqlite:///{tmp_path}/x.db", str(f))
+    assert p.returncode == 3
+    assert "link type 147" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_bad_setting_names_setting_value_allowed(tmp_path):
+    p = run("replay", "--db", f"sqlite:///{tmp_path}/x.db", "--insert-retries", "900", str(EXAMPLE))
+    assert p.returncode == 2
+    assert "insert_retries = 900" in p.stderr and "0..500" in p.stderr
+
+
+def test_unreachable_database_exit_4_without_password(tmp_path):
+    p = run("replay", "--db", "mysql://root:s3cretpw@127.0.0.1:1/homer", str(EXAMPLE))
+    assert p.returncode == 4, p.stderr
+    assert "s3cretpw" not in p.stderr and "s3cretpw" not in p.stdout
+    assert "Traceback" not in p.stderr
+
+
+def test_bad_db_url(tmp_path):
+    p = run("replay", "--db", "oracle://x@y/z", str(EXAMPLE))
+    assert p.returncode == 2 and "oracle://" in p.stderr
+
+
+# ------------------------------------------------------------------ the server databases
+
+def _replay_all(url: str):
+    p = run("db", "init", "--db", url)
+    assert p.returncode == 0, p.stderr
+    p = run("db", "init", "--db", url)  # idempotent
+    assert p.returncode == 0, p.stderr
+    caps = [str(EXAMPLE)] + [str(c) for c in sorted(PCAPS.glob("*.pcap"))]
+    p = run("replay", "-q", "--db", url, *caps)
+    assert p.returncode == 0, p.stderr
+    return fetch_rows(url)
+
+
+@pytest.mark.services
+def test_same_rows_in_all_three_databases(tmp_path, mysql_url, pg_url):
+    lite = _replay_all(f"sqlite:///{tmp_path}/all.db")
+    my = _replay_all(mysql_url)
+    pg = _replay_all(pg_url)
+    assert len(lite) == 30 + sum(1 for p in PCAPS.glob("*.pcap")
+                                 for _ in (PCAPS / (p.stem + ".expected.jsonl")).open())
+    assert normalise(my) == normalise(lite)
+    assert normalise(pg) == normalise(lite)
