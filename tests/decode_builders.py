@@ -1,0 +1,57 @@
+"""Small frame builders shared by the decode tests."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+INVITE = (b"INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n"
+          b"Call-ID: abc@10.0.0.1\r\nCSeq: 1 INVITE\r\nFrom: <sip:a@x>;tag=f1\r\nTo: <sip:bob@example.com>\r\n"
+          b"Content-Length: 0\r\n\r\n")
+OK200 = (b"SIP/2.0 200 OK\r\nCall-ID: abc@10.0.0.1\r\nCSeq: 1 INVITE\r\nContent-Length: 4\r\n\r\nv=0\n")
+
+
+def ip4(src: str, dst: str, proto: int, payload: bytes, *, ident: int = 1, frag: int = 0,
+        mf: bool = False, total: int | None = None) -> bytes:
+    ff = (0x2000 if mf else 0) | (frag >> 3)
+    tl = 20 + len(payload) if total is None else total
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, tl, ident, ff, 64, proto, 0,
+                       socket.inet_aton(src), socket.inet_aton(dst)) + payload
+
+
+def ip6(src: str, dst: str, nh: int, payload: bytes) -> bytes:
+    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), nh, 64,
+                       socket.inet_pton(socket.AF_INET6, src),
+                       socket.inet_pton(socket.AF_INET6, dst)) + payload
+
+
+def ip6_frag(nh: int, offset: int, more: bool, ident: int, data: bytes) -> bytes:
+    return struct.pack("!BBHI", nh, 0, offset | (1 if more else 0), ident) + data
+
+
+def udp(sport: int, dport: int, payload: bytes) -> bytes:
+    return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+
+
+def tcp(sport: int, dport: int, seq: int, payload: bytes, flags: int = 0x18) -> bytes:
+    return struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, flags, 65535, 0, 0) + payload
+
+
+def eth(ethertype: int, payload: bytes, vlans: tuple[tuple[int, int], ...] = ()) -> bytes:
+    head = b"\x00\x11\x22\x33\x44\x55" + b"\x66\x77\x88\x99\xaa\xbb"
+    for tpid, vid in vlans:
+        head += struct.pack("!HH", tpid, vid)
+    return head + struct.pack("!H", ethertype) + payload
+
+
+def sll(proto: int, payload: bytes) -> bytes:
+    return struct.pack("!HHH8sH", 0, 1, 6, b"\x00" * 8, proto) + payload
+
+
+def sll2(proto: int, payload: bytes) -> bytes:
+    return struct.pack("!HHIHBB8s", proto, 0, 2, 1, 0, 6, b"\x00" * 8) + payload
+
+
+def udp4_frame(payload: bytes, sport: int = 5060, dport: int = 5060,
+               src: str = "10.0.0.1", dst: str = "10.0.0.2") -> bytes:
+    return eth(0x0800, ip4(src, dst, 17, udp(sport, dport, payload)))
