@@ -1,0 +1,676 @@
+"""SIP start line and header section -> the values of the capture columns.
+
+Pure code, stdlib only. ``parse_sip`` is the hot path of every capture source, so it is
+written for speed: the header section (never the body) is decoded once, one compiled
+pattern splits it into ``(name, body)`` pairs in C, and only the handful of headers that
+feed a column (From, To, Contact, the identities, the credentials, the first Via) get any
+further parsing.
+
+What is kept, and how, follows Kamailio's sipcapture module (see SCHEMA.md): a header
+"body" runs from the first non-blank character after ``Name:`` (line folding included) to
+the end of the line; trailing spaces and tabs are kept, only the line ending is removed;
+folded continuation lines stay inside the body. "First" means the first header of that
+name. Deliberate differences from Kamailio 5.6.3:
+
+* header names are compared case-insensitively everywhere (RFC 3261 section 7.3.1), also
+  for the headers Kamailio looks up by name (Reason, X-OIP, RTP-stat names, configurable
+  headers), where it compares the first character case-sensitively;
+* ``auth`` holds the credentials header body (Kamailio never fills it);
+* ``X-OIP: ip[:port]`` is parsed properly, ``[IPv6]:port`` too, and the message buffer is
+  never modified.
+
+Which messages are refused (``parse_sip`` raises ``DecodeError``) follows what the module
+drops: no valid start line, no (parsable) Via, a reply without From/To/Call-ID/CSeq
+(Kamailio's "required headers not found in reply"), an unparsable From, To, Contact,
+CSeq or Request-URI, or a header line that is not ``name: value``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import DecodeError
+
+__all__ = [
+    "SipMessage",
+    "TYPE_REQUEST",
+    "TYPE_REPLY",
+    "looks_like_sip",
+    "parse_sip",
+    "parse_sip_lenient",
+]
+
+# Kamailio's first_line.type values, stored in the ``type`` column.
+TYPE_UNKNOWN = 0
+TYPE_REQUEST = 1
+TYPE_REPLY = 2
+
+# RFC 3261 section 7.3.3 compact forms (and the later RFCs' ones), mapped to the full
+# lower-case names every lookup uses.
+_COMPACT = {
+    "i": "call-id",
+    "f": "from",
+    "t": "to",
+    "v": "via",
+    "m": "contact",
+    "l": "content-length",
+    "c": "content-type",
+    "k": "supported",
+    "s": "subject",
+    "e": "content-encoding",
+    "o": "event",
+    "r": "refer-to",
+    "u": "allow-events",
+    "b": "referred-by",
+    "x": "session-expires",
+    "a": "accept-contact",
+    "j": "reject-contact",
+    "d": "request-disposition",
+    "y": "identity",
+    "n": "identity-info",
+}
+
+# The RTP statistics headers, in the order sipcapture tries them.
+RTP_STAT_HEADERS = (
+    "x-rtp-stat-add",
+    "x-rtp-stat-t38",
+    "x-rtp-stat",
+    "p-rtp-stat",
+    "x-siemens-rtp-stats",
+    "x-ng-rtp-stats",
+    "rtp-rxstat",
+)
+
+# One header line: name (a token, no blanks), optional blanks, colon, leading linear
+# white space (folding included) skipped, then the body up to the end of the line plus
+# any continuation lines (a line break followed by a space or tab, RFC 3261 7.3.1).
+# CR and LF never end up at the end of a body; a CR-LF inside (folding) is kept.
+_HEADER_RE = re.compile(
+    r"^([^:\s]+)[ \t]*:(?:[ \t]|\r?\n[ \t])*([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)",
+    re.M,
+)
+
+# RFC 3261 token characters (the method of a request line).
+_TOKEN_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
+)
+_TOKEN_BYTES = bytes(sorted(ord(c) for c in _TOKEN_CHARS))
+_DIGITS = frozenset("0123456789")
+
+_URI_SCHEMES_SIP = frozenset(("sip", "sips"))
+_URI_SCHEMES_TEL = frozenset(("tel", "tels"))
+
+
+class SipMessage:
+    """The SIP-derived column values of one message (strings are ``''`` when absent).
+
+    Attributes:
+        type: 1 request, 2 reply, 0 when the start line did not parse (lenient only).
+        method: request method as written, or the 3-digit status code of a reply.
+        reply_reason: reason phrase of a reply.
+        ruri, ruri_user, ruri_domain: Request-URI text, its user and host parts.
+        from_user, from_domain, from_tag, to_user, to_domain, to_tag: From/To URI parts
+            and ``tag`` parameters.
+        pid_user: user of the first P-Asserted-Identity, else P-Preferred-Identity, else
+            Remote-Party-ID URI.
+        contact_user, contact_ip, contact_port: first Contact URI (``*`` for
+            ``Contact: *``; port 0 when absent).
+        auth_user: digest ``username`` up to ``@`` of the first Proxy-Authorization, else
+            Authorization header; ``auth`` is that header's body.
+        callid, cseq, via_1, via_1_branch, reason, content_type, user_agent, diversion,
+            rtp_stat: header bodies (``via_1`` is the whole first Via line).
+        originator_ip, originator_port: from ``X-OIP: ip[:port]`` (brackets removed).
+        error: the DecodeError reason when ``parse_sip_lenient`` met a problem, else ''.
+    """
+
+    __slots__ = (
+        "type",
+        "method",
+        "reply_reason",
+        "ruri",
+        "ruri_user",
+        "ruri_domain",
+        "from_user",
+        "from_domain",
+        "from_tag",
+        "to_user",
+        "to_domain",
+        "to_tag",
+        "pid_user",
+        "contact_user",
+        "contact_ip",
+        "contact_port",
+        "auth_user",
+        "auth",
+        "callid",
+        "via_1",
+        "via_1_branch",
+        "cseq",
+        "reason",
+        "content_type",
+        "user_agent",
+        "originator_ip",
+        "originator_port",
+        "rtp_stat",
+        "diversion",
+        "error",
+        "_headers",
+    )
+
+    def __init__(self) -> None:
+        self.type = TYPE_UNKNOWN
+        self.method = ""
+        self.reply_reason = ""
+        self.ruri = ""
+        self.ruri_user = ""
+        self.ruri_domain = ""
+        self.from_user = ""
+        self.from_domain = ""
+        self.from_tag = ""
+        self.to_user = ""
+        self.to_domain = ""
+        self.to_tag = ""
+        self.pid_user = ""
+        self.contact_user = ""
+        self.contact_ip = ""
+        self.contact_port = 0
+        self.auth_user = ""
+        self.auth = ""
+        self.callid = ""
+        self.via_1 = ""
+        self.via_1_branch = ""
+        self.cseq = ""
+        self.reason = ""
+        self.content_type = ""
+        self.user_agent = ""
+        self.originator_ip = ""
+        self.originator_port = 0
+        self.rtp_stat = ""
+        self.diversion = ""
+        self.error = ""
+        self._headers: dict[str, str] = {}
+
+    def header(self, name: str) -> str | None:
+        """Body of the first header called ``name`` (any case, compact forms too), or None."""
+        key = name.lower()
+        return self._headers.get(_COMPACT.get(key, key))
+
+    def first_header(self, names) -> str:
+        """Body of the first header found trying ``names`` in order, else ''.
+
+        This is how ``callid_aleg`` is chosen from the ``callid_aleg_header`` list.
+        """
+        headers = self._headers
+        for name in names:
+            key = name.lower()
+            body = headers.get(_COMPACT.get(key, key))
+            if body is not None:
+                return body
+        return ""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """First body of every header, keyed by lower-case full name (read-only use)."""
+        return self._headers
+
+    def __repr__(self) -> str:
+        return (
+            f"SipMessage(type={self.type}, method={self.method!r}, "
+            f"callid={self.callid!r}, cseq={self.cseq!r})"
+        )
+
+
+def looks_like_sip(payload: bytes) -> bool:
+    """Cheap check that ``payload`` starts with a SIP request or status line.
+
+    ``METHOD SP uri SP SIP/2.0`` or ``SIP/2.0 SP 3DIGIT``; used to recognise SIP by
+    content on any port. Only the first line is looked at.
+    """
+    nl = payload.find(b"\n", 0, 8192)
+    line = payload if nl < 0 else payload[:nl]
+    if line[-1:] == b"\r":
+        line = line[:-1]
+    if line[:8].upper() == b"SIP/2.0 ":
+        code = line[8:11]
+        return len(code) == 3 and code.isdigit() and line[11:12] in (b"", b" ")
+    parts = line.split(b" ")
+    return (
+        len(parts) == 3
+        and parts[2].upper() == b"SIP/2.0"
+        and bool(parts[0])
+        and not parts[0].translate(None, _TOKEN_BYTES)
+        and bool(parts[1])
+    )
+
+
+def parse_sip(payload: bytes) -> SipMessage:
+    """Parse the start line and header section of one SIP message.
+
+    Args:
+        payload: the whole message as captured (the body is not looked at).
+
+    Returns:
+        the column values, see ``SipMessage``.
+
+    Raises:
+        DecodeError: for what Kamailio's sipcapture would not store; ``reason`` is one
+            of ``sip-bad-start-line``, ``sip-bad-header``, ``sip-no-via``,
+            ``sip-bad-via``, ``sip-reply-missing-headers``, ``sip-bad-from``,
+            ``sip-bad-to``, ``sip-bad-contact``, ``sip-bad-cseq``, ``sip-bad-ruri``.
+    """
+    return _parse(payload, True)
+
+
+def parse_sip_lenient(payload: bytes) -> SipMessage:
+    """Like ``parse_sip`` but never raises: fills what it can.
+
+    The reason of the first problem met (what ``parse_sip`` would have raised) is in
+    ``error``. Used with ``capture_bad_msgs``.
+    """
+    try:
+        return _parse(payload, False)
+    except Exception as exc:  # a bug must never stop a capture: keep an empty record
+        msg = SipMessage()
+        msg.error = getattr(exc, "reason", None) or "sip-internal-error"
+        return msg
+
+
+def _fail(msg: SipMessage, strict: bool, reason: str, detail: str = "") -> None:
+    if strict:
+        raise DecodeError(reason, detail)
+    if not msg.error:
+        msg.error = reason
+
+
+def _header_text(payload: bytes) -> str:
+    """The header section (start line included) decoded as text, NUL bytes removed."""
+    end = payload.find(b"\n\r\n")
+    if end >= 0:
+        lf = payload.find(b"\n\n", 0, end + 1)
+        if lf >= 0:
+            end = lf
+    else:
+        end = payload.find(b"\n\n")
+        if end < 0:
+            end = len(payload)
+    text = payload[:end].decode("utf-8", "replace")
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    return text
+
+
+def _parse(payload: bytes, strict: bool) -> SipMessage:
+    msg = SipMessage()
+    text = _header_text(payload)
+
+    # --- start line -------------------------------------------------------------------
+    nl = text.find("\n")
+    if nl < 0:
+        line = text
+        rest = ""
+    else:
+        line = text[:nl]
+        rest = text[nl + 1 :]
+    if line[-1:] == "\r":
+        line = line[:-1]
+    _start_line(msg, line, strict)
+
+    # --- headers ----------------------------------------------------------------------
+    rest = rest.rstrip("\r\n")
+    pairs = _HEADER_RE.findall(rest)
+    if rest:
+        lines = rest.count("\n") + 1 - rest.count("\n ") - rest.count("\n\t")
+        if len(pairs) != lines:
+            _fail(msg, strict, "sip-bad-header", "a header line without 'name:'")
+    pairs.reverse()  # so the first header of a name is the one left in the dict
+    compact = _COMPACT
+    headers = {}
+    for name, body in pairs:
+        key = name.lower()
+        if len(key) == 1:
+            key = compact.get(key, key)
+        headers[key] = body
+    msg._headers = headers
+    get = headers.get
+
+    # --- the plain bodies -------------------------------------------------------------
+    callid = get("call-id")
+    if callid is not None:
+        msg.callid = callid
+    cseq = get("cseq")
+    if cseq is not None:
+        msg.cseq = cseq
+        num, _, meth = cseq.partition(" ")
+        if not num or not _DIGITS.issuperset(num) or not meth.strip(" \t"):
+            _fail(msg, strict, "sip-bad-cseq", cseq)
+    via = get("via")
+    if via is None:
+        _fail(msg, strict, "sip-no-via")
+    else:
+        msg.via_1 = via
+        _via_branch(msg, via, strict)
+    if msg.type == TYPE_REPLY and (
+        callid is None or cseq is None or "from" not in headers or "to" not in headers
+    ):
+        _fail(msg, strict, "sip-reply-missing-headers")
+    body = get("content-type")
+    if body is not None:
+        msg.content_type = body
+    body = get("user-agent")
+    if body is not None:
+        msg.user_agent = body
+    body = get("diversion")
+    if body is not None:
+        msg.diversion = body
+    body = get("reason")
+    if body is not None:
+        msg.reason = body
+
+    # --- From / To --------------------------------------------------------------------
+    body = get("from")
+    if body is not None:
+        try:
+            uri, params = _name_addr(body)
+            msg.from_user, msg.from_domain, _ = _parse_uri(uri)
+            msg.from_tag = _tag(params)
+        except ValueError as exc:
+            _fail(msg, strict, "sip-bad-from", str(exc))
+    body = get("to")
+    if body is not None:
+        try:
+            uri, params = _name_addr(body)
+            msg.to_user, msg.to_domain, _ = _parse_uri(uri)
+            msg.to_tag = _tag(params)
+        except ValueError as exc:
+            _fail(msg, strict, "sip-bad-to", str(exc))
+
+    # --- Contact ----------------------------------------------------------------------
+    body = get("contact")
+    if body is not None:
+        if body.strip(" \t") == "*":
+            msg.contact_user = "*"
+        else:
+            try:
+                uri, _ = _name_addr(body, contact=True)
+                user, host, port = _parse_uri(uri)
+            except ValueError as exc:
+                _fail(msg, strict, "sip-bad-contact", str(exc))
+            else:
+                msg.contact_user = user
+                msg.contact_ip = host
+                msg.contact_port = int(port) if port else 0
+
+    # --- less common headers -----------------------------------------------------------
+    _identity(msg, get)
+    body = get("proxy-authorization")
+    if body is None:
+        body = get("authorization")
+    if body is not None:
+        msg.auth = body
+        msg.auth_user = _digest_user(body)
+    body = get("x-oip")
+    if body is not None:
+        msg.originator_ip, msg.originator_port = _originator(body)
+    for name in RTP_STAT_HEADERS:
+        body = get(name)
+        if body is not None:
+            msg.rtp_stat = body
+            break
+    return msg
+
+
+def _start_line(msg: SipMessage, line: str, strict: bool) -> None:
+    """Request line (RFC 3261 7.1) or status line (7.2)."""
+    if line[:8].upper() == "SIP/2.0 ":
+        code = line[8:11]
+        sep = line[11:12]
+        if len(code) == 3 and _DIGITS.issuperset(code) and code[0] != "0" and sep in ("", " "):
+            msg.type = TYPE_REPLY
+            msg.method = code
+            msg.reply_reason = line[12:]
+            return
+        _fail(msg, strict, "sip-bad-start-line", line[:80])
+        return
+    parts = line.split(" ")
+    if (
+        len(parts) != 3
+        or parts[2].upper() != "SIP/2.0"
+        or not parts[0]
+        or not _TOKEN_CHARS.issuperset(parts[0])
+        or not parts[1]
+    ):
+        _fail(msg, strict, "sip-bad-start-line", line[:80])
+        return
+    msg.type = TYPE_REQUEST
+    msg.method = parts[0]
+    msg.ruri = uri = parts[1]
+    try:
+        msg.ruri_user, msg.ruri_domain, _ = _parse_uri(uri)
+    except ValueError as exc:
+        _fail(msg, strict, "sip-bad-ruri", str(exc))
+
+
+def _parse_uri(uri: str) -> tuple[str, str, str]:
+    """(user, host, port) of a sip:/sips:/tel: URI, as Kamailio's parse_uri splits it.
+
+    The host keeps the brackets of an IPv6 reference (``[2001:db8::1]``), as Kamailio
+    does; a ``tel:`` URI has the number as user and no host. Raises ValueError.
+    """
+    colon = uri.find(":")
+    if colon <= 0:
+        raise ValueError(f"no URI scheme in {uri[:80]!r}")
+    scheme = uri[:colon].lower()
+    rest = uri[colon + 1 :]
+    if scheme in _URI_SCHEMES_SIP:
+        at = rest.find("@")
+        if at >= 0:
+            user = rest[:at]
+            pw = user.find(":")
+            if pw >= 0:
+                user = user[:pw]
+            hostport = rest[at + 1 :]
+        else:
+            user = ""
+            hostport = rest
+        if hostport[:1] == "[":
+            close = hostport.find("]")
+            if close < 0:
+                raise ValueError(f"unterminated IPv6 reference in {uri[:80]!r}")
+            host = hostport[: close + 1]
+            after = hostport[close + 1 :]
+            if after[:1] == ":":
+                port = after[1:]
+                for ch in ";?":
+                    i = port.find(ch)
+                    if i >= 0:
+                        port = port[:i]
+            elif after and after[0] not in ";?":
+                raise ValueError(f"junk after IPv6 reference in {uri[:80]!r}")
+            else:
+                port = ""
+        else:
+            end = len(hostport)
+            i = hostport.find(";")
+            if 0 <= i < end:
+                end = i
+            i = hostport.find("?")
+            if 0 <= i < end:
+                end = i
+            host = hostport[:end]
+            pc = host.find(":")
+            if pc >= 0:
+                port = host[pc + 1 :]
+                host = host[:pc]
+            else:
+                port = ""
+        if not host:
+            raise ValueError(f"no host in {uri[:80]!r}")
+        if port and not _DIGITS.issuperset(port):
+            raise ValueError(f"bad port in {uri[:80]!r}")
+        return user, host, port
+    if scheme in _URI_SCHEMES_TEL:
+        semi = rest.find(";")
+        number = rest if semi < 0 else rest[:semi]
+        if not number:
+            raise ValueError(f"empty tel URI {uri[:80]!r}")
+        return number, "", ""
+    if scheme == "urn":
+        return "", rest, ""
+    raise ValueError(f"unsupported URI scheme {scheme[:20]!r}")
+
+
+def _skip_quoted(body: str, start: int) -> int:
+    """Index just past the closing quote of the quoted string opening at ``start``."""
+    i = start + 1
+    while True:
+        q = body.find('"', i)
+        if q < 0:
+            raise ValueError("unterminated quoted string")
+        b = q - 1
+        while b > start and body[b] == "\\":
+            b -= 1
+        if (q - 1 - b) % 2 == 0:  # an even number of backslashes: a real quote
+            return q + 1
+        i = q + 1
+
+
+def _name_addr(body: str, contact: bool = False) -> tuple[str, str]:
+    """(uri, rest) of ``[display-name] <uri> params`` or ``addr-spec params``.
+
+    ``rest`` is what follows the URI (header parameters, further Contact values).
+    Raises ValueError.
+    """
+    lt = body.find("<")
+    if '"' in body[: lt if lt >= 0 else len(body)]:
+        q = body.find('"')
+        end = _skip_quoted(body, q)
+        lt = body.find("<", end)
+        if lt < 0:
+            raise ValueError("quoted display name without <uri>")
+    if lt >= 0:
+        gt = body.find(">", lt + 1)
+        if gt < 0:
+            raise ValueError("'<' without '>'")
+        uri = body[lt + 1 : gt].strip(" \t")
+        if "<" in uri:
+            raise ValueError("'<' inside <uri>")
+        return uri, body[gt + 1 :]
+    # addr-spec: the URI ends at the first ';' (parameters then belong to the header,
+    # RFC 3261 20.10), a blank, or a ',' between Contact values.
+    s = body.strip(" \t")
+    end = len(s)
+    for ch in (";", " ", "\t", ",") if contact else (";", " ", "\t"):
+        i = s.find(ch)
+        if 0 <= i < end:
+            end = i
+    if not s or end == 0:
+        raise ValueError("empty address")
+    return s[:end], s[end:]
+
+
+def _tag(params: str) -> str:
+    """Value of the ``tag`` parameter in ``;name=value`` header parameters."""
+    if ";" not in params:
+        return ""
+    for param in params.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip(" \t").lower() == "tag":
+            return value.strip(" \t\r\n")
+    return ""
+
+
+def _via_branch(msg: SipMessage, via: str, strict: bool) -> None:
+    """Check the first Via value and take its ``branch`` parameter."""
+    first = via.split(",", 1)[0]
+    proto, _, sent_by = first.strip(" \t").partition(" ")
+    if proto.count("/") != 2 or not sent_by.strip(" \t\r\n"):
+        # "SIP / 2.0 / UDP host" (blanks around the slashes) is legal but rare
+        compact = first.replace(" ", "").replace("\t", "")
+        if compact.count("/") < 2:
+            _fail(msg, strict, "sip-bad-via", via[:80])
+            return
+    if ";" not in first:
+        return
+    for param in first.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip(" \t").lower() == "branch":
+            msg.via_1_branch = value.strip(" \t\r\n")
+            return
+
+
+def _identity(msg: SipMessage, get) -> None:
+    """pid_user: first P-Asserted-Identity, else P-Preferred-Identity, else RPID."""
+    for name in ("p-asserted-identity", "p-preferred-identity", "remote-party-id"):
+        body = get(name)
+        if body is None:
+            continue
+        try:
+            uri, _ = _name_addr(body, contact=True)
+            msg.pid_user = _parse_uri(uri)[0]
+        except ValueError:
+            msg.pid_user = ""
+        return
+
+
+def _digest_user(body: str) -> str:
+    """User part (before '@') of the digest ``username`` of a credentials body."""
+    s = body.lstrip(" \t")
+    scheme, _, params = s.partition(" ")
+    if scheme.lower() != "digest":
+        return ""
+    low = params.lower()
+    i = 0
+    while True:
+        i = low.find("username", i)
+        if i < 0:
+            return ""
+        before = low[:i].rstrip(" \t\r\n")
+        j = i + 8
+        i = j
+        if before and before[-1] != ",":
+            continue
+        while j < len(params) and params[j] in " \t\r\n":
+            j += 1
+        if params[j : j + 1] != "=":
+            continue
+        j += 1
+        while j < len(params) and params[j] in " \t\r\n":
+            j += 1
+        if params[j : j + 1] == '"':
+            try:
+                end = _skip_quoted(params, j)
+            except ValueError:
+                return ""
+            value = params[j + 1 : end - 1].replace('\\"', '"')
+        else:
+            end = j
+            while end < len(params) and params[end] not in ", \t\r\n":
+                end += 1
+            value = params[j:end]
+        at = value.find("@")
+        return value if at < 0 else value[:at]
+
+
+def _originator(body: str) -> tuple[str, int]:
+    """``X-OIP: ip[:port]`` -> (ip, port); ``[IPv6]:port`` and bare IPv6 handled."""
+    s = body.strip(" \t")
+    port_s = ""
+    if s[:1] == "[":
+        close = s.find("]")
+        if close < 0:
+            return s, 0
+        ip = s[1:close]
+        if s[close + 1 : close + 2] == ":":
+            port_s = s[close + 2 :]
+    elif s.count(":") == 1:
+        ip, _, port_s = s.partition(":")
+    else:  # no port, or a bare IPv6 address
+        ip = s
+    ip = ip.strip(" \t")
+    n = 0
+    for ch in port_s.lstrip(" \t"):
+        if ch not in _DIGITS:
+            break
+        n += 1
+    port = int(port_s.lstrip(" \t")[:n]) if 0 < n <= 5 else 0
+    return ip, port if port <= 65535 else 0
