@@ -1,0 +1,122 @@
+"""Storage: db_url parsing, table routing, per-database adapters and the batch writer.
+
+Every adapter has the same interface (:class:`Adapter`). A batch is written in two steps
+so the expensive per-row work can happen in a different process from the database I/O:
+
+* :meth:`Adapter.format_batch` turns rows into the payload the database ingests fastest
+  (PostgreSQL: COPY text; MySQL: a LOAD DATA LOCAL INFILE buffer; SQLite: the rows). It
+  is pure -- no connection -- so the capturing process can run it.
+* :meth:`Adapter.write` sends one formatted batch in one transaction.
+
+Rows are tuples in :data:`sipcaptool.record.SIP_COLUMN_NAMES` (kind ``"sip"``) or
+:data:`sipcaptool.record.AUX_COLUMN_NAMES` (kind ``"aux"``) order: ``date`` as
+``'YYYY-MM-DD HH:MM:SS'`` (UTC), ints, str (any Unicode, no NUL, already cut to the
+column width), ``msg`` as bytes (any bytes).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from ..errors import StoreError
+from ..record import AUX_COLUMN_NAMES, AUX_COLUMNS, SIP_COLUMN_NAMES, SIP_COLUMNS
+from .url import DbUrl, mask_password, parse_db_url
+
+KINDS = ("sip", "aux")
+COLUMNS = {"sip": SIP_COLUMNS, "aux": AUX_COLUMNS}
+COLUMN_NAMES = {"sip": SIP_COLUMN_NAMES, "aux": AUX_COLUMN_NAMES}
+
+
+def one_line(exc: BaseException) -> str:
+    """A one-line description of a driver error, passwords masked."""
+    text = str(exc).strip() or type(exc).__name__
+    first = text.splitlines()[0].strip()
+    return mask_password(first)
+
+
+class Adapter(ABC):
+    """One database connection that creates tables and writes formatted batches.
+
+    Args:
+        url: the parsed db_url.
+        partition_days: MySQL only: partition tables created on demand (see schema.py).
+    """
+
+    dialect: str = ""
+
+    def __init__(self, url: DbUrl, *, partition_days: int | None = None) -> None:
+        self.url = url
+        self.partition_days = partition_days
+
+    # -- connection -------------------------------------------------------------------
+    @abstractmethod
+    def connect(self) -> None:
+        """Open the connection (StoreError when the database is unreachable/refuses)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the connection; safe to call twice or when never connected."""
+
+    def create_database(self) -> None:
+        """Create the database itself if missing (MySQL/PostgreSQL); no-op for SQLite."""
+
+    # -- schema -----------------------------------------------------------------------
+    def schema_sql(self, sip_tables: list[str], aux: bool = True,
+                   partition_days: int | None = None) -> list[str]:
+        """The CREATE statements for these tables (strftime names expanded for now)."""
+        from .schema import schema_sql
+        return schema_sql(self.dialect, sip_tables, aux, partition_days)
+
+    def create_tables(self, sip_tables: list[str], aux: bool = True,
+                      partition_days: int | None = None) -> list[str]:
+        """Create the tables if missing (idempotent); return the statements executed."""
+        stmts = self.schema_sql(sip_tables, aux, partition_days)
+        self.execute_ddl(stmts)
+        return stmts
+
+    @abstractmethod
+    def execute_ddl(self, statements: list[str]) -> None:
+        """Run DDL statements (StoreError on failure)."""
+
+    def create_for(self, table: str, kind: str) -> None:
+        """Create the table a write found missing (a new strftime day, a fresh database)."""
+        from .schema import aux_tables_sql, sip_table_sql
+        if kind == "sip":
+            self.execute_ddl(sip_table_sql(self.dialect, table, self.partition_days))
+        else:
+            self.execute_ddl(aux_tables_sql(self.dialect))
+
+    # -- data -------------------------------------------------------------------------
+    @abstractmethod
+    def format_batch(self, kind: str, rows: list[tuple]) -> object:
+        """Turn rows into the payload :meth:`write` sends (pure: no connection needed)."""
+
+    @abstractmethod
+    def write(self, table: str, kind: str, formatted: object) -> None:
+        """Write one formatted batch in one transaction; create the table if missing.
+        Raises StoreError (one line, password masked)."""
+
+    def error(self, what: str, exc: BaseException) -> StoreError:
+        return StoreError(f"{self.url.redacted()}: {what}: {one_line(exc)}")
+
+
+def adapter_class(dialect: str) -> type[Adapter]:
+    if dialect == "sqlite":
+        from .sqlite import SqliteAdapter
+        return SqliteAdapter
+    if dialect == "mysql":
+        from .mysql import MysqlAdapter
+        return MysqlAdapter
+    if dialect == "postgresql":
+        from .postgres import PostgresAdapter
+        return PostgresAdapter
+    raise StoreError(f"no storage adapter for {dialect!r}")
+
+
+def open_adapter(db_url: str | DbUrl, *, partition_days: int | None = None) -> Adapter:
+    """An adapter (not yet connected) for a db_url. ConfigError for a bad URL."""
+    url = parse_db_url(db_url) if isinstance(db_url, str) else db_url
+    return adapter_class(url.dialect)(url, partition_days=partition_days)
+
+
+__all__ = ["Adapter", "DbUrl", "KINDS", "adapter_class", "open_adapter", "parse_db_url"]

@@ -1,0 +1,126 @@
+"""PostgreSQL adapter: batches are written with ``COPY ... FROM STDIN`` (text format)."""
+
+from __future__ import annotations
+
+import io
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+
+from ..errors import StoreError
+from ..record import AUX_COLUMNS, SIP_COLUMNS
+from . import COLUMN_NAMES, Adapter
+from ._text import TabFormatter
+from .schema import quote_ident
+
+_FORMATTERS = {"sip": TabFormatter(SIP_COLUMNS, "postgresql"),
+               "aux": TabFormatter(AUX_COLUMNS, "postgresql")}
+_COLS = {k: ", ".join(quote_ident("postgresql", c) for c in v) for k, v in COLUMN_NAMES.items()}
+_COPY_CHUNK = 1 << 20
+
+
+class PostgresAdapter(Adapter):
+    """PostgreSQL via psycopg2; COPY text with bytea as ``\\x`` hex."""
+
+    dialect = "postgresql"
+
+    def __init__(self, url, *, partition_days=None) -> None:
+        super().__init__(url, partition_days=partition_days)
+        self.conn = None
+
+    def _params(self, database: str) -> dict:
+        u = self.url
+        p = dict(host=u.host, port=u.port, dbname=database, user=u.user or "postgres",
+                 connect_timeout=10, application_name="sipcaptool")
+        if u.password:
+            p["password"] = u.password
+        p.update(dict(u.options))
+        return p
+
+    def connect(self) -> None:
+        if self.conn is not None:
+            return
+        try:
+            self.conn = psycopg2.connect(**self._params(self.url.database))
+        except psycopg2.Error as e:
+            raise self.error("cannot connect", e) from None
+        self.conn.set_session(autocommit=False)
+        with self.conn.cursor() as cur:
+            cur.execute("SET TIME ZONE 'UTC'")
+        self.conn.commit()
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except psycopg2.Error:
+                pass
+
+    def create_database(self) -> None:
+        try:
+            conn = psycopg2.connect(**self._params("postgres"))
+        except psycopg2.Error as e:
+            raise self.error("cannot connect", e) from None
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.url.database,))
+                if cur.fetchone() is None:
+                    try:
+                        cur.execute("CREATE DATABASE " + quote_ident("postgresql",
+                                                                      self.url.database))
+                    except psycopg2.errors.DuplicateDatabase:
+                        pass
+        except psycopg2.Error as e:
+            raise self.error("cannot create database", e) from None
+        finally:
+            conn.close()
+
+    def execute_ddl(self, statements: list[str]) -> None:
+        self.connect()
+        try:
+            with self.conn.cursor() as cur:
+                for st in statements:
+                    cur.execute(st)
+            self.conn.commit()
+        except psycopg2.Error as e:
+            self._rollback()
+            if isinstance(e, psycopg2.errors.UniqueViolation):
+                # two processes creating the same table at once: it exists now
+                return
+            raise self.error("cannot create table", e) from None
+
+    def _rollback(self) -> None:
+        try:
+            if self.conn is not None:
+                self.conn.rollback()
+        except psycopg2.Error:
+            self.close()
+
+    def format_batch(self, kind: str, rows: list[tuple]) -> bytes:
+        return _FORMATTERS[kind](rows)
+
+    def write(self, table: str, kind: str, formatted: bytes) -> None:
+        if not formatted:
+            return
+        sql = f"COPY {quote_ident('postgresql', table)} ({_COLS[kind]}) FROM STDIN"
+        self.connect()
+        for attempt in (0, 1):
+            try:
+                with self.conn.cursor() as cur:
+                    cur.copy_expert(sql, io.BytesIO(formatted), size=_COPY_CHUNK)
+                self.conn.commit()
+                return
+            except psycopg2.errors.UndefinedTable as e:
+                self._rollback()
+                if attempt:
+                    raise self.error(f"cannot write to {table}", e) from None
+                self.create_for(table, kind)
+            except psycopg2.Error as e:
+                self._rollback()
+                if isinstance(e, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+                    self.close()
+                raise self.error(f"cannot write to {table}", e) from None
+        raise StoreError(f"{self.url.redacted()}: cannot write to {table}")  # pragma: no cover
