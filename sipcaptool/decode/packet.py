@@ -44,6 +44,8 @@ _unpack_idata = struct.Struct("!IHHII").unpack_from
 _TCP = struct.Struct("!HHIIBB")
 _unpack_tcp = _TCP.unpack_from
 
+# First byte of a start line: a token character (method) or the 'S' of "SIP/2.0".
+_TOKEN_START = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
 _KEEPALIVES = frozenset({b"\r\n\r\n", b"\r\n", b"\n", b"\r\n\r\n\r\n\r\n"})
 
 # A SIP start line: request line (token SP URI SP SIP/2.0) or status line.
@@ -310,19 +312,24 @@ class PacketDecoder:
 
     def _payload(self, ts, src, sport, dst, dport, proto, fam, data, out) -> None:
         """An unframed L4 payload (UDP datagram, SCTP message): HEP, SIP or skipped."""
-        if data in _KEEPALIVES:
-            self.stats["skipped:keepalive"] += 1
-            return
-        hp = self.hep_ports
-        if (data[:4] == b"HEP3" or data[0] == 1 or data[0] == 2) and (
-                hp is None or sport in hp or dport in hp):
-            if self._try_hep(ts, data, out):
+        b0 = data[0]
+        if b0 < 0x21:
+            if len(data) <= 8 and data in _KEEPALIVES:
+                self.stats["skipped:keepalive"] += 1
+                return
+            hp = self.hep_ports
+            if (b0 == 1 or b0 == 2) and (hp is None or sport in hp or dport in hp):
+                if self._try_hep(ts, data, out):
+                    return
+        elif (b0 == 0x48 or b0 == 0x45) and (data[:4] == b"HEP3" or data[:4] == b"EEP3"):
+            hp = self.hep_ports
+            if (hp is None or sport in hp or dport in hp) and self._try_hep(ts, data, out):
                 return
         p = self.ports
         if p is not None and sport not in p and dport not in p:
             self.stats["skipped:port-filter"] += 1
             return
-        if not self._looks_like_sip(data):
+        if b0 not in _TOKEN_START or not self._looks_like_sip(data):
             self.stats["skipped:non-sip"] += 1
             return
         out.append(CapturedMessage(ts, addr_str(src), sport, addr_str(dst), dport, proto, fam, data))
