@@ -1,0 +1,218 @@
+"""``sipcaptool config``: show the effective settings, check a configuration file."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import tomllib
+from typing import Any
+
+import click
+
+from ..config import PARAMS, Settings, coerce, mode_from_mapping, parse_capture_mode
+from ..errors import EXIT_USAGE, ConfigError
+from .common import storage_options
+
+# ``scheme://user:password@`` -> ``scheme://user:***@``; the password ends at the last
+# '@' before a blank or a ';' (the separator of capture_mode definitions).
+_PASSWORD_RE = re.compile(r"(://[^/@:\s;]*:)[^\s;]*@")
+
+
+def mask_secrets(text: str) -> str:
+    """Replace every password of a ``scheme://user:password@host`` in ``text`` with ``***``."""
+    return _PASSWORD_RE.sub(r"\1***@", text)
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_secrets(value)
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value
+
+
+@click.group("config")
+def command() -> None:
+    """Show the effective settings, or check a TOML configuration file.
+
+    The file holds every sipcapture module parameter under its own name
+    (db_url, table_name, mt_mode, insert_retries, capture_on ...) plus
+    [capture_mode.NAME] tables. Precedence: defaults < file < environment
+    (SIPCAPTOOL_<NAME>) < command line.
+
+    \b
+    Example:
+      sipcaptool config show --config /etc/sipcaptool.toml
+      sipcaptool config check --config /etc/sipcaptool.toml
+    """
+
+
+@command.command("show")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document: value and origin of each setting.")
+@storage_options
+def show(as_json: bool, settings: Settings) -> None:
+    """Print the effective settings and where each came from (default, file,
+    environment, command line). Passwords in database URLs are shown as ***.
+
+    Takes the same storage options as the collectors, so it shows what a command run
+    with those options would use.
+
+    \b
+    Example:
+      sipcaptool config show --config /etc/sipcaptool.toml
+      SIPCAPTOOL_INSERT_RETRIES=5 sipcaptool config show --json
+    """
+    modes = {name: {"db_url": mask_secrets(m.db_url), "table_name": "|".join(m.tables),
+                    "mt_mode": m.mt_mode, "hash_source": m.hash_source}
+             for name, m in settings.modes.items()}
+    active = [m.name for m in settings.active_modes()]
+    if as_json:
+        doc = {
+            "settings": {name: {"value": _masked(settings.values[name]),
+                                "origin": settings.origin.get(name, "default")}
+                         for name in PARAMS},
+            "capture_modes": modes,
+            "active_modes": active,
+        }
+        click.echo(json.dumps(doc, indent=2))
+        return
+    width = max(len(n) for n in PARAMS)
+    lines = []
+    for name in PARAMS:
+        value = _masked(settings.values[name])
+        text = json.dumps(value) if not isinstance(value, float) else repr(value)
+        lines.append(f"{name:<{width}} = {text:<34} # {settings.origin.get(name, 'default')}")
+    for name, m in modes.items():
+        lines.append("")
+        lines.append(f"[capture_mode.{name}]")
+        for k, v in m.items():
+            lines.append(f"{k} = {json.dumps(v)}")
+    lines.append("")
+    lines.append("# messages are stored into: " + ", ".join(active))
+    click.echo("\n".join(lines))
+
+
+def check_file(path: str) -> list[str]:
+    """Every problem of a config file, one message each (empty list: the file is fine)."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        return [f"config file {path!r} not found"]
+    except OSError as e:
+        return [f"config file {path!r} cannot be read: {e.strerror}"]
+    except tomllib.TOMLDecodeError as e:
+        return [f"not valid TOML: {e}"]
+    problems: list[str] = []
+    defined: set[str] = set()
+    modes = data.get("capture_mode")
+    if isinstance(modes, dict):
+        for mode_name, table in modes.items():
+            if not isinstance(table, dict):
+                problems.append(f"[capture_mode.{mode_name}]: must be a table with db_url, "
+                                "table_name, mt_mode, hash_source")
+                continue
+            try:
+                m = mode_from_mapping(mode_name, table, "file")
+            except ConfigError as e:
+                problems.append(mask_secrets(str(e)))
+                continue
+            defined.add(mode_name)
+            problems.extend(_check_db_url(m.db_url, f"[capture_mode.{mode_name}] db_url"))
+    for name, value in data.items():
+        if name == "capture_mode" and isinstance(value, dict):
+            continue
+        if name not in PARAMS:
+            guess = difflib.get_close_matches(name, list(PARAMS), n=1)
+            hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+            shown = mask_secrets(repr(value)) if not isinstance(value, dict) else "[table]"
+            problems.append(f"{name} = {shown}: unknown setting{hint}; known settings: "
+                            + ", ".join(sorted(PARAMS)))
+            continue
+        if name == "capture_mode":
+            items = [value] if isinstance(value, str) else value
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                problems.append(f"capture_mode = {mask_secrets(repr(value))}: must be a list of "
+                                "mode names or 'name=>db_url=...;table_name=...;' definitions, "
+                                "or [capture_mode.NAME] tables")
+                continue
+            for item in items:
+                if "=>" in item:
+                    try:
+                        m = parse_capture_mode(item)
+                        problems.extend(_check_db_url(m.db_url, f"capture_mode {m.name!r} db_url"))
+                    except ConfigError as e:
+                        problems.append(mask_secrets(str(e)))
+                elif item.strip() not in defined:
+                    problems.append(f"capture_mode = {item!r}: not defined; defined: "
+                                    + (", ".join(sorted(defined)) or "none")
+                                    + " (add a [capture_mode.NAME] table or a definition "
+                                    "'name=>db_url=...;table_name=...;')")
+            continue
+        typ = PARAMS[name][0]
+        if typ is float and isinstance(value, bool):
+            problems.append(f"{name} = {value!r}: not a number; allowed: "
+                            f"{PARAMS[name][2][0]}..{PARAMS[name][2][1]}")
+            continue
+        try:
+            coerce(name, value)
+        except ConfigError as e:
+            problems.append(mask_secrets(str(e)) + _allowed_hint(name, str(e)))
+            continue
+        if name == "db_url":
+            problems.extend(_check_db_url(value, "db_url"))
+    return problems
+
+
+def _allowed_hint(name: str, message: str) -> str:
+    if "allowed" in message:
+        return ""
+    typ, _default, allowed = PARAMS[name]
+    if isinstance(allowed, tuple) and len(allowed) == 2 and typ in (int, float):
+        kind = "whole number" if typ is int else "number"
+        return f"; allowed: a {kind} {allowed[0]}..{allowed[1]}"
+    if typ is str:
+        return "; allowed: text in quotes"
+    return ""
+
+
+def _check_db_url(value: str, what: str) -> list[str]:
+    try:
+        from ..store.url import parse_db_url
+    except ImportError:  # pragma: no cover - the store package is part of every install
+        return []
+    try:
+        parse_db_url(value)
+    except ConfigError as e:
+        return [f"{what}: {e}"]  # parse_db_url masks the password itself
+    return []
+
+
+@command.command("check")
+@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False),
+              metavar="FILE", help="The TOML file to check.")
+def check(config_file: str) -> int:
+    """Check a configuration file: unknown names, wrong types and out-of-range values
+    (insert_retries 0-500, insert_retry_timeout 0-300, mt_mode rand|round_robin|hash
+    ...) are each reported with the name, the value and what is allowed.
+
+    Prints "ok" and exits 0 when the file is fine; otherwise one line per problem on
+    stderr and exit status 2. The environment is not consulted.
+
+    \b
+    Example:
+      sipcaptool config check --config /etc/sipcaptool.toml
+    """
+    problems = check_file(config_file)
+    if not problems:
+        click.echo(f"{config_file}: ok")
+        return 0
+    for p in problems:
+        click.echo(f"{config_file}: {p}", err=True)
+    n = len(problems)
+    click.echo(f"sipcaptool: error: {config_file}: {n} problem{'s' if n != 1 else ''}", err=True)
+    return EXIT_USAGE
+
+
+__all__ = ["command", "check_file", "mask_secrets"]
