@@ -1,0 +1,586 @@
+"""HEP listener: UDP and TCP sockets feeding decoded HEP packets to a Pipeline.
+
+Why ``selectors`` and not ``asyncio``
+-------------------------------------
+The hot path is UDP: one HEP packet per datagram, tens of thousands per second, in a
+single Python process. ``asyncio``'s datagram transport reads one datagram per event-loop
+turn and calls ``datagram_received`` through the loop's callback machinery (handle
+objects, scheduling), which costs several microseconds per datagram and gives no way to
+drain a socket in a tight loop. With ``selectors`` (epoll on Linux) and non-blocking
+sockets the loop waits only when there is nothing to read, then drains each ready UDP
+socket with ``recvfrom_into`` into one preallocated buffer until ``EAGAIN`` (bounded per
+turn, so TCP connections and the stop request are served in between). TCP agents keep
+few long-lived connections; each is a non-blocking socket in the same selector, framed
+by :class:`~sipcaptool.decode.hep.HepStream`. Signals stay simple: the handler only sets
+a flag and writes one byte to a socketpair registered in the selector.
+
+The process running this loop never waits on the database: the Pipeline hands
+ready-made batches to its writer process. What absorbs bursts while the loop is busy is
+the socket receive buffer, so it is made large (``SO_RCVBUFFORCE`` when allowed, since
+the kernel caps ``SO_RCVBUF`` at ``net.core.rmem_max``), with a warning when the kernel
+gives less than asked.
+
+Counters (in the shared :class:`~sipcaptool.stats.Stats`):
+
+* ``packets``: UDP datagrams and TCP-framed HEP packets read;
+* ``malformed:<reason>``: datagrams/packets that did not decode (DecodeError reasons of
+  :mod:`sipcaptool.decode.hep`, e.g. ``hep-bad-version``, ``hep-truncated``,
+  ``hep3-stream-bad-length``, ``hep3-stream-truncated`` for a connection closed in the
+  middle of a packet, ``internal-error`` for an unexpected exception on one input);
+* ``dropped:auth``: packets without the required authentication key or with another;
+* ``dropped:tcp-connection-limit``: connections refused beyond ``max_connections``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from ..decode.hep import DecodeError, HepStream, decode_datagram
+from ..errors import ConfigError, CaptureError, StoreError
+from ..stats import Stats
+
+log = logging.getLogger("sipcaptool.hep")
+
+__all__ = ["ListenSpec", "parse_listen", "open_listeners", "HepCollector", "Listener"]
+
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+UDP_BURST = 512          # datagrams read from one socket before looking at the others
+TCP_READ = 256 * 1024    # bytes per recv() on a TCP connection
+MAX_CONNECTIONS = 4096
+LOG_INTERVAL = 10.0      # seconds between two log lines about the same sender
+_LOG_SENDERS_MAX = 10000
+
+
+@dataclass(frozen=True)
+class ListenSpec:
+    """One ``--listen`` value: ``udp:HOST:PORT`` / ``tcp:HOST:PORT`` (IPv6 in brackets)."""
+
+    transport: str
+    host: str
+    port: int
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    def label(self, port: int | None = None) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port if port is None else port}"
+
+
+def parse_listen(text: str) -> ListenSpec:
+    """``udp:0.0.0.0:9060``, ``tcp:[::]:9061``, ``udp:9060`` (all IPv4 addresses)."""
+    value = text.strip()
+    transport, sep, rest = value.partition(":")
+    transport = transport.lower()
+    if not sep or transport not in ("udp", "tcp"):
+        raise ConfigError(f"--listen {text!r}: expected udp:HOST:PORT or tcp:HOST:PORT "
+                          "(IPv6 hosts in brackets: udp:[::]:9060)")
+    if rest.startswith("["):
+        host, bracket, tail = rest[1:].partition("]")
+        if not bracket or not tail.startswith(":"):
+            raise ConfigError(f"--listen {text!r}: IPv6 host must be written [ADDR]:PORT")
+        port_text = tail[1:]
+    elif ":" in rest:
+        host, _, port_text = rest.rpartition(":")
+        if ":" in host:
+            raise ConfigError(f"--listen {text!r}: write IPv6 hosts in brackets, e.g. udp:[::]:9060")
+    else:
+        host, port_text = "0.0.0.0", rest
+    host = host or "0.0.0.0"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"--listen {text!r}: {port_text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--listen {text!r}: port {port} out of range 0-65535")
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        raise ConfigError(f"--listen {text!r}: {host!r} is not an IP address") from None
+    return ListenSpec(transport, host, port)
+
+
+@dataclass
+class Listener:
+    """Per-listener counters, reported in the summary."""
+
+    spec: ListenSpec
+    port: int = 0                 # the bound port (resolves port 0)
+    rcvbuf: int = 0               # effective receive buffer, bytes (as the kernel reports it)
+    packets: int = 0
+    bytes: int = 0
+    connections: int = 0          # TCP: accepted connections
+    closed_bad: int = 0           # TCP: connections closed because of a bad stream
+
+    @property
+    def label(self) -> str:
+        return self.spec.label(self.port)
+
+    def report(self) -> dict:
+        d = {"listen": self.label, "packets": self.packets, "bytes": self.bytes}
+        if self.spec.transport == "tcp":
+            d["connections"] = self.connections
+            d["closed_bad_stream"] = self.closed_bad
+        return d
+
+
+def set_rcvbuf(sock: socket.socket, want: int) -> int:
+    """Ask for a ``want``-byte receive buffer; return what the kernel reports.
+
+    ``SO_RCVBUFFORCE`` (root / CAP_NET_ADMIN) ignores ``net.core.rmem_max``; without the
+    privilege we fall back to ``SO_RCVBUF``, which the kernel silently caps. Linux
+    reports double the requested value (its bookkeeping overhead).
+    """
+    if want <= 0:
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, want)
+    except OSError:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, want)
+        except OSError:
+            pass
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+def _bind(spec: ListenSpec, port: int, rcvbuf: int, reuseport: bool,
+          v6only: bool) -> tuple[socket.socket, int]:
+    kind = socket.SOCK_DGRAM if spec.transport == "udp" else socket.SOCK_STREAM
+    sock = socket.socket(spec.family, kind)
+    try:
+        if spec.transport == "tcp":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if spec.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only else 0)
+        got = set_rcvbuf(sock, rcvbuf) if spec.transport == "udp" else 0
+        sock.bind((spec.host, port))
+        if spec.transport == "tcp":
+            sock.listen(128)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        raise CaptureError(f"cannot listen on {spec.label(port)}: {e.strerror or e}") from None
+    return sock, got
+
+
+def open_listeners(specs: Iterable[ListenSpec], rcvbuf: int, copies: int = 1,
+                   ) -> list[list[tuple[Listener, socket.socket]]]:
+    """Bind every spec ``copies`` times (SO_REUSEPORT when copies > 1).
+
+    Returns one list of (Listener, socket) per copy, so each worker process gets its own
+    socket for every address and the kernel spreads datagrams/connections among them.
+    Port 0 is resolved by the first copy and reused by the others. A capped receive
+    buffer is logged as a warning once per listener.
+
+    An IPv6 listener is dual-stack unless an IPv4 listener of the same transport and
+    port is also given (then it is IPv6-only so both can bind).
+    """
+    specs = list(specs)
+    out: list[list[tuple[Listener, socket.socket]]] = [[] for _ in range(copies)]
+    try:
+        for spec in specs:
+            v6only = spec.family == socket.AF_INET6 and any(
+                s.transport == spec.transport and s.port == spec.port and s.family == socket.AF_INET
+                for s in specs)
+            port = spec.port
+            for c in range(copies):
+                sock, got = _bind(spec, port, rcvbuf, copies > 1, v6only)
+                port = sock.getsockname()[1]
+                out[c].append((Listener(spec, port, got), sock))
+            if spec.transport == "udp" and rcvbuf > 0 and got < rcvbuf:
+                log.warning("%s: receive buffer is %d bytes, %d asked: the kernel caps it at "
+                            "net.core.rmem_max (raise it with sysctl -w net.core.rmem_max=%d, "
+                            "or run as root so SO_RCVBUFFORCE applies); bursts may be lost",
+                            spec.label(port), got // 2, rcvbuf, rcvbuf)
+    except BaseException:
+        for row in out:
+            for _l, s in row:
+                s.close()
+        raise
+    return out
+
+
+class _Conn:
+    __slots__ = ("sock", "listener", "stream", "peer")
+
+    def __init__(self, sock: socket.socket, listener: Listener, peer) -> None:
+        self.sock = sock
+        self.listener = listener
+        self.stream = HepStream()
+        self.peer = peer
+
+
+class HepCollector:
+    """The receive loop: read HEP from the bound sockets and submit each packet.
+
+    Args:
+        listeners: (Listener, bound non-blocking socket) pairs, from :func:`open_listeners`.
+        submit: called with each decoded :class:`~sipcaptool.record.CapturedMessage`
+            (``Pipeline.submit``).
+        stats: counters updated in place.
+        auth_key: when given, packets must carry it in chunk 0x000e.
+        count: stop after this many packets (None: no limit).
+        duration: stop after this many seconds (None: no limit).
+        tick: called about every ``tick_interval`` seconds from the loop (time-based
+            batch flushing while traffic is idle), or None.
+        on_progress: called with the number of packets read in each loop turn; a true
+            result stops the loop (the workers use it for a shared --count).
+        on_store_error: called with a StoreError raised while submitting (a batch the
+            database refused); None: re-raise it, which ends :meth:`run`.
+        drain_limit: seconds spent at most, after a stop request, reading what is already
+            queued in the sockets.
+    """
+
+    def __init__(self, listeners: list[tuple[Listener, socket.socket]],
+                 submit: Callable, stats: Stats, *, auth_key: bytes | None = None,
+                 count: int | None = None, duration: float | None = None,
+                 tick: Callable[[], None] | None = None, tick_interval: float = 0.25,
+                 on_progress: Callable[[int], bool] | None = None,
+                 on_store_error: Callable[[StoreError], None] | None = None,
+                 max_connections: int = MAX_CONNECTIONS, drain_limit: float = 5.0) -> None:
+        self.listeners = listeners
+        self.submit = submit
+        self.stats = stats
+        self.auth_key = auth_key
+        self.count = count
+        self.duration = duration
+        self.tick = tick
+        self.tick_interval = tick_interval
+        self.on_progress = on_progress
+        self.on_store_error = on_store_error
+        self.max_connections = max_connections
+        self.drain_limit = drain_limit
+        self.started = time.monotonic()
+        self.stop_reason: str | None = None
+        self._stop = False
+        self._buf = bytearray(65536)
+        self._mv = memoryview(self._buf)
+        self._conns: dict[int, _Conn] = {}
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._logged: dict[tuple[str, str], float] = {}
+        self._errs: list[DecodeError] = []
+        self._extra: list[tuple[object, Callable[[], None]]] = []
+
+    # -- control ----------------------------------------------------------------------
+    def stop(self, reason: str = "stopped") -> None:
+        """Ask the loop to stop (safe from a signal handler)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._stop = True
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT/SIGHUP... request a graceful stop (main thread only)."""
+        def handler(signum, _frame):
+            self.stop(signal.Signals(signum).name)
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def add_reader(self, fileobj, callback: Callable[[], None]) -> None:
+        """Serve another readable file object (e.g. a control socket) from this loop."""
+        self._extra.append((fileobj, callback))
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self.started
+
+    # -- loop -------------------------------------------------------------------------
+    def run(self) -> None:
+        sel = self._sel
+        for lst, sock in self.listeners:
+            kind = "udp" if lst.spec.transport == "udp" else "accept"
+            sel.register(sock, selectors.EVENT_READ, (kind, lst, sock))
+        sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None, None))
+        for fileobj, cb in self._extra:
+            sel.register(fileobj, selectors.EVENT_READ, ("extra", cb, None))
+        deadline = None if self.duration is None else self.started + self.duration
+        next_tick = time.monotonic() + self.tick_interval
+        stats = self.stats
+        try:
+            while not self._stop:
+                now = time.monotonic()
+                timeout = max(0.0, next_tick - now)
+                if deadline is not None:
+                    if now >= deadline:
+                        self.stop("duration")
+                        break
+                    timeout = min(timeout, deadline - now)
+                before = stats["packets"]
+                for key, _ev in sel.select(timeout):
+                    kind, a, b = key.data
+                    if kind == "udp":
+                        self._read_udp(b, a, UDP_BURST)
+                    elif kind == "tcp":
+                        self._read_tcp(a)
+                    elif kind == "accept":
+                        self._accept(b, a)
+                    elif kind == "wake":
+                        try:
+                            self._wake_r.recv(4096)
+                        except OSError:
+                            pass
+                    else:
+                        a()
+                    if self._stop:
+                        break
+                got = stats["packets"] - before
+                if got and self.on_progress is not None and self.on_progress(got):
+                    self.stop("count")
+                if self.tick is not None and time.monotonic() >= next_tick:
+                    self.tick()
+                    next_tick = time.monotonic() + self.tick_interval
+            self._drain()
+        finally:
+            self._close_all()
+
+    def _drain(self) -> None:
+        """After a stop: read what the kernel already queued for us (bounded in time).
+
+        Everything that reached a socket before the stop request is stored. Not with
+        --count (the limit is exact), and not past ``drain_limit`` seconds under
+        sustained traffic.
+        """
+        if self.stop_reason == "count":
+            return
+        end = time.monotonic() + self.drain_limit
+        for lst, sock in self.listeners:
+            if lst.spec.transport == "tcp":
+                try:
+                    self._sel.unregister(sock)
+                except (KeyError, ValueError):
+                    pass
+                sock.close()  # no new connections
+        self.count = None
+        pending = [(lst, sock) for lst, sock in self.listeners if lst.spec.transport == "udp"]
+        while pending and time.monotonic() < end:
+            still = []
+            for lst, sock in pending:
+                if self._read_udp(sock, lst, 4096) == 4096:
+                    still.append((lst, sock))
+            pending = still
+        for conn in list(self._conns.values()):
+            while time.monotonic() < end and conn.sock.fileno() >= 0:
+                if not self._read_tcp(conn):
+                    break
+
+    def update_kernel_stats(self) -> None:
+        """Set ``kernel:udp-drops``: datagrams the kernel dropped on our UDP sockets
+        because their receive buffer was full (from /proc/net/udp and udp6)."""
+        inodes = set()
+        for lst, sock in self.listeners:
+            if lst.spec.transport == "udp":
+                try:
+                    inodes.add(os.fstat(sock.fileno()).st_ino)
+                except OSError:
+                    pass
+        if not inodes:
+            return
+        drops = 0
+        for name in ("/proc/net/udp", "/proc/net/udp6"):
+            try:
+                with open(name) as f:
+                    next(f, None)
+                    for line in f:
+                        parts = line.split()
+                        if len(parts) >= 13 and int(parts[9]) in inodes:
+                            drops += int(parts[-1])
+            except (OSError, ValueError):
+                continue
+        self.stats["kernel:udp-drops"] = drops
+
+    def _close_all(self) -> None:
+        self.update_kernel_stats()
+        for conn in list(self._conns.values()):
+            self._close_conn(conn)
+        for _lst, sock in self.listeners:
+            try:
+                sock.close()
+            except OSError:
+                pass
+        try:
+            self._sel.close()
+        except Exception:
+            pass
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # -- UDP --------------------------------------------------------------------------
+    def _read_udp(self, sock: socket.socket, lst: Listener, limit: int) -> int:
+        """Read up to ``limit`` datagrams; return how many were read."""
+        recv = sock.recvfrom_into
+        buf = self._buf
+        mv = self._mv
+        handle = self._handle
+        count = self.count
+        stats = self.stats
+        n = 0
+        nbytes_total = 0
+        while n < limit:
+            try:
+                nbytes, addr = recv(buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:  # e.g. ECONNREFUSED queued by ICMP; keep going
+                if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    break
+                stats["skipped:socket-error"] += 1
+                continue
+            n += 1
+            nbytes_total += nbytes
+            stats["packets"] += 1
+            handle(bytes(mv[:nbytes]), addr)
+            if count is not None and stats["packets"] >= count:
+                self.stop("count")
+                break
+        lst.packets += n
+        lst.bytes += nbytes_total
+        return n
+
+    def _handle(self, data: bytes, addr) -> None:
+        """Decode one datagram (or one TCP-framed packet) and submit its packets."""
+        errs = self._errs
+        try:
+            pkts = decode_datagram(data, now_us=time.time_ns() // 1000,
+                                   auth_key=self.auth_key, errors=errs)
+            if errs:
+                for e in errs:
+                    self._reject(e, addr)
+                errs.clear()
+            submit = self.submit
+            for p in pkts:
+                submit(p.to_message())
+        except DecodeError as e:
+            errs.clear()
+            self._reject(e, addr)
+        except StoreError as e:
+            errs.clear()
+            if self.on_store_error is None:
+                raise
+            self.on_store_error(e)
+        except Exception as e:  # a decoder/parser bug must not stop the collector
+            errs.clear()
+            self.stats["malformed:internal-error"] += 1
+            self._log_sender(addr, "internal", "%s: %s: %s", type(e).__name__, e, "input dropped",
+                             level=logging.ERROR)
+
+    def _reject(self, e: DecodeError, addr) -> None:
+        if e.reason == "hep-auth":
+            self.stats["dropped:auth"] += 1
+            self._log_sender(addr, "auth", "HEP packet dropped: %s", e.detail or "bad key",
+                             level=logging.WARNING)
+        else:
+            self.stats["malformed:" + e.reason] += 1
+            self._log_sender(addr, e.reason, "HEP input dropped: %s", e, level=logging.DEBUG)
+
+    def _log_sender(self, addr, what: str, fmt: str, *args, level: int = logging.WARNING) -> None:
+        """Log at most one line per sender address and kind per LOG_INTERVAL seconds."""
+        if not log.isEnabledFor(level):
+            return
+        host = addr[0] if isinstance(addr, tuple) else str(addr)
+        key = (host, what)
+        now = time.monotonic()
+        last = self._logged.get(key)
+        if last is not None and now - last < LOG_INTERVAL:
+            return
+        if len(self._logged) >= _LOG_SENDERS_MAX:
+            self._logged.clear()
+        self._logged[key] = now
+        port = addr[1] if isinstance(addr, tuple) and len(addr) > 1 else 0
+        sender = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        log.log(level, "from %s: " + fmt + " (at most one such line per sender every %ds)",
+                sender, *args, int(LOG_INTERVAL))
+
+    # -- TCP --------------------------------------------------------------------------
+    def _accept(self, lsock: socket.socket, lst: Listener) -> None:
+        for _ in range(64):
+            try:
+                sock, peer = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("%s: cannot accept: %s", lst.label, e.strerror)
+                return
+            if len(self._conns) >= self.max_connections:
+                self.stats["dropped:tcp-connection-limit"] += 1
+                sock.close()
+                continue
+            sock.setblocking(False)
+            conn = _Conn(sock, lst, peer)
+            self._conns[sock.fileno()] = conn
+            lst.connections += 1
+            self._sel.register(sock, selectors.EVENT_READ, ("tcp", conn, None))
+
+    def _read_tcp(self, conn: _Conn) -> bool:
+        """Read once from a connection; False when it was closed (or nothing was there)."""
+        try:
+            data = conn.sock.recv(TCP_READ)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            if conn.stream.buffered:
+                self.stats["malformed:hep3-stream-truncated"] += 1
+            self._close_conn(conn)
+            return False
+        lst = conn.listener
+        lst.bytes += len(data)
+        try:
+            packets = conn.stream.feed(data)
+        except DecodeError as e:
+            self._bad_stream(conn, e)
+            return False
+        stats = self.stats
+        count = self.count
+        for p in packets:
+            stats["packets"] += 1
+            lst.packets += 1
+            self._handle(p, conn.peer)
+            if count is not None and stats["packets"] >= count:
+                self.stop("count")
+                break
+        if conn.stream.error is not None:
+            self._bad_stream(conn, conn.stream.error)
+            return False
+        return True
+
+    def _bad_stream(self, conn: _Conn, e: DecodeError) -> None:
+        self.stats["malformed:" + e.reason] += 1
+        conn.listener.closed_bad += 1
+        self._log_sender(conn.peer, "stream", "HEP over TCP: %s; connection closed", e,
+                         level=logging.WARNING)
+        self._close_conn(conn)
+
+    def _close_conn(self, conn: _Conn) -> None:
+        try:
+            fd = conn.sock.fileno()
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            self._conns.pop(fd, None)
+            try:
+                self._sel.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
