@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from socket import AF_INET6 as _SOCK_AF_INET6
-from socket import inet_ntop
+import struct
 
 IPPROTO_HOPOPTS = 0
 IPPROTO_ICMP = 1
@@ -35,6 +34,35 @@ _ADDR_CACHE_MAX = 4096
 _addr_cache: dict[bytes, str] = {}
 
 
+def ipv6_str(raw: bytes) -> str:
+    """RFC 5952 text of a 16-byte IPv6 address, as ``inet_ntop`` prints it.
+
+    Written here so that the decode layer needs no socket module: lower-case hex, the
+    longest run (first if tied) of two or more zero groups as ``::``, and IPv4-mapped
+    / IPv4-compatible addresses with a dotted-quad tail.
+    """
+    g = struct.unpack("!8H", raw)
+    if g[:5] == (0, 0, 0, 0, 0) and (g[5] == 0xFFFF or (g[5] == 0 and g[6] != 0)):
+        head = "::ffff:" if g[5] == 0xFFFF else "::"
+        return head + "%d.%d.%d.%d" % (raw[12], raw[13], raw[14], raw[15])
+    best_at, best_len, i = -1, 0, 0
+    while i < 8:
+        if g[i] == 0:
+            j = i
+            while j < 8 and g[j] == 0:
+                j += 1
+            if j - i > best_len:
+                best_at, best_len = i, j - i
+            i = j
+        else:
+            i += 1
+    if best_len < 2:
+        return ":".join("%x" % x for x in g)
+    left = ":".join("%x" % x for x in g[:best_at])
+    right = ":".join("%x" % x for x in g[best_at + best_len:])
+    return left + "::" + right
+
+
 def addr_str(raw: bytes) -> str:
     """Print a 4- or 16-byte address as Kamailio's ip_addr2a does.
 
@@ -47,7 +75,7 @@ def addr_str(raw: bytes) -> str:
         if len(raw) == 4:
             s = "%d.%d.%d.%d" % (raw[0], raw[1], raw[2], raw[3])
         else:
-            s = inet_ntop(_SOCK_AF_INET6, raw)
+            s = ipv6_str(raw)
         if len(_addr_cache) >= _ADDR_CACHE_MAX:
             _addr_cache.clear()
         _addr_cache[raw] = s

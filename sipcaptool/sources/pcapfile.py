@@ -92,6 +92,7 @@ class CaptureFile:
                 if hdr is None:
                     return
                 sec, usec = hdr.getts()
+                sec &= 0xFFFFFFFF  # pcapy gives seconds past 2**31 as negative
                 self.packets += 1
                 yield pkt, memoryview(array.array("I", [sec, usec, 0, len(pkt)]))
         except pcapy.PcapError:
