@@ -192,7 +192,8 @@ def _check_db_url(value: str, what: str) -> list[str]:
 @command.command("check")
 @click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False),
               metavar="FILE", help="The TOML file to check.")
-def check(config_file: str) -> int:
+@click.pass_context
+def check(ctx: click.Context, config_file: str) -> None:
     """Check a configuration file: unknown names, wrong types and out-of-range values
     (insert_retries 0-500, insert_retry_timeout 0-300, mt_mode rand|round_robin|hash
     ...) are each reported with the name, the value and what is allowed.
@@ -207,12 +208,12 @@ def check(config_file: str) -> int:
     problems = check_file(config_file)
     if not problems:
         click.echo(f"{config_file}: ok")
-        return 0
+        return
     for p in problems:
         click.echo(f"{config_file}: {p}", err=True)
     n = len(problems)
     click.echo(f"sipcaptool: error: {config_file}: {n} problem{'s' if n != 1 else ''}", err=True)
-    return EXIT_USAGE
+    ctx.exit(EXIT_USAGE)
 
 
 __all__ = ["command", "check_file", "mask_secrets"]
