@@ -234,3 +234,18 @@ def test_stream_split_anywhere_gives_same_packets(ms, cuts, tail):
         s.feed(tail)
     except DecodeError as exc:
         assert exc.reason == "hep3-stream-bad-length"
+
+
+@settings(max_examples=300)
+@given(messages(), st.integers(0, 2**32 - 1), st.binary(max_size=12))
+def test_fast_path_agrees_with_chunk_loop(m, captid, vendor_data):
+    """The standard-layout fast path and the generic chunk loop decode alike: a vendor
+    chunk put first forces the loop for the same chunks."""
+    data = encode_hep3(m, capture_id=captid)
+    vendor = struct.pack("!HHH", 3, 1, 6 + len(vendor_data)) + vendor_data
+    slow = b"HEP3" + struct.pack("!H", len(data) + len(vendor)) + vendor + data[6:]
+    (fast_pkt,) = decode_datagram(data, now_us=NOW)
+    (slow_pkt,) = decode_datagram(slow, now_us=NOW)
+    assert slow_pkt.vendor_chunks == 1 and fast_pkt.vendor_chunks == 0
+    slow_pkt.vendor_chunks = 0
+    assert fast_pkt == slow_pkt

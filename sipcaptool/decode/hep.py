@@ -105,13 +105,16 @@ _ipv6_groups = struct.Struct("!8H").unpack
 
 # The ten chunks most agents send first, in this order: family, IP proto, IPv4 src and
 # dst, ports, time sec/usec, proto_type, capture id (chunk headers kept as 6s fields).
-_STD_PREFIX = struct.Struct("!6sB6sB6s4s6s4s6sH6sH6sI6sI6sB6sI")
-_std_prefix = _STD_PREFIX.unpack_from
-_STD_PREFIX_LEN = _STD_PREFIX.size
-_STD_HEADERS = tuple(
-    struct.pack("!HHH", 0, t, 6 + n)
-    for t, n in ((1, 1), (2, 1), (3, 4), (4, 4), (7, 2), (8, 2), (9, 4), (10, 4), (11, 1), (12, 4))
-)
+# The IPv6 variant has chunks 5/6 of 16 bytes instead of 3/4.
+def _std_layout(alen: int, src_type: int) -> tuple[struct.Struct, tuple[bytes, ...]]:
+    fmt = f"!6sB6sB6s{alen}s6s{alen}s6sH6sH6sI6sI6sB6sI"
+    sizes = ((1, 1), (2, 1), (src_type, alen), (src_type + 1, alen), (7, 2), (8, 2),
+             (9, 4), (10, 4), (11, 1), (12, 4))
+    return struct.Struct(fmt), tuple(struct.pack("!HHH", 0, t, 6 + n) for t, n in sizes)
+
+
+_STD4, _STD4_HEADERS = _std_layout(4, 3)
+_STD6, _STD6_HEADERS = _std_layout(16, 5)
 
 
 # --------------------------------------------------------------------------- addresses
@@ -385,15 +388,19 @@ def _decode_hep3(buf: bytes, start: int, end: int, recv_us: int) -> HepPacket:
     compressed = False
     vendor_chunks = 0
     chunk_hdr = _chunk_hdr
-    if end - i >= _STD_PREFIX_LEN:
-        # Fast path: most agents (Kamailio siptrace, heplify, captagent) start with the
-        # same ten fixed-size IPv4 chunks; one unpack replaces ten loop iterations.
-        # The chunks after them go through the loop below (last chunk still wins).
-        v = _std_prefix(buf, i)
-        if v[0::2] == _STD_HEADERS:
+    # Fast path: most agents (Kamailio siptrace, heplify, captagent) start with the same
+    # ten fixed-size chunks; one unpack replaces ten loop iterations when the chunk
+    # headers match. The chunks after them go through the loop (last chunk still wins).
+    if end - i > 6 and buf[i + 6] == AF_INET6:
+        std, std_headers = _STD6, _STD6_HEADERS
+    else:
+        std, std_headers = _STD4, _STD4_HEADERS
+    if end - i >= std.size:
+        v = std.unpack_from(buf, i)
+        if v[0::2] == std_headers:
             (family, ip_proto, src_raw, dst_raw, src_port, dst_port, ts_sec, ts_usec,
              proto_type, capture_id) = v[1::2]
-            i += _STD_PREFIX_LEN
+            i += std.size
     while i < end:
         if end - i < 6:
             raise DecodeError("hep3-bad-chunk", f"{end - i} stray bytes at offset {i}")
