@@ -627,3 +627,12 @@ def test_packet_repr_and_equality():
     assert "192.0.2.1:5060" in repr(p)
     assert p == one(encode_hep3(msg()))
     assert p != one(encode_hep3(msg(payload=b"other")))
+
+
+def test_encode_bad_addresses_raise_value_error():
+    with pytest.raises(ValueError):
+        encode_hep3(msg(src_ip="not-an-ip"))
+    with pytest.raises(ValueError):
+        encode_hep2(msg(src_ip="192.0.2.1", dst_ip="2001:db8::1"))
+    # bracketed IPv6 text is accepted
+    assert one(encode_hep3(msg(src_ip="[2001:db8::1]", family=10))).src_ip == "2001:db8::1"

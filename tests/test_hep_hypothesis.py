@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+import zlib
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -58,8 +59,7 @@ chunk_values = st.one_of(
     st.tuples(st.just(0), st.sampled_from([7, 8]), st.binary(min_size=2, max_size=2)),
     st.tuples(st.just(0), st.sampled_from([9, 10, 12]), st.binary(min_size=4, max_size=4)),
     st.tuples(st.just(0), st.sampled_from([14, 15, 17, 19]), st.binary(max_size=40)),
-    st.tuples(st.just(0), st.just(16), st.binary(max_size=40).map(
-        lambda b: __import__("zlib").compress(b))),
+    st.tuples(st.just(0), st.just(16), st.binary(max_size=40).map(zlib.compress)),
     st.tuples(st.integers(1, 0xFFFF), st.integers(0, 0xFFFF), st.binary(max_size=10)),
 ).map(lambda t: _chunk(*t))
 

@@ -235,13 +235,17 @@ def pcap_udp_payloads(path: Path) -> list[tuple[int, bytes]]:
     return out
 
 
-CONFORMANCE_CAPTURES = sorted(p.name.removesuffix(".pcap") for p in CONFORMANCE.glob("*.pcap")) if CONFORMANCE.is_dir() else []
+CONFORMANCE_CAPTURES = (
+    sorted(p.name.removesuffix(".pcap") for p in CONFORMANCE.glob("*.pcap"))
+    if CONFORMANCE.is_dir() else []
+)
 
 
 @pytest.mark.parametrize("name", CONFORMANCE_CAPTURES)
 def test_conformance_capture(name):
     payloads = pcap_udp_payloads(CONFORMANCE / f"{name}.pcap")
-    expected = [json.loads(line) for line in (CONFORMANCE / f"{name}.hep.jsonl").read_text().splitlines() if line.strip()]
+    lines = (CONFORMANCE / f"{name}.hep.jsonl").read_text().splitlines()
+    expected = [json.loads(line) for line in lines if line.strip()]
     assert len(payloads) == len(expected)
     messages = []
     for (_, data), exp in zip(payloads, expected):

@@ -41,7 +41,9 @@ Errors are :class:`~sipcaptool.errors.DecodeError` with one of these stable reas
 
 from __future__ import annotations
 
+import functools
 import hmac
+import ipaddress
 import struct
 import zlib
 
@@ -165,10 +167,9 @@ def _ip6_str(raw: bytes) -> str:
     return s
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse_ip(text: str) -> tuple[int, bytes]:
     """Printable address -> (family, packed bytes), for the encoders."""
-    import ipaddress  # only the encoders need it
-
     addr = ipaddress.ip_address(text.strip("[]"))
     return (AF_INET if addr.version == 4 else AF_INET6), addr.packed
 
