@@ -6,7 +6,9 @@ a documented exit code (see ``sipcaptool.errors``); a traceback only with ``--de
 
 from __future__ import annotations
 
+import inspect
 import logging
+import re
 import sys
 
 import click
@@ -29,6 +31,25 @@ COMMANDS = {
 }
 
 
+_EXAMPLE_RE = re.compile(r"\n[ \t]*\x08[ \t]*\n(?=[ \t]*Examples?:)")
+
+
+def examples_last(cmd: click.Command) -> click.Command:
+    """Move the trailing ``Example:`` block of a command's help after its options, so that
+    every ``--help`` ends with an example (the man pages read it from the same place)."""
+    if cmd.help and not cmd.epilog:
+        text = inspect.cleandoc(cmd.help)
+        found = list(_EXAMPLE_RE.finditer(text))
+        if found:
+            cut = found[-1]
+            cmd.help = text[:cut.start()].rstrip()
+            cmd.epilog = "\b\n" + text[cut.end():].strip("\n")
+    if isinstance(cmd, click.Group):
+        for sub in cmd.commands.values():
+            examples_last(sub)
+    return cmd
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [name for name in COMMANDS if self._load(name) is not None]
@@ -48,7 +69,7 @@ class LazyGroup(click.Group):
             if e.name == f"sipcaptool.commands.{modname}":
                 return None
             raise
-        return getattr(mod, "command")
+        return examples_last(getattr(mod, "command"))
 
 
 @click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)
@@ -73,6 +94,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="sipcaptool: %(levelname)s: %(message)s")
+
+
+examples_last(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

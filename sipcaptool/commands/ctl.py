@@ -71,7 +71,7 @@ def command(ctx: click.Context, control: str | None, timeout: float) -> None:
     statistics, without a restart.
 
     Talks to the collector's control socket (a Unix socket, mode 0600), the way
-    ``kamcmd sipcapture.status`` talks to Kamailio. Exit status: 0 done; 2 bad
+    "kamcmd sipcapture.status" talks to Kamailio. Exit status: 0 done; 2 bad
     parameter, no socket, or the collector refused.
 
     \b
@@ -91,9 +91,9 @@ def command(ctx: click.Context, control: str | None, timeout: float) -> None:
 def status(ctx: click.Context, action: str) -> None:
     """Switch capture on or off, or check it; prints Enabled or Disabled.
 
-    ``off`` keeps receiving and counting (as dropped:capture-off) but stores nothing;
-    ``on`` stores again; ``check`` changes nothing. Any other word (prefixes such as
-    ``onion`` included) is refused with exit status 2.
+    "off" keeps receiving and counting (as dropped:capture-off) but stores nothing;
+    "on" stores again; "check" changes nothing. Any other word (prefixes such as
+    "onion" included) is refused with exit status 2.
 
     \b
     Example:
