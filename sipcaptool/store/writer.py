@@ -154,6 +154,7 @@ class Writer:
         self._sync_ids = itertools.count(1)
         self._synced: set[int] = set()
         self._in_flight = 0          # rows handed to the writer process, not yet reported
+        self._unsent: list[tuple] = []  # formatted jobs not yet in the queue
         self._timer: threading.Thread | None = None
         self._stop = threading.Event()
         if self.url.is_none:
@@ -299,29 +300,50 @@ class Writer:
                 self._flush_key(key)
 
     def _flush_key(self, key: tuple[str, str]) -> None:
-        """Format and dispatch one buffer (caller holds the lock)."""
-        rows = self._buffers.pop(key, None)
-        self._first.pop(key, None)
+        """Format and dispatch one buffer (caller holds the lock).
+
+        Written so that an exception raised by a signal handler in the middle (Ctrl-C,
+        SIGTERM turned into KeyboardInterrupt) loses nothing: the rows stay in the buffer
+        until the formatted job exists, and the job is kept in ``_unsent`` until the
+        queue has it; close() sends what is left.
+        """
+        rows = self._buffers.get(key)
         if not rows:
+            self._buffers.pop(key, None)
+            self._first.pop(key, None)
             return
         table, kind = key
         if self.adapter is None:  # db_url none
+            self._buffers.pop(key, None)
+            self._first.pop(key, None)
             return
-        payload = self.adapter.format_batch(kind, rows)
         n = len(rows)
-        if self.background:
-            self._in_flight += n
-            self._send(("batch", table, kind, n, payload))
-            self._drain()
-        else:
-            self._in_flight += n
-            used, err = write_with_retries(self.adapter, table, kind, payload,
-                                           self.retries, self.retry_timeout)
-            self._handle(("done", table, n, used) if err is None
-                         else ("error", table, n, used, str(err)))
+        job = ("batch", table, kind, n, self.adapter.format_batch(kind, rows))
+        self._unsent.append(job)
+        self._buffers.pop(key, None)
+        self._first.pop(key, None)
+        self._send_unsent()
+
+    def _send_unsent(self) -> None:
+        while self._unsent:
+            job = self._unsent[0]
+            _, table, kind, n, payload = job
+            if self.background:
+                self._send(job)
+                self._unsent.pop(0)
+                self._in_flight += n
+                self._drain()
+            else:
+                self._unsent.pop(0)
+                self._in_flight += n
+                used, err = write_with_retries(self.adapter, table, kind, payload,
+                                               self.retries, self.retry_timeout)
+                self._handle(("done", table, n, used) if err is None
+                             else ("error", table, n, used, str(err)))
 
     def _flush_all(self) -> None:
         with self._lock:
+            self._send_unsent()
             for key in list(self._buffers):
                 self._flush_key(key)
 
@@ -348,7 +370,8 @@ class Writer:
     def pending(self) -> int:
         """Rows accepted and not yet reported written (buffered or in flight)."""
         with self._lock:
-            return sum(len(b) for b in self._buffers.values()) + max(self._in_flight, 0)
+            return (sum(len(b) for b in self._buffers.values())
+                    + sum(j[3] for j in self._unsent) + max(self._in_flight, 0))
 
     def flush(self) -> None:
         """Write everything accepted so far and wait until it is committed."""

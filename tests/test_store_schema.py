@@ -1,0 +1,124 @@
+"""The SQL templates, db init, idempotence and MySQL partitioning."""
+
+import datetime as dt
+
+import pytest
+
+from sipcaptool.record import AUX_COLUMN_NAMES, SIP_COLUMN_NAMES
+from sipcaptool.store import open_adapter
+from sipcaptool.store.schema import (DIALECTS, generate_template, init_db, partition_clause,
+                                     schema_sql, sip_table_sql, template_path)
+
+from store_helpers import connect, count, sip_row, tables
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_committed_templates_match_record_layout(dialect):
+    assert template_path(dialect).read_text() == generate_template(dialect), \
+        "run: python -m sipcaptool.store.schema --write"
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_template_substitution(dialect):
+    stmts = sip_table_sql(dialect, "cap_20260102")
+    text = "\n".join(stmts)
+    assert "sip_capture" not in text
+    assert "cap_20260102" in text
+    if dialect != "mysql":
+        assert "cap_20260102_callid_idx" in text
+    assert all("IF NOT EXISTS" in s for s in stmts)
+
+
+def test_mysql_row_size_and_types():
+    text = generate_template("mysql")
+    assert "`msg` LONGBLOB" in text and "`date` DATETIME" in text
+    assert "utf8mb4" in text and "ENGINE=InnoDB" in text
+    assert "PRIMARY KEY (`id`, `date`)" in text
+
+
+def test_partition_clause():
+    c = partition_clause(3, dt.date(2026, 1, 30))
+    assert "PARTITION p_old VALUES LESS THAN (TO_DAYS('2026-01-30'))" in c
+    assert "PARTITION p20260201 VALUES LESS THAN (TO_DAYS('2026-02-02'))" in c
+    assert c.count("PARTITION p2026") == 3 and "pmax VALUES LESS THAN MAXVALUE" in c
+
+
+def test_strftime_names_expanded_for_today():
+    today = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d")
+    stmts = schema_sql("sqlite", ["sip_%Y%m%d", "sip_capture"], aux=False)
+    assert any(f'"sip_{today}"' in s for s in stmts)
+
+
+def _columns(url, table):
+    conn = connect(url)
+    try:
+        cur = conn.cursor()
+        cur.execute(f"SELECT * FROM {'`' + table + '`' if url.startswith('mysql') else chr(34) + table + chr(34)} WHERE 1=0")
+        return tuple(d[0] for d in cur.description)
+    finally:
+        conn.close()
+
+
+def test_init_creates_tables_and_is_idempotent(any_db_url):
+    first = init_db(any_db_url, ["sip_capture", "sip_other"])
+    second = init_db(any_db_url, ["sip_capture", "sip_other"])
+    assert first == second and first
+    assert {"sip_capture", "sip_other", "logs_capture", "report_capture",
+            "rtcp_capture"} <= tables(any_db_url)
+    assert _columns(any_db_url, "sip_capture") == ("id",) + SIP_COLUMN_NAMES
+    assert _columns(any_db_url, "rtcp_capture") == ("id",) + AUX_COLUMN_NAMES
+
+
+def test_print_only_does_not_connect():
+    stmts = init_db("mysql://u:pw@127.0.0.1:1/x", ["sip_capture"], print_only=True)
+    assert stmts[0].startswith("CREATE TABLE IF NOT EXISTS `sip_capture`")
+    assert len(stmts) == 4  # sip_capture + three aux tables (indexes inline)
+
+
+def _drop_db(url):
+    from sipcaptool.store.url import parse_db_url
+    u = parse_db_url(url)
+    if u.dialect == "mysql":
+        import pymysql
+        c = pymysql.connect(host=u.host, port=u.port, user=u.user or "root", password=u.password)
+        with c.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{u.database}`")
+    else:
+        import psycopg2
+        c = psycopg2.connect(host=u.host, port=u.port, user=u.user or "postgres",
+                             dbname="postgres")
+        c.autocommit = True
+        with c.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{u.database}"')
+    c.close()
+
+
+@pytest.mark.parametrize("fixture", ["mysql_url", "pg_url"])
+def test_init_creates_missing_database(request, fixture):
+    url = request.getfixturevalue(fixture)
+    _drop_db(url)
+    init_db(url, ["sip_capture"], aux=False)
+    init_db(url, ["sip_capture"], aux=False)
+    assert "sip_capture" in tables(url)
+
+
+def test_mysql_partitioned_table(mysql_url):
+    init_db(mysql_url, ["sip_part"], aux=False, partition_days=3)
+    conn = connect(mysql_url)
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT partition_name FROM information_schema.partitions "
+                    "WHERE table_schema = DATABASE() AND table_name = 'sip_part' "
+                    "ORDER BY partition_ordinal_position")
+        names = [r[0] for r in cur.fetchall()]
+    finally:
+        conn.close()
+    assert names[0] == "p_old" and names[-1] == "pmax" and len(names) == 5
+    a = open_adapter(mysql_url)
+    a.connect()
+    try:
+        a.write("sip_part", "sip", a.format_batch("sip", [sip_row(1, date="2001-01-01 00:00:00"),
+                                                          sip_row(2, date="2099-01-01 00:00:00")]))
+    finally:
+        a.close()
+    assert count(mysql_url, "sip_part") == 2

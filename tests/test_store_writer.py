@@ -1,0 +1,194 @@
+"""The batching writer: foreground and background, size and time flushes, errors,
+retries, and no loss on SIGINT."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from sipcaptool.errors import ConfigError, StoreError
+from sipcaptool.stats import Stats
+from sipcaptool.store import open_adapter
+from sipcaptool.store.writer import Writer, write_with_retries
+
+from store_helpers import aux_row, count, read_rows, sip_row
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_rows_grouped_per_table_and_flushed_by_size(any_db_url, background):
+    st = Stats()
+    w = Writer(any_db_url, st, batch_size=10, flush_interval=0, background=background)
+    rows_a = [sip_row(i) for i in range(25)]
+    rows_b = [sip_row(i + 100) for i in range(7)]
+    for i, r in enumerate(rows_a):
+        w.add("tab_a", "sip", r)
+        if i < len(rows_b):
+            w.add("tab_b", "sip", rows_b[i])
+    w.add("logs_capture", "aux", aux_row(1))
+    w.flush()
+    assert st["stored:tab_a"] == 25 and st["stored:tab_b"] == 7
+    assert st["stored:logs_capture"] == 1
+    assert st["db:batches"] == 5  # 10 + 10 + 5 (a), 7 (b), 1 (logs)
+    w.close()
+    assert read_rows(any_db_url, "tab_a") == rows_a
+    assert read_rows(any_db_url, "tab_b") == rows_b
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_flush_by_time_without_more_rows(sqlite_url, background):
+    st = Stats()
+    w = Writer(sqlite_url, st, batch_size=1000, flush_interval=0.2, background=background)
+    try:
+        for i in range(3):
+            w.add("sip_capture", "sip", sip_row(i))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                if count(sqlite_url, "sip_capture") == 3:
+                    break
+            except Exception:  # table not there yet
+                pass
+            time.sleep(0.05)
+        assert count(sqlite_url, "sip_capture") == 3
+    finally:
+        w.close()
+    assert st["stored:sip_capture"] == 3
+
+
+def test_close_flushes_everything_and_is_idempotent(any_db_url):
+    st = Stats()
+    w = Writer(any_db_url, st, batch_size=100, flush_interval=60)
+    for i in range(250):
+        w.add("sip_capture", "sip", sip_row(i))
+    w.close()
+    w.close()
+    assert count(any_db_url, "sip_capture") == 250
+    assert st["stored:sip_capture"] == 250 and st["db:batches"] == 3
+    with pytest.raises(StoreError):
+        w.add("sip_capture", "sip", sip_row(1))
+
+
+def test_spawn_context(sqlite_url):
+    st = Stats()
+    with Writer(sqlite_url, st, batch_size=5, mp_context="spawn") as w:
+        for i in range(12):
+            w.add("sip_capture", "sip", sip_row(i))
+    assert count(sqlite_url, "sip_capture") == 12
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_failed_batch_retried_then_reported(any_db_url, background):
+    a = open_adapter(any_db_url)
+    a.connect()
+    a.execute_ddl(["CREATE TABLE bad (x INTEGER)"])
+    a.close()
+    st = Stats()
+    w = Writer(any_db_url, st, batch_size=5, flush_interval=0, insert_retries=2,
+               insert_retry_timeout=10, background=background)
+    for i in range(3):
+        w.add("bad", "sip", sip_row(i))
+    w.add("good", "sip", sip_row(9))
+    with pytest.raises(StoreError) as ei:
+        w.flush()
+    assert "bad" in str(ei.value)
+    assert st["db:errors"] == 1 and st["db:retries"] == 2 and st["dropped:db-error"] == 3
+    assert st["stored:good"] == 1
+    w.add("good", "sip", sip_row(10))  # the error was raised once; writing goes on
+    w.close()
+    assert count(any_db_url, "good") == 2
+
+
+def test_write_with_retries_backoff_and_timeout():
+    class Flaky:
+        def __init__(self, fails):
+            self.fails, self.calls, self.closed = fails, 0, 0
+
+        def write(self, *a):
+            self.calls += 1
+            if self.calls <= self.fails:
+                raise StoreError("down")
+
+        def close(self):
+            self.closed += 1
+
+    sleeps = []
+    f = Flaky(2)
+    assert write_with_retries(f, "t", "sip", b"", 5, 60, sleeps.append) == (2, None)
+    assert sleeps == [0.1, 0.2] and f.closed == 2
+    f = Flaky(10)
+    used, err = write_with_retries(f, "t", "sip", b"", 3, 60, lambda s: None)
+    assert used == 3 and isinstance(err, StoreError)
+    used, err = write_with_retries(Flaky(10), "t", "sip", b"", 3, 0, lambda s: None)
+    assert used == 0 and err is not None
+
+
+@pytest.mark.parametrize("background", [False, True])
+@pytest.mark.parametrize("url", [
+    "mysql://sipuser:hunter2secret@127.0.0.1:1/nodb",
+    "postgresql://sipuser:hunter2secret@127.0.0.1:1/nodb",
+])
+def test_unreachable_server_fails_at_start(url, background):
+    with pytest.raises(StoreError) as ei:
+        Writer(url, Stats(), background=background)
+    assert "hunter2secret" not in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_bad_url_is_config_error():
+    with pytest.raises(ConfigError):
+        Writer("mysql://u:pw@h/", Stats())
+
+
+def test_none_discards():
+    st = Stats()
+    w = Writer("none", st)
+    w.add("sip_capture", "sip", sip_row(1))
+    w.close()
+    assert not st
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_no_loss_on_signal_to_process_group(sqlite_url, tmp_path, sig):
+    """A signal to the whole process group (Ctrl-C, systemd stop) must not kill the writer
+    process before the parent's close() has written everything accepted."""
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import signal, sys, time
+        sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
+        from sipcaptool.stats import Stats
+        from sipcaptool.store.writer import Writer
+        from store_helpers import sip_row
+        def stop(*a):
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGTERM, stop)
+        w = Writer({sqlite_url!r}, Stats(), batch_size=50, flush_interval=0.5)
+        accepted = 0
+        try:
+            print("started", flush=True)
+            while True:
+                w.add("sip_capture", "sip", sip_row(accepted))
+                accepted += 1
+                if accepted % 100 == 0:
+                    time.sleep(0.01)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            w.close()
+            print(accepted, flush=True)
+    """))
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    assert p.stdout.readline().strip() == "started"
+    time.sleep(1.0)
+    os.killpg(p.pid, sig)
+    out, _ = p.communicate(timeout=60)
+    accepted = int(out.split()[-1])
+    assert accepted > 0
+    # the interrupt may land between add() taking a row and the caller counting it
+    assert count(sqlite_url, "sip_capture") in (accepted, accepted + 1)
