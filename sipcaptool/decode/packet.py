@@ -28,6 +28,7 @@ from sipcaptool.stats import Stats
 
 # Kamailio's transport enum continues PROTO_SCTP=4 with PROTO_WS=5, PROTO_WSS=6.
 PROTO_WS = 5
+_HEP_FRAME = 256    # decode.tcp.HEP_FRAME: a HEP3 packet cut out of a TCP stream
 
 MAX_TUNNEL_DEPTH = 4
 
@@ -336,8 +337,8 @@ class PacketDecoder:
 
     # ------------------------------------------------------------------ HEP
 
-    def _try_hep(self, ts, data, out) -> bool:
-        """Decode ``data`` as HEP if it is HEP; True when it was (messages or malformed)."""
+    def _hep_mod(self):
+        """The HEP decoder module, or False when it is not available."""
         hep = self._hep
         if hep is None:
             try:
@@ -346,20 +347,36 @@ class PacketDecoder:
             except ImportError:
                 hep = False
             self._hep = hep
+        return hep
+
+    def _try_hep(self, ts, data, out) -> bool:
+        """Decode ``data`` as HEP if it is HEP; True when it was (messages or malformed)."""
+        hep = self._hep_mod()
         if hep is False or not hep.looks_like_hep(data):
             return False
+        self._decode_hep(hep, ts, data, out)
+        return True
+
+    def _hep_frame(self, ts, data, out) -> None:
+        """One HEP3 packet cut out of a TCP stream by its length."""
+        hep = self._hep_mod()
+        if hep is False or not hep.looks_like_hep(data):
+            self.stats["malformed:hep3-stream"] += 1
+            return
+        self._decode_hep(hep, ts, data, out)
+
+    def _decode_hep(self, hep, ts, data, out) -> None:
         from sipcaptool.errors import DecodeError
         errors: list = []
         try:
             pkts = hep.decode_datagram(data, now_us=ts, errors=errors)
         except DecodeError as e:
             self.stats["malformed:" + e.reason] += 1
-            return True
+            return
         for e in errors:
             self.stats["malformed:" + e.reason] += 1
         for pkt in pkts:
             out.append(pkt.to_message(now_us=ts))
-        return True
 
     # ------------------------------------------------------------------ later layers
 
@@ -394,7 +411,10 @@ class PacketDecoder:
             self.stats["malformed:tcp-header"] += 1
             return
         p = self.ports
-        if p is not None and sport not in p and dport not in p:
+        sip = p is None or sport in p or dport in p
+        if not sip and self.hep_ports is not None and sport not in self.hep_ports \
+                and dport not in self.hep_ports:
+            # neither SIP (--ports) nor HEP (--hep-ports) can be on this flow
             self.stats["skipped:port-filter"] += 1
             return
         tcp = self._tcp
@@ -402,12 +422,16 @@ class PacketDecoder:
             from sipcaptool.decode.tcp import TcpReassembler
             ms, msb, mtb, to = self._tcp_opts
             tcp = self._tcp = TcpReassembler(self.stats, self._looks_like_sip, max_streams=ms,
-                                             max_stream_bytes=msb, max_total_bytes=mtb, timeout_us=to)
+                                             max_stream_bytes=msb, max_total_bytes=mtb, timeout_us=to,
+                                             hep=self._hep_mod() is not False, hep_ports=self.hep_ports)
         data = buf[off + hl:end]
         if not data and not flags & 0x05:
             return  # a bare ACK or SYN: nothing to count
-        for mts, proto, msg in tcp.segment(ts, (src, sport, dst, dport), seq, flags, data):
-            out.append(CapturedMessage(mts, addr_str(src), sport, addr_str(dst), dport, proto, fam, msg))
+        for mts, proto, msg in tcp.segment(ts, (src, sport, dst, dport), seq, flags, data, sip):
+            if proto == _HEP_FRAME:
+                self._hep_frame(mts, msg, out)
+            else:
+                out.append(CapturedMessage(mts, addr_str(src), sport, addr_str(dst), dport, proto, fam, msg))
 
     def _sctp_packet(self, ts, buf, off, end, src, dst, fam, out) -> None:
         """SCTP DATA / I-DATA chunks; fragmented user messages are reassembled."""

@@ -14,6 +14,12 @@ and payload for a directional flow and returns the SIP messages it completes.
 * Several messages completed by one segment get distinct timestamps: +1 µs for each
   after the first.  A message completed by a later segment takes that segment's time,
   as tshark does.
+* A flow whose data starts with a HEP3 header (``HEP3``/``EEP3`` and a 16-bit total
+  length; HEP over TCP from an agent to a collector) is framed by that length instead
+  and its packets are returned whole, tagged ``HEP_FRAME``, for the HEP decoder.
+  Several packets per segment and one packet over several segments are both usual.
+  Bytes that do not start a packet are skipped up to the next HEP3 header
+  (``malformed:hep3-stream``).  ``hep_ports`` restricts where HEP is looked for.
 * Streams are capped in number and in held bytes; the least recently used stream is
   evicted (``evicted:tcp-stream``).  Streams idle longer than ``timeout_us`` of capture
   time are dropped; those still holding data count as evicted too.
@@ -29,6 +35,11 @@ from sipcaptool.stats import Stats
 
 PROTO_TCP = 2
 PROTO_WS = 5
+HEP_FRAME = 256     # not a transport: the message is one HEP3 packet to decode
+
+_HEP3_IDS = (b"HEP3", b"EEP3")
+_HEP3_SEARCH = re.compile(rb"[HE]EP3")
+_HEP3_PREFIXES = {k: (b"HEP3"[:k], b"EEP3"[:k]) for k in (1, 2, 3)}
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024
@@ -48,6 +59,7 @@ _WS_UPGRADE = re.compile(rb"(?im)^upgrade[ \t]*:[ \t]*websocket")
 _MODE_SIP = 0
 _MODE_WS_HANDSHAKE = 1
 _MODE_WS = 2
+_MODE_HEP = 3
 
 _MOD = 1 << 32
 _HALF = 1 << 31
@@ -83,12 +95,17 @@ class TcpReassembler:
         max_stream_bytes: bytes one flow may hold (buffer + out-of-order segments).
         max_total_bytes: bytes all flows together may hold.
         timeout_us: capture-time idle limit of a flow.
+        hep: look for HEP3 streams at all.
+        hep_ports: HEP3 streams only to or from these ports; None means any port.
     """
 
     def __init__(self, stats: Stats, looks_like_sip: Callable[[bytes], bool], *,
                  max_streams: int = 4096, max_stream_bytes: int = 2 * 1024 * 1024,
-                 max_total_bytes: int = 64 * 1024 * 1024, timeout_us: int = 300_000_000) -> None:
+                 max_total_bytes: int = 64 * 1024 * 1024, timeout_us: int = 300_000_000,
+                 hep: bool = True, hep_ports: frozenset[int] | None = None) -> None:
         self.stats = stats
+        self.hep = hep
+        self.hep_ports = hep_ports
         self.looks_like_sip = looks_like_sip
         self.max_streams = max_streams
         self.max_stream_bytes = max(max_stream_bytes, 16 * 1024)
@@ -104,8 +121,13 @@ class TcpReassembler:
 
     # -------------------------------------------------------------------- input
 
-    def segment(self, ts: int, key: object, seq: int, flags: int, data: bytes) -> list[tuple[int, int, bytes]]:
-        """Feed one segment of flow ``key``; return ``[(ts_us, proto, message)]`` completed."""
+    def segment(self, ts: int, key: object, seq: int, flags: int, data: bytes,
+                sip: bool = True) -> list[tuple[int, int, bytes]]:
+        """Feed one segment of flow ``key``; return ``[(ts_us, proto, message)]`` completed.
+
+        ``proto`` is PROTO_TCP, PROTO_WS or HEP_FRAME.  ``sip=False`` (a port filter
+        excludes the flow) lets only a HEP3 stream start on this flow.
+        """
         if ts - self._last_expire > 1_000_000:
             self._expire(ts)
         streams = self._streams
@@ -113,7 +135,7 @@ class TcpReassembler:
         if st is None:
             if not data:
                 return []
-            st = self._open(ts, key, seq, data)
+            st = self._open(ts, key, seq, data, sip)
             if st is None:
                 return []
         else:
@@ -144,7 +166,10 @@ class TcpReassembler:
         if flags & (TCP_FIN | TCP_RST):
             st.closing = True
         if st.closing and not st.ooo:
-            if st.buf.strip(b"\r\n") and st.mode == _MODE_SIP and not st.resync:
+            if st.mode == _MODE_HEP:
+                if st.buf:
+                    self.stats["malformed:tcp-incomplete"] += 1
+            elif st.buf.strip(b"\r\n") and st.mode == _MODE_SIP and not st.resync:
                 self.stats["malformed:tcp-incomplete"] += 1
             self._remove(key)
             return out
@@ -161,8 +186,26 @@ class TcpReassembler:
             self._evict_lru()
         return out
 
-    def _open(self, ts: int, key: object, seq: int, data: bytes) -> _Stream | None:
-        if key in self._ws_expected:
+    def _hep_allowed(self, key: object) -> bool:
+        if not self.hep:
+            return False
+        hp = self.hep_ports
+        if hp is None:
+            return True
+        _src, sport, _dst, dport = key  # type: ignore[misc]
+        return sport in hp or dport in hp
+
+    def _open(self, ts: int, key: object, seq: int, data: bytes, sip: bool = True) -> _Stream | None:
+        h = _hep3_start(data) if self._hep_allowed(key) else -1
+        if h == 0:
+            st = _Stream(seq, _MODE_HEP, ts)
+        elif not sip:
+            if h < 0:
+                self.stats["skipped:port-filter"] += 1
+                return None
+            st = _Stream(seq, _MODE_HEP, ts)
+            st.resync = True
+        elif key in self._ws_expected:
             del self._ws_expected[key]
             st = _Stream(seq, _MODE_WS_HANDSHAKE, ts)
         elif data[:4] == b"GET " and _WS_UPGRADE.search(data, 0, 8192):
@@ -175,13 +218,18 @@ class TcpReassembler:
                 self._ws_expected.popitem(last=False)
         else:
             m = _START_SEARCH.search(data)
-            if m is None:
+            if h > 0 and (m is None or h < m.start()):
+                # a HEP3 stream joined mid-way: resynchronise at the next header
+                st = _Stream(seq, _MODE_HEP, ts)
+                st.resync = True
+            elif m is None:
                 self.stats["skipped:non-sip"] += 1
                 return None
-            st = _Stream(seq, _MODE_SIP, ts)
-            # bytes before the start line belong to a message we joined too late for
-            if m.start():
-                self.stats["skipped:tcp-resync"] += 1
+            else:
+                st = _Stream(seq, _MODE_SIP, ts)
+                # bytes before the start line belong to a message we joined too late for
+                if m.start():
+                    self.stats["skipped:tcp-resync"] += 1
         self._streams[key] = st
         while len(self._streams) > self.max_streams:
             self._evict_lru()
@@ -237,6 +285,8 @@ class TcpReassembler:
         n0 = len(out)
         if st.mode == _MODE_SIP:
             self._frame_sip(st, out)
+        elif st.mode == _MODE_HEP:
+            self._frame_hep(st, out)
         elif st.mode == _MODE_WS_HANDSHAKE:
             self._ws_handshake(st)
             if st.mode == _MODE_WS:
@@ -310,6 +360,34 @@ class TcpReassembler:
             out.append((proto, bytes(buf[:total])))
             del buf[:total]
             st.scan_from = 0
+
+    def _frame_hep(self, st: _Stream, out: list) -> None:
+        """Cut HEP3 packets out of the stream by their total length (16 bits, so at most
+        one incomplete packet of < 64 KB is held)."""
+        buf = st.buf
+        while len(buf) >= 6:
+            if buf[:4] not in _HEP3_IDS or (buf[4] << 8 | buf[5]) < 6:
+                # not at a packet boundary (joined mid-way, or garbage between packets);
+                # scan_from marks a run of skipped bytes already counted
+                if not st.scan_from:
+                    self.stats["skipped:tcp-resync" if st.resync else "malformed:hep3-stream"] += 1
+                    st.scan_from = 1
+                st.resync = False
+                h = _hep3_start(buf, 1)
+                if h < 0:
+                    # only a last partial id can still begin a header
+                    keep = next((k for k in (3, 2, 1) if bytes(buf[-k:]) in _HEP3_PREFIXES[k]), 0)
+                    del buf[:len(buf) - keep]
+                    return
+                del buf[:h]
+                continue
+            st.resync = False
+            st.scan_from = 0
+            total = buf[4] << 8 | buf[5]
+            if len(buf) < total:
+                return
+            out.append((HEP_FRAME, bytes(buf[:total])))
+            del buf[:total]
 
     def _ws_handshake(self, st: _Stream) -> None:
         buf = st.buf
@@ -417,6 +495,30 @@ class TcpReassembler:
         self._ws_expected.clear()
         self.held_bytes = 0
         return []
+
+
+def _hep3_start(data: bytes | bytearray, pos: int = 0) -> int:
+    """Offset of the first plausible HEP3 packet header at or after ``pos``, or -1.
+
+    At offset 0 the id, or the first bytes of it, is enough (a flow whose data starts
+    there is HEP); further on, the total length must hold a chunk and the first chunk
+    must have vendor id 0, so that text merely containing "HEP3" is not taken for a
+    header."""
+    if pos == 0:
+        n = len(data)
+        if (n >= 6 and data[:4] in _HEP3_IDS) or (0 < n < 4 and bytes(data) in _HEP3_PREFIXES[n]):
+            return 0    # a stream's first bytes: the id (or its start) is enough
+    n = len(data)
+    while True:
+        m = _HEP3_SEARCH.search(data, pos)
+        if m is None:
+            return -1
+        i = m.start()
+        if i + 6 > n:
+            return i            # too short to check: keep it as a candidate
+        if (data[i + 4] << 8 | data[i + 5]) >= 12 and (i + 8 > n or data[i + 6:i + 8] == b"\0\0"):
+            return i
+        pos = i + 1
 
 
 def _unmask(mask: bytes, data: bytes) -> bytes:
