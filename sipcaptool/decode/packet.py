@@ -115,6 +115,7 @@ class PacketDecoder:
         self._defrag = None
         self._tcp = None
         self._sctp = None
+        self._sctp_tsns = _SctpTsns()
         self._hep = None  # lazily imported HEP module, False when absent
 
     # ------------------------------------------------------------------ entry points
@@ -441,6 +442,8 @@ class PacketDecoder:
         sport, dport = _unpack_2H(buf, off)
         pos = off + 12
         n0 = len(out)
+        tsns = self._sctp_tsns
+        flow = (src, sport, dst, dport)
         while pos + 4 <= end:
             ctype, cflags, clen = _unpack_chunk(buf, pos)
             if clen < 4 or pos + clen > end:
@@ -457,6 +460,11 @@ class PacketDecoder:
                     else:
                         tsn, sid, _r, mid, fsn = _unpack_idata(buf, pos + 4)
                         seq = 0 if cflags & 2 else fsn
+                    if tsns.seen(flow, tsn):
+                        # a retransmitted chunk: its data was used the first time
+                        self.stats["skipped:sctp-retransmission"] += 1
+                        pos += (clen + 3) & ~3
+                        continue
                     data = buf[pos + hl:pos + clen]
                     if cflags & 3 != 3:
                         if self._sctp is None:
@@ -465,12 +473,62 @@ class PacketDecoder:
                                               seq, cflags & 3, data)
                     if data:
                         self._payload(ts, src, sport, dst, dport, PROTO_SCTP, fam, data, out)
+            elif ctype == 1 or ctype == 2:
+                # INIT / INIT ACK: the sender starts a new TSN space for this direction
+                tsns.forget(flow)
             pos += (clen + 3) & ~3
         for i in range(n0 + 1, len(out)):
             out[i].ts_us += i - n0
 
     def _emit_stream(self, ts, key, proto, payload, out) -> None:
         pass
+
+
+class _SctpTsns:
+    """The DATA/I-DATA TSNs seen per direction, to use a retransmitted chunk once.
+
+    Per direction: the highest TSN seen (serial arithmetic, RFC 1982) and a bitmap of
+    the ``WINDOW`` TSNs below it.  A TSN older than the window is taken as new (an
+    association restarted without its INIT in the capture): storing a message twice is
+    better than losing one.  Directions are capped (least recently used dropped), so
+    memory stays bounded whatever the capture holds.
+    """
+
+    WINDOW = 4096
+    MAX_FLOWS = 4096
+    _MASK = (1 << WINDOW) - 1
+
+    def __init__(self) -> None:
+        self._flows: dict[object, tuple[int, int]] = {}
+
+    def seen(self, flow: object, tsn: int) -> bool:
+        """Record ``tsn`` for ``flow``; True when it was already seen."""
+        flows = self._flows
+        st = flows.pop(flow, None)     # re-inserted below: the dict keeps LRU order
+        if st is None:
+            if len(flows) >= self.MAX_FLOWS:
+                del flows[next(iter(flows))]
+            flows[flow] = (tsn, 1)
+            return False
+        top, bits = st
+        d = (tsn - top) & 0xFFFFFFFF
+        dup = False
+        if d == 0:
+            dup = True
+        elif d < 0x80000000:           # newer than anything seen
+            bits = ((bits << d) | 1) & self._MASK if d < self.WINDOW else 1
+            top = tsn
+        else:
+            behind = 0x100000000 - d
+            if behind < self.WINDOW:
+                dup = bool(bits >> behind & 1)
+                bits |= 1 << behind
+            # else: older than the window, taken as new (see above)
+        flows[flow] = (top, bits)
+        return dup
+
+    def forget(self, flow: object) -> None:
+        self._flows.pop(flow, None)
 
 
 class _SctpFragments:
