@@ -1,0 +1,227 @@
+"""``sipcaptool live``: capture SIP from a mirror port or an IPIP tunnel and store it."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+
+import click
+
+from ..config import Settings
+from ..errors import ConfigError, SipcaptoolError
+from .common import print_summary, storage_options, summary_dict
+
+log = logging.getLogger("sipcaptool.live")
+
+_ONOFF = click.IntRange(0, 1)
+
+
+@click.command("live")
+@click.option("-i", "--interface", metavar="IFACE", default=None,
+              help="Mirror mode: capture on this interface ('any': all of them). "
+                   "Same as --raw-interface.")
+@click.option("--ipip", is_flag=True,
+              help="IPIP mode: read IP-in-IP packets sent to the --raw-socket-listen address "
+                   "through a raw socket, instead of a mirror port.")
+@click.option("--raw-socket-listen", metavar="[IP]:PORT[-PORT]", default=None,
+              help="SIP port or range, e.g. :5060-5090 (mirror mode ignores the address); "
+                   "IPIP mode also binds to the address. [default: :5060]")
+@click.option("--raw-interface", metavar="IFACE", default=None,
+              help="Mirror mode: the interface; IPIP mode: only packets arriving on it "
+                   "(SO_BINDTODEVICE).")
+@click.option("--raw-sock-children", metavar="N", type=int, default=None,
+              help="Capture workers sharing the traffic by flow (PACKET_FANOUT hash; "
+                   "IPIP: by address hash). [default: 1]")
+@click.option("--promiscuous-on", metavar="0|1", type=_ONOFF, is_flag=False, flag_value=1,
+              default=None, help="Promiscuous mode (the flag alone means 1). [default: 0]")
+@click.option("--raw-moni-bpf-on", metavar="0|1", type=_ONOFF, is_flag=False, flag_value=1,
+              default=None, help="Filter in the kernel (a BPF program built from the port "
+                   "range, admitting fragments and VLAN tags); 0 filters in sipcaptool. "
+                   "[default: 1]")
+@click.option("--filter", "filter_expr", metavar="EXPR", default=None,
+              help="Mirror mode: this libpcap filter instead of the one built from the ports "
+                   "(SIP is then recognised by content on any port it admits).")
+@click.option("--snaplen", type=click.IntRange(256, 262144), default=262144, show_default=True,
+              metavar="BYTES", help="Bytes kept per packet.")
+@click.option("--buffer-size", type=click.IntRange(1, 2048), default=32, show_default=True,
+              metavar="MB", help="Kernel capture buffer per worker, MiB.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="SECONDS", help="Stop after this long.")
+@click.option("--count", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Stop after N SIP messages.")
+@click.option("--hep-to", "hep_to", multiple=True, metavar="udp|tcp:HOST:PORT",
+              help="Agent mode: also send every message as HEPv3 to this collector "
+                   "(repeatable: one udp and one tcp target; with both, messages too large "
+                   "for a UDP datagram go over TCP). Use --db none to only forward.")
+@click.option("--capture-id", type=click.IntRange(0, 0xFFFFFFFF), default=2001,
+              show_default=True, metavar="N", help="HEP capture id (agent mode).")
+@click.option("--auth-key", metavar="KEY", default=None, help="HEP auth key (agent mode).")
+@click.option("--node-name", metavar="NAME", default=None, help="HEP node name (agent mode).")
+@click.option("--user", metavar="NAME", default=None,
+              help="Switch to this user once the capture sockets are open.")
+@click.option("--control", "control_path", metavar="PATH", default=None,
+              help="Control socket (sipcaptool ctl). [default: $XDG_RUNTIME_DIR/sipcaptool/"
+                   "live.sock, /run/sipcaptool/live.sock for root]")
+@click.option("--no-control", is_flag=True, help="Serve no control socket.")
+@click.option("-q", "--quiet", is_flag=True, help="No text summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.option("--foreground-writer", is_flag=True, hidden=True,
+              help="Write from the capturing process (no writer process).")
+@storage_options
+def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children,
+            promiscuous_on, raw_moni_bpf_on, filter_expr, snaplen, buffer_size, duration,
+            count, hep_to, capture_id, auth_key, node_name, user, control_path, no_control,
+            quiet, as_json, foreground_writer, settings: Settings) -> int:
+    """Capture SIP live and store every message as one row (or forward it as HEP).
+
+    \b
+    Mirror mode (-i IFACE): libpcap on a mirror/SPAN port or any interface. A kernel
+    filter built from the --raw-socket-listen ports admits SIP over UDP, TCP and SCTP,
+    IPv4 and IPv6, plus IP fragments and VLAN-tagged frames. Workers share one interface
+    by flow. Kernel drop counters appear in the summary.
+    IPIP mode (--ipip): SIP tunnelled in IP (protocol 4, and 41 for IPv6 inside) to the
+    --raw-socket-listen address, as Kamailio's raw_ipip_capture_on.
+
+    Messages are decoded as `replay` decodes a capture file, so the rows are the same.
+    Rows are written in batches at most a second after they were captured.
+    SIGINT/SIGTERM (or --duration/--count) stop the capture; what was captured is
+    stored and a summary printed. Needs root or CAP_NET_RAW (+CAP_NET_ADMIN for
+    promiscuous mode); --user drops to another user after the sockets are open.
+
+    Exit status: 0 stopped normally; 2 bad option; 4 database error; 5 the interface
+    or socket could not be opened or failed.
+
+    \b
+    Example:
+      sipcaptool live -i eth0
+      sipcaptool live -i eth1 --raw-socket-listen :5060-5090 --promiscuous-on \\
+          --raw-sock-children 2
+      sipcaptool live --ipip --raw-socket-listen 10.0.0.1:5060-5090 --raw-interface tun0
+      sipcaptool live -i any --filter "udp port 5060 or tcp port 5061" --duration 60 \\
+          --db mysql://root@127.0.0.1/homer
+      sipcaptool live -i eth0 --db none --hep-to udp:10.0.0.9:9060 --hep-to tcp:10.0.0.9:9060
+    """
+    from ..sources.live import LiveCapture, LiveOptions, kernel_summary, parse_listen
+
+    cli_raw = {"raw_socket_listen": raw_socket_listen, "raw_interface": raw_interface,
+               "raw_sock_children": raw_sock_children, "promiscuous_on": promiscuous_on,
+               "raw_moni_bpf_on": raw_moni_bpf_on}
+    for name, value in cli_raw.items():
+        if value is not None:
+            settings.set(name, value, "command line")
+    if ipip:
+        settings.set("raw_ipip_capture_on", 1, "command line")
+    ipip_mode = bool(settings.raw_ipip_capture_on)
+    if ipip_mode and interface:
+        raise ConfigError("--ipip reads a raw IP socket, not an interface: use "
+                          "--raw-interface IFACE to accept tunnelled packets from one "
+                          "interface only")
+    if ipip_mode and filter_expr:
+        raise ConfigError("--filter is a mirror-mode (libpcap) option; IPIP mode filters on "
+                          "the --raw-socket-listen port range")
+    iface = interface or settings.raw_interface
+    if not ipip_mode and not iface:
+        raise ConfigError("no interface: give -i IFACE (or --raw-interface IFACE, 'any' for "
+                          "all), or --ipip for IPIP mode")
+    listen = parse_listen(settings.raw_socket_listen)
+    store = any(m.db_url.strip().lower() != "none" for m in settings.active_modes())
+    if not store and not hep_to:
+        raise ConfigError("--db none without --hep-to: the captured messages would go "
+                          "nowhere; give --hep-to udp:HOST:PORT or a database")
+    opts = LiveOptions(
+        interface=iface or "", ipip=ipip_mode, listen=listen,
+        listen_given=settings.origin.get("raw_socket_listen", "default") != "default",
+        bpf_on=bool(settings.raw_moni_bpf_on), filter_expr=filter_expr,
+        promisc=bool(settings.promiscuous_on), snaplen=snaplen,
+        buffer_size=buffer_size * 1024 * 1024, workers=settings.raw_sock_children,
+        duration=duration, count=count, hep_to=list(hep_to), capture_id=capture_id,
+        auth_key=auth_key, node_name=node_name, user=user, store=store)
+    if hep_to:
+        # check the targets before opening anything
+        from ..sources.hepout import parse_target
+
+        for t in hep_to:
+            parse_target(t)
+
+    cap = LiveCapture(opts, settings)
+    cap.open()
+    server = _start_control(control_path, no_control, cap, opts)
+    stopping = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stopping["signal"] = signal.Signals(signum).name
+        cap.stop()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    if not quiet:
+        click.echo(f"sipcaptool: capturing on {opts.describe()}"
+                   + (f", filter: {cap.filter}" if cap.filter else "")
+                   + (f", {opts.workers} workers" if opts.workers > 1 else ""), err=True)
+    started = time.monotonic()
+    error: SipcaptoolError | None = None
+    try:
+        try:
+            stats = cap.run(background=not foreground_writer)
+        except SipcaptoolError as e:
+            error = e
+            stats = cap.counters()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if server is not None:
+            server.stop()
+    elapsed = time.monotonic() - started
+    if cap.errors and error is None:
+        from ..errors import CaptureError
+
+        error = CaptureError(cap.errors[0])
+        error.exit_code = cap._error_code or error.exit_code
+    extra = {"seconds": round(elapsed, 3), "source": opts.describe(),
+             "workers": opts.workers, "errors": [str(error)] if error else []}
+    if not ipip_mode:
+        extra["kernel"] = kernel_summary(stats)
+    if opts.hep_to:
+        extra["hep_out"] = stats.group("hep_out")
+    if stopping["signal"]:
+        extra["stopped_by"] = stopping["signal"]
+    if not quiet or as_json:
+        summary = summary_dict(stats, extra)
+        print_summary(summary, as_json)
+        if not as_json:
+            lines = []
+            if "kernel" in extra:
+                k = extra["kernel"]
+                lines.append(f"kernel:            received {k['received']}, dropped "
+                             f"{k['dropped']}, dropped by interface {k['if_dropped']}")
+            if opts.hep_to:
+                h = extra["hep_out"]
+                lines.append(f"HEP sent:          {h.get('sent_udp', 0)} over UDP, "
+                             f"{h.get('sent_tcp', 0)} over TCP")
+            if lines:
+                click.echo("\n".join(lines))
+    if error is not None:
+        raise error
+    return 0
+
+
+def _start_control(path, disabled, cap, opts):
+    if disabled:
+        return None
+    from ..control import ControlServer, default_control_path
+    from ..errors import CaptureError
+
+    explicit = path is not None
+    path = path or default_control_path("live")
+    server = ControlServer(path, cap.capture_flag, cap.counters,
+                           extra={"command": "live", "source": opts.describe(),
+                                  "workers": opts.workers})
+    try:
+        server.start()
+    except CaptureError as e:
+        if explicit:
+            raise
+        log.warning("%s; running without a control socket", e)
+        return None
+    return server

@@ -1,0 +1,188 @@
+"""Agent mode: send every captured message to a HEP collector as HEPv3.
+
+Targets are ``udp:HOST:PORT`` and/or ``tcp:HOST:PORT`` (at most one of each; an IPv6
+host goes in brackets, ``udp:[::1]:9060``).
+
+* UDP only: one datagram per message. A message whose HEP packet does not fit in one
+  UDP datagram (65,507 bytes over IPv4, 65,527 over IPv6) cannot be sent whole; it is
+  counted as ``dropped:hep-too-large`` and reported, never cut.
+* TCP only: every message goes over one TCP connection (HEP frames carry their own
+  length, so collectors split the stream).
+* Both: UDP, and TCP for the messages too large for a datagram.
+
+A HEP packet itself is limited to 65,535 bytes (its length field); a message larger
+than that cannot be sent in HEP at all and is counted as ``dropped:hep-too-large``.
+
+Counters: ``hep_out:sent_udp``, ``hep_out:sent_tcp``, ``dropped:hep-too-large``,
+``dropped:hep-send-error``, ``dropped:hep-tcp-down``, ``hep_out:reconnects``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import time
+
+from ..decode.hep import encode_hep3
+from ..errors import ConfigError
+from ..record import CapturedMessage
+from ..stats import Stats
+
+log = logging.getLogger(__name__)
+
+UDP_MAX = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
+RECONNECT_EVERY = 1.0  # seconds between TCP connection attempts while it is down
+
+
+def parse_target(text: str) -> tuple[str, str, int]:
+    """``udp:HOST:PORT`` / ``tcp:HOST:PORT`` -> (transport, host, port)."""
+    proto, sep, rest = text.partition(":")
+    proto = proto.lower()
+    if not sep or proto not in ("udp", "tcp"):
+        raise ConfigError(f"--hep-to {text!r}: expected udp:HOST:PORT or tcp:HOST:PORT")
+    if rest.startswith("["):
+        host, sep2, port_s = rest[1:].partition("]:")
+    else:
+        host, sep2, port_s = rest.rpartition(":")
+    if not sep2 or not host:
+        raise ConfigError(f"--hep-to {text!r}: expected udp:HOST:PORT or tcp:HOST:PORT "
+                          "(IPv6 hosts in brackets: udp:[::1]:9060)")
+    try:
+        port = int(port_s)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise ConfigError(f"--hep-to {text!r}: port {port_s!r} is not 1-65535")
+    return proto, host, port
+
+
+def _resolve(host: str, port: int, socktype: int) -> tuple[int, tuple]:
+    try:
+        info = socket.getaddrinfo(host, port, 0, socktype)
+    except socket.gaierror as e:
+        raise ConfigError(f"--hep-to {host}:{port}: cannot resolve {host!r} ({e.strerror})") from None
+    fam, _t, _p, _c, addr = info[0]
+    return fam, addr
+
+
+class HepSender:
+    """Encode and send messages to one UDP and/or one TCP HEP target."""
+
+    def __init__(self, targets: list[str], stats: Stats, *, capture_id: int = 0,
+                 auth_key: str | None = None, node_name: str | None = None) -> None:
+        parsed = [parse_target(t) for t in targets]
+        kinds = [p[0] for p in parsed]
+        for k in ("udp", "tcp"):
+            if kinds.count(k) > 1:
+                raise ConfigError(f"--hep-to: at most one {k} target (got {kinds.count(k)})")
+        self.stats = stats
+        self.capture_id = capture_id
+        self.auth_key = auth_key.encode() if auth_key else None
+        self.node_name = node_name
+        self.udp: socket.socket | None = None
+        self.udp_max = 0
+        self.tcp: socket.socket | None = None
+        self.tcp_addr: tuple | None = None
+        self.tcp_family = socket.AF_INET
+        self._next_connect = 0.0
+        self.warned_too_large = False
+        for proto, host, port in parsed:
+            if proto == "udp":
+                fam, addr = _resolve(host, port, socket.SOCK_DGRAM)
+                s = socket.socket(fam, socket.SOCK_DGRAM)
+                s.connect(addr)
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+                except OSError:
+                    pass
+                self.udp = s
+                self.udp_max = UDP_MAX.get(fam, 65507)
+            else:
+                self.tcp_family, self.tcp_addr = _resolve(host, port, socket.SOCK_STREAM)
+        if self.tcp_addr is not None:
+            self._connect()
+
+    def _connect(self) -> bool:
+        now = time.monotonic()
+        if now < self._next_connect:
+            return False
+        self._next_connect = now + RECONNECT_EVERY
+        s = socket.socket(self.tcp_family, socket.SOCK_STREAM)
+        s.settimeout(5.0)
+        try:
+            s.connect(self.tcp_addr)
+        except OSError as e:
+            s.close()
+            log.warning("HEP target tcp %s: cannot connect (%s); retrying every %.0f s",
+                        self.tcp_addr, e.strerror or e, RECONNECT_EVERY)
+            return False
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tcp is not None:
+            self.stats["hep_out:reconnects"] += 1
+        self.tcp = s
+        return True
+
+    def _send_tcp(self, pkt: bytes) -> None:
+        if self.tcp is None or self.tcp.fileno() < 0:
+            if not self._connect():
+                self.stats["dropped:hep-tcp-down"] += 1
+                return
+        try:
+            self.tcp.sendall(pkt)  # type: ignore[union-attr]
+            self.stats["hep_out:sent_tcp"] += 1
+        except OSError as e:
+            log.warning("HEP target tcp %s: send failed (%s); reconnecting", self.tcp_addr,
+                        e.strerror or e)
+            self.tcp.close()  # type: ignore[union-attr]
+            self._next_connect = 0.0
+            if self._connect():
+                try:
+                    self.tcp.sendall(pkt)  # type: ignore[union-attr]
+                    self.stats["hep_out:sent_tcp"] += 1
+                    return
+                except OSError:
+                    self.tcp.close()  # type: ignore[union-attr]
+            self.stats["dropped:hep-send-error"] += 1
+
+    def send(self, msg: CapturedMessage) -> None:
+        try:
+            pkt = encode_hep3(msg, capture_id=self.capture_id, auth_key=self.auth_key,
+                              node_name=self.node_name)
+        except ValueError:
+            self._too_large(len(msg.payload))
+            return
+        if self.udp is not None and len(pkt) <= self.udp_max:
+            try:
+                self.udp.send(pkt)
+                self.stats["hep_out:sent_udp"] += 1
+            except OSError as e:
+                if e.errno == errno.EMSGSIZE and self.tcp_addr is not None:
+                    self._send_tcp(pkt)
+                elif e.errno == errno.EMSGSIZE:
+                    self._too_large(len(msg.payload))
+                else:
+                    # ECONNREFUSED (nobody listens yet), ENOBUFS ...
+                    self.stats["dropped:hep-send-error"] += 1
+            return
+        if self.tcp_addr is not None:
+            self._send_tcp(pkt)
+            return
+        self._too_large(len(msg.payload))
+
+    def _too_large(self, size: int) -> None:
+        self.stats["dropped:hep-too-large"] += 1
+        if not self.warned_too_large:
+            self.warned_too_large = True
+            log.warning("a SIP message of %d bytes does not fit in one HEP UDP datagram and "
+                        "was not forwarded (add a tcp: --hep-to target to send such messages "
+                        "over TCP); further ones are only counted", size)
+
+    def close(self) -> None:
+        for s in (self.udp, self.tcp):
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+        self.udp = self.tcp = None

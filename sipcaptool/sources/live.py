@@ -1,0 +1,637 @@
+"""Live capture: a mirror port through libpcap, or an IPIP tunnel through raw sockets.
+
+One *worker* reads one capture handle, decodes what it reads with the same
+``PacketDecoder`` that ``replay`` uses, and hands the messages to its own ``Pipeline``
+(so the rows are the rows ``replay`` stores for a capture of the same traffic) and/or to
+a HEP sender (agent mode).
+
+With ``workers`` > 1 (``raw_sock_children``) every worker is a process of its own:
+
+* mirror mode: N libpcap handles on the interface joined in one PACKET_FANOUT group in
+  hash mode, so the kernel gives every flow (both directions; fragments hash on the
+  addresses alone) to one worker and TCP and fragment reassembly keep working;
+* IPIP mode: N raw sockets, each with a BPF program selecting its share of the flows
+  by inner address hash.
+
+All handles and sockets are opened by the starting process before it forks and before
+it drops privileges (``--user``), so the workers never need any. Capture on/off, the
+stop request and the ``--count`` budget are shared memory values; each worker reports
+its counters to the parent about once a second and at the end, and the parent adds
+them up (summary, control socket).
+
+Kernel drop counters: the pcap statistics of each handle land in ``kernel:received``,
+``kernel:dropped`` (no room in the capture buffer) and ``kernel:if_dropped`` (dropped
+by the interface/driver).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import CaptureError, ConfigError, SipcaptoolError
+from ..stats import Stats
+from . import bpf
+
+log = logging.getLogger(__name__)
+
+BATCH = 512
+POLL_MS = 100            # the longest a worker sleeps before looking at stop/duration
+REPORT_EVERY = 0.5       # seconds between worker -> parent counter reports
+DEFAULT_SNAPLEN = 262144
+DEFAULT_BUFFER = 32 * 1024 * 1024
+FANOUT_FLAG_DEFRAG = 0x8000
+
+
+# ----------------------------------------------------------------- settings
+
+
+@dataclass
+class Listen:
+    """``raw_socket_listen``: "ip:port" / "ip:port1-port2" (ip may be empty)."""
+
+    address: str
+    lo: int
+    hi: int
+
+    @property
+    def ports(self) -> frozenset[int]:
+        return frozenset(range(self.lo, self.hi + 1))
+
+
+def parse_listen(text: str, default_port: int = 5060) -> Listen:
+    """Parse the module's ``raw_socket_listen``.
+
+    Accepted: ``""`` (port 5060, any address), ``5060``, ``:5060``, ``10.0.0.1:5060``,
+    ``10.0.0.1:5060-5090``, ``[fd00::1]:5060``, ``10.0.0.1`` (port 5060).
+    """
+    t = text.strip()
+    if not t:
+        return Listen("", default_port, default_port)
+    if t.startswith("["):
+        addr, sep, ports = t[1:].partition("]")
+        ports = ports[1:] if ports.startswith(":") else ports
+        if not sep:
+            raise ConfigError(f"raw_socket_listen {text!r}: missing ']' after the IPv6 address")
+    elif t.count(":") > 1:  # bare IPv6 address, no port
+        addr, ports = t, ""
+    elif ":" in t:
+        addr, _, ports = t.rpartition(":")
+    elif "." in t:
+        addr, ports = t, ""
+    else:
+        addr, ports = "", t
+    if not ports:
+        lo = hi = default_port
+    else:
+        a, sep, b = ports.partition("-")
+        try:
+            lo = int(a)
+            hi = int(b) if sep else lo
+        except ValueError:
+            raise ConfigError(f"raw_socket_listen {text!r}: {ports!r} is not a port or a range "
+                              "like 5060-5090 (form: ip:port or ip:port1-port2)") from None
+        if not (0 < lo <= hi <= 65535):
+            raise ConfigError(f"raw_socket_listen {text!r}: ports are 1-65535, ranges low-high")
+    if addr:
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(addr)
+        except ValueError:
+            raise ConfigError(f"raw_socket_listen {text!r}: {addr!r} is not an IP address") from None
+    return Listen(addr, lo, hi)
+
+
+@dataclass
+class LiveOptions:
+    """Everything a live capture needs besides the storage settings."""
+
+    interface: str = ""              # mirror mode: the interface (or "any")
+    ipip: bool = False
+    listen: Listen = field(default_factory=lambda: Listen("", 5060, 5060))
+    listen_given: bool = False       # raw_socket_listen set explicitly
+    bpf_on: bool = True
+    filter_expr: str | None = None
+    promisc: bool = False
+    snaplen: int = DEFAULT_SNAPLEN
+    buffer_size: int = DEFAULT_BUFFER
+    workers: int = 1
+    duration: float | None = None
+    count: int | None = None
+    hep_to: list[str] = field(default_factory=list)
+    capture_id: int = 0
+    auth_key: str | None = None
+    node_name: str | None = None
+    user: str | None = None
+    store: bool = True               # False with --db none and no capture mode
+
+    def decoder_ports(self) -> frozenset[int] | None:
+        """The ports the decoder takes SIP from: the listen range, unless a --filter of
+        the user's own chooses the traffic (then SIP is recognised by content, as replay
+        does), unless the listen range was given explicitly as well."""
+        if self.filter_expr and not self.listen_given:
+            return None
+        return self.listen.ports
+
+    def describe(self) -> str:
+        if self.ipip:
+            return (f"IPIP on {self.listen.address or 'any address'}"
+                    + (f" ({self.interface})" if self.interface else "")
+                    + f", ports {self.listen.lo}-{self.listen.hi}")
+        return f"interface {self.interface}"
+
+
+# ----------------------------------------------------------------- capture handles
+
+
+def capture_filter(opts: LiveOptions, linktype: int | None = None) -> str | None:
+    """The libpcap expression for mirror mode (None: capture everything)."""
+    if opts.filter_expr:
+        return opts.filter_expr
+    if not opts.bpf_on:
+        return None
+    return bpf.mirror_filter(opts.listen.lo, opts.listen.hi)
+
+
+class PcapSource:
+    """One libpcap handle on a live interface."""
+
+    def __init__(self, opts: LiveOptions, fanout_group: int | None = None) -> None:
+        import pcapy
+
+        iface = opts.interface
+        self.interface = iface
+        try:
+            h = pcapy.create(iface)
+        except pcapy.PcapError as e:
+            raise _open_error(iface, str(e)) from None
+        try:
+            h.set_snaplen(opts.snaplen)
+            h.set_promisc(1 if opts.promisc else 0)
+            h.set_timeout(POLL_MS)
+            if opts.buffer_size:
+                h.set_buffer_size(opts.buffer_size)
+            h.activate()
+        except pcapy.PcapError as e:
+            raise _open_error(iface, str(e)) from None
+        self.handle = h
+        self.linktype = h.datalink()
+        expr = capture_filter(opts)
+        self.filter = expr
+        if expr:
+            try:
+                h.setfilter(expr)
+            except pcapy.PcapError as e:
+                if opts.filter_expr:
+                    raise ConfigError(f"--filter {expr!r}: {e}") from None
+                # no VLAN support on this link type (Linux cooked capture, "any"):
+                # the kernel has already removed the tags there
+                expr = bpf.mirror_filter(opts.listen.lo, opts.listen.hi, vlan=False)
+                try:
+                    h.setfilter(expr)
+                except pcapy.PcapError as e2:  # pragma: no cover - our own expression
+                    raise CaptureError(f"{iface}: cannot set the capture filter: {e2}") from None
+                self.filter = expr
+        if fanout_group is not None:
+            try:
+                h.set_fanout(fanout_group, pcapy.PACKET_FANOUT_HASH)
+            except (pcapy.PcapError, OSError) as e:
+                raise CaptureError(f"{iface}: cannot join PACKET_FANOUT group {fanout_group} "
+                                   f"for --raw-sock-children: {e}") from None
+        # non-blocking reads, waiting in poll(): next_batch on a quiet blocking handle
+        # does not return, and the worker must look at stop/duration regularly
+        h.setnonblock(1)
+        self._fd = h.getfd()
+
+    def batches(self):
+        """Yield ``(data, meta)`` batches; empty ``meta`` after a quiet poll interval."""
+        import select
+
+        import pcapy
+
+        nb = self.handle.next_batch
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        wait = True
+        while True:
+            if wait:
+                try:
+                    poller.poll(POLL_MS)
+                except InterruptedError:
+                    pass
+            try:
+                data, meta = nb(BATCH)
+            except pcapy.PcapError as e:
+                msg = str(e)
+                if "went down" in msg or "No such device" in msg:
+                    raise CaptureError(f"{self.interface}: the interface went down ({msg})") from None
+                raise CaptureError(f"{self.interface}: capture failed: {msg}") from None
+            if meta:
+                m = memoryview(meta).cast("I")
+                wait = len(m) < BATCH * 4  # a full batch: more is probably waiting
+                yield data, m
+            else:
+                wait = True
+                yield data, ()
+
+    def kernel_stats(self) -> tuple[int, int, int]:
+        try:
+            return tuple(self.handle.stats())  # type: ignore[return-value]
+        except Exception:  # noqa: BLE001 - statistics are best effort
+            return (0, 0, 0)
+
+    def close(self) -> None:
+        self.handle = None
+
+
+def _open_error(iface: str, msg: str) -> CaptureError:
+    low = msg.lower()
+    if "permission" in low or "operation not permitted" in low:
+        from .ipip import permission_hint
+
+        return CaptureError(permission_hint(f"cannot capture on {iface}"))
+    if "no such device" in low or "doesn't exist" in low or "no such" in low:
+        return CaptureError(f"cannot capture on {iface}: no such interface "
+                            "(see `ip link` for the names)")
+    if "not up" in low or "network is down" in low:
+        return CaptureError(f"cannot capture on {iface}: the interface is down")
+    return CaptureError(f"cannot capture on {iface}: {msg}")
+
+
+def open_sources(opts: LiveOptions) -> list[Any]:
+    """Open every capture handle/socket (one per worker). Needs the privileges."""
+    n = opts.workers
+    sources: list[Any] = []
+    try:
+        if opts.ipip:
+            from .ipip import IpipSource
+
+            ports = (opts.listen.lo, opts.listen.hi)
+            for i in range(n):
+                sources.append(IpipSource(opts.listen.address, opts.interface, ports,
+                                          opts.bpf_on, (i, n) if n > 1 else None,
+                                          rcvbuf=opts.buffer_size))
+        else:
+            group = None
+            if n > 1:
+                group = (os.getpid() ^ int(time.time() * 1000)) & 0xFFFF
+            for _ in range(n):
+                sources.append(PcapSource(opts, group))
+    except BaseException:
+        for s in sources:
+            s.close()
+        raise
+    return sources
+
+
+def drop_privileges(user: str) -> None:
+    """Become ``user`` (and its primary group, no supplementary groups)."""
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"--user {user!r}: no such user") from None
+    if os.geteuid() == pw.pw_uid:
+        return
+    try:
+        os.setgroups([])
+        os.setgid(pw.pw_gid)
+        os.setuid(pw.pw_uid)
+    except PermissionError:
+        raise CaptureError(f"--user {user}: cannot switch to that user (only root can)") from None
+    os.environ["HOME"] = pw.pw_dir
+    os.environ["USER"] = os.environ["LOGNAME"] = user
+
+
+# ----------------------------------------------------------------- shared state
+
+
+class Shared:
+    """Values shared by the parent and its worker processes (fork-inherited)."""
+
+    def __init__(self, capture_on: bool, count: int | None) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.stop = ctx.RawValue("b", 0)
+        self.capture_flag = ctx.RawValue("b", 1 if capture_on else 0)
+        self.count_limit = count
+        self.counted = ctx.Value("q", 0)  # with a lock: the --count budget
+
+    def take(self, n: int) -> int:
+        """Claim up to ``n`` messages of the --count budget; returns how many may go."""
+        if self.count_limit is None:
+            return n
+        with self.counted.get_lock():
+            left = self.count_limit - self.counted.value
+            k = max(0, min(n, left))
+            self.counted.value += k
+            if self.counted.value >= self.count_limit:
+                self.stop.value = 1
+            return k
+
+
+# ----------------------------------------------------------------- the worker
+
+
+class Worker:
+    """Read one source, decode, and deliver to a pipeline and/or a HEP sender."""
+
+    def __init__(self, source: Any, opts: LiveOptions, settings: Any, shared: Shared,
+                 stats: Stats, *, background: bool = True,
+                 report: Callable[[Stats], None] | None = None) -> None:
+        self.source = source
+        self.opts = opts
+        self.settings = settings
+        self.shared = shared
+        self.stats = stats
+        self.background = background
+        self.report = report
+        self.pipeline = None
+        self.sender = None
+
+    def run(self, deadline: float | None) -> None:
+        from ..decode.packet import PacketDecoder
+        from ..pipeline import Pipeline
+
+        opts = self.opts
+        stats = self.stats
+        if opts.store:
+            self.pipeline = Pipeline(self.settings, stats, background=self.background,
+                                     capture_flag=self.shared.capture_flag)
+        try:
+            if opts.hep_to:
+                from .hepout import HepSender
+
+                self.sender = HepSender(opts.hep_to, stats, capture_id=opts.capture_id,
+                                        auth_key=opts.auth_key, node_name=opts.node_name)
+            decoder = PacketDecoder(self.source.linktype, stats, ports=opts.decoder_ports())
+            if opts.ipip:
+                self._loop_ipip(decoder, deadline)
+            else:
+                self._loop_pcap(decoder, deadline)
+            self._deliver(decoder.flush())
+        finally:
+            self._update_kernel()
+            err: BaseException | None = None
+            if self.sender is not None:
+                self.sender.close()
+            if self.pipeline is not None:
+                try:
+                    self.pipeline.close()
+                except BaseException as e:  # noqa: BLE001 - raised below
+                    err = e
+            self.source.close()
+            if err is not None:
+                raise err
+
+    # the per-batch paths are kept flat: they carry every packet
+    def _loop_pcap(self, decoder, deadline: float | None) -> None:
+        decode = decoder.decode
+        stats = self.stats
+        stop = self.shared.stop
+        next_report = time.monotonic() + REPORT_EVERY
+        msgs: list = []
+        for data, m in self.source.batches():
+            if m:
+                n = len(m)
+                stats["packets"] += n >> 2
+                for i in range(0, n, 4):
+                    off = m[i + 2]
+                    r = decode(m[i] * 1000000 + m[i + 1], data[off:off + m[i + 3]])
+                    if r:
+                        msgs.extend(r)
+                if msgs:
+                    self._deliver(msgs)
+                    msgs = []
+            if stop.value:
+                return
+            now = time.monotonic()
+            if now >= next_report:
+                next_report = now + REPORT_EVERY
+                self._update_kernel()
+                if self.report is not None:
+                    self.report(stats)
+            if deadline is not None and now >= deadline:
+                return
+
+    def _loop_ipip(self, decoder, deadline: float | None) -> None:
+        decode = decoder.decode
+        stats = self.stats
+        stop = self.shared.stop
+        read = self.source.read
+        next_report = time.monotonic() + REPORT_EVERY
+        batch: list[tuple[int, bytes]] = []
+        msgs: list = []
+        while not stop.value:
+            n = read(POLL_MS, batch)
+            if n:
+                stats["packets"] += n
+                for ts, pkt in batch:
+                    r = decode(ts, pkt)
+                    if r:
+                        msgs.extend(r)
+                batch.clear()
+                if msgs:
+                    self._deliver(msgs)
+                    msgs = []
+            now = time.monotonic()
+            if now >= next_report:
+                next_report = now + REPORT_EVERY
+                if self.report is not None:
+                    self.report(stats)
+            if deadline is not None and now >= deadline:
+                return
+
+    def _deliver(self, msgs: list) -> None:
+        if not msgs:
+            return
+        shared = self.shared
+        if shared.count_limit is not None:
+            k = shared.take(len(msgs))
+            if k < len(msgs):
+                self.stats["skipped:after-count"] += len(msgs) - k
+                msgs = msgs[:k]
+                if not msgs:
+                    return
+        sender = self.sender
+        if sender is not None and shared.capture_flag.value:
+            for msg in msgs:
+                sender.send(msg)
+        if self.pipeline is not None:
+            submit = self.pipeline.submit
+            for msg in msgs:
+                submit(msg)
+        else:
+            self.stats["messages"] += len(msgs)
+            if not shared.capture_flag.value:
+                self.stats["dropped:capture-off"] += len(msgs)
+
+    def _update_kernel(self) -> None:
+        ks = getattr(self.source, "kernel_stats", None)
+        if ks is None:
+            return
+        recv, drop, ifdrop = ks()
+        self.stats["kernel:received"] = recv
+        self.stats["kernel:dropped"] = drop
+        self.stats["kernel:if_dropped"] = ifdrop
+
+
+# ----------------------------------------------------------------- running it
+
+
+class LiveCapture:
+    """Run a live capture to the end (duration, count, signal) and return the counters.
+
+    Opening the sources happens in ``open()`` (privileged); ``run()`` drops privileges
+    if asked, then captures in this process (one worker) or in worker processes.
+    """
+
+    def __init__(self, opts: LiveOptions, settings: Any) -> None:
+        self.opts = opts
+        self.settings = settings
+        self.shared = Shared(bool(settings.capture_on), opts.count)
+        self.stats = Stats()
+        self.sources: list[Any] = []
+        self._worker_stats: dict[int, dict[str, int]] = {}
+        self.started = time.monotonic()
+        self.errors: list[str] = []
+        self._error_code = 0
+        self.linktype: int | None = None
+        self.filter: str | None = None
+
+    @property
+    def capture_flag(self):
+        return self.shared.capture_flag
+
+    def open(self) -> None:
+        self.sources = open_sources(self.opts)
+        self.linktype = self.sources[0].linktype
+        self.filter = getattr(self.sources[0], "filter", None)
+
+    def counters(self) -> Stats:
+        """Current counters: this process's plus the last report of every worker."""
+        if not self._worker_stats:
+            return self.stats
+        total = Stats()
+        for d in list(self._worker_stats.values()):
+            total.update(d)
+        return total
+
+    def stop(self) -> None:
+        self.shared.stop.value = 1
+
+    def run(self, *, background: bool = True) -> Stats:
+        opts = self.opts
+        if opts.user:
+            drop_privileges(opts.user)
+        deadline = None if opts.duration is None else time.monotonic() + opts.duration
+        self.started = time.monotonic()
+        if len(self.sources) == 1:
+            w = Worker(self.sources[0], opts, self.settings, self.shared, self.stats,
+                       background=background)
+            w.run(deadline)
+            return self.stats
+        return self._run_workers(deadline, background)
+
+    def _run_workers(self, deadline: float | None, background: bool) -> Stats:
+        ctx = multiprocessing.get_context("fork")
+        reports = ctx.Queue()
+        procs = []
+        for i, src in enumerate(self.sources):
+            p = ctx.Process(target=_worker_main, name=f"sipcaptool-capture-{i}",
+                            args=(i, src, self.opts, self.settings, self.shared, deadline,
+                                  background, reports))
+            p.daemon = False  # its pipeline starts a writer process of its own
+            p.start()
+            procs.append(p)
+        # The handles now belong to the workers. The parent keeps its references
+        # without using them: closing a libpcap handle here would tear down the
+        # kernel ring the worker reads from.
+        alive = set(range(len(procs)))
+        try:
+            while alive:
+                self._drain(reports, alive, 0.2)
+                for i in list(alive):
+                    if not procs[i].is_alive() and i in alive:
+                        # it may have reported just before leaving
+                        self._drain(reports, alive, 0.05)
+                        if i in alive:
+                            alive.discard(i)
+                            self.errors.append(f"capture worker {i} ended unexpectedly "
+                                               f"(exit code {procs[i].exitcode})")
+                            self.shared.stop.value = 1
+        finally:
+            self.shared.stop.value = 1
+            for p in procs:
+                p.join(30)
+                if p.is_alive():  # pragma: no cover - a stuck worker
+                    p.terminate()
+                    p.join(5)
+        self.stats = self.counters()
+        return self.stats
+
+    def _drain(self, reports, alive: set[int], timeout: float) -> None:
+        import queue as _q
+
+        try:
+            item = reports.get(timeout=timeout)
+        except _q.Empty:
+            return
+        except (InterruptedError, EOFError):
+            return
+        while True:
+            i, kind, payload = item
+            if kind == "stats":
+                self._worker_stats[i] = payload
+            elif kind == "done":
+                self._worker_stats[i] = payload
+                alive.discard(i)
+            elif kind == "error":
+                self._worker_stats.setdefault(i, {})
+                self.errors.append(payload[0])
+                self._error_code = payload[1]
+                alive.discard(i)
+                self.shared.stop.value = 1
+            try:
+                item = reports.get_nowait()
+            except _q.Empty:
+                return
+
+
+def _worker_main(i: int, src: Any, opts: LiveOptions, settings: Any, shared: Shared,
+                 deadline: float | None, background: bool, reports) -> None:
+    # Ctrl-C reaches the whole process group: the parent decides, the workers follow
+    # the shared stop flag; a direct SIGTERM to a worker stops it cleanly too.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(shared.stop, "value", 1))
+    stats = Stats()
+
+    def report(s: Stats) -> None:
+        reports.put((i, "stats", dict(s)))
+
+    try:
+        Worker(src, opts, settings, shared, stats, background=background, report=report).run(deadline)
+    except SipcaptoolError as e:
+        reports.put((i, "error", (str(e), e.exit_code)))
+        reports.put((i, "stats", dict(stats)))
+        return
+    except Exception as e:  # noqa: BLE001 - reported to the parent
+        log.debug("capture worker %d failed", i, exc_info=True)
+        reports.put((i, "error", (f"capture worker {i}: {type(e).__name__}: {e}", 1)))
+        return
+    reports.put((i, "done", dict(stats)))
+
+
+def kernel_summary(stats: Stats) -> dict[str, int]:
+    return {"received": stats["kernel:received"], "dropped": stats["kernel:dropped"],
+            "if_dropped": stats["kernel:if_dropped"]}
+
+
+__all__ = ["Listen", "LiveCapture", "LiveOptions", "PcapSource", "Worker", "capture_filter",
+           "drop_privileges", "kernel_summary", "open_sources", "parse_listen"]
