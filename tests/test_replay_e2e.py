@@ -169,7 +169,7 @@ def test_strftime_table_names_in_utc(tmp_path):
 def test_capture_mode_definition(tmp_path):
     db = tmp_path / "m.db"
     p = run("replay", "-q", "--capture-mode",
-            f"calls=>db_url=sqlite:///{db};table_name=c1|c2;mt_mode=hash;hash_source=from_user;",
+            f"calls=>db_url=sqlite:///{db};table_name=c1|c2;mt_mode=hash;hash_source=call_id;",
             str(EXAMPLE))
     assert p.returncode == 0, p.stderr
     assert len(sqlite_rows(db, "c1")) + len(sqlite_rows(db, "c2")) == 30
