@@ -140,3 +140,29 @@ def test_tab_format_escapes_and_parses_back(dialect):
         assert bytes.fromhex(hexed[2:] if dialect == "postgresql" else hexed) == want[mi]
         assert got[2].decode() == (want[2] if dialect == "mysql" else want[2].replace("\x00", ""))
         assert got[1].decode() == str(want[1])
+
+
+def test_mysql_local_infile_refused_falls_back_to_insert(mysql_url, monkeypatch):
+    """When the server refuses LOCAL INFILE (here: the client flag is off, as when the
+    server has local_infile=OFF) the batch is written with INSERTs instead, and so are
+    the following ones."""
+    from sipcaptool.store.mysql import MysqlAdapter
+    orig = MysqlAdapter._params
+
+    def no_flag(self, database):
+        p = orig(self, database)
+        p["local_infile"] = False
+        return p
+
+    monkeypatch.setattr(MysqlAdapter, "_params", no_flag)
+    rows = [sip_row(i) for i in range(30)]
+    a = open_adapter(mysql_url)
+    a.connect()
+    try:
+        assert a.use_infile
+        a.write("sip_capture", "sip", a.format_batch("sip", rows[:15]))
+        assert not a.use_infile
+        a.write("sip_capture", "sip", a.format_batch("sip", rows[15:]))
+    finally:
+        a.close()
+    assert read_rows(mysql_url, "sip_capture") == rows

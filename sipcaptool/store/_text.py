@@ -14,7 +14,7 @@ four times faster than formatting row by row, and it runs in the capturing proce
 
 from __future__ import annotations
 
-from ..record import BIGINT, BLOB, INT, TEXT
+from ..record import BIGINT, BLOB, INT
 
 
 def _esc_pg(v: object) -> str:
@@ -75,7 +75,7 @@ class TabFormatter:
         esc = self.esc
         for i, kind in enumerate(self.kinds):
             c = cols[i]
-            if kind is BLOB or kind == BLOB:
+            if kind == BLOB:
                 try:
                     hexes = list(map(bytes.hex, c))
                 except TypeError:
@@ -136,4 +136,4 @@ def parse_tab_text(data: bytes) -> list[list[bytes | None]]:
     return rows
 
 
-__all__ = ["TabFormatter", "parse_tab_text", "TEXT"]
+__all__ = ["TabFormatter", "parse_tab_text"]

@@ -6,7 +6,6 @@ import io
 
 import psycopg2
 import psycopg2.errors
-import psycopg2.extensions
 
 from ..errors import StoreError
 from ..record import AUX_COLUMNS, SIP_COLUMNS

@@ -69,8 +69,11 @@ def write_with_retries(adapter: Adapter, table: str, kind: str, payload: object,
 def _writer_main(url: DbUrl, partition_days: int | None, jobs, results, retries: int,
                  retry_timeout: float, parent_pid: int) -> None:
     """The writer process: execute ready-made batches until told to close."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Ctrl-C, a terminal hang-up or a stop of the whole process group must not end this
+    # process before the parent has handed over everything: it ends on "close" (or when
+    # the parent is gone)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     adapter = open_adapter(url, partition_days=partition_days)
     try:
         adapter.connect()
