@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 
 import pytest
@@ -364,3 +365,160 @@ log.debug('hidden at -v')
 def test_setup_logging_rejects_unknown_format():
     with pytest.raises(ValueError):
         setup_logging(log_format="xml")
+
+
+# -- end to end: a running HEP collector ------------------------------------------------
+def _hep_available() -> bool:
+    try:
+        import sipcaptool.commands.hep  # noqa: F401
+        import sipcaptool.decode.hep  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class HepCollector:
+    """``python -m sipcaptool hep`` on 127.0.0.1 (ephemeral UDP port) with --control."""
+
+    def __init__(self, db_path: str, control: str, *extra: str) -> None:
+        import re
+        import threading
+
+        cmd = [sys.executable, "-m", "sipcaptool", "hep", "--db", f"sqlite:///{db_path}",
+               "--listen", "udp:127.0.0.1:0", "--control", control, "--json", *extra]
+        self.control = control
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.err: list[str] = []
+        self.port = 0
+        ready = threading.Event()
+
+        def read_err() -> None:
+            for line in self.proc.stderr:
+                self.err.append(line.rstrip("\n"))
+                m = re.search(r"listening on udp:\S*:(\d+)", line)
+                if m:
+                    self.port = int(m.group(1))
+                    ready.set()
+            ready.set()
+
+        self._reader = threading.Thread(target=read_err, daemon=True)
+        self._reader.start()
+        if not ready.wait(60) or not self.port:
+            self.kill()
+            raise AssertionError("collector did not start:\n" + "\n".join(self.err))
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def send(self, callids: list[str]) -> None:
+        from sipcaptool.decode.hep import encode_hep3
+        from sipcaptool.record import AF_INET, PROTO_UDP, CapturedMessage
+
+        for cid in callids:
+            payload = (f"OPTIONS sip:bob@example.com SIP/2.0\r\n"
+                       f"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-{cid}\r\n"
+                       f"From: <sip:alice@example.com>;tag=t-{cid}\r\n"
+                       f"To: <sip:bob@example.com>\r\nCall-ID: {cid}\r\nCSeq: 1 OPTIONS\r\n"
+                       f"Content-Length: 0\r\n\r\n").encode()
+            msg = CapturedMessage(1_767_225_601_000_000, "192.0.2.1", 5060, "198.51.100.2",
+                                  5060, PROTO_UDP, AF_INET, payload)
+            self.sock.sendto(encode_hep3(msg, capture_id=2001), ("127.0.0.1", self.port))
+
+    def stats(self) -> dict:
+        return json.loads(send_command(self.control, "stats"))
+
+    def wait_for(self, pred, what: str, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            doc = self.stats()
+            if pred(doc):
+                return doc
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}: {doc}")
+            time.sleep(0.1)
+
+    def stop(self) -> tuple[int, dict]:
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=120)
+        self._reader.join(5)
+        self.sock.close()
+        return self.proc.returncode, json.loads(out)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _stored_callids(db_path: str) -> list[str]:
+    import sqlite3
+
+    con = sqlite3.connect(db_path)
+    try:
+        return sorted(r[0] for r in con.execute("SELECT callid FROM sip_capture"))
+    finally:
+        con.close()
+
+
+@pytest.mark.skipif(not _hep_available(), reason="sipcaptool hep not available")
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_hep_collector_switched_off_and_on_through_the_socket(sockdir, tmp_path, workers):
+    """off -> received and counted, not stored; on -> stored; stats equal what was sent."""
+    db = str(tmp_path / "e2e.db")
+    ctl_path = os.path.join(sockdir, "hep.sock")
+    c = HepCollector(db, ctl_path, "--capture-on", "0", "--workers", workers)
+    try:
+        st = os.stat(ctl_path)
+        assert stat.S_IMODE(st.st_mode) == 0o600
+        # started with --capture-on 0
+        r = ctl("--control", ctl_path, "status", "check")
+        assert (r.returncode, r.stdout) == (0, "Disabled\n"), r.stderr
+
+        c.send([f"off-{i}" for i in range(5)])
+        c.wait_for(lambda d: d["messages"] >= 5, "5 messages while off")
+
+        r = ctl("--control", ctl_path, "status", "on")
+        assert (r.returncode, r.stdout) == (0, "Enabled\n"), r.stderr
+        c.send([f"on-{i}" for i in range(7)])
+        c.wait_for(lambda d: d["stored_total"] >= 7, "7 rows stored")
+
+        r = ctl("--control", ctl_path, "status", "off")
+        assert (r.returncode, r.stdout) == (0, "Disabled\n")
+        c.send([f"off-again-{i}" for i in range(3)])
+        doc = c.wait_for(lambda d: d["messages"] >= 15, "15 messages")
+
+        r = ctl("--control", ctl_path, "status", "onion")
+        assert r.returncode == 2 and "500 - Bad parameter (on, off or check)" in r.stderr
+        assert ctl("--control", ctl_path, "status", "check").stdout == "Disabled\n"
+        time.sleep(1.5)  # a late row would show up now (flush interval 1 s)
+
+        doc = c.stats()
+        assert doc["capture"] == "off" and doc["command"] == "hep"
+        assert (doc["packets"], doc["messages"]) == (15, 15)
+        assert doc["dropped"] == {"capture-off": 8}
+        assert doc["stored"] == {"sip_capture": 7} and doc["stored_total"] == 7
+        assert doc["uptime_s"] > 0
+        r = ctl("--control", ctl_path, "stats")
+        assert r.returncode == 0 and "capture-off:" in r.stdout
+        assert _stored_callids(db) == sorted(f"on-{i}" for i in range(7))
+
+        rc, summary = c.stop()
+        assert rc == 0
+        assert summary["stored_total"] == 7 and summary["dropped"] == {"capture-off": 8}
+        assert not os.path.exists(ctl_path)
+    finally:
+        c.kill()
+
+
+@pytest.mark.skipif(not _hep_available(), reason="sipcaptool hep not available")
+def test_hep_collector_refuses_a_control_path_in_use(sockdir, tmp_path):
+    path = os.path.join(sockdir, "busy.sock")
+    with ControlServer(path, Flag(), dict):
+        p = subprocess.run([sys.executable, "-m", "sipcaptool", "hep", "--db",
+                            f"sqlite:///{tmp_path / 'x.db'}", "--listen", "udp:127.0.0.1:0",
+                            "--control", path, "--duration", "5"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 5, p.stderr
+        assert "another running process answers on it" in p.stderr
+        assert send_command(path, "ping") == "pong"
