@@ -75,3 +75,87 @@ def test_sip_like_bytes(data):
 def test_mutated_valid_message(pos, insert, cut):
     _check(VALID[:pos] + insert + VALID[pos:])
     _check(VALID[:cut])
+
+
+# --- the fast paths give what the general code gives ------------------------------------
+
+from sipcaptool.decode import sip as S  # noqa: E402
+
+URI_ATOMS = st.sampled_from([
+    "sip:", "SIPS:", "tel:", "a", "b", "1", "@", ":", ";", "?", "[", "]", "::", "=", " ",
+    "\t", ",", "<", ">", '"', "\\", "5060", "user", "example.com", "2001:db8::1", "%",
+])
+_PIECE = st.lists(URI_ATOMS, max_size=4).map("".join)
+# Mostly well-formed URIs (so that the fast path is taken), with random pieces inside.
+URIISH = st.one_of(
+    st.lists(URI_ATOMS, max_size=14).map("".join),
+    st.tuples(st.sampled_from(["sip:", "SIP:", "sips:"]), _PIECE, st.sampled_from(["@", ""]),
+              _PIECE, st.sampled_from(["", ":5060", ":"]), _PIECE).map("".join),
+)
+NAME_ADDRS = st.one_of(
+    URIISH,
+    st.tuples(st.sampled_from(["", '"A \\" b" ', "Bob ", '"x'])
+              , st.sampled_from(["<", ""]), URIISH, st.sampled_from([">", ""]), _PIECE).map("".join),
+)
+
+
+def _outcome(fn, *args):
+    try:
+        return ("ok", fn(*args))
+    except ValueError:
+        return ("error", None)
+
+
+@settings(max_examples=500, deadline=None)
+@given(URIISH)
+def test_uri_fast_path_matches_general(uri):
+    if S._SIP_URI_RE.match(uri) is not None:
+        assert _outcome(S._parse_uri, uri) == _outcome(S._parse_uri_general, uri)
+
+
+@settings(max_examples=500, deadline=None)
+@given(NAME_ADDRS, st.booleans())
+def test_name_addr_fast_path_matches_general(body, contact):
+    if S._NAME_ADDR_RE.match(body) is not None:
+        assert _outcome(S._name_addr, body, contact) == _outcome(S._name_addr_general, body, contact)
+
+
+VIA_ATOMS = st.sampled_from([
+    "SIP/2.0/UDP", "SIP", "/", " ", "\t", "host", ":5060", ";", "branch", "BRANCH", "=",
+    "z9hG4bK-1", ",", "rport", "\r\n", " branch",
+])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(
+    st.lists(VIA_ATOMS, max_size=14).map("".join),
+    st.tuples(st.just("SIP/2.0/UDP host"), st.lists(VIA_ATOMS, max_size=6).map("".join),
+              st.sampled_from([";branch=z9", ";BRANCH=x", ""]),
+              st.lists(VIA_ATOMS, max_size=4).map("".join)).map("".join),
+))
+def test_via_fast_path_matches_general(via):
+    fast, general = S.SipMessage(), S.SipMessage()
+    S._via_branch(fast, via, False)
+    S._via_branch_general(general, via, False)
+    assert (fast.via_1_branch, fast.error) == (general.via_1_branch, general.error)
+
+
+HEADER_ATOMS = st.sampled_from([
+    "Via", "via", "VIA", "v", "i", "Call-ID", "X-A", ":", ": ", " ", "\t", "\r\n", "\n",
+    "\r", "value", "a:b", ",", "", "Subject",
+])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(
+    st.lists(HEADER_ATOMS, max_size=20).map("".join),
+    st.lists(st.tuples(st.sampled_from(["Via", "To", "x-y", "VIA", "v"]), st.just(":"),
+                       HEADER_ATOMS, st.sampled_from(["\r\n", "\n"])).map("".join),
+             max_size=6).map("".join),
+))
+def test_header_split_fast_path_matches_general(rest):
+    rest = rest.rstrip("\r\n")
+    fast = S._split_headers_fast(rest) if rest else None
+    if fast is not None:
+        general = S._split_headers(S.SipMessage(), rest, True)
+        assert fast == general

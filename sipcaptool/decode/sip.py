@@ -81,14 +81,39 @@ RTP_STAT_HEADERS = (
     "rtp-rxstat",
 )
 
+# Headers that most messages do not have.
+_RARE_NAMES = frozenset(
+    ("p-asserted-identity", "p-preferred-identity", "remote-party-id",
+     "proxy-authorization", "authorization", "x-oip") + RTP_STAT_HEADERS
+)
+
 # One header line: name (a token, no blanks), optional blanks, colon, leading linear
 # white space (folding included) skipped, then the body up to the end of the line plus
 # any continuation lines (a line break followed by a space or tab, RFC 3261 7.3.1).
 # CR and LF never end up at the end of a body; a CR-LF inside (folding) is kept.
 _HEADER_RE = re.compile(
-    r"^([^:\s]+)[ \t]*:(?:[ \t]|\r?\n[ \t])*([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)",
+    r"^([^: \t\r\n]+)[ \t]*:(?:[ \t]|\r?\n[ \t])*([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)",
     re.M,
 )
+
+_COMPACT_NAMES = frozenset(_COMPACT)
+
+# Fast paths for the common shapes; anything they do not match goes through the general
+# code below, which gives the same result (tests/test_sip_hypothesis.py checks that).
+# sip:/sips: URI without '@' after the host part: user, host, port.
+_SIP_URI_RE = re.compile(
+    r"(?i:sips?):(?:([^@:;?]*)(?::[^@;?]*)?@)?(\[[^\]@]*\]|[^:;?\[\]@]+)(?::(\d*))?(?:[;?][^@]*)?\Z",
+    re.S,
+)
+# [display-name] <uri> rest, display name without '<' (quoted: anything but '<' around).
+_NAME_ADDR_RE = re.compile(r'(?:[^"<]*|[^"<]*"(?:[^"\\]|\\.)*"[^<]*)<([^<>]*)>(.*)\Z', re.S)
+# The first Via value, when it is "proto/version/transport host...;...;branch=value".
+_VIA_RE = re.compile(
+    r"[^ \t/,]+/[^ \t/,]+/[^ \t/,]+ +[^ \t;,]+"
+    r"(?:;(?![ \t]*(?i:branch)[ \t]*=)[^;,]*)*;branch=([^;,\s]*)(?=[;,]|\Z)"
+)
+# Request-Line: Method SP Request-URI SP SIP-Version (RFC 3261 7.1).
+_REQUEST_LINE_RE = re.compile(r"([!%'*+\-.0-9A-Z_`a-z~]+) ([^ ]+) (?i:SIP/2\.0)\Z")
 
 # RFC 3261 token characters (the method of a request line).
 _TOKEN_CHARS = frozenset(
@@ -317,19 +342,9 @@ def _parse(payload: bytes, strict: bool) -> SipMessage:
 
     # --- headers ----------------------------------------------------------------------
     rest = rest.rstrip("\r\n")
-    pairs = _HEADER_RE.findall(rest)
-    if rest:
-        lines = rest.count("\n") + 1 - rest.count("\n ") - rest.count("\n\t")
-        if len(pairs) != lines:
-            _fail(msg, strict, "sip-bad-header", "a header line without 'name:'")
-    pairs.reverse()  # so the first header of a name is the one left in the dict
-    compact = _COMPACT
-    headers = {}
-    for name, body in pairs:
-        key = name.lower()
-        if len(key) == 1:
-            key = compact.get(key, key)
-        headers[key] = body
+    headers = _split_headers_fast(rest) if rest else {}
+    if headers is None:
+        headers = _split_headers(msg, rest, strict)
     msg._headers = headers
     get = headers.get
 
@@ -401,6 +416,8 @@ def _parse(payload: bytes, strict: bool) -> SipMessage:
                 msg.contact_port = int(port) if port else 0
 
     # --- less common headers -----------------------------------------------------------
+    if _RARE_NAMES.isdisjoint(headers):
+        return msg
     _identity(msg, get)
     body = get("proxy-authorization")
     if body is None:
@@ -419,9 +436,56 @@ def _parse(payload: bytes, strict: bool) -> SipMessage:
     return msg
 
 
+def _split_headers_fast(rest: str) -> dict[str, str] | None:
+    """First body per lower-case name for the common case, else None.
+
+    The common case: one line ending style (CR-LF or LF) and no stray CR, no folding,
+    every line ``name: body`` with a name free of blanks and not a compact form.
+    """
+    lines = rest.split("\r\n")
+    breaks = len(lines) - 1
+    if breaks:
+        # every CR and LF is part of a CR-LF that split the lines
+        if rest.count("\n") != breaks or rest.count("\r") != breaks:
+            return None
+    elif "\r" in rest:
+        return None
+    else:
+        lines = rest.split("\n")
+    lines.reverse()  # so the first header of a name is the one left in the dict
+    headers = {}
+    for line in lines:
+        name, sep, body = line.partition(":")
+        if not sep:
+            return None
+        headers[name.lower()] = body.lstrip(" \t")
+    # a folded line shows up as a name starting with a blank
+    names = ":".join(headers)
+    if " " in names or "\t" in names or "" in headers or not _COMPACT_NAMES.isdisjoint(headers):
+        return None
+    return headers
+
+
+def _split_headers(msg: SipMessage, rest: str, strict: bool) -> dict[str, str]:
+    """First body per lower-case full name: folding, compact forms, bad lines."""
+    pairs = _HEADER_RE.findall(rest)
+    lines = rest.count("\n") + 1 - rest.count("\n ") - rest.count("\n\t")
+    if len(pairs) != lines:
+        _fail(msg, strict, "sip-bad-header", "a header line without 'name:'")
+    pairs.reverse()  # so the first header of a name is the one left in the dict
+    compact = _COMPACT
+    headers = {}
+    for name, body in pairs:
+        key = name.lower()
+        if len(key) == 1:
+            key = compact.get(key, key)
+        headers[key] = body
+    return headers
+
+
 def _start_line(msg: SipMessage, line: str, strict: bool) -> None:
     """Request line (RFC 3261 7.1) or status line (7.2)."""
-    if line[:8].upper() == "SIP/2.0 ":
+    if line[:1] in "sS" and line[:8].upper() == "SIP/2.0 ":
         code = line[8:11]
         sep = line[11:12]
         if len(code) == 3 and _DIGITS.issuperset(code) and code[0] != "0" and sep in ("", " "):
@@ -431,19 +495,13 @@ def _start_line(msg: SipMessage, line: str, strict: bool) -> None:
             return
         _fail(msg, strict, "sip-bad-start-line", line[:80])
         return
-    parts = line.split(" ")
-    if (
-        len(parts) != 3
-        or parts[2].upper() != "SIP/2.0"
-        or not parts[0]
-        or not _TOKEN_CHARS.issuperset(parts[0])
-        or not parts[1]
-    ):
+    m = _REQUEST_LINE_RE.match(line)
+    if m is None:
         _fail(msg, strict, "sip-bad-start-line", line[:80])
         return
     msg.type = TYPE_REQUEST
-    msg.method = parts[0]
-    msg.ruri = uri = parts[1]
+    msg.method, msg.ruri = uri = m.groups()
+    uri = msg.ruri
     try:
         msg.ruri_user, msg.ruri_domain, _ = _parse_uri(uri)
     except ValueError as exc:
@@ -456,6 +514,14 @@ def _parse_uri(uri: str) -> tuple[str, str, str]:
     The host keeps the brackets of an IPv6 reference (``[2001:db8::1]``), as Kamailio
     does; a ``tel:`` URI has the number as user and no host. Raises ValueError.
     """
+    m = _SIP_URI_RE.match(uri)
+    if m is not None:
+        user, host, port = m.groups()
+        return user or "", host, port or ""
+    return _parse_uri_general(uri)
+
+
+def _parse_uri_general(uri: str) -> tuple[str, str, str]:
     colon = uri.find(":")
     if colon <= 0:
         raise ValueError(f"no URI scheme in {uri[:80]!r}")
@@ -540,6 +606,14 @@ def _name_addr(body: str, contact: bool = False) -> tuple[str, str]:
     ``rest`` is what follows the URI (header parameters, further Contact values).
     Raises ValueError.
     """
+    m = _NAME_ADDR_RE.match(body)
+    if m is not None:
+        uri, rest = m.groups()
+        return uri.strip(" \t"), rest
+    return _name_addr_general(body, contact)
+
+
+def _name_addr_general(body: str, contact: bool = False) -> tuple[str, str]:
     lt = body.find("<")
     if '"' in body[: lt if lt >= 0 else len(body)]:
         q = body.find('"')
@@ -572,6 +646,8 @@ def _tag(params: str) -> str:
     """Value of the ``tag`` parameter in ``;name=value`` header parameters."""
     if ";" not in params:
         return ""
+    if params[:5] == ";tag=" and ";" not in params[5:]:
+        return params[5:].strip(" \t\r\n")
     for param in params.split(";")[1:]:
         name, _, value = param.partition("=")
         if name.strip(" \t").lower() == "tag":
@@ -581,6 +657,14 @@ def _tag(params: str) -> str:
 
 def _via_branch(msg: SipMessage, via: str, strict: bool) -> None:
     """Check the first Via value and take its ``branch`` parameter."""
+    m = _VIA_RE.match(via)
+    if m is not None:
+        msg.via_1_branch = m.group(1)
+    else:
+        _via_branch_general(msg, via, strict)
+
+
+def _via_branch_general(msg: SipMessage, via: str, strict: bool) -> None:
     first = via.split(",", 1)[0]
     proto, _, sent_by = first.strip(" \t").partition(" ")
     if proto.count("/") != 2 or not sent_by.strip(" \t\r\n"):
