@@ -192,3 +192,18 @@ def test_no_loss_on_signal_to_process_group(sqlite_url, tmp_path, sig):
     assert accepted > 0
     # the interrupt may land between add() taking a row and the caller counting it
     assert count(sqlite_url, "sip_capture") in (accepted, accepted + 1)
+
+
+def test_time_flush_is_on_time(sqlite_url):
+    """A lone row is handed to the database about flush_interval after it came."""
+    st = Stats()
+    w = Writer(sqlite_url, st, batch_size=1000, flush_interval=0.3, background=False)
+    try:
+        t0 = time.monotonic()
+        w.add("sip_capture", "sip", sip_row(1))
+        while not st["stored:sip_capture"] and time.monotonic() - t0 < 5:
+            time.sleep(0.005)
+        took = time.monotonic() - t0
+    finally:
+        w.close()
+    assert 0.28 <= took < 0.6

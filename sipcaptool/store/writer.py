@@ -351,18 +351,23 @@ class Writer:
                 self._flush_key(key)
 
     def _tick(self) -> None:
-        period = min(max(self.flush_interval / 4, 0.01), 0.25)
-        while not self._stop.wait(period):
+        """Timer thread: write each batch when its first row is flush_interval old."""
+        interval = self.flush_interval
+        wait = min(interval, 0.25)
+        while not self._stop.wait(wait):
             try:
                 with self._lock:
                     if self._closed:
                         return
                     now = time.monotonic()
-                    due = [k for k, t0 in self._first.items()
-                           if now - t0 >= self.flush_interval]
+                    due = [k for k, t0 in self._first.items() if now - t0 >= interval]
                     for key in due:
                         self._flush_key(key)
                     self._drain()
+                    oldest = min(self._first.values(), default=None)
+                # sleep until the oldest batch is due (results are drained at least 4/s)
+                wait = 0.25 if oldest is None else \
+                    min(0.25, max(0.002, oldest + interval - time.monotonic()))
             except StoreError as e:
                 if self._error is None:
                     self._error = e
