@@ -368,6 +368,8 @@ def test_invalid_utf8_and_nul_bytes():
         (sip(INVITE_HEAD[0], "Via: garbage", *INVITE_HEAD[2:]), "sip-bad-via"),
         (sip(*INVITE_HEAD[:5], "CSeq: one INVITE", INVITE_HEAD[6]), "sip-bad-cseq"),
         (sip(*INVITE_HEAD[:6], "Contact: <sip:a@h:port>"), "sip-bad-contact"),
+        (sip(*INVITE_HEAD[:6], "Contact: <sip:a@h:65536>"), "sip-bad-contact"),
+        (sip(*INVITE_HEAD[:6], "Contact: <sip:a@[::1]:99999999999>"), "sip-bad-contact"),
         (sip("INVITE nonsense SIP/2.0", *INVITE_HEAD[1:]), "sip-bad-ruri"),
         (sip(*INVITE_HEAD, "this line has no colon"), "sip-bad-header"),
     ],

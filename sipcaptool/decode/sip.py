@@ -110,7 +110,7 @@ _NAME_ADDR_RE = re.compile(r'(?:[^"<]*|[^"<]*"(?:[^"\\]|\\.)*"[^<]*)<([^<>]*)>(.
 # The first Via value, when it is "proto/version/transport host...;...;branch=value".
 _VIA_RE = re.compile(
     r"[^ \t/,]+/[^ \t/,]+/[^ \t/,]+ +[^ \t;,]+"
-    r"(?:;(?![ \t]*(?i:branch)[ \t]*=)[^;,]*)*;branch=([^;,\s]*)(?=[;,]|\Z)"
+    r"(?:;(?![ \t]*(?i:branch)[ \t]*(?:[=;,]|\Z))[^;,]*)*;branch=([^;,\s]*)(?=[;,]|\Z)"
 )
 # Request-Line: Method SP Request-URI SP SIP-Version (RFC 3261 7.1).
 _REQUEST_LINE_RE = re.compile(r"([!%'*+\-.0-9A-Z_`a-z~]+) ([^ ]+) (?i:SIP/2\.0)\Z")
@@ -517,6 +517,8 @@ def _parse_uri(uri: str) -> tuple[str, str, str]:
     m = _SIP_URI_RE.match(uri)
     if m is not None:
         user, host, port = m.groups()
+        if port and (len(port) > 5 or int(port) > 65535):
+            raise ValueError(f"port out of range in {uri[:80]!r}")
         return user or "", host, port or ""
     return _parse_uri_general(uri)
 
@@ -573,6 +575,8 @@ def _parse_uri_general(uri: str) -> tuple[str, str, str]:
             raise ValueError(f"no host in {uri[:80]!r}")
         if port and not _DIGITS.issuperset(port):
             raise ValueError(f"bad port in {uri[:80]!r}")
+        if port and (len(port) > 5 or int(port) > 65535):
+            raise ValueError(f"port out of range in {uri[:80]!r}")
         return user, host, port
     if scheme in _URI_SCHEMES_TEL:
         semi = rest.find(";")
