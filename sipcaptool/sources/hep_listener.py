@@ -232,14 +232,15 @@ class HepCollector:
         auth_key: when given, packets must carry it in chunk 0x000e.
         count: stop after this many packets (None: no limit).
         duration: stop after this many seconds (None: no limit).
-        tick: called about every ``tick_interval`` seconds from the loop (time-based
-            batch flushing while traffic is idle), or None.
+        tick: called about every ``tick_interval`` seconds from the loop (kernel drop
+            counters, worker snapshots for the control socket), or None. It must not
+            wait for the database.
         on_progress: called with the number of packets read in each loop turn; a true
             result stops the loop (the workers use it for a shared --count).
         on_store_error: called with a StoreError raised while submitting (a batch the
             database refused); None: re-raise it, which ends :meth:`run`.
         drain_limit: seconds spent at most, after a stop request, reading what is already
-            queued in the sockets.
+            queued in the sockets (a full 64 MiB buffer holds about 90,000 datagrams).
     """
 
     def __init__(self, listeners: list[tuple[Listener, socket.socket]],
@@ -248,7 +249,7 @@ class HepCollector:
                  tick: Callable[[], None] | None = None, tick_interval: float = 0.25,
                  on_progress: Callable[[int], bool] | None = None,
                  on_store_error: Callable[[StoreError], None] | None = None,
-                 max_connections: int = MAX_CONNECTIONS, drain_limit: float = 5.0) -> None:
+                 max_connections: int = MAX_CONNECTIONS, drain_limit: float = 30.0) -> None:
         self.listeners = listeners
         self.submit = submit
         self.stats = stats
@@ -287,7 +288,7 @@ class HepCollector:
             pass
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT/SIGHUP... request a graceful stop (main thread only)."""
+        """SIGTERM and SIGINT request a graceful stop (main thread only)."""
         def handler(signum, _frame):
             self.stop(signal.Signals(signum).name)
         signal.signal(signal.SIGTERM, handler)
@@ -362,11 +363,14 @@ class HepCollector:
         end = time.monotonic() + self.drain_limit
         for lst, sock in self.listeners:
             if lst.spec.transport == "tcp":
+                # connections the kernel completed before the stop may hold data already:
+                # take them, then close the listening socket (no new connections)
+                self._accept(sock, lst, limit=self.max_connections)
                 try:
                     self._sel.unregister(sock)
                 except (KeyError, ValueError):
                     pass
-                sock.close()  # no new connections
+                sock.close()
         self.count = None
         pending = [(lst, sock) for lst, sock in self.listeners if lst.spec.transport == "udp"]
         while pending and time.monotonic() < end:
@@ -508,8 +512,8 @@ class HepCollector:
                 sender, *args, int(LOG_INTERVAL))
 
     # -- TCP --------------------------------------------------------------------------
-    def _accept(self, lsock: socket.socket, lst: Listener) -> None:
-        for _ in range(64):
+    def _accept(self, lsock: socket.socket, lst: Listener, limit: int = 64) -> None:
+        for _ in range(limit):
             try:
                 sock, peer = lsock.accept()
             except (BlockingIOError, InterruptedError):
