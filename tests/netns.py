@@ -121,6 +121,8 @@ class VethPair:
             self.b("ip", "addr", "add", f"{self.ip_b}/24", "dev", self.if_b)
         else:
             sh("sysctl", "-qw", f"net.ipv6.conf.{self.if_b}.disable_ipv6=1", check=False)
+        if self.ipv6 and self.mtu < 1280:
+            self.ipv6 = False  # IPv6 needs an MTU of at least 1280
         if self.ipv6:
             self.a("ip", "-6", "addr", "add", f"{self.ip6_a}/64", "dev", self.if_a, "nodad")
             if self.ns_b:
@@ -243,9 +245,14 @@ def sip_messages(n: int, size: int = 0, tag: str = "t", host: str = "10.0.0.2",
                  via_host: str = "10.0.0.1", proto: str = "UDP") -> list[bytes]:
     """``n`` distinct SIP requests (OPTIONS/INVITE mix); ``size`` pads the body."""
     out = []
+    sdp_ip = f"IP6 {via_host}" if ":" in via_host else f"IP4 {via_host}"
+    if ":" in host:
+        host = f"[{host}]"
+    if ":" in via_host:
+        via_host = f"[{via_host}]"
     for i in range(n):
-        body = ("v=0\r\no=- 1 1 IN IP4 " + via_host + "\r\ns=-\r\nc=IN IP4 " + via_host
-                + "\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n")
+        body = (f"v=0\r\no=- 1 1 IN {sdp_ip}\r\ns=-\r\nc=IN {sdp_ip}"
+                "\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n")
         if size:
             pad = max(0, size - len(body) - 400)
             body += "a=x-pad:" + ("p" * pad) + "\r\n"

@@ -62,9 +62,8 @@ _ONOFF = click.IntRange(0, 1)
 @click.option("--user", metavar="NAME", default=None,
               help="Switch to this user once the capture sockets are open.")
 @click.option("--control", "control_path", metavar="PATH", default=None,
-              help="Control socket (sipcaptool ctl). [default: $XDG_RUNTIME_DIR/sipcaptool/"
-                   "live.sock, /run/sipcaptool/live.sock for root]")
-@click.option("--no-control", is_flag=True, help="Serve no control socket.")
+              help="Serve the control socket (capture on/off, stats) on this Unix socket; "
+                   "see 'sipcaptool ctl'. [default: none]")
 @click.option("-q", "--quiet", is_flag=True, help="No text summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--foreground-writer", is_flag=True, hidden=True,
@@ -72,7 +71,7 @@ _ONOFF = click.IntRange(0, 1)
 @storage_options
 def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children,
             promiscuous_on, raw_moni_bpf_on, filter_expr, snaplen, buffer_size, duration,
-            count, hep_to, capture_id, auth_key, node_name, user, control_path, no_control,
+            count, hep_to, capture_id, auth_key, node_name, user, control_path,
             quiet, as_json, foreground_writer, settings: Settings) -> int:
     """Capture SIP live and store every message as one row (or forward it as HEP).
 
@@ -147,7 +146,7 @@ def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children
 
     cap = LiveCapture(opts, settings)
     cap.open()
-    server = _start_control(control_path, no_control, cap, opts)
+    server = _start_control(control_path, cap, opts)
     stopping = {"signal": None}
 
     def on_signal(signum, _frame):
@@ -182,6 +181,8 @@ def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children
              "workers": opts.workers, "errors": [str(error)] if error else []}
     if not ipip_mode:
         extra["kernel"] = kernel_summary(stats)
+    if opts.workers > 1:
+        extra["worker_packets"] = cap.worker_packets()
     if opts.hep_to:
         extra["hep_out"] = stats.group("hep_out")
     if stopping["signal"]:
@@ -206,22 +207,13 @@ def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children
     return 0
 
 
-def _start_control(path, disabled, cap, opts):
-    if disabled:
+def _start_control(path, cap, opts):
+    if not path:
         return None
-    from ..control import ControlServer, default_control_path
-    from ..errors import CaptureError
+    from ..control import ControlServer
 
-    explicit = path is not None
-    path = path or default_control_path("live")
     server = ControlServer(path, cap.capture_flag, cap.counters,
                            extra={"command": "live", "source": opts.describe(),
                                   "workers": opts.workers})
-    try:
-        server.start()
-    except CaptureError as e:
-        if explicit:
-            raise
-        log.warning("%s; running without a control socket", e)
-        return None
+    server.start()  # CaptureError when the path is in use or cannot be made
     return server

@@ -177,9 +177,13 @@ class PcapSource:
             h.set_timeout(POLL_MS)
             if opts.buffer_size:
                 h.set_buffer_size(opts.buffer_size)
-            h.activate()
+            status = h.activate()
         except pcapy.PcapError as e:
             raise _open_error(iface, str(e)) from None
+        if isinstance(status, int) and status < 0:
+            raise _open_error(iface, _ACTIVATE_ERRORS.get(status, f"error {status}"))
+        if isinstance(status, int) and status > 0:
+            log.warning("%s: %s", iface, _ACTIVATE_WARNINGS.get(status, f"warning {status}"))
         self.handle = h
         self.linktype = h.datalink()
         expr = capture_filter(opts)
@@ -250,6 +254,16 @@ class PcapSource:
         self.handle = None
 
 
+# pcap_activate() results (pcap/pcap.h)
+_ACTIVATE_ERRORS = {
+    -1: "generic error", -4: "already activated", -5: "no such device",
+    -6: "monitor mode not supported", -8: "permission denied", -9: "interface not up",
+    -11: "permission denied (promiscuous mode)", -12: "timestamp precision not supported",
+}
+_ACTIVATE_WARNINGS = {1: "pcap warning", 2: "promiscuous mode not supported",
+                      3: "timestamp type not supported"}
+
+
 def _open_error(iface: str, msg: str) -> CaptureError:
     low = msg.lower()
     if "permission" in low or "operation not permitted" in low:
@@ -288,6 +302,35 @@ def open_sources(opts: LiveOptions) -> list[Any]:
             s.close()
         raise
     return sources
+
+
+# Imported before dropping privileges: after the switch the Python installation may
+# not be readable by the new user (e.g. under a private home directory).
+_PRELOAD = ("queue", "threading", "multiprocessing.queues", "multiprocessing.synchronize",
+            "multiprocessing.connection", "multiprocessing.popen_fork",
+            "multiprocessing.process", "multiprocessing.util", "multiprocessing.reduction",
+            "multiprocessing.context", "multiprocessing.sharedctypes", "json", "zlib", "encodings.idna", "select",
+            "sipcaptool.pipeline", "sipcaptool.row", "sipcaptool.decode.packet",
+            "sipcaptool.decode.sip", "sipcaptool.decode.defrag", "sipcaptool.decode.tcp",
+            "sipcaptool.decode.hep", "sipcaptool.decode.tunnel", "sipcaptool.store.writer",
+            "sipcaptool.store.router", "sipcaptool.store.schema", "sipcaptool.store._text",
+            "sipcaptool.sources.hepout", "sipcaptool.commands.common")
+_PRELOAD_DB = {"sqlite": ("sqlite3", "sipcaptool.store.sqlite"),
+               "mysql": ("pymysql", "sipcaptool.store.mysql"),
+               "postgresql": ("psycopg2", "sipcaptool.store.postgres")}
+
+
+def preload(dialects: set[str]) -> None:
+    import importlib
+
+    names = list(_PRELOAD)
+    for d in dialects:
+        names.extend(_PRELOAD_DB.get(d, ()))
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # pragma: no cover - an optional driver
+            log.debug("preload: %s not available", name)
 
 
 def drop_privileges(user: str) -> None:
@@ -526,9 +569,17 @@ class LiveCapture:
     def stop(self) -> None:
         self.shared.stop.value = 1
 
+    def worker_packets(self) -> list[int]:
+        """Packets each worker read (how the fanout shared the traffic)."""
+        return [int(self._worker_stats.get(i, {}).get("packets", 0))
+                for i in range(len(self.sources))]
+
     def run(self, *, background: bool = True) -> Stats:
         opts = self.opts
         if opts.user:
+            from ..store.url import parse_db_url
+
+            preload({parse_db_url(m.db_url).dialect for m in self.settings.active_modes()})
             drop_privileges(opts.user)
         deadline = None if opts.duration is None else time.monotonic() + opts.duration
         self.started = time.monotonic()
