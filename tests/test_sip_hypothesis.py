@@ -87,15 +87,18 @@ URI_ATOMS = st.sampled_from([
 ])
 _PIECE = st.lists(URI_ATOMS, max_size=4).map("".join)
 # Mostly well-formed URIs (so that the fast path is taken), with random pieces inside.
-URIISH = st.one_of(
-    st.lists(URI_ATOMS, max_size=14).map("".join),
-    st.tuples(st.sampled_from(["sip:", "SIP:", "sips:"]), _PIECE, st.sampled_from(["@", ""]),
-              _PIECE, st.sampled_from(["", ":5060", ":"]), _PIECE).map("".join),
-)
+SIP_URIS = st.tuples(
+    st.sampled_from(["sip:", "SIP:", "sips:", " sip:"]),
+    st.sampled_from(["", "alice", "+1555", "a:pw", "a b"]), st.sampled_from(["@", ""]),
+    st.sampled_from(["example.com", "[2001:db8::1]", "h", "", "[::1", "h h"]),
+    st.sampled_from(["", ":5060", ":", ":99999", ":x"]), _PIECE,
+).map("".join)
+URIISH = st.one_of(st.lists(URI_ATOMS, max_size=14).map("".join), SIP_URIS)
 NAME_ADDRS = st.one_of(
     URIISH,
-    st.tuples(st.sampled_from(["", '"A \\" b" ', "Bob ", '"x'])
-              , st.sampled_from(["<", ""]), URIISH, st.sampled_from([">", ""]), _PIECE).map("".join),
+    st.tuples(st.sampled_from(["", '"A \\" b" ', "Bob ", '"x', '"<" ']),
+              st.sampled_from(["<", "<", ""]), SIP_URIS, st.sampled_from([">", ">", ""]),
+              _PIECE).map("".join),
 )
 
 
@@ -159,3 +162,14 @@ def test_header_split_fast_path_matches_general(rest):
     if fast is not None:
         general = S._split_headers(S.SipMessage(), rest, True)
         assert fast == general
+
+
+@settings(max_examples=500, deadline=None)
+@given(NAME_ADDRS, st.booleans())
+def test_address_fast_path_matches_general(body, contact):
+    def general(body, contact):
+        uri, rest = S._name_addr_general(body, contact)
+        return S._parse_uri_general(uri) + (rest,)
+
+    if S._SIP_NAME_ADDR_RE.match(body) is not None:
+        assert _outcome(S._address, body, contact) == _outcome(general, body, contact)

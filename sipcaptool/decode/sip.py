@@ -107,6 +107,12 @@ _SIP_URI_RE = re.compile(
 )
 # [display-name] <uri> rest, display name without '<' (quoted: anything but '<' around).
 _NAME_ADDR_RE = re.compile(r'(?:[^"<]*|[^"<]*"(?:[^"\\]|\\.)*"[^<]*)<([^<>]*)>(.*)\Z', re.S)
+# Both in one: [display-name] <sip:user@host:port;params> rest -> user, host, port, rest.
+_SIP_NAME_ADDR_RE = re.compile(
+    r'(?:[^"<]*|[^"<]*"(?:[^"\\]|\\.)*"[^<]*)<[ \t]*(?i:sips?):(?:([^@:;?<>]*)(?::[^@;?<>]*)?@)?'
+    r"(\[[^\]@<>]*\]|[^:;?\[\]@<> \t]+)(?::(\d*))?(?:[;?][^@<>]*)?>(.*)\Z",
+    re.S,
+)
 # The first Via value, when it is "proto/version/transport host...;...;branch=value".
 _VIA_RE = re.compile(
     r"[^ \t/,]+/[^ \t/,]+/[^ \t/,]+ +[^ \t;,]+"
@@ -385,16 +391,14 @@ def _parse(payload: bytes, strict: bool) -> SipMessage:
     body = get("from")
     if body is not None:
         try:
-            uri, params = _name_addr(body)
-            msg.from_user, msg.from_domain, _ = _parse_uri(uri)
+            msg.from_user, msg.from_domain, _, params = _address(body)
             msg.from_tag = _tag(params)
         except ValueError as exc:
             _fail(msg, strict, "sip-bad-from", str(exc))
     body = get("to")
     if body is not None:
         try:
-            uri, params = _name_addr(body)
-            msg.to_user, msg.to_domain, _ = _parse_uri(uri)
+            msg.to_user, msg.to_domain, _, params = _address(body)
             msg.to_tag = _tag(params)
         except ValueError as exc:
             _fail(msg, strict, "sip-bad-to", str(exc))
@@ -406,8 +410,7 @@ def _parse(payload: bytes, strict: bool) -> SipMessage:
             msg.contact_user = "*"
         else:
             try:
-                uri, _ = _name_addr(body, contact=True)
-                user, host, port = _parse_uri(uri)
+                user, host, port, _ = _address(body, True)
             except ValueError as exc:
                 _fail(msg, strict, "sip-bad-contact", str(exc))
             else:
@@ -587,6 +590,19 @@ def _parse_uri_general(uri: str) -> tuple[str, str, str]:
     if scheme == "urn":
         return "", rest, ""
     raise ValueError(f"unsupported URI scheme {scheme[:20]!r}")
+
+
+def _address(body: str, contact: bool = False) -> tuple[str, str, str, str]:
+    """(user, host, port, rest) of a From/To/Contact-style value. Raises ValueError."""
+    m = _SIP_NAME_ADDR_RE.match(body)
+    if m is not None:
+        user, host, port, rest = m.groups()
+        if port and (len(port) > 5 or int(port) > 65535):
+            raise ValueError(f"port out of range in {body[:80]!r}")
+        return user or "", host, port or "", rest
+    uri, rest = _name_addr(body, contact)
+    user, host, port = _parse_uri(uri)
+    return user, host, port, rest
 
 
 def _skip_quoted(body: str, start: int) -> int:
