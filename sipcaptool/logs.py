@@ -131,14 +131,17 @@ def setup_logging(verbose: int = 0, quiet: int = 0, log_file: str | None = None,
         raise ValueError(f"log format {log_format!r}: allowed: text, json")
     root = logging.getLogger()
     handler = _open(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    handler.owns_stream = bool(log_file)  # type: ignore[attr-defined]
     handler.name = _HANDLER_NAME
     handler.setFormatter(_JsonFormatter() if log_format == "json" else _TextFormatter())
     if rate_limit:
         handler.addFilter(RateLimitFilter(*rate_limit))
     for h in list(root.handlers):
         root.removeHandler(h)
-        if h.name == _HANDLER_NAME and getattr(h, "stream", None) not in (None, sys.stderr, sys.stdout):
+        if h.name == _HANDLER_NAME:
             h.close()
+            if getattr(h, "owns_stream", False):
+                h.stream.close()  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level_for(verbose, quiet, debug))
     _state["file"] = log_file

@@ -190,6 +190,7 @@ def test_refuses_a_path_another_process_answers_on(sockdir):
     finally:
         other.kill()
         other.wait()
+        other.stdout.close()
 
 
 def test_refuses_a_path_in_use_by_this_process(server):
@@ -522,3 +523,36 @@ def test_hep_collector_refuses_a_control_path_in_use(sockdir, tmp_path):
         assert p.returncode == 5, p.stderr
         assert "another running process answers on it" in p.stderr
         assert send_command(path, "ping") == "pong"
+
+
+def test_log_options_decorator(tmp_path):
+    import click
+    from click.testing import CliRunner
+
+    from sipcaptool.logs import log_options
+
+    @click.command()
+    @log_options
+    def cmd() -> None:
+        """Log one line of each level.
+
+        \b
+        Example:
+          cmd -v --log-file x.log
+        """
+        log = logging.getLogger("sipcaptool.t")
+        log.debug("d")
+        log.info("i")
+        log.warning("w")
+
+    f = tmp_path / "x.log"
+    r = CliRunner().invoke(cmd, ["-v", "--log-file", str(f), "--log-format", "text"])
+    assert r.exit_code == 0, r.output
+    text = f.read_text()
+    assert "sipcaptool.t INFO i" in text and "WARNING w" in text and " d\n" not in text
+    r = CliRunner().invoke(cmd, ["-q", "--log-file", str(f)])
+    assert r.exit_code == 0
+    assert f.read_text() == text  # -q: warnings not written
+    r = CliRunner().invoke(cmd, ["--log-file", str(tmp_path / "no" / "dir.log")])
+    assert r.exit_code == 2 and "cannot open" in r.output
+    setup_logging()  # back to stderr; closes the log file
