@@ -13,7 +13,8 @@ the clock starts, then sent from one socket at the given rate (1 ms pacing slots
 
 Each run writes into a new table (``hepload_<pid>_<n>``, dropped afterwards unless
 ``--keep``). After the last datagram the script waits until the collector's socket queue
-is empty, stops the collector with SIGTERM (which writes every pending batch) and counts
+is empty (it samples that queue meanwhile: the peak backlog shows how much the receive
+buffer absorbed, and "read N/s" what the collector sustained), stops the collector with SIGTERM (which writes every pending batch) and counts
 the table's rows. It prints sent, stored, loss, the send rate achieved, and the kernel's
 count of datagrams dropped on the collector's socket (a full receive buffer).
 
@@ -174,8 +175,8 @@ def send_paced(datagrams: list[bytes], port: int, rate: float) -> float:
     """Send at ``rate`` datagrams/s; return the seconds it took."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
-    addr = ("127.0.0.1", port)
-    send = sock.sendto
+    sock.connect(("127.0.0.1", port))  # a connected socket: no address work per datagram
+    send = sock.send
     n = len(datagrams)
     sent = 0
     t0 = time.perf_counter()
@@ -183,7 +184,7 @@ def send_paced(datagrams: list[bytes], port: int, rate: float) -> float:
         now = time.perf_counter()
         due = min(n, int((now - t0) * rate) + 1)
         while sent < due:
-            send(datagrams[sent], addr)
+            send(datagrams[sent])
             sent += 1
         ahead = t0 + sent / rate - time.perf_counter()
         if ahead > 0.0005:
@@ -201,10 +202,22 @@ def run_once(url: str, n: int, rate: float, args, k: int) -> dict:
     datagrams = build_datagrams(n, f"hl{os.getpid()}r{k}")
     coll = Collector(url, table, args)
     try:
+        peak = [0]
+        sampling = threading.Event()
+
+        def sample() -> None:  # the largest backlog in the collector's socket
+            while not sampling.is_set():
+                peak[0] = max(peak[0], coll.rx_queue() or 0)
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         t0 = time.perf_counter()
         send_s = send_paced(datagrams, coll.port, rate)
         coll.wait_idle()
-        busy_s = time.perf_counter() - t0
+        busy_s = time.perf_counter() - t0 - 0.5  # wait_idle's quiet period
+        sampling.set()
+        sampler.join()
         summary = coll.stop()
     finally:
         if coll.proc.poll() is None:
@@ -223,6 +236,11 @@ def run_once(url: str, n: int, rate: float, args, k: int) -> dict:
         "received": summary.get("packets"),
         "stored_by_collector": summary.get("stored_total"),
         "seconds": round(busy_s, 2),
+        # what the collector sustained: everything it read, over the time until its
+        # socket was empty (below the send rate when the buffer absorbed a backlog)
+        "processed_per_s": round((summary.get("packets") or 0) / busy_s) if busy_s > 0 else None,
+        "peak_backlog_mb": round(peak[0] / 1e6, 1),
+        "avg_datagram_bytes": round(sum(map(len, datagrams)) / len(datagrams)),
         "workers": args.workers,
     }
     if "error" in summary:
@@ -234,7 +252,8 @@ def show(res: dict) -> None:
     print(f"{res['db']:<9} rate {res['rate']:>7.0f}/s  sent {res['sent']:>7}  "
           f"(achieved {res['send_rate']}/s)  stored {res['stored']:>7}  lost {res['lost']:>6} "
           f"({res['loss_pct']}%)  kernel drops {res['kernel_drops']}  "
-          f"[{res['seconds']} s until the collector was idle]", flush=True)
+          f"| collector read {res['processed_per_s']}/s over {res['seconds']} s, "
+          f"peak socket backlog {res['peak_backlog_mb']} MB", flush=True)
     if res.get("collector_error"):
         print(res["collector_error"], file=sys.stderr)
 
