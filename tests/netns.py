@@ -242,8 +242,12 @@ def live_capture(net: VethPair, *args: str, side: str = "b", ready_timeout: floa
 
 
 def sip_messages(n: int, size: int = 0, tag: str = "t", host: str = "10.0.0.2",
-                 via_host: str = "10.0.0.1", proto: str = "UDP") -> list[bytes]:
-    """``n`` distinct SIP requests (OPTIONS/INVITE mix); ``size`` pads the body."""
+                 via_host: str = "10.0.0.1", proto: str = "UDP",
+                 random_pad: bool = False) -> list[bytes]:
+    """``n`` distinct SIP requests (OPTIONS/INVITE mix); ``size`` pads the body
+    (with ``random_pad``, with base64 of seeded random bytes, which barely compresses)."""
+    import base64
+    import random
     out = []
     sdp_ip = f"IP6 {via_host}" if ":" in via_host else f"IP4 {via_host}"
     if ":" in host:
@@ -255,7 +259,11 @@ def sip_messages(n: int, size: int = 0, tag: str = "t", host: str = "10.0.0.2",
                 "\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n")
         if size:
             pad = max(0, size - len(body) - 400)
-            body += "a=x-pad:" + ("p" * pad) + "\r\n"
+            if random_pad:
+                noise = base64.b64encode(random.Random(i).randbytes(pad)).decode()[:pad]
+                body += "a=x-pad:" + noise + "\r\n"
+            else:
+                body += "a=x-pad:" + ("p" * pad) + "\r\n"
         method = "INVITE" if i % 2 == 0 else "OPTIONS"
         if method == "OPTIONS" and not size:
             body = ""
@@ -313,7 +321,8 @@ def _udp(args: argparse.Namespace) -> dict:
 def _tcp(args: argparse.Namespace) -> dict:
     fam = socket.AF_INET6 if ":" in args.dst else socket.AF_INET
     s = socket.create_connection((args.dst, args.dport), timeout=10)
-    msgs = sip_messages(args.n, args.size, args.tag, args.dst, args.src or "10.0.0.1", "TCP")
+    msgs = sip_messages(args.n, args.size, args.tag, args.dst, args.src or "10.0.0.1", "TCP",
+                        args.random_pad)
     for m in msgs:
         s.sendall(m)
         time.sleep(args.gap)
@@ -402,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--size", type=int, default=0)
     t.add_argument("--gap", type=float, default=0.01)
     t.add_argument("--tag", default="t")
+    t.add_argument("--random-pad", action="store_true")
     ts = sub.add_parser("tcp-server")
     ts.add_argument("--bind", required=True)
     ts.add_argument("--dport", type=int, default=5060)

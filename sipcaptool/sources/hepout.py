@@ -3,18 +3,20 @@
 Targets are ``udp:HOST:PORT`` and/or ``tcp:HOST:PORT`` (at most one of each; an IPv6
 host goes in brackets, ``udp:[::1]:9060``).
 
-* UDP only: one datagram per message. A message whose HEP packet does not fit in one
-  UDP datagram (65,507 bytes over IPv4, 65,527 over IPv6) cannot be sent whole; it is
-  counted as ``dropped:hep-too-large`` and reported, never cut.
+* UDP only: one datagram per message.
 * TCP only: every message goes over one TCP connection (HEP frames carry their own
   length, so collectors split the stream).
 * Both: UDP, and TCP for the messages too large for a datagram.
 
-A HEP packet itself is limited to 65,535 bytes (its length field); a message larger
-than that cannot be sent in HEP at all and is counted as ``dropped:hep-too-large``.
+Size limits: a UDP datagram holds 65,507 bytes (IPv4; 65,527 over IPv6), a HEP packet
+65,535 (its length field). A message whose HEP packet does not fit where it has to go
+is sent with its payload zlib-compressed (HEPv3 chunk 0x0010, which ``sipcaptool hep``
+and Homer collectors read); if even that does not fit it is counted as
+``dropped:hep-too-large`` and a warning says so once. A message is never cut.
 
-Counters: ``hep_out:sent_udp``, ``hep_out:sent_tcp``, ``dropped:hep-too-large``,
-``dropped:hep-send-error``, ``dropped:hep-tcp-down``, ``hep_out:reconnects``.
+Counters: ``hep_out:sent_udp``, ``hep_out:sent_tcp``, ``hep_out:compressed``,
+``dropped:hep-too-large``, ``dropped:hep-send-error``, ``dropped:hep-tcp-down``,
+``hep_out:reconnects``.
 """
 
 from __future__ import annotations
@@ -145,38 +147,55 @@ class HepSender:
                     self.tcp.close()  # type: ignore[union-attr]
             self.stats["dropped:hep-send-error"] += 1
 
-    def send(self, msg: CapturedMessage) -> None:
+    def _encode(self, msg: CapturedMessage, compress: bool) -> bytes | None:
         try:
-            pkt = encode_hep3(msg, capture_id=self.capture_id, auth_key=self.auth_key,
-                              node_name=self.node_name)
-        except ValueError:
-            self._too_large(len(msg.payload))
+            return encode_hep3(msg, capture_id=self.capture_id, auth_key=self.auth_key,
+                               node_name=self.node_name, compress=compress)
+        except ValueError:  # more than a HEP packet can hold
+            return None
+
+    def send(self, msg: CapturedMessage) -> None:
+        pkt = self._encode(msg, False)
+        if pkt is not None and self._try(pkt):
             return
+        # too large for a datagram (and no TCP target), or for HEP itself: the
+        # zlib-compressed payload chunk (0x0010) often fits
+        cpkt = self._encode(msg, True)
+        if cpkt is not None and self._try(cpkt):
+            self.stats["hep_out:compressed"] += 1
+            return
+        self._too_large(len(msg.payload))
+
+    def _try(self, pkt: bytes) -> bool:
+        """Send ``pkt`` over UDP if it fits a datagram, else over TCP; False: neither."""
         if self.udp is not None and len(pkt) <= self.udp_max:
             try:
                 self.udp.send(pkt)
                 self.stats["hep_out:sent_udp"] += 1
+                return True
             except OSError as e:
-                if e.errno == errno.EMSGSIZE and self.tcp_addr is not None:
-                    self._send_tcp(pkt)
-                elif e.errno == errno.EMSGSIZE:
-                    self._too_large(len(msg.payload))
-                else:
+                if e.errno != errno.EMSGSIZE:
                     # ECONNREFUSED (nobody listens yet), ENOBUFS ...
                     self.stats["dropped:hep-send-error"] += 1
-            return
+                    return True
         if self.tcp_addr is not None:
             self._send_tcp(pkt)
-            return
-        self._too_large(len(msg.payload))
+            return True
+        return False
 
     def _too_large(self, size: int) -> None:
         self.stats["dropped:hep-too-large"] += 1
         if not self.warned_too_large:
             self.warned_too_large = True
-            log.warning("a SIP message of %d bytes does not fit in one HEP UDP datagram and "
-                        "was not forwarded (add a tcp: --hep-to target to send such messages "
-                        "over TCP); further ones are only counted", size)
+            if self.tcp_addr is None:
+                log.warning("a SIP message of %d bytes does not fit in one HEP UDP datagram, "
+                            "even compressed, and was not forwarded (add a tcp: --hep-to "
+                            "target to send such messages over TCP); further ones are only "
+                            "counted (dropped:hep-too-large)", size)
+            else:
+                log.warning("a SIP message of %d bytes does not fit in a HEP packet (65,535 "
+                            "bytes), even compressed, and was not forwarded; further ones are "
+                            "only counted (dropped:hep-too-large)", size)
 
     def close(self) -> None:
         for s in (self.udp, self.tcp):
