@@ -122,3 +122,35 @@ def test_mysql_partitioned_table(mysql_url):
     finally:
         a.close()
     assert count(mysql_url, "sip_part") == 2
+
+
+def test_partition_maintenance(mysql_url):
+    from sipcaptool.store.schema import partition_maintenance_sql
+    today = dt.datetime.now(dt.timezone.utc).date()
+    init_db(mysql_url, ["sip_part"], aux=False, partition_days=2)
+
+    def parts():
+        conn = connect(mysql_url)
+        try:
+            cur = conn.cursor()
+            cur.execute("SELECT partition_name FROM information_schema.partitions "
+                        "WHERE table_schema = DATABASE() AND table_name = 'sip_part' "
+                        "ORDER BY partition_ordinal_position")
+            return [r[0] for r in cur.fetchall()]
+        finally:
+            conn.close()
+
+    a = open_adapter(mysql_url)
+    a.connect()
+    try:
+        a.execute_ddl(partition_maintenance_sql("sip_part", parts(), days_ahead=4))
+        want = [f"p{today + dt.timedelta(days=i):%Y%m%d}" for i in range(4)]
+        assert parts() == ["p_old"] + want + ["pmax"]
+        assert partition_maintenance_sql("sip_part", parts(), days_ahead=4) == []
+        # ten days later, keeping 2 days: the old day partitions go, new ones come
+        later = today + dt.timedelta(days=10)
+        a.execute_ddl(partition_maintenance_sql("sip_part", parts(), days_ahead=1,
+                                                keep_days=2, today=later))
+        assert parts() == ["p_old", f"p{later:%Y%m%d}", "pmax"]
+    finally:
+        a.close()

@@ -207,3 +207,36 @@ def test_time_flush_is_on_time(sqlite_url):
     finally:
         w.close()
     assert 0.28 <= took < 0.6
+
+
+@pytest.mark.parametrize("fixture", ["mysql_url", "pg_url"])
+def test_reconnects_after_the_server_dropped_the_connection(request, fixture):
+    """A connection killed by the server is replaced on retry; nothing is lost."""
+    from store_helpers import connect
+    url = request.getfixturevalue(fixture)
+    st = Stats()
+    w = Writer(url, st, batch_size=5, flush_interval=0, insert_retries=3,
+               insert_retry_timeout=30, background=False)
+    try:
+        for i in range(5):
+            w.add("sip_capture", "sip", sip_row(i))
+        conn = w.adapter.conn
+        victim = conn.thread_id() if fixture == "mysql_url" else conn.get_backend_pid()
+        admin = connect(url)
+        try:
+            cur = admin.cursor()
+            if fixture == "mysql_url":
+                cur.execute(f"KILL {int(victim)}")
+            else:
+                cur.execute("SELECT pg_terminate_backend(%s)", (victim,))
+                admin.commit()
+        finally:
+            admin.close()
+        time.sleep(0.2)
+        for i in range(5, 10):
+            w.add("sip_capture", "sip", sip_row(i))
+        w.flush()
+    finally:
+        w.close()
+    assert st["db:retries"] >= 1 and st["db:errors"] == 0
+    assert count(url, "sip_capture") == 10

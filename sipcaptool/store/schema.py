@@ -20,7 +20,8 @@ partitioned by range on the day of ``date`` (``TO_DAYS(date)``; Kamailio used
 partition ``p_old`` for everything before today (UTC), one partition ``pYYYYMMDD`` per day
 for today and the N-1 following days, and a catch-all ``pmax``. Expiring a day is then
 ``ALTER TABLE t DROP PARTITION p20260101`` (instant, no row-by-row DELETE); adding days
-later is ``ALTER TABLE t REORGANIZE PARTITION pmax INTO (...)``. The primary key is
+later is ``ALTER TABLE t REORGANIZE PARTITION pmax INTO (...)``
+(:func:`partition_maintenance_sql` writes both). The primary key is
 ``(id, date)`` because MySQL requires the partitioning column in every unique key.
 Partitioning only applies when the table is created (``CREATE TABLE IF NOT EXISTS``
 leaves an existing table alone).
@@ -227,6 +228,42 @@ def partition_clause(days: int, today: _dt.date | None = None) -> str:
         parts.append(f"  PARTITION p{d:%Y%m%d} VALUES LESS THAN (TO_DAYS('{nxt.isoformat()}'))")
     parts.append("  PARTITION pmax VALUES LESS THAN MAXVALUE")
     return "PARTITION BY RANGE (TO_DAYS(`date`)) (\n" + ",\n".join(parts) + "\n)"
+
+
+def partition_maintenance_sql(table: str, existing: list[str], days_ahead: int,
+                              keep_days: int | None = None,
+                              today: _dt.date | None = None) -> list[str]:
+    """MySQL statements that keep a partitioned table rolling.
+
+    ``existing``: the table's partition names (``information_schema.partitions``).
+    Adds the missing day partitions up to ``days_ahead`` days from today (UTC) by
+    splitting ``pmax``, and with ``keep_days`` drops the day partitions older than that
+    many days (``DROP PARTITION``: the cheap way to expire old messages).
+    """
+    if today is None:
+        today = _dt.datetime.now(_dt.timezone.utc).date()
+    q = quote_ident("mysql", table)
+    have = {n for n in existing if re.fullmatch(r"p\d{8}", n or "")}
+    out: list[str] = []
+    if "pmax" in existing:
+        last = max((_dt.datetime.strptime(n[1:], "%Y%m%d").date() for n in have),
+                   default=today - _dt.timedelta(days=1))
+        new = []
+        d = max(last + _dt.timedelta(days=1), today)
+        end = today + _dt.timedelta(days=days_ahead)
+        while d < end:
+            nxt = d + _dt.timedelta(days=1)
+            new.append(f"PARTITION p{d:%Y%m%d} VALUES LESS THAN (TO_DAYS('{nxt.isoformat()}'))")
+            d = nxt
+        if new:
+            out.append(f"ALTER TABLE {q} REORGANIZE PARTITION pmax INTO (" + ", ".join(new)
+                       + ", PARTITION pmax VALUES LESS THAN MAXVALUE)")
+    if keep_days is not None:
+        oldest = today - _dt.timedelta(days=keep_days - 1)
+        old = sorted(n for n in have if _dt.datetime.strptime(n[1:], "%Y%m%d").date() < oldest)
+        if old:
+            out.append(f"ALTER TABLE {q} DROP PARTITION " + ", ".join(old))
+    return out
 
 
 def sip_table_sql(dialect: str, table: str, partition_days: int | None = None) -> list[str]:
