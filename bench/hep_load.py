@@ -171,12 +171,18 @@ class Collector:
 
 # --------------------------------------------------------------------------- one run
 
-def send_paced(datagrams: list[bytes], port: int, rate: float) -> float:
-    """Send at ``rate`` datagrams/s; return the seconds it took."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
-    sock.connect(("127.0.0.1", port))  # a connected socket: no address work per datagram
-    send = sock.send
+def send_paced(datagrams: list[bytes], port: int, rate: float, agents: int = 1) -> float:
+    """Send at ``rate`` datagrams/s from ``agents`` sockets in turn (each its own source
+    port, like separate capture agents: SO_REUSEPORT spreads flows, not datagrams, over
+    --workers); return the seconds it took."""
+    socks = []
+    for _ in range(max(1, agents)):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        sock.connect(("127.0.0.1", port))  # connected: no address work per datagram
+        socks.append(sock)
+    sends = [s.send for s in socks]
+    k = len(sends)
     n = len(datagrams)
     sent = 0
     t0 = time.perf_counter()
@@ -184,13 +190,14 @@ def send_paced(datagrams: list[bytes], port: int, rate: float) -> float:
         now = time.perf_counter()
         due = min(n, int((now - t0) * rate) + 1)
         while sent < due:
-            send(datagrams[sent])
+            sends[sent % k](datagrams[sent])
             sent += 1
         ahead = t0 + sent / rate - time.perf_counter()
         if ahead > 0.0005:
             time.sleep(min(ahead, 0.001))
     elapsed = time.perf_counter() - t0
-    sock.close()
+    for s in socks:
+        s.close()
     return elapsed
 
 
@@ -213,7 +220,7 @@ def run_once(url: str, n: int, rate: float, args, k: int) -> dict:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         t0 = time.perf_counter()
-        send_s = send_paced(datagrams, coll.port, rate)
+        send_s = send_paced(datagrams, coll.port, rate, args.agents)
         coll.wait_idle()
         busy_s = time.perf_counter() - t0 - 0.5  # wait_idle's quiet period
         sampling.set()
@@ -242,6 +249,7 @@ def run_once(url: str, n: int, rate: float, args, k: int) -> dict:
         "peak_backlog_mb": round(peak[0] / 1e6, 1),
         "avg_datagram_bytes": round(sum(map(len, datagrams)) / len(datagrams)),
         "workers": args.workers,
+        "agents": args.agents,
     }
     if "error" in summary:
         res["collector_error"] = summary["error"][-2000:]
@@ -270,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start", type=float, default=10_000)
     ap.add_argument("--step", type=float, default=5_000)
     ap.add_argument("--max", type=float, default=80_000)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=1, help="collector --workers [1]")
+    ap.add_argument("--agents", type=int, default=4,
+                    help="sending sockets (source ports), used in turn [4]")
     ap.add_argument("--rcvbuf", default="64M")
     ap.add_argument("--batch-size", type=int, default=0)
     ap.add_argument("--keep", action="store_true", help="keep the tables")

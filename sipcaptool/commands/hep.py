@@ -296,7 +296,10 @@ def _worker_main(index: int, listeners, others, settings: Settings, opts: dict[s
 
     def tick() -> None:
         collector.update_kernel_stats()
-        conn.send({"index": index, "snapshot": dict(stats)})
+        try:
+            conn.send({"index": index, "snapshot": dict(stats)})
+        except OSError:  # the main process is gone: keep collecting, report at the end
+            pass
 
     collector, policy = _make_collector(listeners, pipeline, stats, opts,
                                         on_progress=on_progress, tick=tick)
@@ -320,7 +323,10 @@ def _worker_main(index: int, listeners, others, settings: Settings, opts: dict[s
         result.setdefault("error", policy.fatal)
     result.update(stats=dict(stats), listeners=[lst.report() for lst, _s in listeners],
                   stop_reason=collector.stop_reason, final=True)
-    conn.send(result)
+    try:
+        conn.send(result)
+    except OSError:
+        pass
 
 
 def _run_workers(copies, settings: Settings, opts: dict[str, Any]) -> dict[str, Any]:
