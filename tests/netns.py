@@ -292,20 +292,19 @@ def _udp(args: argparse.Namespace) -> dict:
     msgs = sip_messages(args.n, args.size, args.tag, args.dst, args.src or "10.0.0.1")
     sent = 0
     start = time.perf_counter()
-    interval = 1.0 / args.rate if args.rate else 0.0
-    for i, m in enumerate(msgs):
-        if interval:
-            due = start + i * interval
-            while True:
-                now = time.perf_counter()
-                if now >= due:
-                    break
-                if due - now > 0.002:
-                    time.sleep(due - now - 0.001)
-        while True:
+    total = len(msgs)
+    while sent < total:
+        if args.rate:
+            # send what is due by now, then sleep a little: paced without busy-waiting
+            due = min(total, int((time.perf_counter() - start) * args.rate) + 1)
+            if due <= sent:
+                time.sleep(0.0005)
+                continue
+        else:
+            due = total
+        while sent < due:
             try:
-                s.sendto(m, (args.dst, args.dport))
-                break
+                s.sendto(msgs[sent], (args.dst, args.dport))
             except (BlockingIOError, ConnectionRefusedError):
                 continue
             except OSError as e:
@@ -313,7 +312,7 @@ def _udp(args: argparse.Namespace) -> dict:
                     time.sleep(0.0001)
                     continue
                 raise
-        sent += 1
+            sent += 1
     return {"sent": sent, "seconds": time.perf_counter() - start,
             "bytes": sum(len(m) for m in msgs)}
 

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 BATCH = 512
 POLL_MS = 100            # the longest a worker sleeps before looking at stop/duration
 REPORT_EVERY = 0.5       # seconds between worker -> parent counter reports
+DRAIN_SECONDS = 10.0     # at most this long reading what was captured before a stop
 DEFAULT_SNAPLEN = 262144
 DEFAULT_BUFFER = 32 * 1024 * 1024
 FANOUT_FLAG_DEFRAG = 0x8000
@@ -440,6 +441,7 @@ class Worker:
         stop = self.shared.stop
         next_report = time.monotonic() + REPORT_EVERY
         msgs: list = []
+        drain_until = None  # set when stopping: read what the kernel already holds
         for data, m in self.source.batches():
             if m:
                 n = len(m)
@@ -452,16 +454,25 @@ class Worker:
                 if msgs:
                     self._deliver(msgs)
                     msgs = []
-            if stop.value:
-                return
             now = time.monotonic()
+            if drain_until is not None:
+                if not m or now >= drain_until or self._count_reached():
+                    return
+                continue
             if now >= next_report:
                 next_report = now + REPORT_EVERY
                 self._update_kernel()
                 if self.report is not None:
                     self.report(stats)
-            if deadline is not None and now >= deadline:
-                return
+            if stop.value or (deadline is not None and now >= deadline):
+                if self._count_reached():
+                    return
+                # packets captured before the stop are still in the kernel buffer
+                drain_until = now + DRAIN_SECONDS
+
+    def _count_reached(self) -> bool:
+        sh = self.shared
+        return sh.count_limit is not None and sh.counted.value >= sh.count_limit
 
     def _loop_ipip(self, decoder, deadline: float | None) -> None:
         decode = decoder.decode
