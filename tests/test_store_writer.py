@@ -240,3 +240,24 @@ def test_reconnects_after_the_server_dropped_the_connection(request, fixture):
         w.close()
     assert st["db:retries"] >= 1 and st["db:errors"] == 0
     assert count(url, "sip_capture") == 10
+
+
+@pytest.mark.parametrize("how", ["return", "exception"])
+def test_program_ending_without_close_writes_everything(sqlite_url, tmp_path, how):
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
+        from sipcaptool.stats import Stats
+        from sipcaptool.store.writer import Writer
+        from store_helpers import sip_row
+        w = Writer({sqlite_url!r}, Stats(), batch_size=50, flush_interval=30)
+        for i in range(123):
+            w.add("sip_capture", "sip", sip_row(i))
+        if {how!r} == "exception":
+            raise RuntimeError("boom")
+    """))
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=60)
+    assert (p.returncode != 0) == (how == "exception")
+    assert count(sqlite_url, "sip_capture") == 123

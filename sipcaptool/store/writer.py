@@ -24,6 +24,7 @@ Counters (in the caller's Stats): ``db:batches`` (batches written), ``db:retries
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import multiprocessing
 import os
@@ -168,6 +169,11 @@ class Writer:
             self._start_process(queue_batches, partition_days, mp_context)
         else:
             self.adapter.connect()
+        # a program that ends without close() (an exception, a second Ctrl-C inside
+        # close) still writes what it accepted and does not hang in multiprocessing's
+        # exit handler waiting for a writer process that ignores SIGTERM
+        self._owner_pid = os.getpid()
+        atexit.register(self._at_exit)
         if self.flush_interval > 0:
             self._timer = threading.Thread(target=self._tick, name="sipcaptool-flush",
                                            daemon=True)
@@ -403,6 +409,7 @@ class Writer:
         if self._closed:
             self._raise_pending()
             return
+        atexit.unregister(self._at_exit)
         self._stop.set()
         try:
             with self._lock:
@@ -423,6 +430,24 @@ class Writer:
             if self._timer is not None and self._timer is not threading.current_thread():
                 self._timer.join(2)
         self._raise_pending()
+
+    def _at_exit(self) -> None:
+        if os.getpid() != self._owner_pid:  # a forked copy of the owner: not ours
+            return
+        try:
+            if not self._closed:
+                self.close()
+        except BaseException:  # noqa: BLE001 - nothing to report to at exit
+            pass
+        proc = self._proc
+        if proc is not None and proc.is_alive():
+            try:
+                self._jobs.put_nowait(("close",))
+            except Exception:  # noqa: BLE001
+                pass
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
 
     def __enter__(self) -> "Writer":
         return self
