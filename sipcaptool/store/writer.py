@@ -409,7 +409,6 @@ class Writer:
         if self._closed:
             self._raise_pending()
             return
-        atexit.unregister(self._at_exit)
         self._stop.set()
         try:
             with self._lock:
@@ -418,17 +417,18 @@ class Writer:
                     self._flush_all()
                 finally:
                     if self.background and self._proc is not None:
-                        try:
-                            self._send(("close",))
-                            self._wait_for(lambda m: m[0] == "closed", "close")
-                            self._proc.join(10)
-                        finally:
-                            self._abandon_process()
+                        # (if this is interrupted, the exit handler finishes the job
+                        # instead of killing a process that is still writing)
+                        self._send(("close",))
+                        self._wait_for(lambda m: m[0] == "closed", "close")
+                        self._proc.join(10)
+                        self._abandon_process()
                     elif self.adapter is not None:
                         self.adapter.close()
         finally:
             if self._timer is not None and self._timer is not threading.current_thread():
                 self._timer.join(2)
+        atexit.unregister(self._at_exit)
         self._raise_pending()
 
     def _at_exit(self) -> None:
@@ -437,6 +437,10 @@ class Writer:
         try:
             if not self._closed:
                 self.close()
+                return
+            if self._proc is not None and self._proc.is_alive():  # close() was interrupted
+                with self._lock:
+                    self._flush_all()
         except BaseException:  # noqa: BLE001 - nothing to report to at exit
             pass
         proc = self._proc
