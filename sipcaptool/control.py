@@ -94,7 +94,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .errors import CaptureError
+from .errors import CaptureError, ConfigError
 
 __all__ = [
     "BAD_PARAMETER",
@@ -658,3 +658,72 @@ class MetricsServer:
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
+
+
+class Endpoints:
+    """The operator endpoints of one long-running command: control socket and metrics.
+
+    ``control`` is a path, ``"none"`` (no socket) or None (the default path of
+    :func:`default_control_path`). An explicit path that another running process
+    answers on is refused (CaptureError, exit 5); the *default* path in use (a second
+    collector on the same host) only gives a warning and the command runs without a
+    control socket. ``metrics`` is ``HOST:PORT`` for a Prometheus endpoint, or None.
+    """
+
+    def __init__(self, command: str, control: str | None, metrics: str | None,
+                 capture_flag: Any, stats_provider: Callable[[], Mapping[str, Any]],
+                 extra: Mapping[str, Any] | None = None) -> None:
+        self.command = command
+        self.control_arg = control
+        self.metrics_arg = metrics
+        self.capture_flag = capture_flag
+        self.stats_provider = stats_provider
+        self.extra = dict(extra or {})
+        self.control: ControlServer | None = None
+        self.metrics: MetricsServer | None = None
+
+    def start(self) -> "Endpoints":
+        import logging
+
+        arg = self.control_arg
+        if arg is None or arg.strip().lower() != "none":
+            path = arg or default_control_path(self.command)
+            server = ControlServer(path, self.capture_flag, self.stats_provider, extra=self.extra)
+            try:
+                self.control = server.start()
+            except CaptureError as e:
+                if arg:  # asked for explicitly: refuse to run without it
+                    raise
+                logging.getLogger("sipcaptool").warning(
+                    "no control socket: %s (give --control PATH, or --control none)", e)
+        if self.metrics_arg:
+            try:
+                addr = parse_hostport(self.metrics_arg)
+            except ValueError as e:
+                self.stop()
+                raise ConfigError(f"--metrics {e}") from None
+            try:
+                self.metrics = MetricsServer(addr, self.stats_provider,
+                                             capture_flag=self.capture_flag).start()
+            except OSError as e:
+                self.stop()
+                raise CaptureError(f"--metrics {self.metrics_arg}: cannot listen: "
+                                   f"{e.strerror or e}") from None
+        return self
+
+    def describe(self) -> str:
+        parts = []
+        if self.control is not None:
+            parts.append(f"control {self.control.path}")
+        if self.metrics is not None:
+            host, port = self.metrics.address
+            parts.append(f"metrics http://{host}:{port}/metrics")
+        return ", ".join(parts)
+
+    def stop(self) -> None:
+        if self.control is not None:
+            self.control.stop()
+            self.control = None
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None

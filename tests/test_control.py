@@ -556,3 +556,34 @@ def test_log_options_decorator(tmp_path):
     r = CliRunner().invoke(cmd, ["--log-file", str(tmp_path / "no" / "dir.log")])
     assert r.exit_code == 2 and "cannot open" in r.output
     setup_logging()  # back to stderr; closes the log file
+
+
+def test_endpoints_default_path_in_use_warns_explicit_refuses(tmp_path, monkeypatch):
+    """The default control path taken by another collector only warns; an explicit one
+    refuses; 'none' opens no socket; --metrics serves Prometheus text."""
+    import urllib.request
+
+    from sipcaptool.control import Endpoints
+    from sipcaptool.errors import CaptureError
+    from sipcaptool.pipeline import CaptureFlag
+
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    flag = CaptureFlag(True)
+    first = Endpoints("hep", None, "127.0.0.1:0", flag, lambda: {"packets": 3}).start()
+    try:
+        assert first.control is not None
+        assert first.control.path == str(runtime / "sipcaptool" / "hep.sock")
+        host, port = first.metrics.address
+        body = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read().decode()
+        assert "sipcaptool_capture_on 1" in body
+        second = Endpoints("hep", None, None, flag, lambda: {}).start()
+        assert second.control is None  # default path busy: runs without a socket
+        with pytest.raises(CaptureError):
+            Endpoints("hep", first.control.path, None, flag, lambda: {}).start()
+        none = Endpoints("hep", "none", None, flag, lambda: {}).start()
+        assert none.control is None and none.describe() == ""
+    finally:
+        first.stop()
+    assert not (runtime / "sipcaptool" / "hep.sock").exists()

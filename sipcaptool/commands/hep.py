@@ -60,9 +60,12 @@ def _options(f):
                      metavar="S", help="Stop after S seconds. [default: until SIGTERM/SIGINT]"),
         click.option("--count", type=click.IntRange(1, None), default=None, metavar="N",
                      help="Stop after N HEP packets (UDP datagrams or TCP-framed packets)."),
-        click.option("--control", "control_path", default=None, metavar="PATH",
-                     help="Serve the control socket (capture on/off, stats) on this Unix "
-                          "socket; see 'sipcaptool ctl'. [default: none]"),
+        click.option("--control", "control_path", default=None, metavar="PATH|none",
+                     help="Control socket (capture on/off, stats; see 'sipcaptool ctl'). "
+                          "[default: $XDG_RUNTIME_DIR/sipcaptool/hep.sock, or "
+                          "/run/sipcaptool/hep.sock as root; 'none' for no socket]"),
+        click.option("--metrics", "metrics_addr", default=None, metavar="HOST:PORT",
+                     help="Serve the counters for Prometheus at http://HOST:PORT/metrics."),
         click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout."),
         click.option("-q", "--quiet", count=True,
                      help="No 'listening on' lines and no text summary; logs errors only "
@@ -85,7 +88,7 @@ def _options(f):
 @storage_options
 def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf: str,
             duration: float | None, count: int | None, control_path: str | None,
-            as_json: bool, quiet: int, verbose: int, log_file: str | None, log_format: str,
+            metrics_addr: str | None, as_json: bool, quiet: int, verbose: int, log_file: str | None, log_format: str,
             foreground_writer: bool, settings: Settings) -> int:
     """Receive HEP (v1, v2, v3) from capture agents over UDP and TCP and store every
     message: SIP into the sip_capture tables, logs/RTCP/reports into theirs.
@@ -127,7 +130,8 @@ def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf:
     bufsize = _parse_size(rcvbuf)
     copies = open_listeners(specs, bufsize, workers)
     opts = dict(auth_key=key, count=count, duration=duration, quiet=quiet > 0,
-                foreground_writer=foreground_writer, control_path=control_path)
+                foreground_writer=foreground_writer, control_path=control_path,
+                metrics_addr=metrics_addr)
     started = time.monotonic()
     if workers == 1:
         result = _run_single(copies[0], settings, opts)
@@ -214,15 +218,15 @@ def _make_collector(listeners, pipeline, stats: Stats, opts: dict[str, Any], *,
     return collector, policy
 
 
-def _start_control(path: str | None, capture_flag, provider, listeners):
-    if not path:
-        return None
-    from ..control import ControlServer
+def _start_control(opts: dict[str, Any], capture_flag, provider, listeners):
+    from ..control import Endpoints
 
-    return ControlServer(path, capture_flag, provider, extra={
-        "command": "hep",
-        "listeners": [lst.label for lst, _s in listeners],
-    }).start()
+    ep = Endpoints("hep", opts["control_path"], opts.get("metrics_addr"), capture_flag, provider,
+                   extra={"command": "hep",
+                          "listeners": [lst.label for lst, _s in listeners]}).start()
+    if ep.describe() and not opts["quiet"]:
+        click.echo(f"sipcaptool: {ep.describe()}", err=True)
+    return ep
 
 
 def _run_single(listeners, settings: Settings, opts: dict[str, Any]) -> dict[str, Any]:
@@ -243,7 +247,7 @@ def _run_single(listeners, settings: Settings, opts: dict[str, Any]) -> dict[str
     control = None
     exit_error: SipcaptoolError | None = None
     try:
-        control = _start_control(opts["control_path"], capture_flag, lambda: stats, listeners)
+        control = _start_control(opts, capture_flag, lambda: stats, listeners)
         _announce(listeners, opts["quiet"])
         collector.run()
     except SipcaptoolError as e:
@@ -382,7 +386,7 @@ def _run_workers(copies, settings: Settings, opts: dict[str, Any]) -> dict[str, 
         while open_conns:
             if not announced and len(ready) == len(procs) and fatal is None:
                 announced = True
-                control = _start_control(opts["control_path"], capture_flag, aggregated,
+                control = _start_control(opts, capture_flag, aggregated,
                                          copies[0])
                 _announce(copies[0], opts["quiet"], f" ({len(procs)} workers)")
             for c in wait(list(open_conns), timeout=1.0):

@@ -61,9 +61,12 @@ _ONOFF = click.IntRange(0, 1)
 @click.option("--node-name", metavar="NAME", default=None, help="HEP node name (agent mode).")
 @click.option("--user", metavar="NAME", default=None,
               help="Switch to this user once the capture sockets are open.")
-@click.option("--control", "control_path", metavar="PATH", default=None,
-              help="Serve the control socket (capture on/off, stats) on this Unix socket; "
-                   "see 'sipcaptool ctl'. [default: none]")
+@click.option("--control", "control_path", metavar="PATH|none", default=None,
+              help="Control socket (capture on/off, stats; see 'sipcaptool ctl'). "
+                   "[default: $XDG_RUNTIME_DIR/sipcaptool/live.sock, or "
+                   "/run/sipcaptool/live.sock as root; 'none' for no socket]")
+@click.option("--metrics", "metrics_addr", default=None, metavar="HOST:PORT",
+              help="Serve the counters for Prometheus at http://HOST:PORT/metrics.")
 @click.option("-q", "--quiet", is_flag=True, help="No text summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--foreground-writer", is_flag=True, hidden=True,
@@ -72,7 +75,7 @@ _ONOFF = click.IntRange(0, 1)
 def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children,
             promiscuous_on, raw_moni_bpf_on, filter_expr, snaplen, buffer_size, duration,
             count, hep_to, capture_id, auth_key, node_name, user, control_path,
-            quiet, as_json, foreground_writer, settings: Settings) -> int:
+            metrics_addr, quiet, as_json, foreground_writer, settings: Settings) -> int:
     """Capture SIP live and store every message as one row (or forward it as HEP).
 
     \b
@@ -146,7 +149,7 @@ def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children
 
     cap = LiveCapture(opts, settings)
     cap.open()
-    server = _start_control(control_path, cap, opts)
+    server = _start_control(control_path, metrics_addr, cap, opts, quiet)
     stopping = {"signal": None}
 
     def on_signal(signum, _frame):
@@ -207,13 +210,13 @@ def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children
     return 0
 
 
-def _start_control(path, cap, opts):
-    if not path:
-        return None
-    from ..control import ControlServer
+def _start_control(path, metrics_addr, cap, opts, quiet):
+    from ..control import Endpoints
 
-    server = ControlServer(path, cap.capture_flag, cap.counters,
-                           extra={"command": "live", "source": opts.describe(),
-                                  "workers": opts.workers})
-    server.start()  # CaptureError when the path is in use or cannot be made
-    return server
+    # CaptureError when an explicit path is in use or cannot be made
+    ep = Endpoints("live", path, metrics_addr, cap.capture_flag, cap.counters,
+                   extra={"command": "live", "source": opts.describe(),
+                          "workers": opts.workers}).start()
+    if ep.describe() and not quiet:
+        click.echo(f"sipcaptool: {ep.describe()}", err=True)
+    return ep
