@@ -5,7 +5,8 @@ Sources, lowest precedence first:
 1. built-in defaults (``DEFAULTS``),
 2. a TOML file (``--config FILE``): ``name = value`` at top level, plus
    ``[capture_mode.NAME]`` tables with ``db_url``, ``table_name``, ``mt_mode``,
-   ``hash_source``,
+   ``hash_source``, and ``use = ["NAME", ...]`` under ``[capture_mode]`` to store into
+   those modes instead of the default one,
 3. the environment: ``SIPCAPTOOL_<NAME>`` (upper case, e.g. ``SIPCAPTOOL_DB_URL``),
 4. the command line (``--db-url`` ...).
 
@@ -130,6 +131,14 @@ class Settings:
         for name, value in data.items():
             if name == "capture_mode" and isinstance(value, dict):
                 for mode_name, table in value.items():
+                    if mode_name == "use":
+                        # [capture_mode] use = ["calls", ...]: store into these modes
+                        names = [table] if isinstance(table, str) else table
+                        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                            raise ConfigError(f"[capture_mode] use in {path} must be a list of "
+                                              "mode names")
+                        self.values["capture_mode"] = list(self.values["capture_mode"]) + names
+                        continue
                     if not isinstance(table, dict):
                         raise ConfigError(f"[capture_mode.{mode_name}] in {path} must be a table")
                     self.modes[mode_name] = mode_from_mapping(mode_name, table, origin)

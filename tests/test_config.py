@@ -102,3 +102,19 @@ def test_strftime_table_names_allowed():
 def test_callid_aleg_list_max_16():
     s = Settings.load(None, {"callid_aleg_header": ";".join(f"X-H{i}" for i in range(20))}, env={})
     assert len(s.aleg_headers()) == 16 and s.aleg_headers()[0] == "X-H0"
+
+
+def test_capture_mode_selected_in_the_file(tmp_path):
+    f = write(tmp_path, """
+[capture_mode]
+use = ["calls"]
+
+[capture_mode.calls]
+db_url = "sqlite:///calls.db"
+table_name = "sip_a|sip_b"
+""")
+    s = Settings.load(f, {}, env={})
+    assert [m.name for m in s.active_modes()] == ["calls"]
+    bad = write(tmp_path, "[capture_mode]\nuse = [\"nope\"]\n")
+    with pytest.raises(ConfigError, match="'nope' is not defined"):
+        Settings.load(bad, {}, env={})

@@ -109,6 +109,8 @@ def check_file(path: str) -> list[str]:
     modes = data.get("capture_mode")
     if isinstance(modes, dict):
         for mode_name, table in modes.items():
+            if mode_name == "use":
+                continue  # checked below, once every mode is known
             if not isinstance(table, dict):
                 problems.append(f"[capture_mode.{mode_name}]: must be a table with db_url, "
                                 "table_name, mt_mode, hash_source")
@@ -120,6 +122,16 @@ def check_file(path: str) -> list[str]:
                 continue
             defined.add(mode_name)
             problems.extend(_check_db_url(m.db_url, f"[capture_mode.{mode_name}] db_url"))
+    if isinstance(modes, dict) and "use" in modes:
+        use = modes["use"]
+        names = [use] if isinstance(use, str) else use
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            problems.append(f"[capture_mode] use = {use!r}: must be a list of mode names")
+        else:
+            for n in names:
+                if n not in defined:
+                    problems.append(f"[capture_mode] use: {n!r} is not defined; defined: "
+                                    + (", ".join(sorted(defined)) or "none"))
     for name, value in data.items():
         if name == "capture_mode" and isinstance(value, dict):
             continue
