@@ -57,6 +57,10 @@ PARAMS: dict[str, tuple[type, Any, Any]] = {
     # sipcaptool's own settings
     "batch_size": (int, 2000, (1, 100000)),
     "flush_interval": (float, 1.0, (0.01, 60.0)),
+    # where batches wait while the database is unreachable: '' = the default directory
+    # (sipcaptool.store.spool.default_spool_dir), 'none' = no spool
+    "spool_dir": (str, "", None),
+    "spool_max_bytes": (int, 1 << 30, (1 << 16, 1 << 50)),
 }
 DEFAULTS = {k: v[1] for k, v in PARAMS.items()}
 
@@ -202,6 +206,8 @@ def coerce(name: str, value: Any, origin: str = "") -> Any:
     if typ is int:
         if isinstance(value, bool):
             value = int(value)
+        if isinstance(value, str) and name == "spool_max_bytes":
+            value = _size_text(value, name, where)
         if isinstance(value, str):
             v = value.strip().lower()
             if v in ("on", "yes", "true"):
@@ -238,6 +244,15 @@ def coerce(name: str, value: Any, origin: str = "") -> Any:
             split_tables(value, name)
         return value
     return value
+
+
+def _size_text(value: str, name: str, where: str) -> int:
+    """'1073741824', '512M', '2GiB', '64k' -> bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", value, re.IGNORECASE)
+    if not m:
+        raise ConfigError(f"{name} = {value!r}{where}: expected bytes, e.g. 1073741824 or 1G")
+    mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+    return int(float(m.group(1)) * mult)
 
 
 def split_tables(value: str, name: str = "table_name") -> list[str]:

@@ -50,12 +50,16 @@ class Pipeline:
         stats: counters updated in place.
         background: write batches from a separate writer process (fast path). Off for
             tests and small jobs that want the simplest path.
+        use_spool: batches the database cannot take wait in ``settings.spool_dir``
+            (an unreachable database at start is then not an error either, unless
+            ``require_db_at_start``).
         capture_flag: an object with ``value`` (1 store / 0 don't), shared with the
             control socket; by default a private one set from ``capture_on``.
     """
 
     def __init__(self, settings: Settings, stats: Stats, *, background: bool = True,
-                 capture_flag=None) -> None:
+                 capture_flag=None, use_spool: bool = True,
+                 require_db_at_start: bool = False) -> None:
         self.settings = settings
         self.stats = stats
         self.capture_flag = capture_flag if capture_flag is not None else CaptureFlag(bool(settings.capture_on))
@@ -63,6 +67,9 @@ class Pipeline:
         self.opts = RowOptions(capture_node=settings.capture_node,
                                callid_aleg_headers=settings.aleg_headers(),
                                custom_field_headers=settings.custom_headers())
+        from .store.spool import resolve_spool_dir
+        spool_dir = resolve_spool_dir(settings.spool_dir)
+        self.spool_dir = spool_dir if use_spool else None
         writers: dict[str, Writer] = {}
         self.targets: list[_Target] = []
         try:
@@ -75,7 +82,11 @@ class Pipeline:
                                flush_interval=settings.flush_interval,
                                insert_retries=settings.insert_retries,
                                insert_retry_timeout=settings.insert_retry_timeout,
-                               background=background)
+                               background=background,
+                               spool_dir=spool_dir if use_spool else None,
+                               spool_max_bytes=settings.spool_max_bytes,
+                               insert_mode=settings.db_insert_mode,
+                               require_db_at_start=require_db_at_start)
                     writers[mode.db_url] = w
                 self.targets.append(_Target(Router(mode.tables, mode.mt_mode, mode.hash_source),
                                             w, mode.hash_source, mode.mt_mode, len(mode.tables)))
@@ -121,6 +132,13 @@ class Pipeline:
         if self.aux_writer is None:
             return
         self.aux_writer.add(dest[0], "aux", aux_row(msg, self.opts, self.stats))
+
+    def spool_report(self) -> dict:
+        """What the writers left in the spool (for the end-of-run summary)."""
+        return {"dir": self.spool_dir,
+                "batches": sum(w.spool_batches for w in self.writers),
+                "rows": sum(w.spool_rows for w in self.writers),
+                "bytes": sum(w.spool_bytes for w in self.writers)}
 
     def set_capture(self, on: bool) -> None:
         self.capture_flag.value = 1 if on else 0

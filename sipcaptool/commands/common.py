@@ -50,6 +50,16 @@ STORAGE_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     (("--custom-field3-header",), "custom_field3_header", {"metavar": "NAME", "help": "[default: Port]"}),
     (("--batch-size",), "batch_size",
      {"type": int, "metavar": "N", "help": "Rows per database batch. [default: 2000]"}),
+    (("--spool-dir",), "spool_dir",
+     {"metavar": "DIR", "help": "Where batches wait on disk while the database cannot take "
+      "them (retries exhausted, or unreachable, also at start); they are written when it "
+      "is back, and a later run writes what an earlier one left. 'none': no spool (such "
+      "batches are dropped and counted). [default: $XDG_STATE_HOME/sipcaptool/spool, "
+      "/var/spool/sipcaptool for root]"}),
+    (("--spool-max-bytes",), "spool_max_bytes",
+     {"metavar": "BYTES", "help": "Disk the spool may use per database (K/M/G suffixes); "
+      "beyond it batches are dropped, counted as dropped:spool-full and logged. "
+      "[default: 1G]"}),
 ]
 
 

@@ -144,6 +144,7 @@ def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf:
         "stop_reason": result.get("stop_reason"),
         "kernel": stats.group("kernel"),
         "listeners": result["listeners"],
+        "spool": result.get("spool"),
         "errors": result.get("errors", []),
     })
     if as_json:
@@ -153,6 +154,10 @@ def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf:
         lines = []
         for name, n in summary["kernel"].items():
             lines.append(f"kernel {name}: {n}")
+        sp = summary.get("spool") or {}
+        if sp.get("batches"):
+            lines.append(f"left in the spool: {sp['rows']} rows ({sp['batches']} batches, "
+                         f"{sp['bytes']} bytes) in {sp['dir']}")
         lines.append(f"uptime:            {summary['uptime_seconds']:.1f} s"
                      + (f" ({workers} workers)" if workers > 1 else ""))
         for lst in summary["listeners"]:
@@ -265,6 +270,7 @@ def _run_single(listeners, settings: Settings, opts: dict[str, Any]) -> dict[str
     exit_error = exit_error or policy.fatal
     return {"stats": stats, "listeners": [lst.report() for lst, _s in listeners],
             "stop_reason": collector.stop_reason, "exit_error": exit_error,
+            "spool": pipeline.spool_report(),
             "errors": [str(exit_error)] if exit_error else []}
 
 
@@ -326,7 +332,8 @@ def _worker_main(index: int, listeners, others, settings: Settings, opts: dict[s
     if policy.fatal is not None:
         result.setdefault("error", policy.fatal)
     result.update(stats=dict(stats), listeners=[lst.report() for lst, _s in listeners],
-                  stop_reason=collector.stop_reason, final=True)
+                  stop_reason=collector.stop_reason, spool=pipeline.spool_report(),
+                  final=True)
     try:
         conn.send(result)
     except OSError:
@@ -428,6 +435,7 @@ def _run_workers(copies, settings: Settings, opts: dict[str, Any]) -> dict[str, 
     errors: list[str] = []
     exit_error = None
     reasons = set()
+    spool = {"dir": None, "batches": 0, "rows": 0, "bytes": 0}
     for i, p in enumerate(procs):
         r = results.get(i)
         if r is None:
@@ -437,6 +445,8 @@ def _run_workers(copies, settings: Settings, opts: dict[str, Any]) -> dict[str, 
             stats.update(snapshots.get(i, {}))
             continue
         stats.update(r.get("stats", {}))
+        for k, v in (r.get("spool") or {}).items():
+            spool[k] = v if k == "dir" else spool[k] + v
         if r.get("stop_reason"):
             reasons.add(r["stop_reason"])
         if r.get("error") is not None:
@@ -450,4 +460,4 @@ def _run_workers(copies, settings: Settings, opts: dict[str, Any]) -> dict[str, 
                     agg[k] += v
     return {"stats": stats, "listeners": list(listeners.values()), "errors": errors,
             "stop_reason": stop["signal"] or ",".join(sorted(reasons)) or None,
-            "exit_error": exit_error}
+            "spool": spool, "exit_error": exit_error}

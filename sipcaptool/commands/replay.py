@@ -9,7 +9,7 @@ import time
 import click
 
 from ..config import Settings
-from ..errors import DecodeError, InputError, SipcaptoolError, ConfigError
+from ..errors import DecodeError, InputError, SipcaptoolError, ConfigError, StoreError
 from ..stats import Stats
 from .common import print_summary, storage_options, summary_dict
 
@@ -80,7 +80,10 @@ def command(files: tuple[str, ...], ports: str | None, hep_ports: str | None, qu
     total_bytes = sum(c.size for c in captures) or 1
     show_progress = not quiet and sys.stderr.isatty()
     started = time.monotonic()
-    pipeline = Pipeline(settings, stats, background=not foreground_writer)
+    # a database that fails during the run: batches wait in the spool; one that is
+    # unreachable at start: an error (nothing has been read yet)
+    pipeline = Pipeline(settings, stats, background=not foreground_writer,
+                        require_db_at_start=True)
     try:
         bar = None
         if show_progress:
@@ -102,10 +105,16 @@ def command(files: tuple[str, ...], ports: str | None, hep_ports: str | None, qu
             pass
         raise
     pipeline.close()
+    spool = pipeline.spool_report()
+    if spool["batches"]:
+        errors.append(StoreError(
+            f"{spool['rows']} rows ({spool['batches']} batches) wait in the spool "
+            f"{spool['dir']} for the database; 'sipcaptool spool drain --db URL' "
+            "writes them"))
     elapsed = time.monotonic() - started
     if not quiet or as_json:
         summary = summary_dict(stats, {"files": file_reports, "seconds": round(elapsed, 3),
-                                       "errors": [str(e) for e in errors]})
+                                       "spool": spool, "errors": [str(e) for e in errors]})
         print_summary(summary, as_json)
     if errors:
         for e in errors:

@@ -92,12 +92,47 @@ class Adapter(ABC):
         """Turn rows into the payload :meth:`write` sends (pure: no connection needed)."""
 
     @abstractmethod
-    def write(self, table: str, kind: str, formatted: object) -> None:
+    def write(self, table: str, kind: str, formatted: object, batch_id: str | None = None,
+              rows: int = 0) -> bool:
         """Write one formatted batch in one transaction; create the table if missing.
-        Raises StoreError (one line, password masked)."""
 
-    def error(self, what: str, exc: BaseException) -> StoreError:
-        return StoreError(f"{self.url.redacted()}: {what}: {one_line(exc)}")
+        With ``batch_id``, the id is inserted into ``sipcaptool_batches`` in the same
+        transaction, first: when it is already there the batch was committed before (an
+        earlier attempt whose outcome was unknown) and nothing is written -- the result
+        is then False (True when the batch was written now).
+
+        Raises StoreError (one line, password masked); its ``transient`` attribute is
+        true when the connection failed (worth retrying or spooling) and false when the
+        database refused the data itself.
+        """
+
+    def error(self, what: str, exc: BaseException, transient: bool = False) -> StoreError:
+        e = StoreError(f"{self.url.redacted()}: {what}: {one_line(exc)}")
+        e.transient = transient
+        return e
+
+    #: db_insert_mode (0 plain, 1 INSERT DELAYED where the table's engine has it, 2
+    #: asynchronous -- the writer's business, plain statements here)
+    insert_mode: int = 0
+
+    def describe_insert_mode(self) -> str:
+        """One line saying how batches are written (logged at start)."""
+        if self.insert_mode == 1:
+            return (f"db_insert_mode 1: {self.dialect} has no INSERT DELAYED; batches are "
+                    "written with plain statements")
+        return f"db_insert_mode {self.insert_mode}: batches are written with plain statements"
+
+    def create_batches_table(self) -> None:
+        from .schema import batches_table_sql
+        self.execute_ddl(batches_table_sql(self.dialect))
+
+    def prune_batches(self) -> None:
+        """Forget batch ids older than a week (best effort)."""
+        from .schema import batches_prune_sql
+        try:
+            self.execute_ddl([batches_prune_sql(self.dialect)])
+        except StoreError:
+            pass
 
 
 def adapter_class(dialect: str) -> type[Adapter]:

@@ -21,7 +21,7 @@ from ..errors import StoreError
 from ..record import AUX_COLUMNS, BLOB, SIP_COLUMNS
 from . import COLUMN_NAMES, Adapter
 from ._text import TabFormatter, parse_tab_text
-from .schema import quote_ident
+from .schema import BATCHES_TABLE, batches_marker_sql, quote_ident
 
 _FORMATTERS = {"sip": TabFormatter(SIP_COLUMNS, "mysql"),
                "aux": TabFormatter(AUX_COLUMNS, "mysql")}
@@ -35,7 +35,15 @@ ER_NO_SUCH_TABLE = 1146
 _INFILE_REFUSED = {1148, 3948, 4166, 2068}
 _CONNECTION_LOST = {2006, 2013, 2055, 2003, 2002, 1927}
 
+# errors of OperationalError class that are about the data, not the connection
+_REFUSED_DATA = {1048, 1054, 1136, 1146, 1264, 1265, 1292, 1366, 1406, 1452}
+_DELAYED_ENGINES = {"MYISAM", "MEMORY", "ARCHIVE", "BLACKHOLE"}
+
 _tokens = itertools.count(1)
+
+
+def _code(e: BaseException) -> int:
+    return e.args[0] if e.args and isinstance(e.args[0], int) else 0
 
 try:  # the pymysql internals the in-memory LOCAL INFILE handler relies on
     from pymysql.protocol import LoadLocalPacketWrapper as _LoadLocalPacketWrapper
@@ -98,6 +106,7 @@ class MysqlAdapter(Adapter):
         self.conn = None
         self.use_infile = _HAVE_HOOK
         self._sql: dict[tuple[str, str], str] = {}
+        self._delayed_tables: dict[str, bool] = {}
 
     def _params(self, database: str | None) -> dict:
         u = self.url
@@ -116,9 +125,9 @@ class MysqlAdapter(Adapter):
         try:
             return _Connection(**self._params(database))
         except pymysql.err.MySQLError as e:
-            raise self.error("cannot connect", e) from None
+            raise self.error("cannot connect", e, transient=True) from None
         except OSError as e:  # pragma: no cover - pymysql wraps most of these
-            raise self.error("cannot connect", e) from None
+            raise self.error("cannot connect", e, transient=True) from None
 
     def connect(self) -> None:
         if self.conn is not None:
@@ -128,9 +137,12 @@ class MysqlAdapter(Adapter):
             with conn.cursor() as cur:
                 cur.execute("SET time_zone = '+00:00'")
             conn.commit()
-        except pymysql.err.MySQLError as e:
-            conn.close()
-            raise self.error("cannot set up the session", e) from None
+        except (pymysql.err.MySQLError, OSError) as e:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+            raise self.error("cannot set up the session", e, transient=True) from None
         self.conn = conn
 
     def close(self) -> None:
@@ -163,7 +175,11 @@ class MysqlAdapter(Adapter):
             self.conn.commit()
         except pymysql.err.MySQLError as e:
             self._rollback()
-            raise self.error("cannot create table", e) from None
+            raise self.error("cannot create table", e,
+                             transient=_code(e) in _CONNECTION_LOST) from None
+        except (OSError, RuntimeError) as e:
+            self.close()
+            raise self.error("cannot create table", e, transient=True) from None
 
     def _rollback(self) -> None:
         try:
@@ -216,10 +232,53 @@ class MysqlAdapter(Adapter):
         if values:
             yield head + ",".join(values)
 
-    def _write_once(self, table: str, kind: str, formatted: bytes) -> None:
+    def _engine(self, table: str) -> str:
+        """The storage engine of ``table`` ('' when it does not exist yet)."""
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT ENGINE FROM information_schema.TABLES WHERE "
+                        "TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s", (table,))
+            row = cur.fetchone()
+        self.conn.commit()
+        return (row[0] or "") if row else ""
+
+    def describe_insert_mode(self) -> str:
+        if self.insert_mode == 1:
+            return ("db_insert_mode 1: INSERT DELAYED for tables whose engine has it "
+                    "(MyISAM, MEMORY, ARCHIVE); plain batches into InnoDB tables (the "
+                    "engine of each table is logged when first written)")
+        return super().describe_insert_mode()
+
+    def _delayed(self, table: str) -> bool:
+        """db_insert_mode 1: does this table take INSERT DELAYED? (asked once per table)"""
+        if self.insert_mode != 1:
+            return False
+        known = self._delayed_tables.get(table)
+        if known is None:
+            engine = self._engine(table)
+            if not engine:
+                return False  # created by this write (InnoDB); asked again next time
+            known = engine.upper() in _DELAYED_ENGINES
+            self._delayed_tables[table] = known
+            import logging
+            logging.getLogger("sipcaptool.store").warning(
+                "db_insert_mode 1: table %s has engine %s: %s", table, engine,
+                "INSERT DELAYED" if known else "INSERT DELAYED not supported, plain "
+                "batched writes")
+        return known
+
+    def _write_once(self, table: str, kind: str, formatted: bytes, batch_id: str | None,
+                    rows: int) -> bool:
         conn = self.conn
         with conn.cursor() as cur:
-            if self.use_infile:
+            if batch_id is not None:
+                if cur.execute(batches_marker_sql("mysql"), (batch_id, table, rows)) == 0:
+                    conn.rollback()  # committed by an earlier attempt
+                    return False
+            if self._delayed(table):
+                # DELAYED rows are queued by the server outside the transaction
+                for st in self._insert_statements(table, kind, formatted):
+                    cur.execute("INSERT DELAYED " + st[len("INSERT "):])
+            elif self.use_infile:
                 token = f"sipcaptool-batch-{next(_tokens)}"
                 conn.infile_buffers[token.encode()] = formatted
                 try:
@@ -230,30 +289,42 @@ class MysqlAdapter(Adapter):
                 for st in self._insert_statements(table, kind, formatted):
                     cur.execute(st)
         conn.commit()
+        return True
 
-    def write(self, table: str, kind: str, formatted: bytes) -> None:
+    def write(self, table: str, kind: str, formatted: bytes, batch_id: str | None = None,
+              rows: int = 0) -> bool:
         if not formatted:
-            return
-        self.connect()
-        created = False
+            return True
+        try:
+            self.connect()
+        except StoreError as e:
+            e.transient = True
+            raise
+        created: set[str] = set()
         while True:
             try:
-                self._write_once(table, kind, formatted)
-                return
+                return self._write_once(table, kind, formatted, batch_id, rows)
             except pymysql.err.MySQLError as e:
-                code = e.args[0] if e.args and isinstance(e.args[0], int) else 0
+                code = _code(e)
                 self._rollback()
-                if code == ER_NO_SUCH_TABLE and not created:
-                    created = True
-                    self.create_for(table, kind)
-                    continue
+                if code == ER_NO_SUCH_TABLE:
+                    which = "marker" if BATCHES_TABLE in str(e) else "data"
+                    if which not in created:
+                        created.add(which)
+                        if which == "marker":
+                            self.create_batches_table()
+                        else:
+                            self.create_for(table, kind)
+                        continue
                 if code in _INFILE_REFUSED and self.use_infile:
                     self.use_infile = False  # the server said no: INSERTs from now on
                     continue
-                if code in _CONNECTION_LOST:
+                transient = code in _CONNECTION_LOST or isinstance(
+                    e, (pymysql.err.OperationalError, pymysql.err.InterfaceError)) and \
+                    code not in _REFUSED_DATA
+                if transient:
                     self.close()
-                raise self.error(f"cannot write to {table}", e) from None
+                raise self.error(f"cannot write to {table}", e, transient=transient) from None
             except (OSError, RuntimeError) as e:
                 self.close()
-                raise self.error(f"cannot write to {table}", e) from None
-        raise StoreError("unreachable")  # pragma: no cover
+                raise self.error(f"cannot write to {table}", e, transient=True) from None

@@ -11,7 +11,7 @@ from ..errors import StoreError
 from ..record import AUX_COLUMNS, SIP_COLUMNS
 from . import COLUMN_NAMES, Adapter
 from ._text import TabFormatter
-from .schema import quote_ident
+from .schema import BATCHES_TABLE, batches_marker_sql, quote_ident
 
 _FORMATTERS = {"sip": TabFormatter(SIP_COLUMNS, "postgresql"),
                "aux": TabFormatter(AUX_COLUMNS, "postgresql")}
@@ -43,11 +43,15 @@ class PostgresAdapter(Adapter):
         try:
             self.conn = psycopg2.connect(**self._params(self.url.database))
         except psycopg2.Error as e:
-            raise self.error("cannot connect", e) from None
-        self.conn.set_session(autocommit=False)
-        with self.conn.cursor() as cur:
-            cur.execute("SET TIME ZONE 'UTC'")
-        self.conn.commit()
+            raise self.error("cannot connect", e, transient=True) from None
+        try:
+            self.conn.set_session(autocommit=False)
+            with self.conn.cursor() as cur:
+                cur.execute("SET TIME ZONE 'UTC'")
+            self.conn.commit()
+        except psycopg2.Error as e:
+            self.close()
+            raise self.error("cannot set up the session", e, transient=True) from None
 
     def close(self) -> None:
         conn, self.conn = self.conn, None
@@ -89,7 +93,8 @@ class PostgresAdapter(Adapter):
             if isinstance(e, psycopg2.errors.UniqueViolation):
                 # two processes creating the same table at once: it exists now
                 return
-            raise self.error("cannot create table", e) from None
+            raise self.error("cannot create table", e, transient=isinstance(
+                e, (psycopg2.OperationalError, psycopg2.InterfaceError))) from None
 
     def _rollback(self) -> None:
         try:
@@ -101,25 +106,42 @@ class PostgresAdapter(Adapter):
     def format_batch(self, kind: str, rows: list[tuple]) -> bytes:
         return _FORMATTERS[kind](rows)
 
-    def write(self, table: str, kind: str, formatted: bytes) -> None:
+    def write(self, table: str, kind: str, formatted: bytes, batch_id: str | None = None,
+              rows: int = 0) -> bool:
         if not formatted:
-            return
+            return True
         sql = f"COPY {quote_ident('postgresql', table)} ({_COLS[kind]}) FROM STDIN"
-        self.connect()
-        for attempt in (0, 1):
+        try:
+            self.connect()
+        except StoreError as e:
+            e.transient = True
+            raise
+        created: set[str] = set()
+        while True:
             try:
                 with self.conn.cursor() as cur:
+                    if batch_id is not None:
+                        cur.execute(batches_marker_sql("postgresql"),
+                                    (batch_id, table, rows or 0))
+                        if cur.rowcount == 0:  # committed by an earlier attempt
+                            self.conn.rollback()
+                            return False
                     cur.copy_expert(sql, io.BytesIO(formatted), size=_COPY_CHUNK)
                 self.conn.commit()
-                return
+                return True
             except psycopg2.errors.UndefinedTable as e:
                 self._rollback()
-                if attempt:
+                which = "marker" if BATCHES_TABLE in str(e) else "data"
+                if which in created:
                     raise self.error(f"cannot write to {table}", e) from None
-                self.create_for(table, kind)
+                created.add(which)
+                if which == "marker":
+                    self.create_batches_table()
+                else:
+                    self.create_for(table, kind)
             except psycopg2.Error as e:
+                transient = isinstance(e, (psycopg2.OperationalError, psycopg2.InterfaceError))
                 self._rollback()
-                if isinstance(e, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+                if transient:
                     self.close()
-                raise self.error(f"cannot write to {table}", e) from None
-        raise StoreError(f"{self.url.redacted()}: cannot write to {table}")  # pragma: no cover
+                raise self.error(f"cannot write to {table}", e, transient=transient) from None

@@ -286,6 +286,60 @@ def aux_tables_sql(dialect: str) -> list[str]:
     return list(_template_statements(dialect)[1])
 
 
+BATCHES_TABLE = "sipcaptool_batches"
+BATCHES_KEEP_DAYS = 7
+
+
+def batches_table_sql(dialect: str) -> list[str]:
+    """CREATE statements for ``sipcaptool_batches``: one row per written batch (its id,
+    table, rows, time), inserted in the batch's own transaction so that a batch whose
+    commit was not confirmed (the connection died) can be checked before it is written
+    again. Rows older than BATCHES_KEEP_DAYS days are deleted by the writer."""
+    if dialect == "mysql":
+        return [f"CREATE TABLE IF NOT EXISTS `{BATCHES_TABLE}` ("
+                "`batch_id` VARCHAR(64) NOT NULL PRIMARY KEY, "
+                "`table_name` VARCHAR(128) NOT NULL, `row_count` INT NOT NULL, "
+                "`written_at` TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, "
+                "KEY `written_at` (`written_at`)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 "
+                "COLLATE=utf8mb4_bin"]
+    if dialect == "postgresql":
+        return [f'CREATE TABLE IF NOT EXISTS "{BATCHES_TABLE}" ('
+                '"batch_id" VARCHAR(64) PRIMARY KEY, "table_name" VARCHAR(128) NOT NULL, '
+                '"row_count" INTEGER NOT NULL, '
+                '"written_at" TIMESTAMPTZ NOT NULL DEFAULT now())',
+                f'CREATE INDEX IF NOT EXISTS "{BATCHES_TABLE}_written_at_idx" '
+                f'ON "{BATCHES_TABLE}" ("written_at")']
+    return [f'CREATE TABLE IF NOT EXISTS "{BATCHES_TABLE}" ('
+            '"batch_id" TEXT PRIMARY KEY, "table_name" TEXT NOT NULL, '
+            '"row_count" INTEGER NOT NULL, '
+            '"written_at" TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)',
+            f'CREATE INDEX IF NOT EXISTS "{BATCHES_TABLE}_written_at_idx" '
+            f'ON "{BATCHES_TABLE}" ("written_at")']
+
+
+def batches_marker_sql(dialect: str) -> str:
+    """INSERT of one batch id that inserts nothing when the id is already there."""
+    if dialect == "mysql":
+        return (f"INSERT IGNORE INTO `{BATCHES_TABLE}` (`batch_id`, `table_name`, "
+                "`row_count`) VALUES (%s, %s, %s)")
+    if dialect == "postgresql":
+        return (f'INSERT INTO "{BATCHES_TABLE}" ("batch_id", "table_name", "row_count") '
+                'VALUES (%s, %s, %s) ON CONFLICT ("batch_id") DO NOTHING')
+    return (f'INSERT OR IGNORE INTO "{BATCHES_TABLE}" ("batch_id", "table_name", '
+            '"row_count") VALUES (?, ?, ?)')
+
+
+def batches_prune_sql(dialect: str, days: int = BATCHES_KEEP_DAYS) -> str:
+    if dialect == "mysql":
+        return (f"DELETE FROM `{BATCHES_TABLE}` WHERE `written_at` < "
+                f"NOW() - INTERVAL {int(days)} DAY")
+    if dialect == "postgresql":
+        return (f'DELETE FROM "{BATCHES_TABLE}" WHERE "written_at" < '
+                f"now() - interval '{int(days)} days'")
+    return (f'DELETE FROM "{BATCHES_TABLE}" WHERE "written_at" < '
+            f"datetime('now', '-{int(days)} days')")
+
+
 def schema_sql(dialect: str, sip_tables: list[str], aux: bool = True,
                partition_days: int | None = None, ts_us: int | None = None) -> list[str]:
     """Every statement for these tables; strftime names are expanded for ``ts_us``

@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import sqlite3
 
+from ..errors import StoreError
 from . import COLUMN_NAMES, Adapter
-from .schema import quote_ident
+from .schema import BATCHES_TABLE, batches_marker_sql, quote_ident
+
+
+_TRANSIENT = ("locked", "busy", "disk i/o", "unable to open", "disk is full", "readonly")
 
 
 class SqliteAdapter(Adapter):
@@ -35,7 +39,7 @@ class SqliteAdapter(Adapter):
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as e:
-            raise self.error("cannot open", e) from None
+            raise self.error("cannot open", e, transient=True) from None
         self.conn = conn
 
     def close(self) -> None:
@@ -78,23 +82,44 @@ class SqliteAdapter(Adapter):
             self._sql[key] = sql
         return sql
 
-    def write(self, table: str, kind: str, formatted: list[tuple]) -> None:
+    def write(self, table: str, kind: str, formatted: list[tuple], batch_id: str | None = None,
+              rows: int = 0) -> bool:
         if not formatted:
-            return
-        self.connect()
+            return True
+        try:
+            self.connect()
+        except StoreError as e:
+            e.transient = True
+            raise
         sql = self._insert_sql(table, kind)
-        for attempt in (0, 1):
+        created: set[str] = set()
+        while True:
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
+                if batch_id is not None:
+                    cur = self.conn.execute(batches_marker_sql("sqlite"),
+                                            (batch_id, table, rows or len(formatted)))
+                    if cur.rowcount == 0:  # committed by an earlier attempt
+                        self._rollback()
+                        return False
                 self.conn.executemany(sql, formatted)
                 self.conn.execute("COMMIT")
-                return
+                return True
             except sqlite3.OperationalError as e:
                 self._rollback()
-                if attempt == 0 and "no such table" in str(e):
-                    self.create_for(table, kind)
-                    continue
-                raise self.error(f"cannot write to {table}", e) from None
+                text = str(e)
+                if "no such table" in text:
+                    if BATCHES_TABLE in text and "marker" not in created:
+                        created.add("marker")
+                        self.create_batches_table()
+                        continue
+                    if "data" not in created and BATCHES_TABLE not in text:
+                        created.add("data")
+                        self.create_for(table, kind)
+                        continue
+                # locked, busy, disk I/O or full, cannot open: worth trying again later
+                transient = any(w in text.lower() for w in _TRANSIENT)
+                raise self.error(f"cannot write to {table}", e, transient=transient) from None
             except sqlite3.Error as e:
                 self._rollback()
                 raise self.error(f"cannot write to {table}", e) from None

@@ -14,24 +14,54 @@ and ends when :meth:`Writer.close` tells it to (or when its parent has gone).
 
 A failed batch is retried up to ``insert_retries`` times within
 ``insert_retry_timeout`` seconds, with exponential back-off (0.1 s doubling to 5 s) and
-a fresh connection each time. A batch that still fails is counted (``db:errors``,
-``dropped:db-error`` rows) and the error is raised as StoreError from the next
-:meth:`Writer.add`, :meth:`Writer.flush` or :meth:`Writer.close` of the caller (once).
+a fresh connection each time (so a restarted server is reconnected to).
+
+With a spool (``spool_dir``), a batch whose retries end on a connection failure -- or
+any batch while the database is known to be down or the spool is not empty -- is
+appended to the spool on disk and written when the database answers again, oldest
+first, in between new batches (which keep going behind the spool, so order is kept);
+see :class:`_Core`. A database unreachable at start is then not an error: batches are
+spooled from the first one. Every batch carries an id, inserted into
+``sipcaptool_batches`` in the batch's own transaction; a batch is never written twice,
+even when the connection died after the commit was sent but before it was confirmed.
+Without a spool, a batch that still fails is dropped.
+
+A batch that is dropped (the database refused it, or the spool is full) is counted
+(``db:errors``; ``dropped:db-error`` or ``dropped:spool-full`` rows) and the error is
+raised as StoreError from the next :meth:`Writer.add`, :meth:`Writer.flush` or
+:meth:`Writer.close` of the caller (once).
+
+db_insert_mode: 0 and 1 are written as above (1 uses INSERT DELAYED for MySQL tables
+whose engine has it -- MyISAM, MEMORY, ARCHIVE -- and says so in a log line; InnoDB,
+PostgreSQL and SQLite get the normal batch). Batching is asynchronous in every mode:
+the capturing process waits only when ``queue_batches`` batches are already waiting
+(for instance during a retry window). Mode 2 makes that "never": a thread of the
+writer process takes batches off the queue at once, keeps up to ASYNC_MEMORY_BYTES of
+them in memory and spools what does not fit (its order against the batch being
+retried at that moment is not kept).
 
 Counters (in the caller's Stats): ``db:batches`` (batches written), ``db:retries``,
-``db:errors`` (batches given up), ``stored:<table>`` (rows written), ``dropped:db-error``.
+``db:errors`` (batches given up), ``db:spooled`` (batches put in the spool),
+``db:drained`` (spooled batches written), ``db:already-written`` (batches found
+committed by an earlier attempt), ``stored:<table>`` (rows written),
+``dropped:db-error``, ``dropped:spool-full``. Gauges (changes added to the same Stats,
+so they add up over writers and workers): ``queue_depth`` (batches handed to the writer
+and not yet written or spooled), ``spool_batches``, ``spool_bytes``.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import itertools
+import logging
 import multiprocessing
 import os
 import queue
 import signal
 import threading
 import time
+import uuid
 
 from ..errors import StoreError
 from ..stats import Stats
@@ -41,6 +71,39 @@ from .url import DbUrl, parse_db_url
 _START_TIMEOUT = 60.0   # seconds to wait for the writer process to connect
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 5.0
+CLOSE_DRAIN_SECONDS = 30.0      # at close, drain the spool this long if the database is up
+ASYNC_MEMORY_BYTES = 256 << 20  # db_insert_mode 2: batches held in memory before spooling
+_PRUNE_EVERY = 3600.0
+
+log = logging.getLogger("sipcaptool.store")
+
+
+def _write_retrying(adapter: Adapter, table: str, kind: str, payload: object, retries: int,
+                    retry_timeout: float, sleep=time.sleep, batch_id: str | None = None,
+                    rows: int = 0) -> tuple[int, StoreError | None, bool]:
+    """Write one formatted batch, retrying with back-off and reconnecting.
+
+    Returns ``(retries used, error or None, written now)``; "written now" is False when
+    the batch id showed that an earlier attempt had committed it.
+    """
+    attempt = 0
+    start = time.monotonic()
+    delay = _BACKOFF_FIRST
+    while True:
+        try:
+            if batch_id is None:
+                written = adapter.write(table, kind, payload)
+            else:
+                written = adapter.write(table, kind, payload, batch_id, rows)
+            return attempt, None, written is not False
+        except StoreError as e:
+            remaining = retry_timeout - (time.monotonic() - start)
+            if attempt >= retries or remaining <= 0:
+                return attempt, e, False
+            attempt += 1
+            adapter.close()  # reconnect on the next try
+            sleep(min(delay, remaining))
+            delay = min(delay * 2, _BACKOFF_MAX)
 
 
 def write_with_retries(adapter: Adapter, table: str, kind: str, payload: object,
@@ -50,25 +113,262 @@ def write_with_retries(adapter: Adapter, table: str, kind: str, payload: object,
 
     Returns ``(retries used, None)`` on success or ``(retries used, last error)``.
     """
-    attempt = 0
-    start = time.monotonic()
-    delay = _BACKOFF_FIRST
-    while True:
+    used, err, _ = _write_retrying(adapter, table, kind, payload, retries, retry_timeout, sleep)
+    return used, err
+
+
+class _Core:
+    """What happens to one formatted batch: written, retried, spooled, drained.
+
+    Runs in the writer process (or in the caller with ``background=False``); reports
+    each outcome through ``emit`` as a tuple (see ``Writer._handle``).
+
+    * The spool is empty and the database answers: the batch is written (retried per
+      insert_retries / insert_retry_timeout).
+    * The retries are exhausted on a connection failure, or the database was already
+      known to be down, or the spool holds batches: the batch is appended to the spool,
+      behind what is there (batches reach the database in the order they were made).
+    * While the spool holds batches, its oldest one is written whenever no new batch is
+      waiting; when the database is down it is tried with back-off (0.1 s doubling to
+      5 s) and the first success means the database is back.
+    * The database refuses a batch itself (not the connection): it cannot be written by
+      trying again, so it is counted as ``dropped:db-error`` and logged.
+    """
+
+    def __init__(self, adapter: Adapter, retries: int, retry_timeout: float, spool,
+                 emit) -> None:
+        self.adapter = adapter
+        self.retries = retries
+        self.retry_timeout = retry_timeout
+        self.spool = spool
+        self.emit = emit
+        self.down = False
+        self.next_probe = 0.0
+        self.probe_delay = _BACKOFF_FIRST
+        self.last_prune = 0.0
+        self._last_status = None
+        self._last_full_log = 0.0
+        self._full_since_log = 0
+        self._lock = threading.RLock()  # db_insert_mode 2: the intake thread spools too
+
+    # -- reporting -----------------------------------------------------------------------
+    def status(self) -> None:
+        sp = self.spool
+        if sp is None:
+            return
+        st = (sp.pending_batches, sp.disk_bytes, sp.pending_rows)
+        if st != self._last_status:
+            self._last_status = st
+            self.emit(("spool",) + st)
+
+    def start(self, require_db: bool = False) -> bool:
+        """Connect; with a spool (and not ``require_db``), an unreachable database is not
+        fatal: returns False and batches are spooled."""
+        log.info("%s", self.adapter.describe_insert_mode()) if self.adapter.insert_mode != 1 \
+            else log.warning("%s", self.adapter.describe_insert_mode())
         try:
-            adapter.write(table, kind, payload)
-            return attempt, None
+            self.adapter.connect()
         except StoreError as e:
-            remaining = retry_timeout - (time.monotonic() - start)
-            if attempt >= retries or remaining <= 0:
-                return attempt, e
-            attempt += 1
-            adapter.close()  # reconnect on the next try
-            sleep(min(delay, remaining))
-            delay = min(delay * 2, _BACKOFF_MAX)
+            if self.spool is None or require_db:
+                raise
+            self._mark_down(e, "at start")
+            self.status()
+            return False
+        if self.spool is not None and self.spool.pending_batches:
+            log.warning("%d batches (%d rows) wait in the spool %s; writing them first",
+                        self.spool.pending_batches, self.spool.pending_rows, self.spool.dir)
+        self.status()
+        return True
+
+    def _mark_down(self, err: StoreError, when: str = "") -> None:
+        if not self.down:
+            where = self.spool.dir if self.spool is not None else "-"
+            log.error("database unreachable%s: %s; batches go to the spool %s until it is "
+                      "back", " " + when if when else "", err, where)
+        self.down = True
+        self.adapter.close()
+        self.next_probe = time.monotonic() + self.probe_delay
+        self.probe_delay = min(self.probe_delay * 2, _BACKOFF_MAX)
+
+    def _mark_up(self) -> None:
+        if self.down:
+            n = self.spool.pending_batches if self.spool is not None else 0
+            log.warning("database reachable again; %d spooled batches to write", n)
+        self.down = False
+        self.probe_delay = _BACKOFF_FIRST
+        now = time.monotonic()
+        if now - self.last_prune > _PRUNE_EVERY:
+            self.last_prune = now
+            self.adapter.prune_batches()
+
+    # -- batches -------------------------------------------------------------------------
+    def batch(self, table: str, kind: str, n: int, payload: object, batch_id: str) -> None:
+        with self._lock:
+            if self.spool is not None and (self.down or self.spool.pending_batches):
+                self.to_spool(table, kind, n, payload, batch_id, 0)
+                return
+        try:
+            used, err, written = _write_retrying(self.adapter, table, kind, payload,
+                                                 self.retries, self.retry_timeout,
+                                                 batch_id=batch_id, rows=n)
+        except Exception as e:  # noqa: BLE001 - a bug must not kill the writer
+            used, written = 0, False
+            err = StoreError(f"{self.adapter.url.redacted()}: cannot write to {table}: "
+                             f"{type(e).__name__}: {e}")
+        with self._lock:
+            if err is None:
+                self._mark_up()
+                self.emit(("done", table, n, used, written))
+            elif self.spool is not None and getattr(err, "transient", False):
+                self._mark_down(err)
+                self.to_spool(table, kind, n, payload, batch_id, used)
+            else:
+                self.emit(("error", table, n, used, str(err)))
+
+    def to_spool(self, table: str, kind: str, n: int, payload: object, batch_id: str,
+                 used: int) -> None:
+        from .spool import SpoolFull
+        try:
+            self.spool.append(batch_id, table, kind, n, payload)
+        except SpoolFull as e:
+            self._full_since_log += n
+            now = time.monotonic()
+            if now - self._last_full_log >= 10.0:
+                log.critical("SPOOL FULL: %s; %d rows dropped (counted as dropped:spool-full)",
+                             e, self._full_since_log)
+                self._last_full_log, self._full_since_log = now, 0
+            self.emit(("full", table, n, used, str(e)))
+            return
+        self.emit(("spooled", table, n, used))
+        self.status()
+
+    def idle_wait(self) -> float:
+        """Seconds until :meth:`pump` has something to do (at most 1)."""
+        sp = self.spool
+        if sp is None or not sp.pending_batches:
+            return 1.0
+        if not self.down:
+            return 0.0
+        return max(0.0, min(1.0, self.next_probe - time.monotonic()))
+
+    def pump(self) -> bool:
+        """Write the oldest spooled batch if the database may be up; True if one was."""
+        sp = self.spool
+        if sp is None or not sp.pending_batches:
+            return False
+        if self.down and time.monotonic() < self.next_probe:
+            return False
+        with self._lock:
+            rec = sp.peek()
+            if rec is None:
+                self.status()
+                return False
+            try:
+                written = self.adapter.write(rec.table, rec.kind, rec.payload, rec.batch_id,
+                                             rec.rows)
+            except StoreError as e:
+                if getattr(e, "transient", False):
+                    self._mark_down(e)
+                    return False
+                log.error("spooled batch %s (%d rows for %s) refused by the database, "
+                          "dropped: %s", rec.batch_id, rec.rows, rec.table, e)
+                sp.pop()
+                self.emit(("error", rec.table, rec.rows, 0, str(e), "spooled"))
+                self.status()
+                return True
+            except Exception as e:  # noqa: BLE001 - a bug must not kill the writer
+                self._mark_down(StoreError(f"{type(e).__name__}: {e}"))
+                return False
+            sp.pop()
+            self._mark_up()
+            self.emit(("drained", rec.table, rec.rows, written is not False))
+            self.status()
+            return True
+
+    def finish(self, budget: float = CLOSE_DRAIN_SECONDS) -> None:
+        """At close: write what the spool holds while the database answers (bounded)."""
+        sp = self.spool
+        if sp is None:
+            return
+        deadline = time.monotonic() + budget
+        if sp.pending_batches and self.down:
+            self.next_probe = 0.0  # one more try now
+        while sp.pending_batches and time.monotonic() < deadline:
+            if not self.pump():
+                if self.down:
+                    break
+        if sp.pending_batches:
+            log.warning("%d batches (%d rows) stay in the spool %s; they are written by the "
+                        "next run or by 'sipcaptool spool drain'", sp.pending_batches,
+                        sp.pending_rows, sp.dir)
+        self.status()
+        sp.close()
+
+
+class _AsyncIntake:
+    """db_insert_mode 2: a thread that takes every job off the inter-process queue at
+    once, so that the receiving process never waits for the database. Jobs wait in
+    memory (up to ASYNC_MEMORY_BYTES of batches); beyond that new batches go straight
+    to the spool (or, without a spool, the thread waits -- back-pressure)."""
+
+    def __init__(self, jobs, core: _Core, limit: int = ASYNC_MEMORY_BYTES) -> None:
+        self.jobs = jobs
+        self.core = core
+        self.limit = limit
+        self.items: collections.deque = collections.deque()
+        self.bytes = 0
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="sipcaptool-intake",
+                                       daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _size(job) -> int:
+        if job[0] != "batch":
+            return 0
+        p = job[4]
+        return len(p) if isinstance(p, (bytes, bytearray)) else 200 * job[3]
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            size = self._size(job)
+            with self.cond:
+                while size and self.bytes + size > self.limit and self.items:
+                    if self.core.spool is not None:
+                        break
+                    self.cond.wait(0.5)
+                over = size and self.bytes + size > self.limit and self.items
+            if over and self.core.spool is not None:
+                _, table, kind, n, payload, batch_id = job
+                self.core.to_spool(table, kind, n, payload, batch_id, 0)
+                continue
+            with self.cond:
+                self.items.append((job, size))
+                self.bytes += size
+                self.cond.notify_all()
+            if job[0] == "close":
+                return
+
+    def get(self, timeout: float):
+        with self.cond:
+            if not self.items:
+                self.cond.wait(timeout)
+            if not self.items:
+                raise queue.Empty
+            job, size = self.items.popleft()
+            self.bytes -= size
+            self.cond.notify_all()
+            return job
+
+    def get_nowait(self):
+        return self.get(0)
 
 
 def _writer_main(url: DbUrl, partition_days: int | None, jobs, results, retries: int,
-                 retry_timeout: float, parent_pid: int) -> None:
+                 retry_timeout: float, parent_pid: int, spool_dir: str | None = None,
+                 spool_max_bytes: int = 0, insert_mode: int = 0,
+                 require_db: bool = False) -> None:
     """The writer process: execute ready-made batches until told to close."""
     # Ctrl-C, a terminal hang-up or a stop of the whole process group must not end this
     # process before the parent has handed over everything: it ends on "close" (or when
@@ -76,8 +376,14 @@ def _writer_main(url: DbUrl, partition_days: int | None, jobs, results, retries:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     adapter = open_adapter(url, partition_days=partition_days)
+    adapter.insert_mode = insert_mode
+    spool = None
     try:
-        adapter.connect()
+        if spool_dir:
+            from .spool import Spool
+            spool = Spool(spool_dir, url, spool_max_bytes)
+        core = _Core(adapter, retries, retry_timeout, spool, results.put)
+        core.start(require_db)
     except StoreError as e:
         results.put(("fatal", str(e)))
         return
@@ -85,30 +391,27 @@ def _writer_main(url: DbUrl, partition_days: int | None, jobs, results, retries:
         results.put(("fatal", f"{url.redacted()}: {type(e).__name__}: {e}"))
         return
     results.put(("ready",))
+    source = _AsyncIntake(jobs, core) if insert_mode == 2 else jobs
     try:
         while True:
+            wait = core.idle_wait()
             try:
-                job = jobs.get(timeout=1.0)
+                job = source.get(timeout=wait) if wait > 0 else source.get_nowait()
             except queue.Empty:
+                if core.pump():
+                    continue
                 if os.getppid() != parent_pid:  # the parent is gone: nothing more comes
                     break
                 continue
             op = job[0]
             if op == "batch":
-                _, table, kind, n, payload = job
-                try:
-                    used, err = write_with_retries(adapter, table, kind, payload,
-                                                   retries, retry_timeout)
-                except Exception as e:  # noqa: BLE001 - a bug must not kill the writer
-                    used, err = 0, StoreError(f"{url.redacted()}: cannot write to {table}: "
-                                              f"{type(e).__name__}: {e}")
-                if err is None:
-                    results.put(("done", table, n, used))
-                else:
-                    results.put(("error", table, n, used, str(err)))
+                _, table, kind, n, payload, batch_id = job
+                core.batch(table, kind, n, payload, batch_id)
+                core.pump()  # spooled batches drain while new ones keep coming
             elif op == "sync":
                 results.put(("synced", job[1]))
             elif op == "close":
+                core.finish()
                 break
     finally:
         adapter.close()
@@ -130,6 +433,15 @@ class Writer:
         queue_batches: formatted batches that may wait for the writer process.
         partition_days: MySQL: partition tables created on demand (see schema.py).
         mp_context: multiprocessing start method (default ``fork``; ``spawn`` works too).
+        spool_dir: where batches wait when the database cannot take them (see
+            :mod:`sipcaptool.store.spool`); None: no spool (a batch that still fails
+            after the retries is dropped and counted, and an unreachable database at
+            start is an error).
+        spool_max_bytes: disk the spool of this database may use.
+        require_db_at_start: an unreachable database at start is an error even with a
+            spool (for one-shot jobs such as replay).
+        insert_mode: db_insert_mode (0 plain, 1 INSERT DELAYED where the table's engine
+            has it, 2 the writer process takes batches off the queue at once).
 
     Raises:
         ConfigError: a bad db_url.
@@ -140,7 +452,9 @@ class Writer:
                  flush_interval: float = 1.0, insert_retries: int = 0,
                  insert_retry_timeout: float = 60, background: bool = True,
                  queue_batches: int = 8, partition_days: int | None = None,
-                 mp_context: str | None = None) -> None:
+                 mp_context: str | None = None, spool_dir: str | None = None,
+                 spool_max_bytes: int = 1 << 30, insert_mode: int = 0,
+                 require_db_at_start: bool = False) -> None:
         self.url = parse_db_url(db_url) if isinstance(db_url, str) else db_url
         self.stats = stats
         self.batch_size = max(1, int(batch_size))
@@ -161,14 +475,32 @@ class Writer:
         self._unsent: list[tuple] = []  # formatted jobs not yet in the queue
         self._timer: threading.Thread | None = None
         self._stop = threading.Event()
+        self.spool_dir = spool_dir or None
+        self.spool_max_bytes = int(spool_max_bytes)
+        self.insert_mode = int(insert_mode)
+        self.require_db_at_start = bool(require_db_at_start)
+        self._batch_prefix = uuid.uuid4().hex[:16] + "-"
+        self._batch_seq = itertools.count(1)
+        self._core: _Core | None = None
+        # gauges (their changes are added to the stats, so that several writers and
+        # several workers add up): batches handed over and not yet done, spool contents
+        self.queue_depth = 0
+        self.spool_batches = self.spool_bytes = self.spool_rows = 0
         if self.url.is_none:
             self.adapter = None
             return
         self.adapter = open_adapter(self.url, partition_days=partition_days)
+        self.adapter.insert_mode = self.insert_mode
         if self.background:
             self._start_process(queue_batches, partition_days, mp_context)
         else:
-            self.adapter.connect()
+            spool = None
+            if self.spool_dir:
+                from .spool import Spool
+                spool = Spool(self.spool_dir, self.url, self.spool_max_bytes)
+            self._core = _Core(self.adapter, self.retries, self.retry_timeout, spool,
+                               self._handle)
+            self._core.start(self.require_db_at_start)
         # a program that ends without close() (an exception, a second Ctrl-C inside
         # close) still writes what it accepted and does not hang in multiprocessing's
         # exit handler waiting for a writer process that ignores SIGTERM
@@ -187,7 +519,8 @@ class Writer:
         self._proc = ctx.Process(
             target=_writer_main, name="sipcaptool-writer", daemon=True,
             args=(self.url, partition_days, self._jobs, self._results, self.retries,
-                  self.retry_timeout, os.getpid()))
+                  self.retry_timeout, os.getpid(), self.spool_dir, self.spool_max_bytes,
+                  self.insert_mode, self.require_db_at_start))
         self._proc.start()
         deadline = time.monotonic() + _START_TIMEOUT
         while True:
@@ -201,6 +534,9 @@ class Writer:
                 continue
             if msg[0] == "ready":
                 return
+            if msg[0] == "spool":
+                self._handle(msg)
+                continue
             if msg[0] == "fatal":
                 self._abandon_process()
                 raise StoreError(msg[1])
@@ -218,25 +554,66 @@ class Writer:
                 q.close()
         self._jobs = self._results = None
 
+    def _gauge(self, name: str, value: int) -> None:
+        old = getattr(self, name)
+        if value != old:
+            setattr(self, name, value)
+            self.stats[name] += value - old
+
     def _handle(self, msg: tuple) -> None:
+        """One outcome reported by the writer process (or the in-process core)."""
         op = msg[0]
         st = self.stats
         if op == "done":
-            _, table, n, used = msg
+            _, table, n, used, written = msg
             self._in_flight -= n
+            self._gauge("queue_depth", self.queue_depth - 1)
             st["db:batches"] += 1
             st["stored:" + table] += n
+            if not written:
+                st["db:already-written"] += 1
             if used:
                 st["db:retries"] += used
-        elif op == "error":
+        elif op == "spooled":
+            _, table, n, used = msg
+            self._in_flight -= n
+            self._gauge("queue_depth", self.queue_depth - 1)
+            st["db:spooled"] += 1
+            if used:
+                st["db:retries"] += used
+        elif op == "drained":
+            _, table, n, written = msg
+            st["db:batches"] += 1
+            st["db:drained"] += 1
+            st["stored:" + table] += n
+            if not written:
+                st["db:already-written"] += 1
+        elif op == "full":
             _, table, n, used, text = msg
             self._in_flight -= n
+            self._gauge("queue_depth", self.queue_depth - 1)
+            st["db:errors"] += 1
+            st["dropped:spool-full"] += n
+            if used:
+                st["db:retries"] += used
+            if self._error is None:
+                self._error = StoreError(f"{self.url.redacted()}: {text}; {n} rows dropped")
+        elif op == "error":
+            _, table, n, used, text = msg[:5]
+            if len(msg) == 5:  # a new batch (a spooled one is no longer in flight)
+                self._in_flight -= n
+                self._gauge("queue_depth", self.queue_depth - 1)
             st["db:errors"] += 1
             st["dropped:db-error"] += n
             if used:
                 st["db:retries"] += used
             if self._error is None:
                 self._error = StoreError(text)
+        elif op == "spool":
+            _, batches, nbytes, rows = msg
+            self._gauge("spool_batches", batches)
+            self._gauge("spool_bytes", nbytes)
+            self.spool_rows = rows
         elif op == "synced":
             self._synced.add(msg[1])
 
@@ -327,7 +704,8 @@ class Writer:
             self._first.pop(key, None)
             return
         n = len(rows)
-        job = ("batch", table, kind, n, self.adapter.format_batch(kind, rows))
+        job = ("batch", table, kind, n, self.adapter.format_batch(kind, rows),
+               self._batch_prefix + str(next(self._batch_seq)))
         self._unsent.append(job)
         self._buffers.pop(key, None)
         self._first.pop(key, None)
@@ -336,19 +714,19 @@ class Writer:
     def _send_unsent(self) -> None:
         while self._unsent:
             job = self._unsent[0]
-            _, table, kind, n, payload = job
+            _, table, kind, n, payload, batch_id = job
             if self.background:
                 self._send(job)
                 self._unsent.pop(0)
                 self._in_flight += n
+                self._gauge("queue_depth", self.queue_depth + 1)
                 self._drain()
             else:
                 self._unsent.pop(0)
                 self._in_flight += n
-                used, err = write_with_retries(self.adapter, table, kind, payload,
-                                               self.retries, self.retry_timeout)
-                self._handle(("done", table, n, used) if err is None
-                             else ("error", table, n, used, str(err)))
+                self._gauge("queue_depth", self.queue_depth + 1)
+                self._core.batch(table, kind, n, payload, batch_id)
+                self._core.pump()
 
     def _flush_all(self) -> None:
         with self._lock:
@@ -370,6 +748,9 @@ class Writer:
                     for key in due:
                         self._flush_key(key)
                     self._drain()
+                    if self._core is not None:
+                        while self._core.pump() and not self._stop.is_set():
+                            pass
                     oldest = min(self._first.values(), default=None)
                 # sleep until the oldest batch is due (results are drained at least 4/s)
                 wait = 0.25 if oldest is None else \
@@ -424,6 +805,8 @@ class Writer:
                         self._proc.join(10)
                         self._abandon_process()
                     elif self.adapter is not None:
+                        if self._core is not None:
+                            self._core.finish()
                         self.adapter.close()
         finally:
             if self._timer is not None and self._timer is not threading.current_thread():

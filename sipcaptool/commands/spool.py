@@ -1,0 +1,153 @@
+"""``sipcaptool spool``: what waits on disk for the database, and writing it explicitly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import click
+
+from ..errors import StoreError
+from ..stats import Stats
+
+log = logging.getLogger("sipcaptool.spool")
+
+_DIR_HELP = ("The spool directory. [default: the spool_dir setting: $SIPCAPTOOL_SPOOL_DIR, "
+             "else $XDG_STATE_HOME/sipcaptool/spool, /var/spool/sipcaptool for root]")
+
+
+def _spool_dir(value: str | None) -> str:
+    import os
+
+    from ..store.spool import resolve_spool_dir
+    d = resolve_spool_dir(value if value is not None
+                          else os.environ.get("SIPCAPTOOL_SPOOL_DIR", ""))
+    if d is None:
+        raise click.UsageError("the spool is off (spool_dir = none); give --spool-dir DIR")
+    return d
+
+
+@click.group("spool")
+def command() -> None:
+    """Batches that could not be written (database down, retries exhausted) wait in the
+    spool; a running collector writes them when the database is back, and the next run
+    writes what an earlier one left. These commands show and drain the spool.
+
+    \b
+    Example:
+      sipcaptool spool status
+      sipcaptool spool drain --db postgresql://postgres@127.0.0.1/homer
+    """
+
+
+def _age(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    s = max(0, int(time.time() - ts))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
+
+
+@command.command("status")
+@click.option("--spool-dir", default=None, metavar="DIR", help=_DIR_HELP)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def status(spool_dir: str | None, as_json: bool) -> None:
+    """Show what waits in the spool, per database: batches, rows, bytes, the oldest
+    batch, and how many segments a running process holds.
+
+    \b
+    Example:
+      sipcaptool spool status --json
+    """
+    from ..store.spool import status as spool_status
+
+    root = _spool_dir(spool_dir)
+    targets = spool_status(root)
+    if as_json:
+        click.echo(json.dumps({"spool_dir": root, "targets": targets,
+                               "batches": sum(t["batches"] for t in targets),
+                               "rows": sum(t["rows"] for t in targets),
+                               "bytes": sum(t["bytes"] for t in targets)}, indent=2))
+        return
+    if not any(t["batches"] for t in targets):
+        click.echo(f"spool {root}: empty")
+        return
+    click.echo(f"spool {root}:")
+    for t in targets:
+        if not t["batches"]:
+            continue
+        click.echo(f"  {t['db_url'] or t['target']}: {t['batches']} batches, {t['rows']} rows, "
+                   f"{t['bytes']} bytes, oldest {_age(t['oldest'])} ago"
+                   + (f", {t['held']} segments held by a running process" if t["held"] else ""))
+
+
+@command.command("drain")
+@click.option("--db", "--db-url", "db_url", required=True, metavar="URL",
+              help="The database whose spooled batches to write (as given to the collector).")
+@click.option("--spool-dir", default=None, metavar="DIR", help=_DIR_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def drain(db_url: str, spool_dir: str | None, as_json: bool) -> int:
+    """Write the spooled batches of one database now, oldest first. Batches that a
+    running collector holds are left to it. A batch that an earlier attempt had
+    committed is recognised by its id and not written again.
+
+    Exit status: 0 the spool of that database is empty; 4 the database could not be
+    reached (what is left stays in the spool).
+
+    \b
+    Example:
+      sipcaptool spool drain --db mysql://root@127.0.0.1/homer
+    """
+    from ..store import open_adapter
+    from ..store.spool import Spool
+    from ..store.url import parse_db_url
+    from ..store.writer import _Core
+
+    root = _spool_dir(spool_dir)
+    url = parse_db_url(db_url)
+    stats = Stats()
+    sp = Spool(root, url)
+    before = (sp.pending_batches, sp.pending_rows)
+    adapter = open_adapter(url)
+    events: list[tuple] = []
+    core = _Core(adapter, 0, 0, sp, events.append)
+    error = None
+    try:
+        adapter.connect()
+        while sp.pending_batches:
+            if not core.pump():
+                break
+    except StoreError as e:
+        error = e
+    finally:
+        adapter.close()
+    for ev in events:
+        if ev[0] == "drained":
+            stats["db:batches"] += 1
+            stats["stored:" + ev[1]] += ev[2]
+            if not ev[3]:
+                stats["db:already-written"] += 1
+        elif ev[0] == "error":
+            stats["dropped:db-error"] += ev[2]
+    left = (sp.pending_batches, sp.pending_rows)
+    sp.close()
+    if core.down and error is None:
+        error = StoreError(f"{url.redacted()}: the database could not be reached")
+    result = {"db_url": url.redacted(), "before": {"batches": before[0], "rows": before[1]},
+              "stored": stats.group("stored"), "already_written": stats["db:already-written"],
+              "dropped": stats.group("dropped"),
+              "left": {"batches": left[0], "rows": left[1]},
+              "error": str(error) if error else None}
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(f"spooled batches for {url.redacted()}: {before[0]} ({before[1]} rows)")
+        click.echo(f"written: {sum(result['stored'].values())} rows"
+                   + (f" ({result['already_written']} batches were already in the database)"
+                      if result["already_written"] else ""))
+        if result["dropped"]:
+            click.echo(f"refused by the database and dropped: {sum(result['dropped'].values())} rows")
+        click.echo(f"left: {left[0]} batches ({left[1]} rows)")
+    if error is not None:
+        raise error
+    return 0
