@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .config import Settings
 from .decode.sip import parse_sip, parse_sip_lenient
-from .errors import DecodeError
+from .errors import DecodeError, StoreError
 from .record import AUX_TABLES, HEP_TYPE_SIP, CapturedMessage
 from .row import RowOptions, aux_row, hash_key, sip_row
 from .stats import Stats
@@ -98,6 +98,7 @@ class Pipeline:
                     pass
             raise
         self.writers = list(writers.values())
+        self.single_target = len(self.targets) == 1
         # logs/RTCP/reports go to the default mode's database, as the module does
         self.aux_writer = self.targets[0].writer if self.targets else None
 
@@ -120,9 +121,20 @@ class Pipeline:
             stats["stored-bad"] += 1
         row = sip_row(msg, sip, self.opts, stats)
         ts = msg.ts_us
-        for t in self.targets:
+        if self.single_target:
+            t = self.targets[0]
+            t.writer.add(t.router.choose(hash_key(sip, t.hash_source) if t.needs_key else "",
+                                         ts), "sip", row)
+            return
+        error: StoreError | None = None
+        for t in self.targets:  # an earlier batch's error must not skip the other modes
             key = hash_key(sip, t.hash_source) if t.needs_key else ""
-            t.writer.add(t.router.choose(key, ts), "sip", row)
+            try:
+                t.writer.add(t.router.choose(key, ts), "sip", row)
+            except StoreError as e:
+                error = error or e
+        if error is not None:
+            raise error
 
     def _submit_aux(self, msg: CapturedMessage) -> None:
         dest = AUX_TABLES.get(msg.hep_type)

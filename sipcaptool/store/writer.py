@@ -668,11 +668,9 @@ class Writer:
     def add(self, table: str, kind: str, row: tuple) -> None:
         """Accept one row for ``table`` (``kind`` ``"sip"`` or ``"aux"``).
 
-        Raises StoreError for an earlier batch that could not be written (once), or when
-        the writer is closed.
+        Raises StoreError for an earlier batch that could not be written (once; this
+        row is accepted all the same), or when the writer is closed.
         """
-        if self._error is not None:
-            self._raise_pending()
         if self._closed:
             raise StoreError(f"{self.url.redacted()}: writer is closed")
         key = (table, kind)
@@ -684,6 +682,8 @@ class Writer:
             buf.append(row)
             if len(buf) >= self.batch_size:
                 self._flush_key(key)
+        if self._error is not None:
+            self._raise_pending()
 
     def _flush_key(self, key: tuple[str, str]) -> None:
         """Format and dispatch one buffer (caller holds the lock).
