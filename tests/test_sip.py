@@ -411,3 +411,41 @@ def test_lenient_fills_what_it_can():
 )
 def test_looks_like_sip(payload, expected):
     assert looks_like_sip(payload) is expected
+
+
+def test_repeated_values_parse_the_same_from_the_cache(monkeypatch):
+    """From/To/Contact/Request-URI values are parsed once per distinct text: a second
+    message with the same values (and one after the cache was emptied) gives the same
+    fields and the same errors."""
+    from sipcaptool.decode import sip as S
+
+    good = sip("INVITE sip:bob@example.com:5070 SIP/2.0", "Via: SIP/2.0/UDP h;branch=z9",
+               'From: "A" <sip:alice@example.com>;tag=1', "To: sip:bob@example.com;tag=2",
+               "Contact: *", "Call-ID: c", "CSeq: 1 INVITE")
+    bad = sip("INVITE sip:bob@example.com:99999 SIP/2.0", "Via: SIP/2.0/UDP h;branch=z9",
+              "From: <<<garbage", "To: <sip:bob@[::1>", "Contact: <sip:c@h:x>",
+              "Call-ID: c", "CSeq: 1 INVITE")
+    fields = [n for n in SipMessage.__slots__ if not n.startswith("_")]
+
+    def snapshot(payload):
+        try:
+            strict = parse_sip(payload)
+            strict = [getattr(strict, n) for n in fields]
+        except DecodeError as e:
+            strict = (e.reason, e.detail)
+        lenient = parse_sip_lenient(payload)
+        return strict, [getattr(lenient, n) for n in fields]
+
+    monkeypatch.setattr(S, "_ADDR_CACHE_MAX", 3)
+    for payload in (good, bad):
+        for cache in (S._ADDR_CACHE, S._CONTACT_CACHE, S._RURI_CACHE):
+            cache.clear()
+        first = snapshot(payload)
+        assert snapshot(payload) == first
+        for cache in (S._ADDR_CACHE, S._CONTACT_CACHE, S._RURI_CACHE):
+            assert len(cache) <= 3
+    assert snapshot(good)[0][fields.index("contact_user")] == "*"
+    assert snapshot(good)[0][fields.index("ruri_domain")] == "example.com"
+    assert snapshot(bad)[0][0] == "sip-bad-ruri"
+    lenient = snapshot(bad)[1]
+    assert lenient[fields.index("from_user")] == lenient[fields.index("contact_ip")] == ""

@@ -4,7 +4,8 @@ Pure code, stdlib only. ``parse_sip`` is the hot path of every capture source, s
 written for speed: the header section (never the body) is decoded once, one compiled
 pattern splits it into ``(name, body)`` pairs in C, and only the handful of headers that
 feed a column (From, To, Contact, the identities, the credentials, the first Via) get any
-further parsing.
+further parsing. From, To, Contact and Request-URI values are parsed once per distinct
+text (small bounded caches): the messages of a dialog repeat them.
 
 What is kept, and how, follows Kamailio's sipcapture module (see SCHEMA.md): a header
 "body" runs from the first non-blank character after ``Name:`` (line folding included) to
@@ -387,36 +388,35 @@ def _parse(payload: bytes, strict: bool) -> SipMessage:
     if body is not None:
         msg.reason = body
 
-    # --- From / To --------------------------------------------------------------------
+    # --- From / To / Contact (parsed once per distinct value, see _ADDR_CACHE) ---------
+    cache = _ADDR_CACHE
     body = get("from")
     if body is not None:
-        try:
-            msg.from_user, msg.from_domain, _, params = _address(body)
-            msg.from_tag = _tag(params)
-        except ValueError as exc:
-            _fail(msg, strict, "sip-bad-from", str(exc))
+        r = cache.get(body)
+        if r is None:
+            r = _from_to_cached(body)
+        if r[3] is None:
+            msg.from_user, msg.from_domain, msg.from_tag = r[0], r[1], r[2]
+        else:
+            _fail(msg, strict, "sip-bad-from", r[3])
     body = get("to")
     if body is not None:
-        try:
-            msg.to_user, msg.to_domain, _, params = _address(body)
-            msg.to_tag = _tag(params)
-        except ValueError as exc:
-            _fail(msg, strict, "sip-bad-to", str(exc))
-
-    # --- Contact ----------------------------------------------------------------------
+        r = cache.get(body)
+        if r is None:
+            r = _from_to_cached(body)
+        if r[3] is None:
+            msg.to_user, msg.to_domain, msg.to_tag = r[0], r[1], r[2]
+        else:
+            _fail(msg, strict, "sip-bad-to", r[3])
     body = get("contact")
     if body is not None:
-        if body.strip(" \t") == "*":
-            msg.contact_user = "*"
+        r = _CONTACT_CACHE.get(body)
+        if r is None:
+            r = _contact_cached(body)
+        if r[3] is None:
+            msg.contact_user, msg.contact_ip, msg.contact_port = r[0], r[1], r[2]
         else:
-            try:
-                user, host, port, _ = _address(body, True)
-            except ValueError as exc:
-                _fail(msg, strict, "sip-bad-contact", str(exc))
-            else:
-                msg.contact_user = user
-                msg.contact_ip = host
-                msg.contact_port = int(port) if port else 0
+            _fail(msg, strict, "sip-bad-contact", r[3])
 
     # --- less common headers -----------------------------------------------------------
     if _RARE_NAMES.isdisjoint(headers):
@@ -437,6 +437,59 @@ def _parse(payload: bytes, strict: bool) -> SipMessage:
             msg.rtp_stat = body
             break
     return msg
+
+
+# Parsed From/To and Contact values, keyed by the header body. Every message of a dialog
+# carries the same From and To (and each side the same Contact), so most messages of a
+# capture find theirs here; the cache is emptied when it reaches _ADDR_CACHE_MAX entries.
+# Values: (user, host, tag, None) for From/To and (user, host, port, None) for Contact,
+# or ("", "", "", reason) when the value does not parse.
+_ADDR_CACHE: dict[str, tuple] = {}
+_CONTACT_CACHE: dict[str, tuple] = {}
+_RURI_CACHE: dict[str, tuple] = {}
+_ADDR_CACHE_MAX = 8192
+
+
+def _from_to_cached(body: str) -> tuple:
+    try:
+        user, host, _, params = _address(body)
+        r = (user, host, _tag(params), None)
+    except ValueError as exc:
+        r = ("", "", "", str(exc))
+    cache = _ADDR_CACHE
+    if len(cache) >= _ADDR_CACHE_MAX:
+        cache.clear()
+    cache[body] = r
+    return r
+
+
+def _contact_cached(body: str) -> tuple:
+    if body.strip(" \t") == "*":
+        r = ("*", "", 0, None)
+    else:
+        try:
+            user, host, port, _ = _address(body, True)
+            r = (user, host, int(port) if port else 0, None)
+        except ValueError as exc:
+            r = ("", "", 0, str(exc))
+    cache = _CONTACT_CACHE
+    if len(cache) >= _ADDR_CACHE_MAX:
+        cache.clear()
+    cache[body] = r
+    return r
+
+
+def _ruri_cached(uri: str) -> tuple:
+    try:
+        user, host, _ = _parse_uri(uri)
+        r = (user, host, None)
+    except ValueError as exc:
+        r = ("", "", str(exc))
+    cache = _RURI_CACHE
+    if len(cache) >= _ADDR_CACHE_MAX:
+        cache.clear()
+    cache[uri] = r
+    return r
 
 
 def _split_headers_fast(rest: str) -> dict[str, str] | None:
@@ -503,12 +556,15 @@ def _start_line(msg: SipMessage, line: str, strict: bool) -> None:
         _fail(msg, strict, "sip-bad-start-line", line[:80])
         return
     msg.type = TYPE_REQUEST
-    msg.method, msg.ruri = uri = m.groups()
-    uri = msg.ruri
-    try:
-        msg.ruri_user, msg.ruri_domain, _ = _parse_uri(uri)
-    except ValueError as exc:
-        _fail(msg, strict, "sip-bad-ruri", str(exc))
+    msg.method, uri = m.groups()
+    msg.ruri = uri
+    r = _RURI_CACHE.get(uri)
+    if r is None:
+        r = _ruri_cached(uri)
+    if r[2] is None:
+        msg.ruri_user, msg.ruri_domain = r[0], r[1]
+    else:
+        _fail(msg, strict, "sip-bad-ruri", r[2])
 
 
 def _parse_uri(uri: str) -> tuple[str, str, str]:
