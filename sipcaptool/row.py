@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import gt, itemgetter
 
-from .decode.sip import SipMessage
+from .decode.sip import _COMPACT, SipMessage
 from .errors import ConfigError
 from .record import (
     AUX_COLUMN_NAMES,
@@ -50,6 +50,20 @@ class RowOptions:
     capture_node: str = "homer01"
     callid_aleg_headers: tuple[str, ...] = ("X-CID",)
     custom_field_headers: tuple[str, ...] = ("Mac", "IP", "Port")
+    # the lookup keys of the names above (lower-case full names), worked out once
+    _aleg_keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _custom_keys: tuple[str, str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_aleg_keys", tuple(map(_header_key, self.callid_aleg_headers)))
+        custom = tuple(_header_key(n) if n else "" for n in self.custom_field_headers[:3])
+        object.__setattr__(self, "_custom_keys", custom + ("",) * (3 - len(custom)))
+
+
+def _header_key(name: str) -> str:
+    """The key ``SipMessage.headers`` uses for a header name (as ``SipMessage.header``)."""
+    key = name.lower()
+    return _COMPACT.get(key, key)
 
 
 # The order sip_row builds its tuple in; checked against record.py at import so that a
@@ -113,6 +127,10 @@ def _fit(row: tuple, idx, widths, getter, names, stats: Counter | None) -> tuple
     """Cut text values to their column width, counting each cut; fast when none is."""
     if not any(map(gt, map(len, getter(row)), widths)):
         return row
+    return _cut(row, idx, widths, names, stats)
+
+
+def _cut(row: tuple, idx, widths, names, stats: Counter | None) -> tuple:
     out = list(row)
     for i, width in zip(idx, widths):
         value = out[i]
@@ -121,6 +139,24 @@ def _fit(row: tuple, idx, widths, getter, names, stats: Counter | None) -> tuple
             if stats is not None:
                 stats["truncated:" + names[i]] += 1
     return tuple(out)
+
+
+def _width_groups(columns, idx):
+    """(getter, width) per distinct width: every value fits when, for each group, the
+    longest value is no longer than the width (a single-column getter gives the value)."""
+    by_width: dict[int, list[int]] = {}
+    for i in idx:
+        by_width.setdefault(columns[i][2], []).append(i)
+    return tuple((itemgetter(*ids), width, len(ids) == 1) for width, ids in sorted(by_width.items()))
+
+
+_SIP_GROUPS = _width_groups(SIP_COLUMNS, _SIP_TEXT_IDX)
+# sip_row checks these four groups inline (one column of width 50, several of 60, 255 and
+# 4096); the import fails if the layout changes so that they no longer cover it
+(_G50, _W50, _), (_G60, _W60, _), (_G255, _W255, _), (_G4096, _W4096, _) = _SIP_GROUPS
+if ((_W50, _W60, _W255, _W4096) != (50, 60, 255, 4096) or _SIP_GROUPS[0][2] is not True
+        or SIP_COLUMN_NAMES[35] != "correlation_id" or SIP_COLUMN_NAMES[40] != "msg"):
+    raise ImportError("row.py: the text column widths changed; update sip_row")  # pragma: no cover
 
 
 def sip_row(
@@ -132,14 +168,22 @@ def sip_row(
     """The values of one sip_capture row, in ``record.SIP_COLUMN_NAMES`` order."""
     ts = msg.ts_us
     headers = sip._headers
-    custom = ["", "", ""]
-    if headers:
-        for i, name in enumerate(opts.custom_field_headers[:3]):
-            if name:
-                custom[i] = sip.header(name) or ""
+    k1, k2, k3 = opts._custom_keys
+    aleg_keys = opts._aleg_keys
+    if len(aleg_keys) == 1:
+        aleg = headers.get(aleg_keys[0], "")
+    else:
+        aleg = ""
+        for key in aleg_keys:
+            body = headers.get(key)
+            if body is not None:
+                aleg = body
+                break
     callid = sip.callid
+    node_id = msg.node_id
+    date = _DATE_CACHE.get(ts // 1_000_000)
     row = (
-        format_date(ts),
+        date if date is not None else format_date(ts),
         ts,
         sip.method,
         sip.reply_reason,
@@ -153,7 +197,7 @@ def sip_row(
         sip.contact_user,
         sip.auth_user,
         callid,
-        sip.first_header(opts.callid_aleg_headers) if headers else "",
+        aleg,
         sip.via_1,
         sip.via_1_branch,
         sip.cseq,
@@ -173,18 +217,25 @@ def sip_row(
         msg.family,
         sip.rtp_stat,
         sip.type,
-        _node(msg, opts),
+        opts.capture_node if node_id is None else f"{opts.capture_node}:{node_id}",
         callid if msg.correlation_id is None else msg.correlation_id,
         sip.from_domain,
         sip.to_domain,
         sip.ruri_domain,
         sip.diversion,
         bytes(msg.payload),
-        custom[0],
-        custom[1],
-        custom[2],
+        (headers.get(k1) or "") if k1 else "",
+        (headers.get(k2) or "") if k2 else "",
+        (headers.get(k3) or "") if k3 else "",
     )
-    return _fit(row, _SIP_TEXT_IDX, _SIP_TEXT_WIDTHS, _SIP_TEXT_GET, SIP_COLUMN_NAMES, stats)
+    # Every 4096-wide value but correlation_id is part of the message text, which has no
+    # more characters than the payload has bytes: a payload of up to 4096 bytes fits them.
+    corr = row[35]
+    if (len(_G50(row)) > 50 or max(map(len, _G60(row))) > 60
+            or max(map(len, _G255(row))) > 255
+            or (len(row[40]) > 4096 or len(corr) > 4096) and max(map(len, _G4096(row))) > 4096):
+        return _cut(row, _SIP_TEXT_IDX, _SIP_TEXT_WIDTHS, SIP_COLUMN_NAMES, stats)
+    return row
 
 
 _AUX_PROTO = {6: PROTO_TCP, 17: PROTO_UDP}
