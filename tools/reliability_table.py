@@ -27,8 +27,9 @@ def render(rows: list[dict], seconds: float | None) -> str:
     lines = [
         "# Reliability under faults",
         "",
-        "Figures from `tests/test_faults.py` (regenerate with `python tools/reliability_table.py`,"
-        " as root). Each scenario runs `sipcaptool hep` against a private MariaDB or",
+        "Figures from `tests/test_faults.py` (regenerate with",
+        "`python tools/reliability_table.py`, as root). Each scenario runs `sipcaptool hep`",
+        "against a private MariaDB or",
         "PostgreSQL instance while a sender delivers HEP over UDP on 127.0.0.1 at a steady",
         "rate, injects the fault, and compares the Call-IDs sent with the rows stored.",
         "Settings: `--insert-retries 3 --insert-retry-timeout 2 --batch-size 100` (400",
