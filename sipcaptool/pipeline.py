@@ -18,7 +18,7 @@ from .store.writer import Writer
 
 
 class _Target:
-    __slots__ = ("router", "writer", "hash_source", "needs_key", "single")
+    __slots__ = ("router", "writer", "hash_source", "needs_key", "single", "table")
 
     def __init__(self, router: Router, writer: Writer, hash_source: str, mt_mode: str, n: int):
         self.router = router
@@ -26,6 +26,8 @@ class _Target:
         self.hash_source = hash_source
         self.needs_key = mt_mode == "hash" and n > 1
         self.single = n == 1
+        # one table without strftime codes: every message goes there
+        self.table = router.tables[0] if n == 1 and "%" not in router.tables[0] else None
 
 
 class CaptureFlag:
@@ -123,8 +125,10 @@ class Pipeline:
         ts = msg.ts_us
         if self.single_target:
             t = self.targets[0]
-            t.writer.add(t.router.choose(hash_key(sip, t.hash_source) if t.needs_key else "",
-                                         ts), "sip", row)
+            table = t.table
+            if table is None:
+                table = t.router.choose(hash_key(sip, t.hash_source) if t.needs_key else "", ts)
+            t.writer.add(table, "sip", row)
             return
         error: StoreError | None = None
         for t in self.targets:  # an earlier batch's error must not skip the other modes
