@@ -449,3 +449,14 @@ def test_repeated_values_parse_the_same_from_the_cache(monkeypatch):
     assert snapshot(bad)[0][0] == "sip-bad-ruri"
     lenient = snapshot(bad)[1]
     assert lenient[fields.index("from_user")] == lenient[fields.index("contact_ip")] == ""
+    # long values are parsed every time, not kept
+    for cache in (S._ADDR_CACHE, S._CONTACT_CACHE, S._RURI_CACHE):
+        cache.clear()
+    user = "u" * 300
+    long_ = sip(f"INVITE sip:{user}@example.com SIP/2.0", "Via: SIP/2.0/UDP h;branch=z9",
+                f"From: <sip:{user}@example.com>;tag=1", f"To: <sip:{user}@example.com>",
+                f"Contact: <sip:{user}@h:5060>", "Call-ID: c", "CSeq: 1 INVITE")
+    for _ in range(2):
+        m = parse_sip(long_)
+        assert m.from_user == m.to_user == m.contact_user == m.ruri_user == user
+    assert not (S._ADDR_CACHE or S._CONTACT_CACHE or S._RURI_CACHE)

@@ -443,11 +443,13 @@ def _parse(payload: bytes, strict: bool) -> SipMessage:
 # carries the same From and To (and each side the same Contact), so most messages of a
 # capture find theirs here; the cache is emptied when it reaches _ADDR_CACHE_MAX entries.
 # Values: (user, host, tag, None) for From/To and (user, host, port, None) for Contact,
-# or ("", "", "", reason) when the value does not parse.
+# or ("", "", "", reason) when the value does not parse. Only values of up to
+# _CACHE_VALUE_MAX characters are kept, so the caches stay within a few MB whatever comes.
 _ADDR_CACHE: dict[str, tuple] = {}
 _CONTACT_CACHE: dict[str, tuple] = {}
 _RURI_CACHE: dict[str, tuple] = {}
 _ADDR_CACHE_MAX = 8192
+_CACHE_VALUE_MAX = 256
 
 
 def _from_to_cached(body: str) -> tuple:
@@ -456,10 +458,11 @@ def _from_to_cached(body: str) -> tuple:
         r = (user, host, _tag(params), None)
     except ValueError as exc:
         r = ("", "", "", str(exc))
-    cache = _ADDR_CACHE
-    if len(cache) >= _ADDR_CACHE_MAX:
-        cache.clear()
-    cache[body] = r
+    if len(body) <= _CACHE_VALUE_MAX:
+        cache = _ADDR_CACHE
+        if len(cache) >= _ADDR_CACHE_MAX:
+            cache.clear()
+        cache[body] = r
     return r
 
 
@@ -472,10 +475,11 @@ def _contact_cached(body: str) -> tuple:
             r = (user, host, int(port) if port else 0, None)
         except ValueError as exc:
             r = ("", "", 0, str(exc))
-    cache = _CONTACT_CACHE
-    if len(cache) >= _ADDR_CACHE_MAX:
-        cache.clear()
-    cache[body] = r
+    if len(body) <= _CACHE_VALUE_MAX:
+        cache = _CONTACT_CACHE
+        if len(cache) >= _ADDR_CACHE_MAX:
+            cache.clear()
+        cache[body] = r
     return r
 
 
@@ -485,10 +489,11 @@ def _ruri_cached(uri: str) -> tuple:
         r = (user, host, None)
     except ValueError as exc:
         r = ("", "", str(exc))
-    cache = _RURI_CACHE
-    if len(cache) >= _ADDR_CACHE_MAX:
-        cache.clear()
-    cache[uri] = r
+    if len(uri) <= _CACHE_VALUE_MAX:
+        cache = _RURI_CACHE
+        if len(cache) >= _ADDR_CACHE_MAX:
+            cache.clear()
+        cache[uri] = r
     return r
 
 
