@@ -255,3 +255,32 @@ def test_same_rows_in_all_three_databases(tmp_path, mysql_url, pg_url):
                                  for _ in (PCAPS / (p.stem + ".expected.jsonl")).open())
     assert normalise(my) == normalise(lite)
     assert normalise(pg) == normalise(lite)
+
+
+def test_interrupt_stores_what_was_read_and_exits_130(tmp_path):
+    """Ctrl-C during a long replay: stop at the next batch, store what was read, say so."""
+    import signal
+    import time
+
+    from sipcaptool.testing.pcapgen import PcapWriter, realistic_messages, udp4_frame
+
+    cap = tmp_path / "long.pcap"
+    with open(cap, "wb") as f:
+        w = PcapWriter(f)
+        for ts, (src, sport, dst, dport, msg) in realistic_messages(300_000):
+            w.write(ts, udp4_frame(src, sport, dst, dport, msg))
+    db = tmp_path / "i.db"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "sipcaptool", "replay", "--json", "--db",
+                          f"sqlite:///{db}", str(cap)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(2.0)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "interrupted (SIGINT)" in err and "Traceback" not in err
+    summary = json.loads(out)
+    assert summary["interrupted_by"] == "SIGINT"
+    stored = summary["stored_total"]
+    assert 0 < stored < 300_000
+    assert len(sqlite_rows(db)) == stored == summary["messages"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 
@@ -57,9 +58,12 @@ def command(files: tuple[str, ...], ports: str | None, hep_ports: str | None, qu
     are decoded; SIP is recognised by content on any port. A progress bar shows on a
     terminal; at the end a summary says what was read, stored, skipped and why.
 
+    SIGINT (Ctrl-C) or SIGTERM stops reading at the next batch of packets; what was
+    read is stored, the summary is printed, and the exit status is 130.
+
     Exit status: 0 all files read completely; 3 a file is missing, not a capture, has
     an unknown link type or is cut off (everything before the cut is stored); 4 the
-    database failed.
+    database failed; 130 interrupted.
 
     \b
     Example:
@@ -84,6 +88,16 @@ def command(files: tuple[str, ...], ports: str | None, hep_ports: str | None, qu
     # unreachable at start: an error (nothing has been read yet)
     pipeline = Pipeline(settings, stats, background=not foreground_writer,
                         require_db_at_start=True)
+    # A signal only sets a flag, checked between batches: an exception raised at an
+    # arbitrary point could land inside the writer's bookkeeping.
+    stop: list[str] = []
+
+    def on_signal(signum, _frame):
+        if stop:  # a second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        stop.append(signal.Signals(signum).name)
+
+    old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         bar = None
         if show_progress:
@@ -92,7 +106,9 @@ def command(files: tuple[str, ...], ports: str | None, hep_ports: str | None, qu
             bar = tqdm(total=total_bytes, unit="B", unit_scale=True, file=sys.stderr,
                        desc="replay", leave=False)
         for cap in captures:
-            report = _replay_one(cap, pipeline, stats, port_set, hep_set, bar)
+            if stop:
+                break
+            report = _replay_one(cap, pipeline, stats, port_set, hep_set, bar, stop)
             file_reports.append(report)
             if report.get("error"):
                 errors.append(InputError(report["error"]))
@@ -104,6 +120,9 @@ def command(files: tuple[str, ...], ports: str | None, hep_ports: str | None, qu
         except Exception:
             pass
         raise
+    finally:
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
     pipeline.close()
     spool = pipeline.spool_report()
     if spool["batches"]:
@@ -114,16 +133,21 @@ def command(files: tuple[str, ...], ports: str | None, hep_ports: str | None, qu
     elapsed = time.monotonic() - started
     if not quiet or as_json:
         summary = summary_dict(stats, {"files": file_reports, "seconds": round(elapsed, 3),
+                                       "interrupted_by": stop[0] if stop else None,
                                        "spool": spool, "errors": [str(e) for e in errors]})
         print_summary(summary, as_json)
     if errors:
         for e in errors:
             click.echo(f"sipcaptool: error: {e}", err=True)
         return errors[0].exit_code
+    if stop:
+        click.echo(f"sipcaptool: interrupted ({stop[0]}); everything read before it is stored",
+                   err=True)
+        return 130
     return 0
 
 
-def _replay_one(cap, pipeline, stats: Stats, ports, hep_ports, bar) -> dict:
+def _replay_one(cap, pipeline, stats: Stats, ports, hep_ports, bar, stop=()) -> dict:
     from ..decode.packet import PacketDecoder
 
     report: dict = {"file": cap.path, "linktype": cap.linktype}
@@ -145,6 +169,9 @@ def _replay_one(cap, pipeline, stats: Stats, ports, hep_ports, bar) -> dict:
         if bar is not None:
             # on-disk size of the batch: frames plus 16-byte record headers (pcap)
             bar.update(len(data) + 4 * n)
+        if stop:
+            report["interrupted"] = True
+            break
     for m in decoder.flush():
         submit(m)
     report["packets"] = stats["packets"] - before
