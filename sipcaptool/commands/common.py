@@ -113,7 +113,7 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
                        ("truncated_values", "values cut to column width")):
         group = summary.get(key) or {}
         if group:
-            lines.append(f"{title + ':':<19}{sum(group.values())}")
+            lines.append(f"{title + ':':<18} {sum(group.values())}")
             for reason, n in group.items():
                 lines.append(f"  {reason}: {n}")
     for key in ("files", "errors"):
