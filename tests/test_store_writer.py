@@ -206,7 +206,8 @@ def test_time_flush_is_on_time(sqlite_url):
         took = time.monotonic() - t0
     finally:
         w.close()
-    assert 0.28 <= took < 0.6
+    # not before the interval, and not waiting for more rows (generous bound for a busy machine)
+    assert 0.28 <= took < 2.0
 
 
 @pytest.mark.parametrize("fixture", ["mysql_url", "pg_url"])
