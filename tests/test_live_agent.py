@@ -12,14 +12,13 @@ import os
 import re
 import shutil
 import sqlite3
-import subprocess
 import sys
 import time
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from netns import VethPair, env, have_netns, live_capture, sip_messages, sipcaptool_cmd  # noqa: E402
+from netns import VethPair, have_netns, live_capture, sip_messages, sipcaptool_cmd  # noqa: E402
 
 REQUIRED = os.environ.get("SIPCAPTOOL_REQUIRE_SERVICES") == "1"
 SENDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "netns.py")

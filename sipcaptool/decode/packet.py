@@ -23,7 +23,7 @@ from sipcaptool.decode import ip as _ip
 from sipcaptool.decode import link as _link
 from sipcaptool.decode import tunnel as _tunnel
 from sipcaptool.decode.ip import addr_str
-from sipcaptool.record import AF_INET, AF_INET6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, CapturedMessage
+from sipcaptool.record import AF_INET, AF_INET6, PROTO_SCTP, PROTO_UDP, CapturedMessage
 from sipcaptool.stats import Stats
 
 # Kamailio's transport enum continues PROTO_SCTP=4 with PROTO_WS=5, PROTO_WSS=6.
