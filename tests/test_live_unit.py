@@ -246,3 +246,13 @@ def test_cli_unknown_interface_exit_5(tmp_path):
 def test_help_has_example():
     r = _cli("--help")
     assert r.returncode == 0 and "Example:" in r.stdout and "--raw-sock-children" in r.stdout
+
+
+def test_live_has_the_logging_options_of_every_long_running_command():
+    from click.testing import CliRunner
+
+    from sipcaptool.cli import cli
+
+    out = CliRunner().invoke(cli, ["live", "--help"]).output
+    for opt in ("--verbose", "--quiet", "--log-file", "--log-format", "--control", "--metrics"):
+        assert opt in out, opt

@@ -66,7 +66,13 @@ _ONOFF = click.IntRange(0, 1)
                    "/run/sipcaptool/live.sock as root; 'none' for no socket]")
 @click.option("--metrics", "metrics_addr", default=None, metavar="HOST:PORT",
               help="Serve the counters for Prometheus at http://HOST:PORT/metrics.")
-@click.option("-q", "--quiet", is_flag=True, help="No text summary.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No start line and no text summary; logs errors only.")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Append logs to FILE instead of stderr; reopened on SIGHUP (logrotate).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="text lines or JSON objects, one per line.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--foreground-writer", is_flag=True, hidden=True,
               help="Write from the capturing process (no writer process).")
@@ -74,7 +80,8 @@ _ONOFF = click.IntRange(0, 1)
 def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children,
             promiscuous_on, raw_moni_bpf_on, filter_expr, snaplen, buffer_size, duration,
             count, hep_to, capture_id, auth_key, node_name, user, control_path,
-            metrics_addr, quiet, as_json, foreground_writer, settings: Settings) -> int:
+            metrics_addr, quiet, verbose, log_file, log_format, as_json, foreground_writer,
+            settings: Settings) -> int:
     """Capture SIP live and store every message as one row (or forward it as HEP).
 
     \b
@@ -104,7 +111,15 @@ def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children
           --db mysql://root@127.0.0.1/homer
       sipcaptool live -i eth0 --db none --hep-to udp:10.0.0.9:9060 --hep-to tcp:10.0.0.9:9060
     """
+    from ..logs import setup_logging
     from ..sources.live import LiveCapture, LiveOptions, kernel_summary, parse_listen
+
+    ctx = click.get_current_context(silent=True)
+    debug = bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("debug"))
+    try:
+        setup_logging(verbose, 1 if quiet else 0, log_file, log_format, debug=debug)
+    except OSError as e:
+        raise click.UsageError(f"--log-file {log_file}: cannot open: {e.strerror}") from None
 
     cli_raw = {"raw_socket_listen": raw_socket_listen, "raw_interface": raw_interface,
                "raw_sock_children": raw_sock_children, "promiscuous_on": promiscuous_on,
