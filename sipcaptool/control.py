@@ -463,9 +463,9 @@ class ControlServer:
                              name="sipcaptool-control-client").start()
 
     def _client(self, conn: socket.socket) -> None:
-        conn.settimeout(None)
         buf = b""
         try:
+            conn.settimeout(None)  # inside the try: stop() may have closed it already
             while not self._stop.is_set():
                 try:
                     data = conn.recv(4096)
