@@ -89,6 +89,22 @@ def test_udp_rows_appear_within_a_second_and_sigterm_flushes(tmp_path):
     assert r0["proto"] == 1 and r0["family"] == 2 and r0["node"] == "homer01"
 
 
+def test_any_interface_linux_cooked_capture(tmp_path):
+    """`-i any` (Linux cooked headers, SLL/SLL2) stores every message once."""
+    db = str(tmp_path / "c.db")
+    with VethPair() as net:
+        with live_capture(net, "-i", "any", "--count", "10", "--db", f"sqlite:///{db}",
+                          "--json") as p:
+            settle()
+            net.sender("udp", "--dst", net.ip_b, "--src", net.ip_a, "-n", "10", "--tag", "any")
+            p.wait(15)
+        s = summary(p)
+    got = rows(db)
+    assert s["stored_total"] == 10 and len(got) == 10
+    assert {r["callid"] for r in got} == {f"any-{i}@{net.ip_a}" for i in range(10)}
+    assert all((r["source_ip"], r["destination_ip"]) == (net.ip_a, net.ip_b) for r in got)
+
+
 def test_sipp_calls_rows_identical_to_replay_of_tcpdump_capture(tmp_path):
     """Live rows == the rows ``replay`` stores for tcpdump's capture of the same traffic."""
     if not shutil.which("sipp") or not shutil.which("tcpdump"):
