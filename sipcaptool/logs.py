@@ -172,6 +172,20 @@ def reopen_logs() -> None:
                 old.close()
 
 
+def setup_command_logging(verbose: int, quiet: int, log_file: str | None,
+                          log_format: str) -> None:
+    """:func:`setup_logging` from a click command's options: honours the global
+    ``--debug`` and reports a log file that cannot be opened as a usage error."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    debug = bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("debug"))
+    try:
+        setup_logging(verbose, quiet, log_file, log_format, debug=debug)
+    except OSError as e:
+        raise click.UsageError(f"--log-file {log_file}: cannot open: {e.strerror}") from None
+
+
 def log_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``-v/--verbose``, ``-q/--quiet``, ``--log-file``, ``--log-format`` and set up
     logging before the command body runs (the body does not receive these options)."""
@@ -183,12 +197,7 @@ def log_options(f: Callable[..., Any]) -> Callable[..., Any]:
         quiet = kwargs.pop("quiet")
         log_file = kwargs.pop("log_file")
         log_format = kwargs.pop("log_format")
-        ctx = click.get_current_context(silent=True)
-        debug = bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("debug"))
-        try:
-            setup_logging(verbose, quiet, log_file, log_format, debug=debug)
-        except OSError as e:
-            raise click.UsageError(f"--log-file {log_file}: cannot open: {e.strerror}") from None
+        setup_command_logging(verbose, quiet, log_file, log_format)
         return f(*args, **kwargs)
 
     for deco in reversed([

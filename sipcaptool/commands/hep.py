@@ -107,15 +107,10 @@ def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf:
           --db postgresql://postgres@127.0.0.1/homer
       sipcaptool hep --listen udp:[::]:9060 --auth-key s3cret --capture-node homer02 --workers 2
     """
-    from ..logs import setup_logging
+    from ..logs import setup_command_logging
     from ..sources.hep_listener import open_listeners, parse_listen
 
-    ctx = click.get_current_context(silent=True)
-    debug = bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("debug"))
-    try:
-        setup_logging(verbose, quiet, log_file, log_format, debug=debug)
-    except OSError as e:
-        raise click.UsageError(f"--log-file {log_file}: cannot open: {e.strerror}") from None
+    setup_command_logging(verbose, quiet, log_file, log_format)
 
     specs = [parse_listen(x) for x in (listen or DEFAULT_LISTEN)]
     seen = set()

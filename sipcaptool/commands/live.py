@@ -111,15 +111,10 @@ def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children
           --db mysql://root@127.0.0.1/homer
       sipcaptool live -i eth0 --db none --hep-to udp:10.0.0.9:9060 --hep-to tcp:10.0.0.9:9060
     """
-    from ..logs import setup_logging
+    from ..logs import setup_command_logging
     from ..sources.live import LiveCapture, LiveOptions, kernel_summary, parse_listen
 
-    ctx = click.get_current_context(silent=True)
-    debug = bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("debug"))
-    try:
-        setup_logging(verbose, 1 if quiet else 0, log_file, log_format, debug=debug)
-    except OSError as e:
-        raise click.UsageError(f"--log-file {log_file}: cannot open: {e.strerror}") from None
+    setup_command_logging(verbose, 1 if quiet else 0, log_file, log_format)
 
     cli_raw = {"raw_socket_listen": raw_socket_listen, "raw_interface": raw_interface,
                "raw_sock_children": raw_sock_children, "promiscuous_on": promiscuous_on,
