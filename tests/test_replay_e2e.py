@@ -284,3 +284,30 @@ def test_interrupt_stores_what_was_read_and_exits_130(tmp_path):
     stored = summary["stored_total"]
     assert 0 < stored < 300_000
     assert len(sqlite_rows(db)) == stored == summary["messages"]
+
+
+@pytest.mark.services
+def test_mysql_values_cut_by_a_narrower_existing_table_are_counted(tmp_path, mysql_url):
+    """LOAD DATA LOCAL turns data errors into warnings: a table made elsewhere with
+    narrower columns than ours has values cut by the server. That must not be silent."""
+    import pymysql
+
+    from sipcaptool.store.url import parse_db_url
+
+    assert run("db", "init", "--db", mysql_url).returncode == 0
+    u = parse_db_url(mysql_url)
+    c = pymysql.connect(host=u.host, port=u.port or 3306, user=u.user, password="",
+                        database=u.database, autocommit=True)
+    with c.cursor() as cur:
+        cur.execute("ALTER TABLE sip_capture MODIFY method VARCHAR(3) NOT NULL DEFAULT ''")
+    c.close()
+    p = run("replay", "--json", "-q", "--db", mysql_url, str(EXAMPLE))
+    assert p.returncode == 0, p.stderr
+    s = json.loads(p.stdout)
+    assert s["stored_total"] == 30
+    long_methods = [r for r in fetch_rows(mysql_url) if r["method"] in ("INV", "REG", "OPT")]
+    assert long_methods, "the server was expected to cut INVITE to three characters"
+    assert s["db"]["warnings"] >= len(long_methods)
+    assert "changed or left out values" in p.stderr and "method" in p.stderr
+    p = run("replay", "--db", mysql_url, str(EXAMPLE))
+    assert "database warnings:" in p.stdout

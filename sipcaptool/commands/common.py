@@ -116,6 +116,10 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
             lines.append(f"{title + ':':<18} {sum(group.values())}")
             for reason, n in group.items():
                 lines.append(f"  {reason}: {n}")
+    warned = (summary.get("db") or {}).get("warnings", 0)
+    if warned:
+        lines.append(f"database warnings: {warned} (the server changed or left out values; "
+                     "the log names them)")
     for key in ("files", "errors"):
         for item in summary.get(key, []) or []:
             if key == "errors":

@@ -129,13 +129,15 @@ def drain(db_url: str, spool_dir: str | None, as_json: bool) -> int:
                 stats["db:already-written"] += 1
         elif ev[0] == "error":
             stats["dropped:db-error"] += ev[2]
+        elif ev[0] == "warnings":
+            stats["db:warnings"] += ev[2]
     left = (sp.pending_batches, sp.pending_rows)
     sp.close()
     if core.down and error is None:
         error = StoreError(f"{url.redacted()}: the database could not be reached")
     result = {"db_url": url.redacted(), "before": {"batches": before[0], "rows": before[1]},
               "stored": stats.group("stored"), "already_written": stats["db:already-written"],
-              "dropped": stats.group("dropped"),
+              "dropped": stats.group("dropped"), "db_warnings": stats["db:warnings"],
               "left": {"batches": left[0], "rows": left[1]},
               "error": str(error) if error else None}
     if as_json:
@@ -147,6 +149,9 @@ def drain(db_url: str, spool_dir: str | None, as_json: bool) -> int:
                       if result["already_written"] else ""))
         if result["dropped"]:
             click.echo(f"refused by the database and dropped: {sum(result['dropped'].values())} rows")
+        if result["db_warnings"]:
+            click.echo(f"database warnings: {result['db_warnings']} (the server changed or "
+                       "left out values; the log names them)")
         click.echo(f"left: {left[0]} batches ({left[1]} rows)")
     if error is not None:
         raise error

@@ -111,6 +111,17 @@ class Adapter(ABC):
         e.transient = transient
         return e
 
+    #: rows the server changed or left out while taking a committed batch (MySQL reports
+    #: them as warnings: a value cut to a narrower column than ours, a bad date); read
+    #: and reset by :meth:`take_warnings` after each write
+    warnings: int = 0
+
+    def take_warnings(self) -> int:
+        """Warnings of the batches committed since the last call (0 for databases that
+        refuse bad data instead of changing it)."""
+        n, self.warnings = self.warnings, 0
+        return n
+
     #: db_insert_mode (0 plain, 1 INSERT DELAYED where the table's engine has it, 2
     #: asynchronous -- the writer's business, plain statements here)
     insert_mode: int = 0

@@ -12,6 +12,8 @@ files). If this pymysql version does not have the internals we hook, or the serv
 from __future__ import annotations
 
 import itertools
+import logging
+import time
 
 import pymysql
 import pymysql.connections
@@ -40,6 +42,9 @@ _REFUSED_DATA = {1048, 1054, 1136, 1146, 1264, 1265, 1292, 1366, 1406, 1452}
 _DELAYED_ENGINES = {"MYISAM", "MEMORY", "ARCHIVE", "BLACKHOLE"}
 
 _tokens = itertools.count(1)
+_WARNING_LOG_EVERY = 60.0  # seconds between logged warning details
+
+log = logging.getLogger("sipcaptool.store")
 
 
 def _code(e: BaseException) -> int:
@@ -107,6 +112,7 @@ class MysqlAdapter(Adapter):
         self.use_infile = _HAVE_HOOK
         self._sql: dict[tuple[str, str], str] = {}
         self._delayed_tables: dict[str, bool] = {}
+        self._last_warning_log = -_WARNING_LOG_EVERY
 
     def _params(self, database: str | None) -> dict:
         u = self.url
@@ -266,9 +272,26 @@ class MysqlAdapter(Adapter):
                 "batched writes")
         return known
 
+    def _warnings_of_last(self, cur, table: str) -> int:
+        """The warning count of the statement just executed; the first few are logged
+        (at most once a minute) so that an operator sees what the server changed."""
+        res = self.conn._result
+        n = getattr(res, "warning_count", 0) if res is not None else 0
+        if n:
+            now = time.monotonic()
+            if now - self._last_warning_log >= _WARNING_LOG_EVERY:
+                self._last_warning_log = now
+                cur.execute("SHOW WARNINGS LIMIT 3")
+                details = "; ".join(f"{r[1]}: {r[2]}" for r in cur.fetchall())
+                log.warning("%s: the server changed or left out values while storing a "
+                            "batch in %s (%d warnings, counted as db:warnings): %s",
+                            self.url.redacted(), table, n, details)
+        return n
+
     def _write_once(self, table: str, kind: str, formatted: bytes, batch_id: str | None,
                     rows: int) -> bool:
         conn = self.conn
+        warnings = 0
         with conn.cursor() as cur:
             if batch_id is not None:
                 if cur.execute(batches_marker_sql("mysql"), (batch_id, table, rows)) == 0:
@@ -278,17 +301,22 @@ class MysqlAdapter(Adapter):
                 # DELAYED rows are queued by the server outside the transaction
                 for st in self._insert_statements(table, kind, formatted):
                     cur.execute("INSERT DELAYED " + st[len("INSERT "):])
+                    warnings += self._warnings_of_last(cur, table)
             elif self.use_infile:
+                # LOCAL INFILE turns data errors into warnings (IGNORE): count them
                 token = f"sipcaptool-batch-{next(_tokens)}"
                 conn.infile_buffers[token.encode()] = formatted
                 try:
                     cur.execute(self._load_sql(table, kind).replace("%s", token, 1))
                 finally:
                     conn.infile_buffers.pop(token.encode(), None)
+                warnings += self._warnings_of_last(cur, table)
             else:
                 for st in self._insert_statements(table, kind, formatted):
                     cur.execute(st)
+                    warnings += self._warnings_of_last(cur, table)
         conn.commit()
+        self.warnings += warnings
         return True
 
     def write(self, table: str, kind: str, formatted: bytes, batch_id: str | None = None,

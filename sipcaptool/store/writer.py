@@ -43,7 +43,9 @@ retried at that moment is not kept).
 Counters (in the caller's Stats): ``db:batches`` (batches written), ``db:retries``,
 ``db:errors`` (batches given up), ``db:spooled`` (batches put in the spool),
 ``db:drained`` (spooled batches written), ``db:already-written`` (batches found
-committed by an earlier attempt), ``stored:<table>`` (rows written),
+committed by an earlier attempt), ``db:warnings`` (values the server changed or left
+out while taking a batch: MySQL's LOAD DATA LOCAL turns such errors into warnings, which
+are logged and counted), ``stored:<table>`` (rows written),
 ``dropped:db-error``, ``dropped:spool-full``. Gauges (changes added to the same Stats,
 so they add up over writers and workers): ``queue_depth`` (batches handed to the writer
 and not yet written or spooled), ``spool_batches``, ``spool_bytes``.
@@ -219,11 +221,17 @@ class _Core:
             if err is None:
                 self._mark_up()
                 self.emit(("done", table, n, used, written))
+                self._emit_warnings(table)
             elif self.spool is not None and getattr(err, "transient", False):
                 self._mark_down(err)
                 self.to_spool(table, kind, n, payload, batch_id, used)
             else:
                 self.emit(("error", table, n, used, str(err)))
+
+    def _emit_warnings(self, table: str) -> None:
+        n = self.adapter.take_warnings()
+        if n:
+            self.emit(("warnings", table, n))
 
     def to_spool(self, table: str, kind: str, n: int, payload: object, batch_id: str,
                  used: int) -> None:
@@ -282,6 +290,7 @@ class _Core:
             sp.pop()
             self._mark_up()
             self.emit(("drained", rec.table, rec.rows, written is not False))
+            self._emit_warnings(rec.table)
             self.status()
             return True
 
@@ -614,6 +623,8 @@ class Writer:
             self._gauge("spool_batches", batches)
             self._gauge("spool_bytes", nbytes)
             self.spool_rows = rows
+        elif op == "warnings":
+            st["db:warnings"] += msg[2]
         elif op == "synced":
             self._synced.add(msg[1])
 
