@@ -261,6 +261,64 @@ def test_tcp_bad_length_closes_only_that_connection(sqlite_url, collectors):
     assert "HEP over TCP" in err and "connection closed" in err
 
 
+def test_tcp_idle_timeout_closes_silent_connections_only(sqlite_url, collectors):
+    c = collectors(sqlite_url, "--tcp-idle-timeout", "1", "-v")
+    silent = c.tcp()
+    half = c.tcp()
+    busy = c.tcp()
+    silent.sendall(encode_hep3(message("silent-first")))
+    pkt = encode_hep3(message("half"))
+    half.sendall(pkt[:20])  # a packet cut off, then nothing
+    for i in range(8):  # the busy agent sends every 0.3 s for 2.4 s: never idle for 1 s
+        busy.sendall(encode_hep3(message(f"busy-{i}")))
+        time.sleep(0.3)
+    for sock in (silent, half):
+        sock.settimeout(5)
+        assert sock.recv(10) == b""  # closed by the collector
+        sock.close()
+    busy.sendall(encode_hep3(message("busy-last")))  # still open
+    busy.close()
+    wait_packets(c, 1)
+    rc, summary, err = c.stop()
+    assert rc == 0, err
+    stored = set(rows_by_callid(sqlite_url))
+    assert stored == {"silent-first", "busy-last"} | {f"busy-{i}" for i in range(8)}
+    assert summary["evicted"] == {"tcp-idle": 2}
+    assert summary["malformed"] == {"hep3-stream-truncated": 1}
+    assert "nothing received for 1s; connection closed" in err
+
+
+def test_tcp_connections_get_keepalive():
+    """Accepted connections carry TCP keepalive with short timers, so agents that vanish
+    without a FIN do not hold connections for ever."""
+    from sipcaptool.sources.hep_listener import (KEEPALIVE_COUNT, KEEPALIVE_IDLE,
+                                                 KEEPALIVE_INTERVAL, HepCollector,
+                                                 open_listeners, parse_listen)
+    from sipcaptool.stats import Stats
+
+    ((pair,),) = open_listeners([parse_listen("tcp:127.0.0.1:0")], rcvbuf=0)
+    port = pair[1].getsockname()[1]
+    got: list = []
+    col = HepCollector([pair], got.append, Stats(), duration=5)
+    runner = threading.Thread(target=col.run)
+    runner.start()
+    client = socket.create_connection(("127.0.0.1", port), timeout=5)
+    client.sendall(encode_hep3(message("ka")))
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (conn,) = list(col._conns.values())
+    opts = (conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+            conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT))
+    col.stop()
+    runner.join(10)
+    client.close()
+    assert [m.payload for m in got] == [sip("ka")]
+    assert opts[0] != 0 and opts[1:] == (KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+
+
 def test_auth_key_required(sqlite_url, collectors):
     c = collectors(sqlite_url, "--auth-key", "s3cret")
     c.send_udp(encode_hep3(message("good"), auth_key=b"s3cret"))

@@ -56,6 +56,12 @@ def _options(f):
                      help="UDP receive buffer per socket (K/M/G suffixes). Set with "
                           "SO_RCVBUFFORCE when running as root, else capped by "
                           "net.core.rmem_max (a warning says so)."),
+        click.option("--tcp-idle-timeout", type=click.FloatRange(0, None), default=0,
+                     metavar="S",
+                     help="Close a HEP-over-TCP connection that sends nothing for S "
+                          "seconds (0: never). Connections of agents that vanished "
+                          "without closing are found by TCP keepalive within about two "
+                          "minutes either way. [default: 0]"),
         click.option("--duration", type=click.FloatRange(0, None, min_open=True), default=None,
                      metavar="S", help="Stop after S seconds. [default: until SIGTERM/SIGINT]"),
         click.option("--count", type=click.IntRange(1, None), default=None, metavar="N",
@@ -87,7 +93,7 @@ def _options(f):
 @_options
 @storage_options
 def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf: str,
-            duration: float | None, count: int | None, control_path: str | None,
+            tcp_idle_timeout: float, duration: float | None, count: int | None, control_path: str | None,
             metrics_addr: str | None, as_json: bool, quiet: int, verbose: int, log_file: str | None, log_format: str,
             foreground_writer: bool, settings: Settings) -> int:
     """Receive HEP (v1, v2, v3) from capture agents over UDP and TCP and store every
@@ -126,7 +132,7 @@ def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf:
     copies = open_listeners(specs, bufsize, workers)
     opts = dict(auth_key=key, count=count, duration=duration, quiet=quiet > 0,
                 foreground_writer=foreground_writer, control_path=control_path,
-                metrics_addr=metrics_addr)
+                metrics_addr=metrics_addr, tcp_idle_timeout=tcp_idle_timeout)
     started = time.monotonic()
     if workers == 1:
         result = _run_single(copies[0], settings, opts)
@@ -213,7 +219,8 @@ def _make_collector(listeners, pipeline, stats: Stats, opts: dict[str, Any], *,
     collector = HepCollector(listeners, pipeline.submit, stats, auth_key=opts["auth_key"],
                              count=count, duration=opts["duration"], tick=tick,
                              tick_interval=SNAPSHOT_INTERVAL, on_progress=on_progress,
-                             on_store_error=policy)
+                             on_store_error=policy,
+                             tcp_idle_timeout=opts.get("tcp_idle_timeout") or None)
     policy.collector = collector
     return collector, policy
 

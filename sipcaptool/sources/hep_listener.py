@@ -28,7 +28,18 @@ Counters (in the shared :class:`~sipcaptool.stats.Stats`):
   ``hep3-stream-bad-length``, ``hep3-stream-truncated`` for a connection closed in the
   middle of a packet, ``internal-error`` for an unexpected exception on one input);
 * ``dropped:auth``: packets without the required authentication key or with another;
-* ``dropped:tcp-connection-limit``: connections refused beyond ``max_connections``.
+* ``dropped:tcp-connection-limit``: connections refused beyond ``max_connections``;
+* ``evicted:tcp-idle``: connections closed after ``tcp_idle_timeout`` seconds without
+  data (a packet half-received on one is also counted as ``hep3-stream-truncated``).
+
+Accepted TCP connections have TCP keepalive on (first probe after ``KEEPALIVE_IDLE``
+seconds of silence, then every ``KEEPALIVE_INTERVAL``, ``KEEPALIVE_COUNT`` probes): an
+agent that vanished without closing (power cut, a firewall that forgot the flow) is
+noticed by the kernel within about two minutes and its connection closed, so dead
+connections do not pile up against ``max_connections``. An idle but living agent is
+kept. ``tcp_idle_timeout`` closes even living connections that send nothing for that
+long (off by default: agents such as Kamailio's siptrace keep one connection open and
+may be quiet for hours at night).
 """
 
 from __future__ import annotations
@@ -56,6 +67,10 @@ UDP_BURST = 512          # datagrams read from one socket before looking at the 
 TCP_READ = 256 * 1024    # bytes per recv() on a TCP connection
 MAX_CONNECTIONS = 4096
 LOG_INTERVAL = 10.0      # seconds between two log lines about the same sender
+KEEPALIVE_IDLE = 60      # TCP keepalive: seconds of silence before the first probe
+KEEPALIVE_INTERVAL = 10  # seconds between probes
+KEEPALIVE_COUNT = 6      # unanswered probes before the kernel gives up
+_IDLE_SWEEP = 1.0        # seconds between two looks for idle connections
 _LOG_SENDERS_MAX = 10000
 
 
@@ -211,14 +226,29 @@ def open_listeners(specs: Iterable[ListenSpec], rcvbuf: int, copies: int = 1,
     return out
 
 
+def set_keepalive(sock: socket.socket) -> None:
+    """TCP keepalive with short timers (see the module doc); best effort."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+                            ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+                            ("TCP_KEEPCNT", KEEPALIVE_COUNT)):
+            opt = getattr(socket, name, None)
+            if opt is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, opt, value)
+    except OSError:  # pragma: no cover - not every platform has every option
+        pass
+
+
 class _Conn:
-    __slots__ = ("sock", "listener", "stream", "peer")
+    __slots__ = ("sock", "listener", "stream", "peer", "last")
 
     def __init__(self, sock: socket.socket, listener: Listener, peer) -> None:
         self.sock = sock
         self.listener = listener
         self.stream = HepStream()
         self.peer = peer
+        self.last = time.monotonic()
 
 
 class HepCollector:
@@ -241,6 +271,8 @@ class HepCollector:
             database refused); None: re-raise it, which ends :meth:`run`.
         drain_limit: seconds spent at most, after a stop request, reading what is already
             queued in the sockets (a full 64 MiB buffer holds about 90,000 datagrams).
+        tcp_idle_timeout: close a TCP connection that sent nothing for this many
+            seconds (None or 0: never; dead peers are found by TCP keepalive anyway).
     """
 
     def __init__(self, listeners: list[tuple[Listener, socket.socket]],
@@ -249,7 +281,8 @@ class HepCollector:
                  tick: Callable[[], None] | None = None, tick_interval: float = 0.25,
                  on_progress: Callable[[int], bool] | None = None,
                  on_store_error: Callable[[StoreError], None] | None = None,
-                 max_connections: int = MAX_CONNECTIONS, drain_limit: float = 30.0) -> None:
+                 max_connections: int = MAX_CONNECTIONS, drain_limit: float = 30.0,
+                 tcp_idle_timeout: float | None = None) -> None:
         self.listeners = listeners
         self.submit = submit
         self.stats = stats
@@ -262,6 +295,8 @@ class HepCollector:
         self.on_store_error = on_store_error
         self.max_connections = max_connections
         self.drain_limit = drain_limit
+        self.tcp_idle_timeout = tcp_idle_timeout or None
+        self._next_sweep = 0.0
         self.started = time.monotonic()
         self.stop_reason: str | None = None
         self._stop = False
@@ -344,8 +379,11 @@ class HepCollector:
                 got = stats["packets"] - before
                 if got and self.on_progress is not None and self.on_progress(got):
                     self.stop("count")
-                if self.tick is not None and time.monotonic() >= next_tick:
-                    self.tick()
+                if time.monotonic() >= next_tick:
+                    if self.tick is not None:
+                        self.tick()
+                    if self.tcp_idle_timeout is not None:
+                        self.close_idle()
                     next_tick = time.monotonic() + self.tick_interval
             self._drain()
         finally:
@@ -512,6 +550,24 @@ class HepCollector:
                 sender, *args, int(LOG_INTERVAL))
 
     # -- TCP --------------------------------------------------------------------------
+    def close_idle(self, now: float | None = None) -> int:
+        """Close the connections silent for longer than ``tcp_idle_timeout``; how many."""
+        now = time.monotonic() if now is None else now
+        if self.tcp_idle_timeout is None or now < self._next_sweep:
+            return 0
+        self._next_sweep = now + min(_IDLE_SWEEP, self.tcp_idle_timeout)
+        limit = now - self.tcp_idle_timeout
+        idle = [c for c in self._conns.values() if c.last < limit]
+        for conn in idle:
+            self.stats["evicted:tcp-idle"] += 1
+            if conn.stream.buffered:
+                self.stats["malformed:hep3-stream-truncated"] += 1
+            self._log_sender(conn.peer, "idle", "HEP over TCP: nothing received for %ds; "
+                             "connection closed", int(self.tcp_idle_timeout),
+                             level=logging.INFO)
+            self._close_conn(conn)
+        return len(idle)
+
     def _accept(self, lsock: socket.socket, lst: Listener, limit: int = 64) -> None:
         for _ in range(limit):
             try:
@@ -527,6 +583,7 @@ class HepCollector:
                 sock.close()
                 continue
             sock.setblocking(False)
+            set_keepalive(sock)
             conn = _Conn(sock, lst, peer)
             self._conns[sock.fileno()] = conn
             lst.connections += 1
@@ -547,6 +604,7 @@ class HepCollector:
             return False
         lst = conn.listener
         lst.bytes += len(data)
+        conn.last = time.monotonic()
         try:
             packets = conn.stream.feed(data)
         except DecodeError as e:
