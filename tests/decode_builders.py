@@ -1,9 +1,13 @@
-"""Small frame builders shared by the decode tests."""
+"""Small frame builders shared by the decode tests: the project's own pcap writer's
+builders (``sipcaptool.testing.pcapgen``) under short names, plus the link layers and
+headers only these tests need (any VLAN TPID, Linux cooked v1/v2, an IPv6 fragment
+header on its own)."""
 
 from __future__ import annotations
 
-import socket
 import struct
+
+from sipcaptool.testing import pcapgen
 
 INVITE = (b"INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n"
           b"Call-ID: abc@10.0.0.1\r\nCSeq: 1 INVITE\r\nFrom: <sip:a@x>;tag=f1\r\nTo: <sip:bob@example.com>\r\n"
@@ -13,28 +17,24 @@ OK200 = (b"SIP/2.0 200 OK\r\nCall-ID: abc@10.0.0.1\r\nCSeq: 1 INVITE\r\nContent-
 
 def ip4(src: str, dst: str, proto: int, payload: bytes, *, ident: int = 1, frag: int = 0,
         mf: bool = False, total: int | None = None) -> bytes:
-    ff = (0x2000 if mf else 0) | (frag >> 3)
-    tl = 20 + len(payload) if total is None else total
-    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, tl, ident, ff, 64, proto, 0,
-                       socket.inet_aton(src), socket.inet_aton(dst)) + payload
+    """IPv4 header + payload; ``frag`` is the fragment offset in bytes."""
+    return pcapgen.ipv4(src, dst, proto, payload, ident=ident, frag_offset=frag,
+                        more_fragments=mf, total_length=total)
 
 
 def ip6(src: str, dst: str, nh: int, payload: bytes) -> bytes:
-    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), nh, 64,
-                       socket.inet_pton(socket.AF_INET6, src),
-                       socket.inet_pton(socket.AF_INET6, dst)) + payload
+    return pcapgen.ipv6(src, dst, nh, payload)
 
 
 def ip6_frag(nh: int, offset: int, more: bool, ident: int, data: bytes) -> bytes:
     return struct.pack("!BBHI", nh, 0, offset | (1 if more else 0), ident) + data
 
 
-def udp(sport: int, dport: int, payload: bytes) -> bytes:
-    return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+udp = pcapgen.udp
 
 
 def tcp(sport: int, dport: int, seq: int, payload: bytes, flags: int = 0x18) -> bytes:
-    return struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, flags, 65535, 0, 0) + payload
+    return pcapgen.tcp(sport, dport, seq, payload, flags=flags)
 
 
 def eth(ethertype: int, payload: bytes, vlans: tuple[tuple[int, int], ...] = ()) -> bytes:

@@ -56,7 +56,8 @@ def ipv4(src: str, dst: str, proto: int, payload: bytes, ident: int = 1,
          frag_offset: int = 0, more_fragments: bool = False, ttl: int = 64,
          total_length: int | None = None) -> bytes:
     flags = (0x2000 if more_fragments else 0) | (frag_offset // 8)
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total_length or 20 + len(payload), ident,
+    length = 20 + len(payload) if total_length is None else total_length
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, length, ident,
                       flags, ttl, proto, 0, ipaddress.IPv4Address(src).packed,
                       ipaddress.IPv4Address(dst).packed)
     hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
