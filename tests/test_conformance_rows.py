@@ -3,7 +3,7 @@
 Reference data (not in the repository): ``../shared/reference/conformance`` (real HEP
 traffic, decoded, with the MySQL and PostgreSQL rows) and ``../shared/reference/vectors``
 (edge-case HEP datagrams with what the module did with each). Every column except ``id``
-must be equal, except for the deliberate differences listed in TOLERATED below, each
+must be equal, except for the deliberate differences listed in TOLERATED (kamailio_differences.py), each
 checked for what we store instead.
 """
 
@@ -29,6 +29,8 @@ from sipcaptool.record import (
 )
 from sipcaptool.row import RowOptions, aux_row, sip_row
 
+from kamailio_differences import TOLERATED
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REFERENCE = SHARED / "reference"
 CONFORMANCE = REFERENCE / "conformance"
@@ -36,20 +38,7 @@ VECTORS = REFERENCE / "vectors"
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="reference data not available")
 
-# Deliberate differences from what Kamailio 5.6.3 stores (SCHEMA.md, "Where sipcaptool
-# deliberately differs"). Column -> why.
-TOLERATED = {
-    "auth": "Kamailio 5.6.3 never fills it; we store the Proxy-Authorization (else "
-            "Authorization) header body",
-    "originator_ip": "Kamailio overwrites the first ':' after X-OIP with a NUL (MySQL keeps "
-                     "'ip\\0port', PostgreSQL cuts at the NUL; for [v6]:port it cuts inside "
-                     "the address); we parse ip[:port] and never touch the buffer",
-    "originator_port": "same X-OIP fix: [v6]:port gives the port, Kamailio 0",
-    "msg": "Kamailio's msg holds the NUL it wrote into the X-OIP header; and MySQL's "
-           "varchar(1500) cuts longer messages; we keep the payload byte for byte",
-    "reason": "Kamailio looks 'Reason' up with a case-sensitive first letter and misses "
-              "'reason:'; we match header names case-insensitively",
-}
+# Deliberate differences from Kamailio 5.6.3, with their reasons: kamailio_differences.py
 
 
 # --- building CapturedMessage from HEP -------------------------------------------------

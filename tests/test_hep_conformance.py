@@ -8,7 +8,7 @@ with the rows the module stored (``*.rows.mysql.jsonl``, ``*.rows.postgres.jsonl
 ``results.*/NAME.rows.jsonl``) column for column except ``id``.
 
 The only differences allowed are the deliberate ones listed at the top of SCHEMA.md,
-each spelled out in TOLERATED below with its reason and checked for what we store
+each spelled out in TOLERATED (kamailio_differences.py) with its reason and checked for what we store
 instead, plus ``date``/``micro_ts`` of packets without HEP time (both sides use the
 wall clock). SQLite is compared with the PostgreSQL reference (raw bytes kept, no
 NUL written into X-OIP values, same as ours).
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from kamailio_differences import TOLERATED
 from test_hep_collector import Collector, aux_rows
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -36,23 +37,7 @@ VECTORS = REFERENCE / "vectors"
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared reference data absent")
 
-# ----------------------------------------------------------------- tolerated differences
-# column -> why we store something else than Kamailio 5.6.3 (SCHEMA.md, "Where sipcaptool
-# deliberately differs"); ``check_tolerated`` verifies what we store instead.
-TOLERATED = {
-    "auth": "Kamailio 5.6.3 never fills auth (bug); we store the Authorization / "
-            "Proxy-Authorization header body",
-    "originator_ip": "Kamailio writes a NUL over the first ':' after X-OIP (MySQL keeps "
-                     "'ip\\0port', PostgreSQL cuts there, [v6]:port is cut inside the "
-                     "address); we parse X-OIP: ip[:port] properly and never touch the buffer",
-    "originator_port": "same X-OIP fix: the port of [v6]:port, where Kamailio stores 0",
-    "msg": "we keep the whole message byte for byte: Kamailio's msg holds the NUL it wrote "
-           "into X-OIP, and MySQL's varchar(1500) utf8mb3 column loses messages over 1500 "
-           "characters, with invalid UTF-8 or 4-byte UTF-8 (those rows are compared with "
-           "the PostgreSQL reference, which kept the bytes)",
-    "reason": "header names are matched case-insensitively (RFC 3261); Kamailio compares "
-              "the first letter of 'Reason' case-sensitively and misses 'reason:'",
-}
+# Deliberate differences from Kamailio 5.6.3, with their reasons: kamailio_differences.py
 # Packets without HEP time: both sides use the wall clock at reception.
 NO_TIME_COLUMNS = {"date": "wall clock at reception (no HEP time)",
                    "micro_ts": "wall clock at reception (no HEP time)"}
