@@ -236,6 +236,31 @@ def _start_control(opts: dict[str, Any], capture_flag, provider, listeners):
     return ep
 
 
+def _run_then_close(collector, pipeline, policy, before=None) -> SipcaptoolError | None:
+    """Run the receive loop (after ``before()``, if given), then -- with further SIGINT
+    and SIGTERM ignored, so nothing interrupts it -- write every pending batch.
+
+    Returns the first error: of ``before``/the loop, of closing the pipeline, or the one
+    the store-error policy ended the loop with; None when all went well.
+    """
+    error: SipcaptoolError | None = None
+    try:
+        if before is not None:
+            before()
+        collector.run()
+    except SipcaptoolError as e:
+        error = e
+    finally:
+        # reading has stopped (run() returned); now write everything that is pending
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            pipeline.close()
+        except SipcaptoolError as e:
+            error = error or e
+    return error or policy.fatal
+
+
 def _run_single(listeners, settings: Settings, opts: dict[str, Any]) -> dict[str, Any]:
     from ..pipeline import CaptureFlag, Pipeline
 
@@ -251,25 +276,16 @@ def _run_single(listeners, settings: Settings, opts: dict[str, Any]) -> dict[str
     collector, policy = _make_collector(listeners, pipeline, stats, opts, count=opts["count"],
                                         tick=lambda: collector.update_kernel_stats())
     collector.install_signal_handlers()
-    control = None
-    exit_error: SipcaptoolError | None = None
-    try:
-        control = _start_control(opts, capture_flag, lambda: stats, listeners)
+    control: list = []
+
+    def before() -> None:
+        control.append(_start_control(opts, capture_flag, lambda: stats, listeners))
         _announce(listeners, opts["quiet"])
-        collector.run()
-    except SipcaptoolError as e:
-        exit_error = e
+    try:
+        exit_error = _run_then_close(collector, pipeline, policy, before)
     finally:
-        # reading has stopped (run() returned); now write everything that is pending
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            pipeline.close()
-        except SipcaptoolError as e:
-            exit_error = exit_error or e
-        if control is not None:
-            control.stop()
-    exit_error = exit_error or policy.fatal
+        for c in control:
+            c.stop()
     return {"stats": stats, "listeners": [lst.report() for lst, _s in listeners],
             "stop_reason": collector.stop_reason, "exit_error": exit_error,
             "spool": pipeline.spool_report(),
@@ -320,19 +336,9 @@ def _worker_main(index: int, listeners, others, settings: Settings, opts: dict[s
         collector.stop(early["signal"])
     conn.send({"index": index, "ready": True})
     result: dict[str, Any] = {"index": index}
-    try:
-        collector.run()
-    except SipcaptoolError as e:
-        result["error"] = e
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            pipeline.close()
-        except SipcaptoolError as e:
-            result.setdefault("error", e)
-    if policy.fatal is not None:
-        result.setdefault("error", policy.fatal)
+    error = _run_then_close(collector, pipeline, policy)
+    if error is not None:
+        result["error"] = error
     result.update(stats=dict(stats), listeners=[lst.report() for lst, _s in listeners],
                   stop_reason=collector.stop_reason, spool=pipeline.spool_report(),
                   final=True)
