@@ -479,8 +479,10 @@ def test_sigterm_under_load_while_database_down_then_next_run_drains(
                   mariadb.dialect, before, found, "term",
                   extra={"sent_after_signal": sent - before})
     assert row["lost"] == 0 and row["duplicated"] == 0, row
+    # messages sent between the snapshot and the collector's stop may have been read too
+    # (they were in the socket when it drained it); nothing else may have been stored
     late = sum(1 for i in range(before, sent) if f"term-{i}" in found)
-    assert row["stored"] == before + late
+    assert row["stored"] == before and row.get("stored_besides", 0) == late, (row, late)
     row2 = _report("new traffic while the previous run's spool drains", mariadb.dialect,
                    sent2, found, "term2")
     assert row2["lost"] == 0 and row2["duplicated"] == 0, row2
