@@ -311,3 +311,31 @@ def test_mysql_values_cut_by_a_narrower_existing_table_are_counted(tmp_path, mys
     assert "changed or left out values" in p.stderr and "method" in p.stderr
     p = run("replay", "--db", mysql_url, str(EXAMPLE))
     assert "database warnings:" in p.stdout
+
+
+@pytest.mark.services
+def test_rows_postgres_refuses_are_counted_and_the_rest_stored(tmp_path, pg_url):
+    """A table made elsewhere refuses some rows (here: methods longer than its column):
+    every other message is stored, the refused ones are counted, the exit code says so."""
+    import psycopg2
+
+    from sipcaptool.store.url import parse_db_url
+
+    assert run("db", "init", "--db", pg_url).returncode == 0
+    u = parse_db_url(pg_url)
+    c = psycopg2.connect(host=u.host, port=u.port or 5432, user=u.user, dbname=u.database)
+    c.autocommit = True
+    with c.cursor() as cur:
+        cur.execute('ALTER TABLE sip_capture ALTER COLUMN "method" TYPE VARCHAR(3)')
+    c.close()
+    lite = f"sqlite:///{tmp_path}/all.db"
+    assert run("replay", "-q", "--db", lite, str(EXAMPLE)).returncode == 0
+    expected = [r for r in fetch_rows(lite) if len(r["method"]) <= 3]
+    p = run("replay", "--json", "--db", pg_url, str(EXAMPLE))
+    assert p.returncode == 4, p.stderr
+    s = json.loads(p.stdout)
+    assert s["stored_total"] == len(expected) and 0 < len(expected) < 30
+    assert s["dropped"] == {"db-error": 30 - len(expected)}
+    assert s["db"]["split"] == 1
+    assert normalise(fetch_rows(pg_url)) == normalise(expected)
+    assert "refused" in p.stderr and "value too long" in p.stderr

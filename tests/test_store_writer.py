@@ -262,3 +262,114 @@ def test_program_ending_without_close_writes_everything(sqlite_url, tmp_path, ho
                        timeout=60)
     assert (p.returncode != 0) == (how == "exception")
     assert count(sqlite_url, "sip_capture") == 123
+
+
+# ------------------------------------------------ rows the database refuses: keep the rest
+
+_METHOD = __import__("sipcaptool.record", fromlist=["SIP_COLUMN_NAMES"]).SIP_COLUMN_NAMES.index("method")
+
+
+def _narrow_table(url: str, table: str = "narrow") -> None:
+    """A table made elsewhere that refuses a method longer than 3 characters (as a
+    narrower column or a constraint would)."""
+    a = open_adapter(url)
+    a.connect()
+    a.create_tables([table], aux=False)
+    if a.dialect == "postgresql":
+        a.execute_ddl([f'ALTER TABLE "{table}" ALTER COLUMN "method" TYPE VARCHAR(3)'])
+    elif a.dialect == "sqlite":
+        a.execute_ddl([f'CREATE TRIGGER "{table}_short" BEFORE INSERT ON "{table}" '
+                       "WHEN length(NEW.method) > 3 BEGIN "
+                       "SELECT RAISE(ABORT, 'method longer than 3'); END"])
+    a.close()
+
+
+def _rows(n: int, bad: set[int]) -> list[tuple]:
+    out = []
+    for i in range(n):
+        r = list(sip_row(i))
+        r[_METHOD] = "INVITE" if i in bad else "BYE"
+        out.append(tuple(r))
+    return out
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def refusing_db_url(request):
+    """Databases that refuse a bad row (MySQL's LOAD DATA LOCAL cuts it and warns)."""
+    return request.getfixturevalue({"sqlite": "sqlite_url", "postgresql": "pg_url"}[request.param])
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_refused_row_does_not_take_its_batch_with_it(refusing_db_url, background):
+    _narrow_table(refusing_db_url)
+    st = Stats()
+    w = Writer(refusing_db_url, st, batch_size=50, flush_interval=60, insert_retries=0,
+               background=background)
+    rows = _rows(120, bad={3, 77, 78})
+    for r in rows:
+        w.add("narrow", "sip", r)
+    w.flush()  # no error raised: the capture goes on
+    w.close()
+    good = [r for i, r in enumerate(rows) if i not in {3, 77, 78}]
+    assert read_rows(refusing_db_url, "narrow") == good  # in order, each once
+    assert st["stored:narrow"] == 117 and st["dropped:db-error"] == 3
+    assert st["db:split"] == 2 and st["db:errors"] == 2 and st["db:batches"] == 3
+
+
+def test_a_batch_refused_row_by_row_is_still_an_error(refusing_db_url):
+    _narrow_table(refusing_db_url)
+    st = Stats()
+    w = Writer(refusing_db_url, st, batch_size=8, flush_interval=60, insert_retries=0,
+               background=False)
+    with pytest.raises(StoreError, match="narrow"):
+        for r in _rows(8, bad=set(range(8))):
+            w.add("narrow", "sip", r)
+        w.flush()
+    w.close()
+    assert st["dropped:db-error"] == 8 and st["stored:narrow"] == 0
+    assert count(refusing_db_url, "narrow") == 0
+
+
+def test_refused_rows_in_a_spooled_batch_and_a_connection_lost_midway(sqlite_url, tmp_path):
+    """The search for refused rows is cut short by a lost connection: the untried pieces
+    wait in the spool under their own ids, and when they are written nothing is stored
+    twice and only the refused row is missing."""
+    from sipcaptool.store.spool import Spool
+    from sipcaptool.store.sqlite import SqliteAdapter
+    from sipcaptool.store.url import parse_db_url
+    from sipcaptool.store.writer import _Core
+
+    class Flaky(SqliteAdapter):
+        """The real SQLite adapter; the 4th write fails as a lost connection would."""
+        calls = 0
+
+        def write(self, *a, **kw):
+            Flaky.calls += 1
+            if Flaky.calls == 4:
+                e = StoreError("connection lost")
+                e.transient = True
+                raise e
+            return super().write(*a, **kw)
+
+    _narrow_table(sqlite_url)
+    url = parse_db_url(sqlite_url)
+    adapter = Flaky(url)
+    spool = Spool(str(tmp_path / "spool"), url)
+    events: list = []
+    core = _Core(adapter, 0, 0, spool, events.append)
+    core.start()
+    rows = _rows(16, bad={9})
+    core.batch("narrow", "sip", 16, adapter.format_batch("sip", rows), "b1")
+    # write 1: whole batch refused; 2: rows 0-7 stored; 3: rows 8-15 refused; 4: lost
+    assert events[-2][0] == "split" and events[-2][4] == 8 and spool.pending_rows == 8
+    assert core.down
+    core.down = False  # the database is back
+    while spool.pending_batches:
+        assert core.pump()
+    spool.close()
+    adapter.close()
+    assert read_rows(sqlite_url, "narrow") == [r for i, r in enumerate(rows) if i != 9]
+    split = [e for e in events if e[0] == "split"]
+    drained = [e for e in events if e[0] == "drained"]
+    assert sum(e[4] for e in split) + sum(e[2] for e in drained) == 15  # counted once each
+    assert sum(e[5] for e in split) == 1

@@ -62,7 +62,8 @@ def command(files: tuple[str, ...], ports: str | None, hep_ports: str | None, qu
 
     Exit status: 0 all files read completely; 3 a file is missing, not a capture, has
     an unknown link type or is cut off (everything before the cut is stored); 4 the
-    database failed; 130 interrupted.
+    database failed, or refused some rows (the others are stored; the summary counts
+    them as dropped: db-error); 130 interrupted.
 
     \b
     Example:
@@ -123,6 +124,10 @@ def command(files: tuple[str, ...], ports: str | None, hep_ports: str | None, qu
         for sig, h in old_handlers.items():
             signal.signal(sig, h)
     pipeline.close()
+    refused = stats["dropped:db-error"]
+    if refused:
+        errors.append(StoreError(f"the database refused {refused} rows (dropped:db-error; "
+                                 "the log says why); every other message was stored"))
     spool = pipeline.spool_report()
     if spool["batches"]:
         errors.append(StoreError(

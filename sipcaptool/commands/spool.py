@@ -129,6 +129,11 @@ def drain(db_url: str, spool_dir: str | None, as_json: bool) -> int:
                 stats["db:already-written"] += 1
         elif ev[0] == "error":
             stats["dropped:db-error"] += ev[2]
+        elif ev[0] == "split":
+            stats["stored:" + ev[1]] += ev[4]
+            stats["dropped:db-error"] += ev[5]
+            if ev[8]:
+                stats["db:batches"] += 1
         elif ev[0] == "warnings":
             stats["db:warnings"] += ev[2]
     left = (sp.pending_batches, sp.pending_rows)

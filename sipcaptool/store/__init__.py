@@ -111,6 +111,27 @@ class Adapter(ABC):
         e.transient = transient
         return e
 
+    def split_batch(self, payload: object, rows: int) -> tuple[object, int, object, int]:
+        """Cut a formatted batch in two at a row boundary: ``(first, n1, second, n2)``.
+
+        Used to find the rows of a batch the database refuses. Payloads are either a list
+        of rows (SQLite) or TAB/LF text (COPY, LOAD DATA), whose rows end with a raw LF
+        (an LF inside a value is escaped).
+        """
+        k = rows // 2
+        if isinstance(payload, list):
+            return payload[:k], k, payload[k:], rows - k
+        data = bytes(payload)  # type: ignore[arg-type]
+        pos = -1
+        for _ in range(k):
+            pos = data.index(b"\n", pos + 1)
+        return data[:pos + 1], k, data[pos + 1:], rows - k
+
+    def transactional(self, table: str) -> bool:
+        """Whether a failed write of ``table`` leaves nothing behind (False for MySQL's
+        INSERT DELAYED, whose rows are queued outside the transaction)."""
+        return True
+
     #: rows the server changed or left out while taking a committed batch (MySQL reports
     #: them as warnings: a value cut to a narrower column than ours, a bad date); read
     #: and reset by :meth:`take_warnings` after each write

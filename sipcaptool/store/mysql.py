@@ -254,6 +254,11 @@ class MysqlAdapter(Adapter):
                     "engine of each table is logged when first written)")
         return super().describe_insert_mode()
 
+    def transactional(self, table: str) -> bool:
+        if self.insert_mode != 1:
+            return True
+        return self.conn is not None and not self._delayed(table)
+
     def _delayed(self, table: str) -> bool:
         """db_insert_mode 1: does this table take INSERT DELAYED? (asked once per table)"""
         if self.insert_mode != 1:

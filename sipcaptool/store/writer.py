@@ -45,7 +45,8 @@ Counters (in the caller's Stats): ``db:batches`` (batches written), ``db:retries
 ``db:drained`` (spooled batches written), ``db:already-written`` (batches found
 committed by an earlier attempt), ``db:warnings`` (values the server changed or left
 out while taking a batch: MySQL's LOAD DATA LOCAL turns such errors into warnings, which
-are logged and counted), ``stored:<table>`` (rows written),
+are logged and counted), ``db:split`` (batches the database refused, written in pieces
+so that only the refused rows were dropped), ``stored:<table>`` (rows written),
 ``dropped:db-error``, ``dropped:spool-full``. Gauges (changes added to the same Stats,
 so they add up over writers and workers): ``queue_depth`` (batches handed to the writer
 and not yet written or spooled), ``spool_batches``, ``spool_bytes``.
@@ -76,6 +77,7 @@ _BACKOFF_MAX = 5.0
 CLOSE_DRAIN_SECONDS = 30.0      # at close, drain the spool this long if the database is up
 ASYNC_MEMORY_BYTES = 256 << 20  # db_insert_mode 2: batches held in memory before spooling
 _PRUNE_EVERY = 3600.0
+ISOLATE_MAX_WRITES = 64  # statements tried to separate the rows a database refuses
 
 log = logging.getLogger("sipcaptool.store")
 
@@ -119,6 +121,20 @@ def write_with_retries(adapter: Adapter, table: str, kind: str, payload: object,
     return used, err
 
 
+class _Isolation:
+    """What :meth:`_Core._isolate` did with a refused batch."""
+
+    __slots__ = ("written", "already", "refused", "first_error", "pending", "transient")
+
+    def __init__(self) -> None:
+        self.written = 0        # rows written now
+        self.already = 0        # rows of pieces an earlier attempt had written
+        self.refused = 0        # rows refused (or left untried, past the budget)
+        self.first_error = ""   # the database's words for the first refused row
+        self.pending: list[tuple[object, int, str]] = []  # pieces not tried: connection lost
+        self.transient: StoreError | None = None
+
+
 class _Core:
     """What happens to one formatted batch: written, retried, spooled, drained.
 
@@ -134,7 +150,13 @@ class _Core:
       waiting; when the database is down it is tried with back-off (0.1 s doubling to
       5 s) and the first success means the database is back.
     * The database refuses a batch itself (not the connection): it cannot be written by
-      trying again, so it is counted as ``dropped:db-error`` and logged.
+      trying again. One bad row must not take the others with it, so the batch is
+      written in halves, and the refused halves in halves again, down to single rows
+      (each piece has its own id, derived from the batch's, so a piece is never written
+      twice); the rows refused on their own are counted as ``dropped:db-error`` and
+      logged, the others stored (``db:split`` counts such batches). After
+      ISOLATE_MAX_WRITES statements the rest is given up (counted the same way). When
+      not a single row can be written the batch is an error, as before the search.
     """
 
     def __init__(self, adapter: Adapter, retries: int, retry_timeout: float, spool,
@@ -225,8 +247,100 @@ class _Core:
             elif self.spool is not None and getattr(err, "transient", False):
                 self._mark_down(err)
                 self.to_spool(table, kind, n, payload, batch_id, used)
+            elif self._can_isolate(err, n, table):
+                self._isolate_new(table, kind, n, payload, batch_id, used, err)
             else:
                 self.emit(("error", table, n, used, str(err)))
+
+    # -- refused batches: keep the good rows ------------------------------------------------
+    def _can_isolate(self, err: StoreError, n: int, table: str) -> bool:
+        if n < 2 or getattr(err, "transient", False):
+            return False
+        try:
+            return self.adapter.transactional(table)
+        except Exception:  # noqa: BLE001 - cannot tell: do not risk writing rows twice
+            return False
+
+    def _isolate(self, table: str, kind: str, n: int, payload: object,
+                 batch_id: str) -> _Isolation:
+        """Write a refused batch piece by piece (halves, recursively) to find the rows
+        the database refuses; see the class doc."""
+        res = _Isolation()
+        adapter = self.adapter
+        stack: list[tuple[object, int, str]] = []
+
+        def halves(p: object, k: int, path: str) -> None:
+            a, na, b, nb = adapter.split_batch(p, k)
+            stack.append((b, nb, path + "1"))
+            stack.append((a, na, path + "0"))
+
+        halves(payload, n, "")
+        writes = 0
+        while stack:
+            p, k, path = stack.pop()
+            if writes >= ISOLATE_MAX_WRITES:
+                res.refused += k
+                continue
+            writes += 1
+            piece_id = f"{batch_id}.{path}"
+            try:
+                ok = adapter.write(table, kind, p, piece_id, k)
+            except StoreError as e:
+                if getattr(e, "transient", False):
+                    res.transient = e
+                    res.pending = [(p, k, piece_id)] + [(q, m, f"{batch_id}.{qp}")
+                                                        for q, m, qp in reversed(stack)]
+                    return res
+                if k == 1:
+                    res.refused += 1
+                    res.first_error = res.first_error or str(e)
+                else:
+                    halves(p, k, path)
+                continue
+            except Exception as e:  # noqa: BLE001 - a bug must not kill the writer
+                res.refused += k
+                res.first_error = res.first_error or f"{type(e).__name__}: {e}"
+                continue
+            if ok is False:
+                res.already += k
+            else:
+                res.written += k
+                self._emit_warnings(table)
+        return res
+
+    def _isolate_new(self, table: str, kind: str, n: int, payload: object, batch_id: str,
+                     used: int, err: StoreError) -> None:
+        res = self._isolate(table, kind, n, payload, batch_id)
+        spooled = full = lost = 0
+        if res.pending:
+            self._mark_down(res.transient)
+            from .spool import SpoolFull
+            for p, k, piece_id in res.pending:
+                if self.spool is None:
+                    lost += k
+                    continue
+                try:
+                    self.spool.append(piece_id, table, kind, k, p)
+                    spooled += k
+                except SpoolFull:
+                    full += k
+        if res.written == 0 and res.already == 0 and not spooled:
+            self.emit(("error", table, n, used, str(err)))
+            self.status()
+            return
+        text = self._isolation_text(table, n, res, err, lost)
+        self.emit(("split", table, n, used, res.written, res.refused + lost, spooled, full,
+                   text, True))
+        self.status()
+
+    def _isolation_text(self, table: str, n: int, res: _Isolation, err: StoreError,
+                        lost: int = 0) -> str:
+        dropped = res.refused + lost
+        text = (f"{res.first_error or err}; {dropped} of {n} rows of the batch refused and "
+                "dropped, the other rows stored")
+        if dropped:
+            log.error("%s (counted as dropped:db-error)", text)
+        return text
 
     def _emit_warnings(self, table: str) -> None:
         n = self.adapter.take_warnings()
@@ -278,6 +392,8 @@ class _Core:
                 if getattr(e, "transient", False):
                     self._mark_down(e)
                     return False
+                if self._can_isolate(e, rec.rows, rec.table):
+                    return self._isolate_spooled(rec, e)
                 log.error("spooled batch %s (%d rows for %s) refused by the database, "
                           "dropped: %s", rec.batch_id, rec.rows, rec.table, e)
                 sp.pop()
@@ -293,6 +409,29 @@ class _Core:
             self._emit_warnings(rec.table)
             self.status()
             return True
+
+    def _isolate_spooled(self, rec, err: StoreError) -> bool:
+        """A spooled batch the database refuses: keep its good rows (see _isolate). When
+        the connection fails midway the batch stays in the spool; the pieces already
+        written are recognised by their ids when it is tried again."""
+        res = self._isolate(rec.table, rec.kind, rec.rows, rec.payload, rec.batch_id)
+        if res.pending:
+            self._mark_down(res.transient)
+            if res.written:
+                self.emit(("split", rec.table, rec.rows, 0, res.written, 0, 0, 0,
+                           "", False))
+            return False
+        self.spool.pop()
+        if res.written == 0 and res.already == 0:
+            log.error("spooled batch %s (%d rows for %s) refused by the database, "
+                      "dropped: %s", rec.batch_id, rec.rows, rec.table, err)
+            self.emit(("error", rec.table, rec.rows, 0, str(err), "spooled"))
+        else:
+            text = self._isolation_text(rec.table, rec.rows, res, err)
+            self.emit(("split", rec.table, rec.rows, 0, res.written, res.refused, 0, 0, text,
+                       False))
+        self.status()
+        return True
 
     def finish(self, budget: float = CLOSE_DRAIN_SECONDS) -> None:
         """At close: write what the spool holds while the database answers (bounded)."""
@@ -623,6 +762,24 @@ class Writer:
             self._gauge("spool_batches", batches)
             self._gauge("spool_bytes", nbytes)
             self.spool_rows = rows
+        elif op == "split":
+            _, table, n, used, written, dropped, spooled, full, text, new = msg
+            if new:
+                self._in_flight -= n
+                self._gauge("queue_depth", self.queue_depth - 1)
+                st["db:batches"] += 1
+            if text:  # a finished search (not one cut short by a lost connection)
+                st["db:split"] += 1
+            st["stored:" + table] += written
+            if dropped:
+                st["db:errors"] += 1
+                st["dropped:db-error"] += dropped
+            if spooled:
+                st["db:spooled"] += 1
+            if full:
+                st["dropped:spool-full"] += full
+            if used:
+                st["db:retries"] += used
         elif op == "warnings":
             st["db:warnings"] += msg[2]
         elif op == "synced":
