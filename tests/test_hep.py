@@ -243,6 +243,34 @@ def test_inflate_garbage_or_cut(blob):
     assert reason(hep3(*std_chunks(), chunk(16, blob))) == "hep-inflate"
 
 
+@pytest.mark.parametrize("encode", [encode_hep1, encode_hep2, encode_hep3])
+def test_whole_datagram_gzipped_as_heplify_sends_it(encode):
+    plain = encode(msg(), capture_id=7001) if encode is encode_hep3 else encode(msg())
+    want = decode_datagram(plain, now_us=NOW)
+    got = decode_datagram(gzip.compress(plain), now_us=NOW)
+    assert got == want
+    assert got[0].payload == SIP
+
+
+def test_gzipped_datagram_with_two_hep3_packets_and_auth():
+    two = encode_hep3(msg(), auth_key=b"k") + encode_hep3(msg(payload=b"OPTIONS x SIP/2.0\r\n\r\n"),
+                                                          auth_key=b"k")
+    assert len(decode_datagram(gzip.compress(two), now_us=NOW, auth_key=b"k")) == 2
+    assert reason(gzip.compress(two), auth_key=b"other") == "hep-auth"
+
+
+@pytest.mark.parametrize("blob,why", [
+    (gzip.compress(b"\0" * (MAX_INFLATED + 1)), "hep-inflate"),      # a bomb
+    (gzip.compress(SIP)[:-10], "hep-inflate"),                         # cut off
+    (b"\x1f\x8b" + b"garbage" * 3, "hep-inflate"),                     # not gzip at all
+    (gzip.compress(gzip.compress(hep3(*std_chunks(), chunk(15, SIP)))), "hep-inflate"),
+    (gzip.compress(SIP), "hep-bad-version"),                           # gzip of plain SIP
+    (gzip.compress(b"HEP3"), "hep-truncated"),
+])
+def test_gzipped_datagram_errors(blob, why):
+    assert reason(blob) == why
+
+
 def test_last_payload_chunk_wins():
     p = one(hep3(*std_chunks(), chunk(15, b"first"), chunk(16, zlib.compress(b"second"))))
     assert (p.payload, p.compressed) == (b"second", True)

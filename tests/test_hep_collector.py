@@ -8,6 +8,7 @@ SIGTERM under load (nothing received before the signal is lost).
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -177,15 +178,18 @@ def test_udp_v1_v2_v3_compressed_ipv6(sqlite_url, collectors):
     c.send_udp(encode_hep2(message("v2-plain", ts=TS + 1), capture_id=7005))
     c.send_udp(encode_hep1(message("v1-plain")))
     c.send_udp(encode_hep3(message("v3-corr", corr="my-correlation"), capture_id=7006))
-    wait_packets(c, 7)
+    # heplify can gzip the whole HEP packet
+    c.send_udp(gzip.compress(encode_hep3(message("v3-whole-gzip"), capture_id=7007)))
+    wait_packets(c, 8)
     rc, summary, err = c.stop()
     assert rc == 0, err
-    assert summary["packets"] == 7
-    assert summary["stored"] == {"sip_capture": 7}
+    assert summary["packets"] == 8
+    assert summary["stored"] == {"sip_capture": 8}
     assert summary["malformed"] == {} and summary["dropped"] == {}
     rows = rows_by_callid(sqlite_url)
     assert set(rows) == {"v3-plain", "v3-zlib", "v3-gzip", "v3-ipv6", "v2-plain",
-                         "v1-plain", "v3-corr"}
+                         "v1-plain", "v3-corr", "v3-whole-gzip"}
+    assert rows["v3-whole-gzip"]["node"] == "homer01:7007"
     r = rows["v3-plain"]
     assert (r["node"], r["micro_ts"], r["date"]) == ("homer01:7001", TS, "2026-01-01 00:00:01")
     assert (r["source_ip"], r["source_port"], r["destination_ip"], r["destination_port"]) == \
@@ -201,7 +205,7 @@ def test_udp_v1_v2_v3_compressed_ipv6(sqlite_url, collectors):
     v1 = rows["v1-plain"]  # no HEP time: the wall clock, and the node without capture id
     assert v1["node"] == "homer01" and abs(v1["micro_ts"] / 1e6 - time.time()) < 300
     assert rows["v3-corr"]["correlation_id"] == "my-correlation"
-    assert summary["listeners"][0]["packets"] == 7
+    assert summary["listeners"][0]["packets"] == 8
     assert summary["stop_reason"] == "SIGTERM" and summary["uptime_seconds"] > 0
 
 

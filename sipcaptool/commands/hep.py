@@ -98,6 +98,8 @@ def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf:
             foreground_writer: bool, settings: Settings) -> int:
     """Receive HEP (v1, v2, v3) from capture agents over UDP and TCP and store every
     message: SIP into the sip_capture tables, logs/RTCP/reports into theirs.
+    Compressed payloads (chunk 0x0010, zlib or gzip) and whole datagrams gzipped by
+    the agent (heplify) are inflated.
 
     Runs until SIGTERM or SIGINT (or --duration / --count), then stops reading, writes
     every pending batch and prints a summary: packets, rows per table, what was

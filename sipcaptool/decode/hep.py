@@ -33,7 +33,8 @@ Errors are :class:`~sipcaptool.errors.DecodeError` with one of these stable reas
 ``hep3-trailing``     bytes after the last HEPv3 packet of a datagram that are not one
 ``hep-no-address``    source or destination address missing
 ``hep-no-payload``    no payload chunk (0x000f or 0x0010)
-``hep-inflate``       compressed payload that is not zlib/gzip or inflates past 1 MB
+``hep-inflate``       compressed payload (chunk 0x0010, or a whole datagram gzipped as
+                      heplify can send it) that is not zlib/gzip or inflates past 1 MB
 ``hep-auth``          an authentication key is required and the packet's differs
 ``hep3-stream-bad-length``  HEP over TCP: not a HEP3 header, or a length < 6
 ====================  ==============================================================
@@ -581,6 +582,12 @@ def decode_datagram(
         if not n or data[0] in (1, 2) or data[:k] == b"HEP3"[:k] or data[:k] == b"EEP3"[:k]:
             raise DecodeError("hep-truncated", f"datagram of {n} bytes")
         raise DecodeError("hep-bad-version", f"datagram of {n} bytes")
+    if data[0] == 0x1F and data[1] == 0x8B:
+        # heplify's "gzip the whole HEP packet" option: one gzip stream per datagram
+        data = _inflate(data)
+        if data[:2] == b"\x1f\x8b":
+            raise DecodeError("hep-inflate", "gzip inside gzip")
+        return decode_datagram(data, now_us=now_us, auth_key=auth_key, errors=errors)
     head = data[:4]
     if head != b"HEP3" and head != b"EEP3":
         v = data[0]
