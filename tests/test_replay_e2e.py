@@ -204,6 +204,85 @@ def test_truncated_capture_keeps_everything_before_the_cut(tmp_path):
     assert json.loads(p.stdout)["files"][0]["truncated"] is True
 
 
+# ------------------------------------------------------- compressed captures, stdin
+
+def _big_capture(path: Path, n: int = 3000) -> None:
+    from sipcaptool.testing.pcapgen import PcapWriter, realistic_messages, udp4_frame
+
+    with open(path, "wb") as f:
+        w = PcapWriter(f)
+        for ts, (src, sport, dst, dport, msg) in realistic_messages(n):
+            w.write(ts, udp4_frame(src, sport, dst, dport, msg))
+
+
+def test_gzip_capture_and_stdin_give_the_same_rows_as_the_plain_file(tmp_path):
+    import gzip
+
+    plain = tmp_path / "c.pcap"
+    _big_capture(plain)
+    gz = tmp_path / "c.pcap.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    assert run("replay", "-q", "--db", f"sqlite:///{tmp_path}/plain.db", str(plain)).returncode == 0
+    p = run("replay", "--json", "--db", f"sqlite:///{tmp_path}/gz.db", str(gz))
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["stored_total"] == 3000
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with open(plain, "rb") as stdin:
+        p2 = subprocess.run([sys.executable, "-m", "sipcaptool", "replay", "--json", "--db",
+                             f"sqlite:///{tmp_path}/stdin.db", "-"], stdin=stdin,
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert p2.returncode == 0, p2.stderr
+    want = normalise(sqlite_rows(tmp_path / "plain.db"))
+    assert len(want) == 3000
+    assert normalise(sqlite_rows(tmp_path / "gz.db")) == want
+    assert normalise(sqlite_rows(tmp_path / "stdin.db")) == want
+
+
+def test_gzip_capture_cut_off_keeps_everything_before_the_cut(tmp_path):
+    import gzip
+
+    plain = tmp_path / "c.pcap"
+    _big_capture(plain)
+    data = gzip.compress(plain.read_bytes())
+    cut = tmp_path / "cut.pcap.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    db = tmp_path / "cut.db"
+    p = run("replay", "--json", "--db", f"sqlite:///{db}", str(cut))
+    assert p.returncode == 3, p.stderr
+    s = json.loads(p.stdout)
+    stored = s["stored_total"]
+    assert 0 < stored < 3000 and s["files"][0]["truncated"] is True
+    assert f"cut off after packet {stored}" in p.stderr and "gzip" in p.stderr
+    assert "Traceback" not in p.stderr
+    # exactly the first messages of the capture, none mangled
+    assert run("replay", "-q", "--db", f"sqlite:///{tmp_path}/all.db", str(plain)).returncode == 0
+    assert normalise(sqlite_rows(db)) == normalise(sqlite_rows(tmp_path / "all.db"))[:stored]
+
+
+@pytest.mark.parametrize("content,why", [
+    (b"\x1f\x8b" + b"\x00" * 30, "not a readable gzip file"),
+    (__import__("gzip").compress(b"hello, not a capture\n"), "not a pcap or pcapng capture file"),
+])
+def test_bad_gzip_capture_is_one_clear_line(tmp_path, content, why):
+    f = tmp_path / "bad.pcap.gz"
+    f.write_bytes(content)
+    p = run("replay", "--db", f"sqlite:///{tmp_path}/x.db", str(f))
+    assert p.returncode == 3
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and why in lines[0] and "bad.pcap.gz" in lines[0], p.stderr
+
+
+def test_stdin_empty_or_given_twice(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "sipcaptool", "replay", "--db", f"sqlite:///{tmp_path}/x.db"]
+    p = subprocess.run(cmd + ["-"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert p.returncode == 3 and "standard input is empty" in p.stderr
+    p = subprocess.run(cmd + ["-", "-"], stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True, env=env, timeout=60)
+    assert p.returncode == 2 and "only once" in p.stderr
+
+
 def test_unknown_link_type(tmp_path):
     from sipcaptool.testing.pcapgen import PcapWriter
 

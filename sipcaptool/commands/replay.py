@@ -53,6 +53,9 @@ def command(files: tuple[str, ...], ports: str | None, hep_ports: str | None, qu
             as_json: bool, foreground_writer: bool, settings: Settings) -> int:
     """Read pcap/pcapng FILE(s) and store every SIP message as one row.
 
+    A FILE may be gzip-compressed (x.pcap.gz, inflated on the fly), or '-' for standard
+    input (zcat x.pcap.gz | sipcaptool replay -).
+
     Link layers, IPv4/IPv6, fragments, TCP streams, tunnels and HEP inside the capture
     are decoded; SIP is recognised by content on any port. A progress bar shows on a
     terminal; at the end a summary says what was read, stored, skipped and why.
@@ -68,6 +71,7 @@ def command(files: tuple[str, ...], ports: str | None, hep_ports: str | None, qu
     \b
     Example:
       sipcaptool replay examples/call.pcap
+      sipcaptool replay /var/spool/capture/*.pcap.gz
       sipcaptool replay --db postgresql://postgres@127.0.0.1/homer \\
           --table-name "sip_a|sip_b" --mt-mode hash day1.pcapng day2.pcap
     """
@@ -76,12 +80,16 @@ def command(files: tuple[str, ...], ports: str | None, hep_ports: str | None, qu
     from ..pipeline import Pipeline
     from ..sources.pcapfile import CaptureFile
 
+    if files.count("-") > 1:
+        raise ConfigError("'-' (standard input) can be given only once")
     # Open every file first: a typo in the last name should not cost a long run.
     captures = [CaptureFile(f) for f in files]
     stats = Stats()
     errors: list[SipcaptoolError] = []
     file_reports = []
-    total_bytes = sum(c.size for c in captures) or 1
+    # a stream (standard input, an inflated .gz) has no size known ahead: no total then
+    sizes = [c.size for c in captures]
+    total_bytes = None if None in sizes else (sum(sizes) or 1)
     show_progress = not quiet and sys.stderr.isatty()
     started = time.monotonic()
     # a database that fails during the run: batches wait in the spool; one that is

@@ -3,12 +3,21 @@
 libpcap (through pcapy-ng) does the file format work; frames are read in batches
 (``next_batch``) so the per-packet cost in Python is one slice. A file cut off in the
 middle is read up to the last whole packet and then reported with ``Truncated``.
+
+Besides plain files: ``-`` is standard input (``zcat x.pcap.gz | sipcaptool replay -``),
+and a gzip-compressed capture (``x.pcap.gz``, recognised by its magic bytes) is
+inflated on the fly by a child process feeding a pipe that libpcap reads (libpcap
+holds the GIL while it waits for data, so a thread of this process could not feed
+it). Such streams cannot be read twice, so they are read packet by packet: a stream cut
+off inside a packet loses only that packet.
 """
 
 from __future__ import annotations
 
 import array
 import os
+import subprocess
+import sys
 from typing import Iterator
 
 from ..errors import InputError
@@ -16,10 +25,49 @@ from ..errors import InputError
 BATCH = 512
 
 
-def open_capture(path: str):
-    """Open a capture file; InputError with a clear one-line reason when that fails."""
-    import pcapy
+STDIN = "-"
+GZIP_MAGIC = b"\x1f\x8b"
+# The child that inflates a .gz capture into a pipe. It writes every byte it has
+# inflated before it stops (a file cut off keeps everything before the cut), takes
+# concatenated gzip members, and says what went wrong in one line on stderr.
+_GUNZIP = """
+import os, sys, zlib
+out = sys.stdout.buffer
+try:
+    d, fed = zlib.decompressobj(31), False
+    with open(sys.argv[1], "rb") as f:
+        while True:
+            chunk = f.read(65536)
+            if not chunk:
+                break
+            while chunk:
+                out.write(d.decompress(chunk))
+                fed = True
+                if not d.eof:
+                    break
+                chunk = d.unused_data  # another gzip member follows
+                d, fed = zlib.decompressobj(31), False
+    out.flush()
+    if fed and not d.eof:
+        sys.stderr.write("compressed file ended before the end-of-stream marker")
+        sys.exit(1)
+except BrokenPipeError:  # the reader stopped early: nothing more is wanted
+    os._exit(0)
+except (OSError, zlib.error) as e:
+    sys.stderr.write(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    sys.exit(1)
+"""
 
+
+def _is_gzip(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == GZIP_MAGIC
+    except OSError:
+        return False
+
+
+def _check_file(path: str) -> None:
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file")
     if os.path.isdir(path):
@@ -28,15 +76,66 @@ def open_capture(path: str):
         raise InputError(f"{path}: permission denied")
     if os.path.getsize(path) == 0:
         raise InputError(f"{path}: empty file, not a capture")
+
+
+def open_capture(path: str):
+    """Open a capture file; InputError with a clear one-line reason when that fails."""
+    import pcapy
+
+    if path != STDIN:
+        _check_file(path)
     try:
         return pcapy.open_offline(path)
     except pcapy.PcapError as e:
-        msg = str(e)
-        if "unknown file format" in msg or "bad dump file format" in msg:
-            raise InputError(f"{path}: not a pcap or pcapng capture file ({msg})") from None
-        if "truncated" in msg:
-            raise InputError(f"{path}: capture file header is cut off ({msg})") from None
-        raise InputError(f"{path}: cannot read capture: {msg}") from None
+        _raise_open_error(path, e)
+
+
+def _raise_open_error(path: str, e: Exception):
+    msg = str(e)
+    if path == STDIN and "only got 0" in msg:
+        raise InputError("-: standard input is empty, not a capture") from None
+    if "unknown file format" in msg or "bad dump file format" in msg:
+        raise InputError(f"{path}: not a pcap or pcapng capture file ({msg})") from None
+    if "truncated" in msg:
+        raise InputError(f"{path}: capture file header is cut off ({msg})") from None
+    raise InputError(f"{path}: cannot read capture: {msg}") from None
+
+
+class _Gunzip:
+    """A child process inflating ``path`` into a pipe; ``error()`` after it ended."""
+
+    def __init__(self, path: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _GUNZIP, path],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL,
+                                     # Ctrl-C and kills of the process group are for the
+                                     # replay, which stops at its next batch and ends
+                                     # this child itself
+                                     start_new_session=True)
+
+    @property
+    def device(self) -> str:
+        return f"/dev/fd/{self.proc.stdout.fileno()}"
+
+    def error(self) -> str | None:
+        """Why inflating failed (None when it did not), once the child has ended."""
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        err = self.proc.stderr.read().decode("utf-8", "replace").strip()
+        if self.proc.returncode == 0:
+            return None
+        return err or f"the inflating process ended with status {self.proc.returncode}"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for f in (self.proc.stdout, self.proc.stderr):
+            if not f.closed:
+                f.close()
 
 
 class CaptureFile:
@@ -50,17 +149,41 @@ class CaptureFile:
     """
 
     def __init__(self, path: str) -> None:
+        import pcapy
+
         self.path = path
-        self.size = os.path.getsize(path) if os.path.exists(path) else 0
-        self._reader = open_capture(path)
-        self.linktype: int = self._reader.datalink()
         self.packets = 0
         self.truncated: str | None = None
+        self._gunzip: _Gunzip | None = None
+        #: bytes on disk, for a progress bar; None when not known ahead (a stream)
+        self.size: int | None = None
+        if path != STDIN and os.path.isfile(path) and _is_gzip(path):
+            _check_file(path)
+            self._gunzip = _Gunzip(path)
+            try:
+                self._reader = pcapy.open_offline(self._gunzip.device)
+            except pcapy.PcapError as e:
+                self._gunzip.proc.stdout.close()  # a child still writing ends now
+                why = self._gunzip.error()
+                self._gunzip.close()
+                if why:
+                    raise InputError(f"{path}: not a readable gzip file ({why})") from None
+                _raise_open_error(path + " (inflated)", e)
+        else:
+            self._reader = open_capture(path)
+            if path != STDIN:
+                self.size = os.path.getsize(path)
+        self.streamed = self.size is None
+        self.linktype: int = self._reader.datalink()
 
     def batches(self) -> Iterator[tuple[bytes, memoryview]]:
         """Yield ``(data, meta)``: ``meta`` holds native uint32 quadruples
         (sec, usec, offset, caplen) slicing each frame out of ``data``."""
         import pcapy
+
+        if self.streamed:
+            yield from self._stream_batches()
+            return
 
         while True:
             try:
@@ -75,6 +198,48 @@ class CaptureFile:
             m = memoryview(meta).cast("I")
             self.packets += len(m) // 4
             yield data, m
+
+    def _stream_batches(self) -> Iterator[tuple[bytes, memoryview]]:
+        """Standard input or an inflated file: packet by packet (it cannot be re-read
+        after a failing batch), handed on in batches of BATCH packets."""
+        import pcapy
+
+        nxt = self._reader.next
+        at_end = False  # the stream ended (EOF, or cut off inside a packet)
+        try:
+            while True:
+                frames: list[bytes] = []
+                meta = array.array("I")
+                off = 0
+                try:
+                    while len(frames) < BATCH:
+                        hdr, pkt = nxt()
+                        if hdr is None:
+                            at_end = True
+                            break
+                        sec, usec = hdr.getts()
+                        meta.extend((sec & 0xFFFFFFFF, usec, off, len(pkt)))
+                        frames.append(pkt)
+                        off += len(pkt)
+                except pcapy.PcapError as e:
+                    self.truncated = str(e)
+                    at_end = "truncated" in self.truncated
+                if frames:
+                    self.packets += len(frames)
+                    yield b"".join(frames), memoryview(meta)
+                if self.truncated or len(frames) < BATCH:
+                    break
+        finally:
+            if self._gunzip is not None:
+                # At the end of the stream the child has written everything: its exit
+                # status says whether the file was whole. Reading stopped before (a
+                # bad record, an interrupt): the child, maybe blocked on a full pipe
+                # (whose read end the writer process also holds), is not needed.
+                why = self._gunzip.error() if at_end else None
+                self._gunzip.close()
+                self._gunzip = None
+                if why:
+                    self.truncated = f"gzip: {why}"
 
     def _recover(self) -> Iterator[tuple[bytes, memoryview]]:
         import pcapy
