@@ -272,6 +272,24 @@ def test_bad_gzip_capture_is_one_clear_line(tmp_path, content, why):
     assert len(lines) == 1 and why in lines[0] and "bad.pcap.gz" in lines[0], p.stderr
 
 
+def test_named_pipe(tmp_path):
+    """A FIFO (or a shell's <(zcat x.pcap.gz)) is read as a stream, not refused as empty."""
+    import threading
+
+    fifo = tmp_path / "cap.fifo"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "wb") as f:
+            f.write(EXAMPLE.read_bytes())
+    t = threading.Thread(target=feed)
+    t.start()
+    p = run("replay", "--json", "--db", f"sqlite:///{tmp_path}/x.db", str(fifo))
+    t.join(10)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["stored_total"] == 30
+
+
 def test_stdin_empty_or_given_twice(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "sipcaptool", "replay", "--db", f"sqlite:///{tmp_path}/x.db"]

@@ -74,7 +74,7 @@ def _check_file(path: str) -> None:
         raise InputError(f"{path}: is a directory, not a capture file")
     if not os.access(path, os.R_OK):
         raise InputError(f"{path}: permission denied")
-    if os.path.getsize(path) == 0:
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise InputError(f"{path}: empty file, not a capture")
 
 
@@ -171,8 +171,9 @@ class CaptureFile:
                 _raise_open_error(path + " (inflated)", e)
         else:
             self._reader = open_capture(path)
-            if path != STDIN:
+            if path != STDIN and os.path.isfile(path):
                 self.size = os.path.getsize(path)
+            # else a pipe: a named one, or <(zcat x.pcap.gz) from the shell
         self.streamed = self.size is None
         self.linktype: int = self._reader.datalink()
 
