@@ -373,3 +373,26 @@ def test_refused_rows_in_a_spooled_batch_and_a_connection_lost_midway(sqlite_url
     drained = [e for e in events if e[0] == "drained"]
     assert sum(e[4] for e in split) + sum(e[2] for e in drained) == 15  # counted once each
     assert sum(e[5] for e in split) == 1
+
+
+@pytest.mark.services
+def test_mysql_inserts_refused_row_by_row_keep_the_rest(mysql_url):
+    """MySQL without LOCAL INFILE writes multi-row INSERTs, which strict mode refuses
+    whole for one value too long: the refused row is found, the others stored."""
+    from sipcaptool.store.writer import _Core
+
+    a = open_adapter(mysql_url)
+    a.connect()
+    a.create_tables(["narrow"], aux=False)
+    a.execute_ddl(["ALTER TABLE `narrow` MODIFY `method` VARCHAR(3) NOT NULL DEFAULT ''",
+                   "SET SESSION sql_mode = 'STRICT_TRANS_TABLES'"])
+    a.use_infile = False
+    events: list = []
+    core = _Core(a, 0, 0, None, events.append)
+    rows = _rows(40, bad={0, 21})
+    core.batch("narrow", "sip", 40, a.format_batch("sip", rows), "m1")
+    a.close()
+    (ev,) = events
+    assert ev[0] == "split" and ev[4] == 38 and ev[5] == 2, ev
+    assert "too long" in ev[8] or "Data too long" in ev[8]
+    assert read_rows(mysql_url, "narrow") == [r for i, r in enumerate(rows) if i not in (0, 21)]
