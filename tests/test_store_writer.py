@@ -396,3 +396,25 @@ def test_mysql_inserts_refused_row_by_row_keep_the_rest(mysql_url):
     assert ev[0] == "split" and ev[4] == 38 and ev[5] == 2, ev
     assert "too long" in ev[8] or "Data too long" in ev[8]
     assert read_rows(mysql_url, "narrow") == [r for i, r in enumerate(rows) if i not in (0, 21)]
+
+
+def test_a_failing_search_for_refused_rows_drops_the_batch_as_before(sqlite_url):
+    """Should cutting a batch fail (a bug), the writer goes on: the batch is dropped and
+    counted as it was before the search existed."""
+    from sipcaptool.store.sqlite import SqliteAdapter
+    from sipcaptool.store.url import parse_db_url
+    from sipcaptool.store.writer import _Core
+
+    class Broken(SqliteAdapter):
+        def split_batch(self, payload, rows):
+            raise ValueError("cannot cut")
+
+    _narrow_table(sqlite_url)
+    a = Broken(parse_db_url(sqlite_url))
+    events: list = []
+    core = _Core(a, 0, 0, None, events.append)
+    core.batch("narrow", "sip", 4, _rows(4, bad={1}), "x1")
+    core.batch("narrow", "sip", 2, _rows(2, bad=set()), "x2")  # the writer still works
+    a.close()
+    assert [e[0] for e in events] == ["error", "done"]
+    assert events[0][2] == 4 and count(sqlite_url, "narrow") == 2

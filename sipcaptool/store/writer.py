@@ -310,7 +310,13 @@ class _Core:
 
     def _isolate_new(self, table: str, kind: str, n: int, payload: object, batch_id: str,
                      used: int, err: StoreError) -> None:
-        res = self._isolate(table, kind, n, payload, batch_id)
+        try:
+            res = self._isolate(table, kind, n, payload, batch_id)
+        except Exception as bug:  # noqa: BLE001 - a bug must not kill the writer
+            log.error("cannot look for the refused rows of a batch for %s: %s: %s", table,
+                      type(bug).__name__, bug)
+            self.emit(("error", table, n, used, str(err)))
+            return
         spooled = full = lost = 0
         if res.pending:
             self._mark_down(res.transient)
@@ -393,7 +399,9 @@ class _Core:
                     self._mark_down(e)
                     return False
                 if self._can_isolate(e, rec.rows, rec.table):
-                    return self._isolate_spooled(rec, e)
+                    done = self._isolate_spooled(rec, e)
+                    if done is not None:
+                        return done
                 log.error("spooled batch %s (%d rows for %s) refused by the database, "
                           "dropped: %s", rec.batch_id, rec.rows, rec.table, e)
                 sp.pop()
@@ -410,11 +418,17 @@ class _Core:
             self.status()
             return True
 
-    def _isolate_spooled(self, rec, err: StoreError) -> bool:
+    def _isolate_spooled(self, rec, err: StoreError) -> bool | None:
         """A spooled batch the database refuses: keep its good rows (see _isolate). When
         the connection fails midway the batch stays in the spool; the pieces already
-        written are recognised by their ids when it is tried again."""
-        res = self._isolate(rec.table, rec.kind, rec.rows, rec.payload, rec.batch_id)
+        written are recognised by their ids when it is tried again. None: the search
+        itself failed (a bug), the caller drops the batch as before."""
+        try:
+            res = self._isolate(rec.table, rec.kind, rec.rows, rec.payload, rec.batch_id)
+        except Exception as bug:  # noqa: BLE001 - a bug must not kill the writer
+            log.error("cannot look for the refused rows of spooled batch %s: %s: %s",
+                      rec.batch_id, type(bug).__name__, bug)
+            return None
         if res.pending:
             self._mark_down(res.transient)
             if res.written:
