@@ -105,6 +105,33 @@ def test_any_interface_linux_cooked_capture(tmp_path):
     assert all((r["source_ip"], r["destination_ip"]) == (net.ip_a, net.ip_b) for r in got)
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_link_going_down_and_up_does_not_end_the_capture(tmp_path, workers):
+    """A mirror port that flaps: the capture waits for it, reopens it and goes on (each
+    worker rejoins its fanout group)."""
+    db = str(tmp_path / "c.db")
+    with VethPair() as net:
+        with live_capture(net, "-i", net.if_b, "--db", f"sqlite:///{db}", "--json",
+                          "--raw-sock-children", workers) as p:
+            net.sender("udp", "--dst", net.ip_b, "--src", net.ip_a, "-n", "5", "--tag", "before")
+            settle(1.0)
+            net.b("ip", "link", "set", net.if_b, "down")
+            settle(2.5)
+            assert p.poll() is None  # still running
+            net.b("ip", "link", "set", net.if_b, "up")
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and len(rows(db)) < 10:
+                net.sender("udp", "--dst", net.ip_b, "--src", net.ip_a, "-n", "5",
+                           "--tag", "after")
+                settle(1.5)
+        s = summary(p)
+    callids = {r["callid"] for r in rows(db)}
+    assert {f"before-{i}@{net.ip_a}" for i in range(5)} <= callids
+    assert {f"after-{i}@{net.ip_a}" for i in range(5)} <= callids
+    assert s["kernel"]["link_down"] == int(workers) and s["errors"] == []
+    assert "went down" in p.err and "capturing again" in p.err
+
+
 def test_sipp_calls_rows_identical_to_replay_of_tcpdump_capture(tmp_path):
     """Live rows == the rows ``replay`` stores for tcpdump's capture of the same traffic."""
     if not shutil.which("sipp") or not shutil.which("tcpdump"):
@@ -373,6 +400,31 @@ def _user_test(db: str) -> None:
     assert uid_line.split()[1:] == [str(nobody)] * 4
     assert os.stat(db).st_uid == nobody
     assert len(rows(db)) == 3
+
+
+def test_link_down_after_dropping_privileges_ends_with_a_clear_error(tmp_path):
+    """Reopening an interface needs the privileges --user gave away: the capture then
+    ends (exit 5), with what it stored before kept and the reason given."""
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="sipcaptool-live-")
+    os.chmod(d, 0o777)
+    db = os.path.join(d, "c.db")
+    try:
+        with VethPair() as net:
+            with live_capture(net, "-i", net.if_b, "--user", "nobody", "--db",
+                              f"sqlite:///{db}", "--json") as p:
+                net.sender("udp", "--dst", net.ip_b, "-n", "3", "--tag", "kept")
+                settle(1.2)
+                net.b("ip", "link", "set", net.if_b, "down")
+                settle(0.5)
+                net.b("ip", "link", "set", net.if_b, "up")
+                p.wait(20)
+        assert p.returncode == 5, p.err
+        assert "went down and cannot be opened again" in p.err
+        assert len(rows(db)) == 3
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_without_privileges_one_line_error_exit_5(tmp_path):

@@ -22,6 +22,13 @@ them up (summary, control socket).
 Kernel drop counters: the pcap statistics of each handle land in ``kernel:received``,
 ``kernel:dropped`` (no room in the capture buffer) and ``kernel:if_dropped`` (dropped
 by the interface/driver).
+
+A mirror port that goes down (a link flap, a switch reload, a NIC replaced) does not
+end the capture: the worker logs it, counts ``capture:link-down``, and opens the
+interface again every LINK_RETRY seconds until it is back (packets on the link meanwhile
+are not seen by anyone). The stop request and ``--duration`` are still honoured while
+it waits. Only when the interface cannot be opened again for lack of privileges
+(``--user`` dropped them) does the capture end, with the error.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ BATCH = 512
 POLL_MS = 100            # the longest a worker sleeps before looking at stop/duration
 REPORT_EVERY = 0.5       # seconds between worker -> parent counter reports
 DRAIN_SECONDS = 10.0     # at most this long reading what was captured before a stop
+LINK_RETRY = 1.0         # seconds between attempts to reopen an interface that went down
 DEFAULT_SNAPLEN = 262144
 DEFAULT_BUFFER = 32 * 1024 * 1024
 FANOUT_FLAG_DEFRAG = 0x8000
@@ -164,10 +172,20 @@ class PcapSource:
     """One libpcap handle on a live interface."""
 
     def __init__(self, opts: LiveOptions, fanout_group: int | None = None) -> None:
+        self.interface = opts.interface
+        self._opts = opts
+        self._fanout_group = fanout_group
+        self._stats_base = (0, 0, 0)   # kernel counters of handles closed before
+        self._last_stats = (0, 0, 0)
+        self.link_downs = 0
+        self._open()
+
+    def _open(self) -> None:
         import pcapy
 
+        opts = self._opts
+        fanout_group = self._fanout_group
         iface = opts.interface
-        self.interface = iface
         try:
             h = pcapy.create(iface)
         except pcapy.PcapError as e:
@@ -235,7 +253,12 @@ class PcapSource:
             except pcapy.PcapError as e:
                 msg = str(e)
                 if "went down" in msg or "No such device" in msg:
-                    raise CaptureError(f"{self.interface}: the interface went down ({msg})") from None
+                    yield from self._wait_for_link(msg)
+                    nb = self.handle.next_batch
+                    poller = select.poll()
+                    poller.register(self._fd, select.POLLIN)
+                    wait = True
+                    continue
                 raise CaptureError(f"{self.interface}: capture failed: {msg}") from None
             if meta:
                 m = memoryview(meta).cast("I")
@@ -245,11 +268,54 @@ class PcapSource:
                 wait = True
                 yield data, ()
 
+    def _wait_for_link(self, why: str):
+        """The interface went down: reopen it every LINK_RETRY seconds until it is back,
+        yielding empty batches meanwhile so the worker still sees stop and deadline."""
+        self.link_downs += 1
+        self.kernel_stats()  # keep the last counters of the old handle
+        self._stats_base = tuple(b + c for b, c in zip(self._stats_base, self._last_stats))
+        self._last_stats = (0, 0, 0)
+        self.handle = None
+        log.warning("%s: the interface went down (%s); opening it again every %gs until "
+                    "it is back", self.interface, why, LINK_RETRY)
+        down_since = time.monotonic()
+        next_try = down_since + LINK_RETRY
+        last_error = ""
+        while True:
+            yield b"", ()
+            now = time.monotonic()
+            if now < next_try:
+                time.sleep(min(POLL_MS / 1000, next_try - now))
+                continue
+            next_try = now + LINK_RETRY
+            state = _link_state(self.interface)
+            if state != "up":
+                if state != last_error:
+                    log.info("%s: still down (%s)", self.interface, state)
+                    last_error = state
+                continue
+            try:
+                self._open()
+            except CaptureError as e:
+                text = str(e)
+                if "permission" in text.lower() or "privileges" in text.lower():
+                    raise CaptureError(f"{self.interface}: the interface went down and "
+                                       f"cannot be opened again: {text}") from None
+                if text != last_error:
+                    log.info("%s: still down: %s", self.interface, text)
+                    last_error = text
+                continue
+            log.warning("%s: capturing again after %.1fs down", self.interface,
+                        time.monotonic() - down_since)
+            return
+
     def kernel_stats(self) -> tuple[int, int, int]:
-        try:
-            return tuple(self.handle.stats())  # type: ignore[return-value]
-        except Exception:  # noqa: BLE001 - statistics are best effort
-            return (0, 0, 0)
+        if self.handle is not None:
+            try:
+                self._last_stats = tuple(self.handle.stats())  # type: ignore[assignment]
+            except Exception:  # noqa: BLE001 - statistics are best effort
+                pass
+        return tuple(b + c for b, c in zip(self._stats_base, self._last_stats))  # type: ignore[return-value]
 
     def close(self) -> None:
         self.handle = None
@@ -263,6 +329,22 @@ _ACTIVATE_ERRORS = {
 }
 _ACTIVATE_WARNINGS = {1: "pcap warning", 2: "promiscuous mode not supported",
                       3: "timestamp type not supported"}
+
+
+def _link_state(iface: str) -> str:
+    """"up" when the interface exists and is administratively up (IFF_UP), else why not
+    (Linux: /sys/class/net; elsewhere "up", and opening it tells)."""
+    base = "/sys/class/net"
+    if not os.path.isdir(base):
+        return "up"
+    try:
+        with open(f"{base}/{iface}/flags") as f:
+            flags = int(f.read().strip(), 16)
+    except FileNotFoundError:
+        return "no such interface"
+    except (OSError, ValueError):
+        return "up"
+    return "up" if flags & 1 else "administratively down"
 
 
 def _open_error(iface: str, msg: str) -> CaptureError:
@@ -534,6 +616,9 @@ class Worker:
         self.stats["kernel:received"] = recv
         self.stats["kernel:dropped"] = drop
         self.stats["kernel:if_dropped"] = ifdrop
+        downs = getattr(self.source, "link_downs", 0)
+        if downs:
+            self.stats["capture:link-down"] = downs
 
 
 # ----------------------------------------------------------------- running it
@@ -691,8 +776,10 @@ def _worker_main(i: int, src: Any, opts: LiveOptions, settings: Any, shared: Sha
 
 
 def kernel_summary(stats: Stats) -> dict[str, int]:
+    """Kernel counters of the capture handles, and how often the link went down."""
     return {"received": stats["kernel:received"], "dropped": stats["kernel:dropped"],
-            "if_dropped": stats["kernel:if_dropped"]}
+            "if_dropped": stats["kernel:if_dropped"],
+            "link_down": stats["capture:link-down"]}
 
 
 __all__ = ["Listen", "LiveCapture", "LiveOptions", "PcapSource", "Worker", "capture_filter",
