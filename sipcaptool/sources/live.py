@@ -273,7 +273,7 @@ class PcapSource:
         yielding empty batches meanwhile so the worker still sees stop and deadline."""
         self.link_downs += 1
         self.kernel_stats()  # keep the last counters of the old handle
-        self._stats_base = tuple(b + c for b, c in zip(self._stats_base, self._last_stats))
+        self._stats_base = tuple(b + c for b, c in zip(self._stats_base, self._last_stats, strict=True))
         self._last_stats = (0, 0, 0)
         self.handle = None
         log.warning("%s: the interface went down (%s); opening it again every %gs until "
@@ -315,7 +315,7 @@ class PcapSource:
                 self._last_stats = tuple(self.handle.stats())  # type: ignore[assignment]
             except Exception:  # noqa: BLE001 - statistics are best effort
                 pass
-        return tuple(b + c for b, c in zip(self._stats_base, self._last_stats))  # type: ignore[return-value]
+        return tuple(b + c for b, c in zip(self._stats_base, self._last_stats, strict=True))  # type: ignore[return-value]
 
     def close(self) -> None:
         self.handle = None
