@@ -181,3 +181,28 @@ def test_reassembler_returns_hep_frames_and_holds_at_most_one_packet():
     assert r.held_bytes == 0
     r.segment(9, key, len(pkt) * 3, 0x11, b"")
     assert len(r) == 0
+
+
+# ------------------------------------------- HEP over UDP in a capture, gzipped by heplify
+
+def _udp(payload: bytes, dport: int = 9060) -> bytes:
+    from decode_builders import udp
+
+    return eth(0x0800, ip4(AGENT[0], COLLECTOR[0], 17, udp(AGENT[1], dport, payload)))
+
+
+def test_gzipped_hep_datagrams_in_a_capture_on_hep_ports():
+    import gzip
+
+    f = Flow()
+    (m,) = f.d.decode(5, _udp(gzip.compress(_hep(0))))
+    assert _key(m) == _expected((0, INVITE))[0]
+    # elsewhere a gzip stream is not taken for HEP unless --hep-ports names the port
+    assert f.d.decode(5, _udp(gzip.compress(_hep(1)), dport=7000)) == []
+    assert f.stats["skipped:non-sip"] == 1
+    g = Flow(hep_ports=frozenset({7000}))
+    (m,) = g.d.decode(5, _udp(gzip.compress(_hep(1)), dport=7000))
+    assert _key(m) == _expected((1, INVITE))[0]
+    # a broken one on a HEP port is counted, not stored
+    assert f.d.decode(5, _udp(b"\x1f\x8b" + b"\x00" * 20)) == []
+    assert f.stats["malformed:hep-inflate"] == 1

@@ -31,6 +31,7 @@ PROTO_WS = 5
 _HEP_FRAME = 256    # decode.tcp.HEP_FRAME: a HEP3 packet cut out of a TCP stream
 
 MAX_TUNNEL_DEPTH = 4
+_HEP_GZIP_PORTS = frozenset({9060, 9061})  # gzipped HEP without --hep-ports: these only
 
 _IP4 = struct.Struct("!BBHHHBBH4s4s")
 _unpack_ip4 = _IP4.unpack_from
@@ -323,6 +324,15 @@ class PacketDecoder:
             if (b0 == 1 or b0 == 2) and (hp is None or sport in hp or dport in hp):
                 if self._try_hep(ts, data, out):
                     return
+            elif b0 == 0x1F and data[1:2] == b"\x8b":
+                # a whole HEP datagram gzipped by the agent (heplify): only where HEP
+                # is expected, since any gzip stream starts so
+                if (sport in _HEP_GZIP_PORTS or dport in _HEP_GZIP_PORTS) if hp is None \
+                        else (sport in hp or dport in hp):
+                    hep = self._hep_mod()
+                    if hep is not False:
+                        self._decode_hep(hep, ts, data, out)
+                        return
         elif (b0 == 0x48 or b0 == 0x45) and (data[:4] == b"HEP3" or data[:4] == b"EEP3"):
             hp = self.hep_ports
             if (hp is None or sport in hp or dport in hp) and self._try_hep(ts, data, out):
