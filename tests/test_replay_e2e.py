@@ -204,6 +204,46 @@ def test_truncated_capture_keeps_everything_before_the_cut(tmp_path):
     assert json.loads(p.stdout)["files"][0]["truncated"] is True
 
 
+def test_many_files_never_held_open_at_once(tmp_path):
+    """`replay /spool/*.pcap` over more files than the open-file limit: each file is
+    opened only when its turn comes (the limit here: 128 descriptors, 300 files)."""
+    import gzip
+    import resource
+
+    data = EXAMPLE.read_bytes()
+    for i in range(300):
+        if i % 3:
+            (tmp_path / f"c{i:03}.pcap").write_bytes(data)
+        else:
+            (tmp_path / f"c{i:03}.pcap.gz").write_bytes(gzip.compress(data))
+    files = sorted(str(f) for f in tmp_path.glob("c*.pcap*"))
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-m", "sipcaptool", "replay", "--json", "--db",
+                        f"sqlite:///{tmp_path}/m.db", *files], capture_output=True, text=True,
+                       env=env, timeout=300, preexec_fn=low_limit)
+    assert p.returncode == 0, p.stderr[-2000:]
+    s = json.loads(p.stdout)
+    assert s["stored_total"] == 300 * 30 and len(s["files"]) == 300
+
+
+def test_a_bad_file_among_good_ones_is_reported_and_the_rest_stored(tmp_path):
+    good = tmp_path / "a.pcap"
+    good.write_bytes(EXAMPLE.read_bytes())
+    cut = tmp_path / "b.pcap"
+    cut.write_bytes(EXAMPLE.read_bytes()[:10])  # the file header itself is cut off
+    last = tmp_path / "c.pcap"
+    last.write_bytes(EXAMPLE.read_bytes())
+    p = run("replay", "--json", "--db", f"sqlite:///{tmp_path}/x.db", str(good), str(cut),
+            str(last))
+    assert p.returncode == 3
+    assert json.loads(p.stdout)["stored_total"] == 60
+    assert "b.pcap: capture file header is cut off" in p.stderr and "Traceback" not in p.stderr
+
+
 # ------------------------------------------------------- compressed captures, stdin
 
 def _big_capture(path: Path, n: int = 3000) -> None:

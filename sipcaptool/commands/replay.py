@@ -162,10 +162,17 @@ def command(files: tuple[str, ...], ports: str | None, hep_ports: str | None, qu
 def _replay_one(cap, pipeline, stats: Stats, ports, hep_ports, bar, stop=()) -> dict:
     from ..decode.packet import PacketDecoder
 
-    report: dict = {"file": cap.path, "linktype": cap.linktype}
+    report: dict = {"file": cap.path}
+    try:
+        cap.open()
+    except InputError as e:
+        report["error"] = str(e)
+        return report
+    report["linktype"] = cap.linktype
     try:
         decoder = PacketDecoder(cap.linktype, stats, ports=ports, hep_ports=hep_ports)
     except DecodeError as e:
+        cap.close()
         report["error"] = f"{cap.path}: unknown or unsupported link type {cap.linktype} ({e.detail or e.reason}); nothing read"
         return report
     submit = pipeline.submit

@@ -138,27 +138,66 @@ class _Gunzip:
                 f.close()
 
 
+_CAPTURE_MAGICS = (b"\xa1\xb2\xc3\xd4", b"\xd4\xc3\xb2\xa1",   # pcap, µs
+                   b"\xa1\xb2\x3c\x4d", b"\x4d\x3c\xb2\xa1",   # pcap, ns
+                   b"\x0a\x0d\x0d\x0a")                           # pcapng
+
+
 class CaptureFile:
     """One capture file: its link type, and its frames in batches.
 
+    Creating it checks the file (it exists, can be read, starts like a pcap, pcapng or
+    gzip file) without keeping it open; :meth:`open` opens it when its turn comes and
+    :meth:`close` (or the end of :meth:`batches`) closes it again, so a replay of
+    thousands of files never holds more than one open.
+
     Attributes:
-        linktype: the file's DLT/LINKTYPE number.
+        linktype: the file's DLT/LINKTYPE number (after :meth:`open`).
         packets: packets read so far.
         truncated: None, or why reading stopped early (the file is cut off inside a
             packet); every whole packet before the cut has been yielded.
+        size: bytes on disk, for a progress bar; None for a stream (stdin, a pipe, a
+            gzip file, whose inflated size is not known ahead).
     """
 
     def __init__(self, path: str) -> None:
-        import pcapy
-
         self.path = path
         self.packets = 0
         self.truncated: str | None = None
+        self.linktype: int | None = None
+        self._reader = None
         self._gunzip: _Gunzip | None = None
-        #: bytes on disk, for a progress bar; None when not known ahead (a stream)
+        self._gzip = False
         self.size: int | None = None
-        if path != STDIN and os.path.isfile(path) and _is_gzip(path):
-            _check_file(path)
+        if path == STDIN:
+            return
+        _check_file(path)
+        if not os.path.isfile(path):
+            return  # a named pipe, <(...): read as a stream, nothing to look at ahead
+        try:
+            with open(path, "rb") as f:
+                head = f.read(4)
+        except OSError as e:
+            raise InputError(f"{path}: cannot read: {e.strerror}") from None
+        if head[:2] == GZIP_MAGIC:
+            self._gzip = True
+        elif head in _CAPTURE_MAGICS:
+            self.size = os.path.getsize(path)
+        else:
+            raise InputError(f"{path}: not a pcap or pcapng capture file (unknown file format)")
+
+    @property
+    def streamed(self) -> bool:
+        return self.size is None
+
+    def open(self) -> None:
+        """Open the file for reading (InputError with a one-line reason)."""
+        import pcapy
+
+        if self._reader is not None:
+            return
+        path = self.path
+        if self._gzip:
             self._gunzip = _Gunzip(path)
             try:
                 self._reader = pcapy.open_offline(self._gunzip.device)
@@ -166,25 +205,41 @@ class CaptureFile:
                 self._gunzip.proc.stdout.close()  # a child still writing ends now
                 why = self._gunzip.error()
                 self._gunzip.close()
+                self._gunzip = None
                 if why:
                     raise InputError(f"{path}: not a readable gzip file ({why})") from None
                 _raise_open_error(path + " (inflated)", e)
         else:
             self._reader = open_capture(path)
-            if path != STDIN and os.path.isfile(path):
-                self.size = os.path.getsize(path)
-            # else a pipe: a named one, or <(zcat x.pcap.gz) from the shell
-        self.streamed = self.size is None
-        self.linktype: int = self._reader.datalink()
+        self.linktype = self._reader.datalink()
+
+    def close(self) -> None:
+        """Close the file (and end the inflating child of a gzip file); idempotent."""
+        r, self._reader = self._reader, None
+        if r is not None:
+            try:
+                r.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+        if self._gunzip is not None:
+            self._gunzip.close()
+            self._gunzip = None
 
     def batches(self) -> Iterator[tuple[bytes, memoryview]]:
         """Yield ``(data, meta)``: ``meta`` holds native uint32 quadruples
-        (sec, usec, offset, caplen) slicing each frame out of ``data``."""
-        import pcapy
+        (sec, usec, offset, caplen) slicing each frame out of ``data``. Opens the file
+        if needed and closes it at the end."""
+        self.open()
+        try:
+            if self.streamed:
+                yield from self._stream_batches()
+            else:
+                yield from self._file_batches()
+        finally:
+            self.close()
 
-        if self.streamed:
-            yield from self._stream_batches()
-            return
+    def _file_batches(self) -> Iterator[tuple[bytes, memoryview]]:
+        import pcapy
 
         while True:
             try:
@@ -263,3 +318,5 @@ class CaptureFile:
                 yield pkt, memoryview(array.array("I", [sec, usec, 0, len(pkt)]))
         except pcapy.PcapError:
             return
+        finally:
+            r.close()
