@@ -39,7 +39,8 @@ class Collector:
     """
 
     def __init__(self, db_url: str, *extra: str, udp: bool = True, tcp: bool = True,
-                 host: str = "127.0.0.1", json_summary: bool = True) -> None:
+                 host: str = "127.0.0.1", json_summary: bool = True,
+                 preexec_fn=None) -> None:
         h = f"[{host}]" if ":" in host else host
         cmd = [sys.executable, "-m", "sipcaptool", "hep", "--db", db_url]
         if udp:
@@ -52,7 +53,7 @@ class Collector:
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.host = host
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
         self.err_lines: list[str] = []
         self.ports: dict[str, int] = {}
         want = int(udp) + int(tcp)
@@ -290,6 +291,57 @@ def test_tcp_idle_timeout_closes_silent_connections_only(sqlite_url, collectors)
     assert summary["evicted"] == {"tcp-idle": 2}
     assert summary["malformed"] == {"hep3-stream-truncated": 1}
     assert "nothing received for 1s; connection closed" in err
+
+
+def test_out_of_descriptors_the_collector_rests_instead_of_spinning(sqlite_url, collectors):
+    """More agents than open files allowed: accept() fails with EMFILE and the waiting
+    connection keeps the socket readable. The collector must not spin on it; once
+    descriptors are free again the waiting agents are accepted and their packets stored."""
+    import resource
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    c = collectors(sqlite_url, "--control", "none", udp=False, preexec_fn=low_limit)
+    socks = []
+    for i in range(90):  # past the limit: the last ones wait in the listen backlog
+        s = c.tcp()
+        s.sendall(encode_hep3(message(f"agent-{i}")))
+        socks.append(s)
+    time.sleep(1.0)
+    cpu0 = _cpu_seconds(c.proc.pid)
+    time.sleep(3.0)
+    busy = _cpu_seconds(c.proc.pid) - cpu0
+    assert busy < 1.0, f"the collector used {busy:.1f}s of CPU in 3s while out of descriptors"
+    for s in socks[:40]:  # agents leave: descriptors come free
+        s.close()
+    time.sleep(3.0)
+    for s in socks[40:]:
+        s.close()
+    wait_packets(c, 90)
+    time.sleep(1.0)
+    rc, summary, err = c.stop()
+    assert rc == 0, err
+    assert set(rows_by_callid(sqlite_url)) == {f"agent-{i}" for i in range(90)}
+    assert "cannot accept" in err and "open-file limit" in err
+
+
+def test_open_file_limit_raised_towards_the_connection_limit():
+    """A shell's soft limit of 1024 is below the 4096 agents the collector takes: it
+    raises its soft limit (never past the hard one)."""
+    code = ("import resource\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 3000))\n"
+            "from sipcaptool.sources.hep_listener import raise_open_file_limit\n"
+            "print(raise_open_file_limit(), resource.getrlimit(resource.RLIMIT_NOFILE))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert out.stdout.split(None, 1) == ["3000", "(3000, 3000)\n"], out.stderr
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_tcp_connections_get_keepalive():

@@ -116,9 +116,10 @@ def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf:
       sipcaptool hep --listen udp:[::]:9060 --auth-key s3cret --capture-node homer02 --workers 2
     """
     from ..logs import setup_command_logging
-    from ..sources.hep_listener import open_listeners, parse_listen
+    from ..sources.hep_listener import open_listeners, parse_listen, raise_open_file_limit
 
     setup_command_logging(verbose, quiet, log_file, log_format)
+    raise_open_file_limit()
 
     specs = [parse_listen(x) for x in (listen or DEFAULT_LISTEN)]
     seen = set()

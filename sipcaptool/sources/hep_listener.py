@@ -71,6 +71,7 @@ KEEPALIVE_IDLE = 60      # TCP keepalive: seconds of silence before the first pr
 KEEPALIVE_INTERVAL = 10  # seconds between probes
 KEEPALIVE_COUNT = 6      # unanswered probes before the kernel gives up
 _IDLE_SWEEP = 1.0        # seconds between two looks for idle connections
+ACCEPT_PAUSE = 1.0       # seconds a listener waits after accept() ran out of descriptors
 _LOG_SENDERS_MAX = 10000
 
 
@@ -226,6 +227,23 @@ def open_listeners(specs: Iterable[ListenSpec], rcvbuf: int, copies: int = 1,
     return out
 
 
+def raise_open_file_limit(want: int = MAX_CONNECTIONS + 512) -> int:
+    """Raise the soft limit of open files towards ``want`` (never past the hard limit):
+    every TCP agent holds a descriptor, and a shell's usual 1024 is less than the
+    connections the collector takes. Returns the soft limit now in force."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        return soft
+    except (ImportError, ValueError, OSError):  # pragma: no cover - not on this platform
+        return -1
+
+
 def set_keepalive(sock: socket.socket) -> None:
     """TCP keepalive with short timers (see the module doc); best effort."""
     try:
@@ -297,6 +315,8 @@ class HepCollector:
         self.drain_limit = drain_limit
         self.tcp_idle_timeout = tcp_idle_timeout or None
         self._next_sweep = 0.0
+        self._paused: list[tuple[float, socket.socket, tuple]] = []  # listeners resting
+        self._last_accept_log = -LOG_INTERVAL
         self.started = time.monotonic()
         self.stop_reason: str | None = None
         self._stop = False
@@ -380,6 +400,8 @@ class HepCollector:
                 if got and self.on_progress is not None and self.on_progress(got):
                     self.stop("count")
                 if time.monotonic() >= next_tick:
+                    if self._paused:
+                        self._resume_accepting()
                     if self.tick is not None:
                         self.tick()
                     if self.tcp_idle_timeout is not None:
@@ -576,7 +598,22 @@ class HepCollector:
                 return
             except OSError as e:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("%s: cannot accept: %s", lst.label, e.strerror)
+                    # the connection stays in the backlog and the socket stays readable:
+                    # rest the listener a moment instead of spinning on it
+                    self.stats["tcp:accept-paused"] += 1
+                    now = time.monotonic()
+                    if now - self._last_accept_log >= LOG_INTERVAL:
+                        self._last_accept_log = now
+                        log.warning("%s: cannot accept: %s (%d connections open); accepting "
+                                    "again in %gs; raise the open-file limit (ulimit -n, "
+                                    "LimitNOFILE)", lst.label, e.strerror, len(self._conns),
+                                    ACCEPT_PAUSE)
+                    try:
+                        self._sel.unregister(lsock)
+                        self._paused.append((time.monotonic() + ACCEPT_PAUSE, lsock,
+                                             ("accept", lst, lsock)))
+                    except (KeyError, ValueError):
+                        pass
                 return
             if len(self._conns) >= self.max_connections:
                 self.stats["dropped:tcp-connection-limit"] += 1
@@ -588,6 +625,19 @@ class HepCollector:
             self._conns[sock.fileno()] = conn
             lst.connections += 1
             self._sel.register(sock, selectors.EVENT_READ, ("tcp", conn, None))
+
+    def _resume_accepting(self) -> None:
+        now = time.monotonic()
+        keep = []
+        for when, lsock, data in self._paused:
+            if when > now:
+                keep.append((when, lsock, data))
+                continue
+            try:
+                self._sel.register(lsock, selectors.EVENT_READ, data)
+            except (KeyError, ValueError, OSError):
+                pass
+        self._paused = keep
 
     def _read_tcp(self, conn: _Conn) -> bool:
         """Read once from a connection; False when it was closed (or nothing was there)."""
