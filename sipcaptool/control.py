@@ -593,10 +593,14 @@ class MetricsServer:
         addr: (host, port); port 0 picks a free one (see ``address`` after start).
         stats_provider: as for :class:`ControlServer`.
         capture_flag: optional, for ``sipcaptool_capture_on``.
+        request_timeout: seconds a client may take to send its request; a connection
+            that sends nothing is closed then (it would hold a thread and a descriptor
+            of the capturing process for ever).
     """
 
     def __init__(self, addr: tuple[str, int], stats_provider: Callable[[], Mapping[str, Any]],
-                 *, capture_flag: Any = None) -> None:
+                 *, capture_flag: Any = None, request_timeout: float = 10.0) -> None:
+        self.request_timeout = request_timeout
         self.addr = addr
         self.stats_provider = stats_provider
         self.capture_flag = capture_flag
@@ -616,6 +620,8 @@ class MetricsServer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = self.request_timeout
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 if self.path.split("?")[0] not in ("/metrics", "/"):
                     self.send_error(404)

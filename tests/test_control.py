@@ -316,6 +316,22 @@ def test_prometheus_endpoint():
     assert 'sipcaptool_dropped_total{reason="capture-off"} 1' in body
 
 
+def test_metrics_client_that_sends_nothing_is_closed():
+    """An idle connection to the metrics port would hold a thread and a descriptor of
+    the capturing process for ever: it is closed after the request timeout."""
+    m = MetricsServer(("127.0.0.1", 0), lambda: Stats(), request_timeout=0.5).start()
+    try:
+        idle = socket.create_connection(m.address, timeout=10)
+        t0 = time.monotonic()
+        assert idle.recv(100) == b""  # closed by the server
+        assert time.monotonic() - t0 < 5
+        idle.close()
+        host, port = m.address  # and it still answers others
+        assert urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).status == 200
+    finally:
+        m.stop()
+
+
 def test_parse_hostport():
     assert parse_hostport("127.0.0.1:9100") == ("127.0.0.1", 9100)
     assert parse_hostport("[::1]:9100") == ("::1", 9100)
