@@ -126,8 +126,8 @@ def test_link_going_down_and_up_does_not_end_the_capture(tmp_path, workers):
                 settle(1.5)
         s = summary(p)
     callids = {r["callid"] for r in rows(db)}
-    assert {f"before-{i}@{net.ip_a}" for i in range(5)} <= callids
-    assert {f"after-{i}@{net.ip_a}" for i in range(5)} <= callids
+    assert {f"before-{i}@{net.ip_a}" for i in range(5)} <= callids, p.err
+    assert {f"after-{i}@{net.ip_a}" for i in range(5)} <= callids, (p.err, s)
     assert s["kernel"]["link_down"] == int(workers) and s["errors"] == []
     assert "went down" in p.err and "capturing again" in p.err
 
@@ -402,27 +402,68 @@ def _user_test(db: str) -> None:
     assert len(rows(db)) == 3
 
 
-def test_link_down_after_dropping_privileges_ends_with_a_clear_error(tmp_path):
-    """Reopening an interface needs the privileges --user gave away: the capture then
-    ends (exit 5), with what it stored before kept and the reason given."""
+def test_interface_removed_and_created_again(tmp_path):
+    """The capture interface disappears (a NIC replaced, a veth re-created) and a new
+    one of the same name comes: the capture opens the new one and goes on."""
+    db = str(tmp_path / "c.db")
+    with VethPair(ipv6=False) as net:
+        with live_capture(net, "-i", net.if_b, "--db", f"sqlite:///{db}", "--json") as p:
+            net.sender("udp", "--dst", net.ip_b, "--src", net.ip_a, "-n", "3", "--tag", "old")
+            settle(1.0)
+            net.a("ip", "link", "del", net.if_a)  # takes its peer in namespace B along
+            settle(2.0)
+            assert p.poll() is None
+            net.a("ip", "link", "add", net.if_a, "type", "veth", "peer", "name", net.if_b,
+                  "netns", net.ns_b)
+            net.a("ip", "addr", "add", f"{net.ip_a}/24", "dev", net.if_a)
+            net.b("ip", "addr", "add", f"{net.ip_b}/24", "dev", net.if_b)
+            net.a("ip", "link", "set", net.if_a, "up")
+            net.b("ip", "link", "set", net.if_b, "up")
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and len(rows(db)) < 6:
+                net.sender("udp", "--dst", net.ip_b, "--src", net.ip_a, "-n", "3",
+                           "--tag", "new")
+                settle(1.5)
+        s = summary(p)
+    callids = {r["callid"] for r in rows(db)}
+    assert {f"old-{i}@{net.ip_a}" for i in range(3)} <= callids, p.err
+    assert {f"new-{i}@{net.ip_a}" for i in range(3)} <= callids, p.err
+    assert s["kernel"]["link_down"] == 1 and s["errors"] == []
+    assert "capturing again" in p.err
+
+
+def test_after_dropping_privileges_a_flap_is_survived_a_removal_ends_clearly(tmp_path):
+    """With --user the handle cannot be opened again: a link that goes down and up keeps
+    its handle and the capture goes on; an interface that is removed ends the capture
+    (exit 5) with the reason, everything stored before kept."""
     import tempfile
 
     d = tempfile.mkdtemp(prefix="sipcaptool-live-")
     os.chmod(d, 0o777)
     db = os.path.join(d, "c.db")
     try:
-        with VethPair() as net:
+        with VethPair(ipv6=False) as net:
             with live_capture(net, "-i", net.if_b, "--user", "nobody", "--db",
                               f"sqlite:///{db}", "--json") as p:
-                net.sender("udp", "--dst", net.ip_b, "-n", "3", "--tag", "kept")
+                net.sender("udp", "--dst", net.ip_b, "--src", net.ip_a, "-n", "3",
+                           "--tag", "kept")
                 settle(1.2)
                 net.b("ip", "link", "set", net.if_b, "down")
-                settle(0.5)
+                settle(1.5)
                 net.b("ip", "link", "set", net.if_b, "up")
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline and len(rows(db)) < 6:
+                    net.sender("udp", "--dst", net.ip_b, "--src", net.ip_a, "-n", "3",
+                               "--tag", "flap")
+                    settle(1.5)
+                assert p.poll() is None
+                net.a("ip", "link", "del", net.if_a)
                 p.wait(20)
         assert p.returncode == 5, p.err
-        assert "went down and cannot be opened again" in p.err
-        assert len(rows(db)) == 3
+        assert "cannot be opened again" in p.err
+        callids = {r["callid"] for r in rows(db)}
+        assert {f"kept-{i}@{net.ip_a}" for i in range(3)} <= callids
+        assert {f"flap-{i}@{net.ip_a}" for i in range(3)} <= callids
     finally:
         shutil.rmtree(d, ignore_errors=True)
 

@@ -88,8 +88,9 @@ def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children
     Mirror mode (-i IFACE): libpcap on a mirror/SPAN port or any interface. A kernel
     filter built from the --raw-socket-listen ports admits SIP over UDP, TCP and SCTP,
     IPv4 and IPv6, plus IP fragments and VLAN-tagged frames. Workers share one interface
-    by flow. Kernel drop counters appear in the summary. An interface that goes down
-    (a link flap) is opened again as soon as it is back; the capture goes on.
+    by flow. Kernel drop counters appear in the summary. A link that goes down and up
+    again (a flap) does not end the capture, nor does an interface that is removed and
+    created again (unless --user dropped the privileges to open it).
     IPIP mode (--ipip): SIP tunnelled in IP (protocol 4, and 41 for IPv6 inside) to the
     --raw-socket-listen address, as Kamailio's raw_ipip_capture_on.
 

@@ -23,12 +23,13 @@ Kernel drop counters: the pcap statistics of each handle land in ``kernel:receiv
 ``kernel:dropped`` (no room in the capture buffer) and ``kernel:if_dropped`` (dropped
 by the interface/driver).
 
-A mirror port that goes down (a link flap, a switch reload, a NIC replaced) does not
-end the capture: the worker logs it, counts ``capture:link-down``, and opens the
-interface again every LINK_RETRY seconds until it is back (packets on the link meanwhile
-are not seen by anyone). The stop request and ``--duration`` are still honoured while
-it waits. Only when the interface cannot be opened again for lack of privileges
-(``--user`` dropped them) does the capture end, with the error.
+A mirror port that goes down (a link flap, a switch reload) does not end the capture:
+the handle is kept -- its socket stays bound to the interface and the kernel hands it
+packets again once the link is up -- and the worker logs it and counts
+``capture:link-down``. An interface that is removed (a NIC replaced, a veth re-created)
+is opened again under its name once it exists and is up (every LINK_RETRY seconds),
+which needs the capture privileges: after ``--user`` dropped them the capture ends then,
+with the error. The stop request and ``--duration`` are honoured while it waits.
 """
 
 from __future__ import annotations
@@ -242,17 +243,52 @@ class PcapSource:
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
         wait = True
+        down_since: float | None = None  # the link went down; the handle waits for it
+        next_look = 0.0
         while True:
             if wait:
                 try:
                     poller.poll(POLL_MS)
                 except InterruptedError:
                     pass
+            if down_since is not None:
+                now = time.monotonic()
+                if now >= next_look:
+                    next_look = now + LINK_RETRY
+                    if _link_state(self.interface) == "up":
+                        log.warning("%s: capturing again after %.1fs down", self.interface,
+                                    now - down_since)
+                        down_since = None
+                    elif not os.path.exists(f"/sys/class/net/{self.interface}") and \
+                            os.path.isdir("/sys/class/net"):
+                        # the interface itself is gone: a new one of that name needs a
+                        # new handle
+                        down_since = None
+                        self.link_downs -= 1  # counted again by _wait_for_link
+                        yield from self._wait_for_link("the interface was removed")
+                        nb = self.handle.next_batch
+                        poller = select.poll()
+                        poller.register(self._fd, select.POLLIN)
+                        continue
             try:
                 data, meta = nb(BATCH)
             except pcapy.PcapError as e:
                 msg = str(e)
-                if "went down" in msg or "No such device" in msg:
+                if "went down" in msg:
+                    # The socket stays bound to the interface and the kernel hands it
+                    # packets again once the link is up: keep the handle (a new one
+                    # would leave this socket behind in the workers' fanout group).
+                    if down_since is None:
+                        down_since = time.monotonic()
+                        next_look = down_since + LINK_RETRY
+                        self.link_downs += 1
+                        log.warning("%s: the interface went down (%s); waiting for it to "
+                                    "come back", self.interface, msg)
+                    wait = True
+                    yield b"", ()
+                    time.sleep(POLL_MS / 1000)  # poll() may keep reporting the error
+                    continue
+                if "No such device" in msg:
                     yield from self._wait_for_link(msg)
                     nb = self.handle.next_batch
                     poller = select.poll()
@@ -269,15 +305,25 @@ class PcapSource:
                 yield data, ()
 
     def _wait_for_link(self, why: str):
-        """The interface went down: reopen it every LINK_RETRY seconds until it is back,
-        yielding empty batches meanwhile so the worker still sees stop and deadline."""
+        """The interface is gone: open one of that name every LINK_RETRY seconds until
+        there is one again, yielding empty batches meanwhile so the worker still sees
+        stop and deadline. Without the privileges to open it (--user dropped them) the
+        capture ends at once."""
         self.link_downs += 1
         self.kernel_stats()  # keep the last counters of the old handle
         self._stats_base = tuple(b + c for b, c in zip(self._stats_base, self._last_stats, strict=True))
         self._last_stats = (0, 0, 0)
-        self.handle = None
-        log.warning("%s: the interface went down (%s); opening it again every %gs until "
+        old, self.handle = self.handle, None
+        try:
+            old.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+        log.warning("%s: the interface is gone (%s); opening it again every %gs until "
                     "it is back", self.interface, why, LINK_RETRY)
+        if not _can_capture():
+            raise CaptureError(f"{self.interface}: the interface is gone and cannot be "
+                               "opened again without the capture privileges (dropped with "
+                               "--user); restart the capture when it is back")
         down_since = time.monotonic()
         next_try = down_since + LINK_RETRY
         last_error = ""
@@ -318,7 +364,12 @@ class PcapSource:
         return tuple(b + c for b, c in zip(self._stats_base, self._last_stats, strict=True))  # type: ignore[return-value]
 
     def close(self) -> None:
-        self.handle = None
+        h, self.handle = self.handle, None
+        if h is not None:
+            try:
+                h.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
 
 
 # pcap_activate() results (pcap/pcap.h)
@@ -329,6 +380,20 @@ _ACTIVATE_ERRORS = {
 }
 _ACTIVATE_WARNINGS = {1: "pcap warning", 2: "promiscuous mode not supported",
                       3: "timestamp type not supported"}
+
+
+def _can_capture() -> bool:
+    """Can this process open a capture handle (root, or CAP_NET_RAW effective)?"""
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) & (1 << 13))  # CAP_NET_RAW
+    except (OSError, ValueError):
+        pass
+    return True  # cannot tell: try, and the error says why
 
 
 def _link_state(iface: str) -> str:
