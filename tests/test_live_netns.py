@@ -402,12 +402,14 @@ def _user_test(db: str) -> None:
     assert len(rows(db)) == 3
 
 
-def test_interface_removed_and_created_again(tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_interface_removed_and_created_again(tmp_path, workers):
     """The capture interface disappears (a NIC replaced, a veth re-created) and a new
     one of the same name comes: the capture opens the new one and goes on."""
     db = str(tmp_path / "c.db")
     with VethPair(ipv6=False) as net:
-        with live_capture(net, "-i", net.if_b, "--db", f"sqlite:///{db}", "--json") as p:
+        with live_capture(net, "-i", net.if_b, "--db", f"sqlite:///{db}", "--json",
+                          "--raw-sock-children", workers) as p:
             net.sender("udp", "--dst", net.ip_b, "--src", net.ip_a, "-n", "3", "--tag", "old")
             settle(1.0)
             net.a("ip", "link", "del", net.if_a)  # takes its peer in namespace B along
@@ -424,11 +426,18 @@ def test_interface_removed_and_created_again(tmp_path):
                 net.sender("udp", "--dst", net.ip_b, "--src", net.ip_a, "-n", "3",
                            "--tag", "new")
                 settle(1.5)
+            # each message once: the workers share one fanout group again
+            net.sender("udp", "--dst", net.ip_b, "--src", net.ip_a, "-n", "4",
+                       "--tag", "last")
+            settle(1.5)
         s = summary(p)
-    callids = {r["callid"] for r in rows(db)}
+    got = rows(db)
+    callids = {r["callid"] for r in got}
     assert {f"old-{i}@{net.ip_a}" for i in range(3)} <= callids, p.err
     assert {f"new-{i}@{net.ip_a}" for i in range(3)} <= callids, p.err
-    assert s["kernel"]["link_down"] == 1 and s["errors"] == []
+    assert sorted(r["callid"] for r in got if r["callid"].startswith("last-")) == \
+        sorted(f"last-{i}@{net.ip_a}" for i in range(4))
+    assert s["kernel"]["link_down"] == int(workers) and s["errors"] == []
     assert "capturing again" in p.err
 
 

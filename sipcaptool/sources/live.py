@@ -53,6 +53,7 @@ POLL_MS = 100            # the longest a worker sleeps before looking at stop/du
 REPORT_EVERY = 0.5       # seconds between worker -> parent counter reports
 DRAIN_SECONDS = 10.0     # at most this long reading what was captured before a stop
 LINK_RETRY = 1.0         # seconds between attempts to reopen an interface that went down
+FANOUT_PROBE = 64        # fanout group ids tried when joining again after a removal
 DEFAULT_SNAPLEN = 262144
 DEFAULT_BUFFER = 32 * 1024 * 1024
 FANOUT_FLAG_DEFRAG = 0x8000
@@ -223,11 +224,21 @@ class PcapSource:
                     raise CaptureError(f"{iface}: cannot set the capture filter: {e2}") from None
                 self.filter = expr
         if fanout_group is not None:
-            try:
-                h.set_fanout(fanout_group, pcapy.PACKET_FANOUT_HASH)
-            except (pcapy.PcapError, OSError) as e:
-                raise CaptureError(f"{iface}: cannot join PACKET_FANOUT group {fanout_group} "
-                                   f"for --raw-sock-children: {e}") from None
+            # After the interface was removed and created again, the workers' old
+            # sockets (kept alive by ring mappings other processes inherited) still hold
+            # the group, bound to the old device, and refuse new members: every worker
+            # then tries the next ids in the same order and they meet in the first one
+            # free or already on the new device.
+            tries = FANOUT_PROBE if self.link_downs else 1
+            for k in range(tries):
+                group = (fanout_group + k) & 0xFFFF
+                try:
+                    h.set_fanout(group, pcapy.PACKET_FANOUT_HASH)
+                    break
+                except (pcapy.PcapError, OSError) as e:
+                    if k == tries - 1:
+                        raise CaptureError(f"{iface}: cannot join PACKET_FANOUT group "
+                                           f"{group} for --raw-sock-children: {e}") from None
         # non-blocking reads, waiting in poll(): next_batch on a quiet blocking handle
         # does not return, and the worker must look at stop/duration regularly
         h.setnonblock(1)
