@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -242,6 +243,58 @@ def test_a_bad_file_among_good_ones_is_reported_and_the_rest_stored(tmp_path):
     assert p.returncode == 3
     assert json.loads(p.stdout)["stored_total"] == 60
     assert "b.pcap: capture file header is cut off" in p.stderr and "Traceback" not in p.stderr
+
+
+def _snapped_capture(path: Path, snaplen: int = 200) -> tuple[bytes, bytes]:
+    """A pcap written with a snap length: a short message fits, a long one is cut."""
+    from sipcaptool.testing.pcapgen import PcapWriter, udp4_frame
+
+    short = b"BYE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n" \
+        b"Call-ID: s\r\nCSeq: 2 BYE\r\n\r\n"
+    long_ = (b"INVITE sip:bob@example.com SIP/2.0\r\n"
+             b"Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK2\r\n"
+             b"From: <sip:alice@example.com>;tag=1\r\n"
+             b"To: <sip:bob@example.com>\r\nCall-ID: cut\r\n"
+             b"CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+    with open(path, "wb") as f:
+        w = PcapWriter(f, snaplen=snaplen)
+        for i, msg in enumerate((short, long_)):
+            frame = udp4_frame("10.0.0.1", 5060, "10.0.0.2", 5060, msg)
+            w.write(1_700_000_000_000_000 + i, frame[:snaplen], wirelen=len(frame))
+    assert len(short) + 42 <= snaplen < len(long_) + 42
+    return short, long_
+
+
+@pytest.mark.parametrize("how", ["pcap", "pcapng", "stdin"])
+def test_frames_cut_by_the_snap_length_are_counted_not_stored_in_part(tmp_path, how):
+    """tcpdump -s 200: a message cut short is not stored as a row with half its headers
+    (or none); it is counted as malformed: snapped and a warning says why."""
+    cap = tmp_path / "snap.pcap"
+    short, _ = _snapped_capture(cap)
+    db = tmp_path / "x.db"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "sipcaptool", "replay", "--json", "--db", f"sqlite:///{db}"]
+    if how == "pcapng":  # a pcapng file whose interface block does not say (editcap -s)
+        editcap = shutil.which("editcap")
+        if editcap is None:
+            if os.environ.get("SIPCAPTOOL_REQUIRE_SERVICES") == "1":
+                pytest.fail("editcap (tshark) is needed for this test")
+            pytest.skip("editcap (tshark) not installed")
+        ng = tmp_path / "snap.pcapng"
+        subprocess.run([editcap, "-F", "pcapng", str(cap), str(ng)], check=True)
+        p = subprocess.run(cmd + [str(ng)], capture_output=True, text=True, env=env, timeout=60)
+    elif how == "stdin":
+        with open(cap, "rb") as stdin:
+            p = subprocess.run(cmd + ["-"], stdin=stdin, capture_output=True, text=True,
+                               env=env, timeout=60)
+    else:
+        p = subprocess.run(cmd + [str(cap)], capture_output=True, text=True, env=env,
+                           timeout=60)
+    assert p.returncode == 0, p.stderr
+    s = json.loads(p.stdout)
+    assert s["stored_total"] == 1 and s["malformed"] == {"snapped": 1}
+    assert [r["msg"] for r in sqlite_rows(db)] == [short]
+    assert "cut short by the capture's snap length" in p.stderr
 
 
 # ------------------------------------------------------- compressed captures, stdin

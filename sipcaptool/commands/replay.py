@@ -57,8 +57,10 @@ def command(files: tuple[str, ...], ports: str | None, hep_ports: str | None, qu
     input (zcat x.pcap.gz | sipcaptool replay -).
 
     Link layers, IPv4/IPv6, fragments, TCP streams, tunnels and HEP inside the capture
-    are decoded; SIP is recognised by content on any port. A progress bar shows on a
-    terminal; at the end a summary says what was read, stored, skipped and why.
+    are decoded; SIP is recognised by content on any port. A frame the capture cut at its
+    snap length (tcpdump -s) is counted (malformed: snapped), not stored in part. A
+    progress bar shows on a terminal; at the end a summary says what was read, stored,
+    skipped and why.
 
     SIGINT (Ctrl-C) or SIGTERM stops reading at the next batch of packets; what was
     read is stored, the summary is printed, and the exit status is 130.
@@ -132,6 +134,11 @@ def command(files: tuple[str, ...], ports: str | None, hep_ports: str | None, qu
         for sig, h in old_handlers.items():
             signal.signal(sig, h)
     pipeline.close()
+    snapped = stats["malformed:snapped"]
+    if snapped:
+        click.echo(f"sipcaptool: warning: {snapped} frames were cut short by the capture's "
+                   "snap length (tcpdump -s); the messages in them are not stored "
+                   "(malformed: snapped); capture with -s 0 to keep whole frames", err=True)
     refused = stats["dropped:db-error"]
     if refused:
         errors.append(StoreError(f"the database refused {refused} rows (dropped:db-error; "
@@ -180,10 +187,21 @@ def _replay_one(cap, pipeline, stats: Stats, ports, hep_ports, bar, stop=()) -> 
     before = stats["packets"]
     for data, meta in cap.batches():
         n = len(meta)
-        for i in range(0, n, 4):
-            off = meta[i + 2]
-            for m in decode(meta[i] * 1000000 + meta[i + 1], data[off:off + meta[i + 3]]):
-                submit(m)
+        snap = cap.snaplen
+        if snap is None:
+            for i in range(0, n, 4):
+                off = meta[i + 2]
+                for m in decode(meta[i] * 1000000 + meta[i + 1], data[off:off + meta[i + 3]]):
+                    submit(m)
+        else:
+            # frames may be cut by the capture's snap length: say so to the decoder, which
+            # counts such a frame (malformed:snapped) instead of storing part of a message
+            for i in range(0, n, 4):
+                off = meta[i + 2]
+                cl = meta[i + 3]
+                for m in decode(meta[i] * 1000000 + meta[i + 1], data[off:off + cl],
+                                cl + 1 if cl >= snap else None):
+                    submit(m)
         stats["packets"] += n // 4
         if bar is not None:
             # on-disk size of the batch: frames plus 16-byte record headers (pcap)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import array
 import os
+import struct
 import subprocess
 import sys
 from typing import Iterator
@@ -143,6 +144,23 @@ _CAPTURE_MAGICS = (b"\xa1\xb2\xc3\xd4", b"\xd4\xc3\xb2\xa1",   # pcap, µs
                    b"\x0a\x0d\x0d\x0a")                           # pcapng
 
 
+# A snap length this large never cuts a frame: no need to look at each one.
+SNAPLEN_UNCUT = 262144
+
+
+def _pcap_snaplen(head: bytes) -> int | None:
+    """The snap length in a pcap file header, when small enough to have cut frames."""
+    if len(head) < 24:
+        return None
+    if head[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+        snap = struct.unpack_from("<I", head, 16)[0]
+    elif head[:4] in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+        snap = struct.unpack_from(">I", head, 16)[0]
+    else:
+        return None
+    return snap if 0 < snap < SNAPLEN_UNCUT else None
+
+
 class CaptureFile:
     """One capture file: its link type, and its frames in batches.
 
@@ -158,6 +176,13 @@ class CaptureFile:
             packet); every whole packet before the cut has been yielded.
         size: bytes on disk, for a progress bar; None for a stream (stdin, a pipe, a
             gzip file, whose inflated size is not known ahead).
+        snaplen: the capture's snap length when frames may have been cut by it (a frame
+            of this length or more was cut and its IP/UDP lengths are not to be
+            trusted), else None. Batch reads do not give the length on the wire, so for
+            pcap files it comes from the file header; pcapng files (whose interface
+            blocks do not always say: editcap -s keeps 262144) and streams are read
+            packet by packet, and it comes from the first frame shorter than on the
+            wire.
     """
 
     def __init__(self, path: str) -> None:
@@ -169,6 +194,8 @@ class CaptureFile:
         self._gunzip: _Gunzip | None = None
         self._gzip = False
         self.size: int | None = None
+        self.snaplen: int | None = None
+        self._per_packet = False
         if path == STDIN:
             return
         _check_file(path)
@@ -176,13 +203,15 @@ class CaptureFile:
             return  # a named pipe, <(...): read as a stream, nothing to look at ahead
         try:
             with open(path, "rb") as f:
-                head = f.read(4)
+                head = f.read(24)
         except OSError as e:
             raise InputError(f"{path}: cannot read: {e.strerror}") from None
         if head[:2] == GZIP_MAGIC:
             self._gzip = True
-        elif head in _CAPTURE_MAGICS:
+        elif head[:4] in _CAPTURE_MAGICS:
             self.size = os.path.getsize(path)
+            self.snaplen = _pcap_snaplen(head)
+            self._per_packet = head[:4] == b"\x0a\x0d\x0d\x0a"  # pcapng
         else:
             raise InputError(f"{path}: not a pcap or pcapng capture file (unknown file format)")
 
@@ -231,7 +260,7 @@ class CaptureFile:
         if needed and closes it at the end."""
         self.open()
         try:
-            if self.streamed:
+            if self.streamed or self._per_packet:
                 yield from self._stream_batches()
             else:
                 yield from self._file_batches()
@@ -256,8 +285,9 @@ class CaptureFile:
             yield data, m
 
     def _stream_batches(self) -> Iterator[tuple[bytes, memoryview]]:
-        """Standard input or an inflated file: packet by packet (it cannot be re-read
-        after a failing batch), handed on in batches of BATCH packets."""
+        """Standard input, an inflated file or pcapng: packet by packet (a stream cannot
+        be re-read after a failing batch; each packet's length on the wire shows what
+        the snap length cut), handed on in batches of BATCH packets."""
         import pcapy
 
         nxt = self._reader.next
@@ -274,6 +304,9 @@ class CaptureFile:
                             at_end = True
                             break
                         sec, usec = hdr.getts()
+                        if hdr.getlen() > len(pkt) and (self.snaplen is None
+                                                        or len(pkt) < self.snaplen):
+                            self.snaplen = len(pkt)  # cut by the capture's snap length
                         meta.extend((sec & 0xFFFFFFFF, usec, off, len(pkt)))
                         frames.append(pkt)
                         off += len(pkt)
