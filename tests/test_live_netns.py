@@ -132,6 +132,20 @@ def test_link_going_down_and_up_does_not_end_the_capture(tmp_path, workers):
     assert "went down" in p.err and "capturing again" in p.err
 
 
+def test_small_snaplen_cut_messages_are_counted_not_stored_in_part(tmp_path):
+    db = str(tmp_path / "c.db")
+    with VethPair() as net:
+        with live_capture(net, "-i", net.if_b, "--snaplen", "800", "--db", f"sqlite:///{db}",
+                          "--json") as p:
+            net.sender("udp", "--dst", net.ip_b, "--src", net.ip_a, "-n", "3", "--tag", "fits")
+            net.sender("udp", "--dst", net.ip_b, "--src", net.ip_a, "-n", "2", "--tag", "big",
+                       "--size", "1000")
+            settle(1.2)
+        s = summary(p)
+    assert {r["callid"] for r in rows(db)} == {f"fits-{i}@{net.ip_a}" for i in range(3)}
+    assert s["malformed"] == {"snapped": 2}
+
+
 def test_sipp_calls_rows_identical_to_replay_of_tcpdump_capture(tmp_path):
     """Live rows == the rows ``replay`` stores for tcpdump's capture of the same traffic."""
     if not shutil.which("sipp") or not shutil.which("tcpdump"):

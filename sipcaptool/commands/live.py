@@ -43,7 +43,8 @@ _ONOFF = click.IntRange(0, 1)
               help="Mirror mode: this libpcap filter instead of the one built from the ports "
                    "(SIP is then recognised by content on any port it admits).")
 @click.option("--snaplen", type=click.IntRange(256, 262144), default=262144, show_default=True,
-              metavar="BYTES", help="Bytes kept per packet.")
+              metavar="BYTES", help="Bytes kept per packet. A message cut by it is "
+                                    "counted (malformed: snapped), not stored in part.")
 @click.option("--buffer-size", type=click.IntRange(1, 2048), default=32, show_default=True,
               metavar="MB", help="Kernel capture buffer per worker, MiB.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,

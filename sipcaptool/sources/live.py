@@ -600,13 +600,18 @@ class Worker:
         next_report = time.monotonic() + REPORT_EVERY
         msgs: list = []
         drain_until = None  # set when stopping: read what the kernel already holds
+        # a frame as long as a --snaplen below the largest may have been cut: say so to
+        # the decoder (malformed:snapped) rather than store part of a message
+        snap = self.opts.snaplen if self.opts.snaplen < 65535 + 64 else None
         for data, m in self.source.batches():
             if m:
                 n = len(m)
                 stats["packets"] += n >> 2
                 for i in range(0, n, 4):
                     off = m[i + 2]
-                    r = decode(m[i] * 1000000 + m[i + 1], data[off:off + m[i + 3]])
+                    cl = m[i + 3]
+                    r = decode(m[i] * 1000000 + m[i + 1], data[off:off + cl],
+                               cl + 1 if snap is not None and cl >= snap else None)
                     if r:
                         msgs.extend(r)
                 if msgs:
