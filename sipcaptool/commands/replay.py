@@ -187,21 +187,14 @@ def _replay_one(cap, pipeline, stats: Stats, ports, hep_ports, bar, stop=()) -> 
     before = stats["packets"]
     for data, meta in cap.batches():
         n = len(meta)
-        snap = cap.snaplen
-        if snap is None:
-            for i in range(0, n, 4):
-                off = meta[i + 2]
-                for m in decode(meta[i] * 1000000 + meta[i + 1], data[off:off + meta[i + 3]]):
-                    submit(m)
-        else:
-            # frames may be cut by the capture's snap length: say so to the decoder, which
-            # counts such a frame (malformed:snapped) instead of storing part of a message
-            for i in range(0, n, 4):
-                off = meta[i + 2]
-                cl = meta[i + 3]
-                for m in decode(meta[i] * 1000000 + meta[i + 1], data[off:off + cl],
-                                cl + 1 if cl >= snap else None):
-                    submit(m)
+        # frames may be cut by the capture's snap length (known after the first one for a
+        # stream): the decoder counts such a frame (malformed:snapped) instead of storing
+        # part of a message
+        decoder.snaplen = cap.snaplen or 0
+        for i in range(0, n, 4):
+            off = meta[i + 2]
+            for m in decode(meta[i] * 1000000 + meta[i + 1], data[off:off + meta[i + 3]]):
+                submit(m)
         stats["packets"] += n // 4
         if bar is not None:
             # on-disk size of the batch: frames plus 16-byte record headers (pcap)

@@ -100,6 +100,7 @@ class PacketDecoder:
         max_tcp_total_bytes: int = 64 * 1024 * 1024,
         tcp_timeout_us: int = 300_000_000,
         max_sctp_bytes: int = 4 * 1024 * 1024,
+        snaplen: int = 0,
     ) -> None:
         _link.check_linktype(linktype)
         self.linktype = linktype
@@ -110,6 +111,10 @@ class PacketDecoder:
         self._link_parser = _link.LINK_PARSERS[linktype]
         self._looks_like_sip = _sip_checker()
         self._snapped = False
+        #: a frame this long or longer may have been cut by the capture's snap length
+        #: (for sources whose reads do not give each frame's length on the wire); 0: no
+        #: frame was cut. May change between frames.
+        self.snaplen = snaplen
         self._frag_opts = (max_frag_bytes, max_frag_entries, frag_timeout_us)
         self._tcp_opts = (max_tcp_streams, max_tcp_stream_bytes, max_tcp_total_bytes, tcp_timeout_us)
         self._sctp_max = max_sctp_bytes
@@ -122,10 +127,12 @@ class PacketDecoder:
     # ------------------------------------------------------------------ entry points
 
     def decode(self, ts_us: int, frame: bytes, wirelen: int | None = None) -> list[CapturedMessage]:
-        """Decode one captured frame; ``wirelen`` > ``len(frame)`` marks a snapped frame."""
+        """Decode one captured frame; ``wirelen`` > ``len(frame)``, or a frame of at least
+        ``snaplen`` bytes, marks a snapped frame."""
         out: list[CapturedMessage] = []
         end = len(frame)
-        self._snapped = wirelen is not None and wirelen > end
+        snap = self.snaplen
+        self._snapped = (wirelen is not None and wirelen > end) or (snap and end >= snap)
         try:
             if self.linktype == 1:
                 if end < 14:

@@ -53,6 +53,7 @@ POLL_MS = 100            # the longest a worker sleeps before looking at stop/du
 REPORT_EVERY = 0.5       # seconds between worker -> parent counter reports
 DRAIN_SECONDS = 10.0     # at most this long reading what was captured before a stop
 LINK_RETRY = 1.0         # seconds between attempts to reopen an interface that went down
+LINK_GONE = "no such interface"  # what _link_state says of a removed interface
 FANOUT_PROBE = 64        # fanout group ids tried when joining again after a removal
 DEFAULT_SNAPLEN = 262144
 DEFAULT_BUFFER = 32 * 1024 * 1024
@@ -250,9 +251,12 @@ class PcapSource:
 
         import pcapy
 
-        nb = self.handle.next_batch
-        poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
+        def watch():  # the read function and poller of the current handle
+            p = select.poll()
+            p.register(self._fd, select.POLLIN)
+            return self.handle.next_batch, p
+
+        nb, poller = watch()
         wait = True
         down_since: float | None = None  # the link went down; the handle waits for it
         next_look = 0.0
@@ -266,20 +270,17 @@ class PcapSource:
                 now = time.monotonic()
                 if now >= next_look:
                     next_look = now + LINK_RETRY
-                    if _link_state(self.interface) == "up":
+                    state = _link_state(self.interface)
+                    if state == "up":
                         log.warning("%s: capturing again after %.1fs down", self.interface,
                                     now - down_since)
                         down_since = None
-                    elif not os.path.exists(f"/sys/class/net/{self.interface}") and \
-                            os.path.isdir("/sys/class/net"):
+                    elif state == LINK_GONE:
                         # the interface itself is gone: a new one of that name needs a
                         # new handle
                         down_since = None
-                        self.link_downs -= 1  # counted again by _wait_for_link
                         yield from self._wait_for_link("the interface was removed")
-                        nb = self.handle.next_batch
-                        poller = select.poll()
-                        poller.register(self._fd, select.POLLIN)
+                        nb, poller = watch()
                         continue
             try:
                 data, meta = nb(BATCH)
@@ -300,10 +301,9 @@ class PcapSource:
                     time.sleep(POLL_MS / 1000)  # poll() may keep reporting the error
                     continue
                 if "No such device" in msg:
+                    self.link_downs += 1
                     yield from self._wait_for_link(msg)
-                    nb = self.handle.next_batch
-                    poller = select.poll()
-                    poller.register(self._fd, select.POLLIN)
+                    nb, poller = watch()
                     wait = True
                     continue
                 raise CaptureError(f"{self.interface}: capture failed: {msg}") from None
@@ -319,16 +319,11 @@ class PcapSource:
         """The interface is gone: open one of that name every LINK_RETRY seconds until
         there is one again, yielding empty batches meanwhile so the worker still sees
         stop and deadline. Without the privileges to open it (--user dropped them) the
-        capture ends at once."""
-        self.link_downs += 1
+        capture ends at once. The caller has counted the loss of the link."""
         self.kernel_stats()  # keep the last counters of the old handle
         self._stats_base = tuple(b + c for b, c in zip(self._stats_base, self._last_stats, strict=True))
         self._last_stats = (0, 0, 0)
-        old, self.handle = self.handle, None
-        try:
-            old.close()
-        except Exception:  # noqa: BLE001 - closing is best effort
-            pass
+        self.close()
         log.warning("%s: the interface is gone (%s); opening it again every %gs until "
                     "it is back", self.interface, why, LINK_RETRY)
         if not _can_capture():
@@ -417,7 +412,7 @@ def _link_state(iface: str) -> str:
         with open(f"{base}/{iface}/flags") as f:
             flags = int(f.read().strip(), 16)
     except FileNotFoundError:
-        return "no such interface"
+        return LINK_GONE
     except (OSError, ValueError):
         return "up"
     return "up" if flags & 1 else "administratively down"
@@ -572,7 +567,11 @@ class Worker:
 
                 self.sender = HepSender(opts.hep_to, stats, capture_id=opts.capture_id,
                                         auth_key=opts.auth_key, node_name=opts.node_name)
-            decoder = PacketDecoder(self.source.linktype, stats, ports=opts.decoder_ports())
+            # a frame as long as a --snaplen below the largest may have been cut: the
+            # decoder counts it (malformed:snapped) rather than store part of a message
+            snap = opts.snaplen if opts.snaplen < 65535 + 64 else 0
+            decoder = PacketDecoder(self.source.linktype, stats, ports=opts.decoder_ports(),
+                                    snaplen=snap)
             if opts.ipip:
                 self._loop_ipip(decoder, deadline)
             else:
@@ -600,18 +599,13 @@ class Worker:
         next_report = time.monotonic() + REPORT_EVERY
         msgs: list = []
         drain_until = None  # set when stopping: read what the kernel already holds
-        # a frame as long as a --snaplen below the largest may have been cut: say so to
-        # the decoder (malformed:snapped) rather than store part of a message
-        snap = self.opts.snaplen if self.opts.snaplen < 65535 + 64 else None
         for data, m in self.source.batches():
             if m:
                 n = len(m)
                 stats["packets"] += n >> 2
                 for i in range(0, n, 4):
                     off = m[i + 2]
-                    cl = m[i + 3]
-                    r = decode(m[i] * 1000000 + m[i + 1], data[off:off + cl],
-                               cl + 1 if snap is not None and cl >= snap else None)
+                    r = decode(m[i] * 1000000 + m[i + 1], data[off:off + m[i + 3]])
                     if r:
                         msgs.extend(r)
                 if msgs:
