@@ -60,14 +60,6 @@ except (OSError, zlib.error) as e:
 """
 
 
-def _is_gzip(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(2) == GZIP_MAGIC
-    except OSError:
-        return False
-
-
 def _check_file(path: str) -> None:
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file")
@@ -77,18 +69,6 @@ def _check_file(path: str) -> None:
         raise InputError(f"{path}: permission denied")
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise InputError(f"{path}: empty file, not a capture")
-
-
-def open_capture(path: str):
-    """Open a capture file; InputError with a clear one-line reason when that fails."""
-    import pcapy
-
-    if path != STDIN:
-        _check_file(path)
-    try:
-        return pcapy.open_offline(path)
-    except pcapy.PcapError as e:
-        _raise_open_error(path, e)
 
 
 def _raise_open_error(path: str, e: Exception):
@@ -139,9 +119,10 @@ class _Gunzip:
                 f.close()
 
 
-_CAPTURE_MAGICS = (b"\xa1\xb2\xc3\xd4", b"\xd4\xc3\xb2\xa1",   # pcap, µs
-                   b"\xa1\xb2\x3c\x4d", b"\x4d\x3c\xb2\xa1",   # pcap, ns
-                   b"\x0a\x0d\x0d\x0a")                           # pcapng
+_PCAP_LE = (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1")   # pcap (µs, ns), little-endian
+_PCAP_BE = (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d")   # pcap (µs, ns), big-endian
+_PCAPNG = b"\x0a\x0d\x0d\x0a"
+_CAPTURE_MAGICS = _PCAP_LE + _PCAP_BE + (_PCAPNG,)
 
 
 # A snap length this large never cuts a frame: no need to look at each one.
@@ -152,9 +133,9 @@ def _pcap_snaplen(head: bytes) -> int | None:
     """The snap length in a pcap file header, when small enough to have cut frames."""
     if len(head) < 24:
         return None
-    if head[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+    if head[:4] in _PCAP_LE:
         snap = struct.unpack_from("<I", head, 16)[0]
-    elif head[:4] in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+    elif head[:4] in _PCAP_BE:
         snap = struct.unpack_from(">I", head, 16)[0]
     else:
         return None
@@ -211,7 +192,7 @@ class CaptureFile:
         elif head[:4] in _CAPTURE_MAGICS:
             self.size = os.path.getsize(path)
             self.snaplen = _pcap_snaplen(head)
-            self._per_packet = head[:4] == b"\x0a\x0d\x0d\x0a"  # pcapng
+            self._per_packet = head[:4] == _PCAPNG
         else:
             raise InputError(f"{path}: not a pcap or pcapng capture file (unknown file format)")
 
@@ -228,18 +209,18 @@ class CaptureFile:
         path = self.path
         if self._gzip:
             self._gunzip = _Gunzip(path)
-            try:
-                self._reader = pcapy.open_offline(self._gunzip.device)
-            except pcapy.PcapError as e:
-                self._gunzip.proc.stdout.close()  # a child still writing ends now
-                why = self._gunzip.error()
-                self._gunzip.close()
-                self._gunzip = None
-                if why:
-                    raise InputError(f"{path}: not a readable gzip file ({why})") from None
-                _raise_open_error(path + " (inflated)", e)
-        else:
-            self._reader = open_capture(path)
+        try:
+            self._reader = pcapy.open_offline(self._gunzip.device if self._gunzip else path)
+        except pcapy.PcapError as e:
+            if self._gunzip is None:
+                _raise_open_error(path, e)
+            self._gunzip.proc.stdout.close()  # a child still writing ends now
+            why = self._gunzip.error()
+            self._gunzip.close()
+            self._gunzip = None
+            if why:
+                raise InputError(f"{path}: not a readable gzip file ({why})") from None
+            _raise_open_error(path + " (inflated)", e)
         self.linktype = self._reader.datalink()
 
     def close(self) -> None:
