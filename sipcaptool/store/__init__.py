@@ -106,6 +106,15 @@ class Adapter(ABC):
         database refused the data itself.
         """
 
+    def connect_for_write(self) -> None:
+        """:meth:`connect` before a write: failing here is the connection's fault, never
+        the data's, so the StoreError is always transient (worth retrying or spooling)."""
+        try:
+            self.connect()
+        except StoreError as e:
+            e.transient = True
+            raise
+
     def error(self, what: str, exc: BaseException, transient: bool = False) -> StoreError:
         e = StoreError(f"{self.url.redacted()}: {what}: {one_line(exc)}")
         e.transient = transient

@@ -19,7 +19,6 @@ import pymysql
 import pymysql.connections
 import pymysql.err
 
-from ..errors import StoreError
 from ..record import AUX_COLUMNS, BLOB, SIP_COLUMNS
 from . import COLUMN_NAMES, Adapter
 from ._text import TabFormatter, parse_tab_text
@@ -328,11 +327,7 @@ class MysqlAdapter(Adapter):
               rows: int = 0) -> bool:
         if not formatted:
             return True
-        try:
-            self.connect()
-        except StoreError as e:
-            e.transient = True
-            raise
+        self.connect_for_write()
         created: set[str] = set()
         while True:
             try:

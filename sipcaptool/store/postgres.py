@@ -7,7 +7,6 @@ import io
 import psycopg2
 import psycopg2.errors
 
-from ..errors import StoreError
 from ..record import AUX_COLUMNS, SIP_COLUMNS
 from . import COLUMN_NAMES, Adapter
 from ._text import TabFormatter
@@ -111,11 +110,7 @@ class PostgresAdapter(Adapter):
         if not formatted:
             return True
         sql = f"COPY {quote_ident('postgresql', table)} ({_COLS[kind]}) FROM STDIN"
-        try:
-            self.connect()
-        except StoreError as e:
-            e.transient = True
-            raise
+        self.connect_for_write()
         created: set[str] = set()
         while True:
             try:

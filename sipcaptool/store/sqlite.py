@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sqlite3
 
-from ..errors import StoreError
 from . import COLUMN_NAMES, Adapter
 from .schema import BATCHES_TABLE, batches_marker_sql, quote_ident
 
@@ -86,11 +85,7 @@ class SqliteAdapter(Adapter):
               rows: int = 0) -> bool:
         if not formatted:
             return True
-        try:
-            self.connect()
-        except StoreError as e:
-            e.transient = True
-            raise
+        self.connect_for_write()
         sql = self._insert_sql(table, kind)
         created: set[str] = set()
         while True:
