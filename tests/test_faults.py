@@ -73,7 +73,23 @@ def _wait(cond, timeout: float, what: str, step: float = 0.2) -> None:
 
 # --------------------------------------------------------------------------- servers
 
-class PrivateMariaDB:
+class _PrivateServer:
+    """What the two private servers share: reading back the Call-IDs stored."""
+
+    def _conn(self, name: str):
+        raise NotImplementedError
+
+    def callids(self, name: str) -> dict[str, int]:
+        c = self._conn(name)
+        try:
+            with c.cursor() as cur:
+                cur.execute("SELECT callid, COUNT(*) FROM sip_capture GROUP BY callid")
+                return dict(cur.fetchall())
+        finally:
+            c.close()
+
+
+class PrivateMariaDB(_PrivateServer):
     dialect = "mysql"
 
     def __init__(self) -> None:
@@ -128,15 +144,9 @@ class PrivateMariaDB:
         c.close()
         return f"mysql://root@127.0.0.1:{self.port}/{name}"
 
-    def callids(self, name: str) -> dict[str, int]:
+    def _conn(self, name: str):
         import pymysql
-        c = pymysql.connect(host="127.0.0.1", port=self.port, user="root", database=name)
-        try:
-            with c.cursor() as cur:
-                cur.execute("SELECT callid, COUNT(*) FROM sip_capture GROUP BY callid")
-                return dict(cur.fetchall())
-        finally:
-            c.close()
+        return pymysql.connect(host="127.0.0.1", port=self.port, user="root", database=name)
 
     def destroy(self) -> None:
         try:
@@ -145,7 +155,7 @@ class PrivateMariaDB:
             shutil.rmtree(self.base, ignore_errors=True)
 
 
-class PrivatePostgres:
+class PrivatePostgres(_PrivateServer):
     dialect = "postgresql"
 
     def __init__(self) -> None:
@@ -209,15 +219,6 @@ class PrivatePostgres:
             cur.execute(f'CREATE DATABASE "{name}"')
         c.close()
         return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
-
-    def callids(self, name: str) -> dict[str, int]:
-        c = self._conn(name)
-        try:
-            with c.cursor() as cur:
-                cur.execute("SELECT callid, COUNT(*) FROM sip_capture GROUP BY callid")
-                return dict(cur.fetchall())
-        finally:
-            c.close()
 
     def destroy(self) -> None:
         try:

@@ -63,6 +63,16 @@ def settle(seconds: float = 0.5) -> None:
     time.sleep(seconds)
 
 
+def send_until_stored(net: VethPair, db: str, tag: str, n: int, rows_wanted: int) -> None:
+    """Send ``n`` messages tagged ``tag`` every 1.5 s until the table holds
+    ``rows_wanted`` rows (at most 15 s): for a capture that resumes at a moment the test
+    cannot see."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and len(rows(db)) < rows_wanted:
+        net.sender("udp", "--dst", net.ip_b, "--src", net.ip_a, "-n", str(n), "--tag", tag)
+        settle(1.5)
+
+
 # --------------------------------------------------------------------------- mirror mode
 
 
@@ -119,11 +129,7 @@ def test_link_going_down_and_up_does_not_end_the_capture(tmp_path, workers):
             settle(2.5)
             assert p.poll() is None  # still running
             net.b("ip", "link", "set", net.if_b, "up")
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and len(rows(db)) < 10:
-                net.sender("udp", "--dst", net.ip_b, "--src", net.ip_a, "-n", "5",
-                           "--tag", "after")
-                settle(1.5)
+            send_until_stored(net, db, "after", 5, 10)
         s = summary(p)
     callids = {r["callid"] for r in rows(db)}
     assert {f"before-{i}@{net.ip_a}" for i in range(5)} <= callids, p.err
@@ -435,11 +441,7 @@ def test_interface_removed_and_created_again(tmp_path, workers):
             net.b("ip", "addr", "add", f"{net.ip_b}/24", "dev", net.if_b)
             net.a("ip", "link", "set", net.if_a, "up")
             net.b("ip", "link", "set", net.if_b, "up")
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and len(rows(db)) < 6:
-                net.sender("udp", "--dst", net.ip_b, "--src", net.ip_a, "-n", "3",
-                           "--tag", "new")
-                settle(1.5)
+            send_until_stored(net, db, "new", 3, 6)
             # each message once: the workers share one fanout group again
             net.sender("udp", "--dst", net.ip_b, "--src", net.ip_a, "-n", "4",
                        "--tag", "last")
@@ -474,11 +476,7 @@ def test_after_dropping_privileges_a_flap_is_survived_a_removal_ends_clearly(tmp
                 net.b("ip", "link", "set", net.if_b, "down")
                 settle(1.5)
                 net.b("ip", "link", "set", net.if_b, "up")
-                deadline = time.monotonic() + 15
-                while time.monotonic() < deadline and len(rows(db)) < 6:
-                    net.sender("udp", "--dst", net.ip_b, "--src", net.ip_a, "-n", "3",
-                               "--tag", "flap")
-                    settle(1.5)
+                send_until_stored(net, db, "flap", 3, 6)
                 assert p.poll() is None
                 net.a("ip", "link", "del", net.if_a)
                 p.wait(20)
