@@ -5,6 +5,17 @@ it afterwards. When the server cannot be reached the test is skipped -- or fails
 the environment has ``SIPCAPTOOL_REQUIRE_SERVICES=1`` (CI with the services running).
 Servers: ``SIPCAPTOOL_TEST_MYSQL`` (default ``mysql://root@127.0.0.1:3306``) and
 ``SIPCAPTOOL_TEST_PG`` (default ``postgresql://postgres@127.0.0.1:5432``).
+
+Tests are marked by what they use, automatically: ``services`` (a fixture that needs the
+MariaDB or PostgreSQL server), ``netns`` (the ``netns`` fixture: root and network
+namespaces), ``faults`` (private servers with injected faults, marked by their module).
+The fast loop for a change in the library is therefore::
+
+    python -m pytest -m "not services and not netns and not faults"
+
+Shared reference data (``tests/shared_data.py``) is found in one place too: a test
+marked ``needs_shared(...)`` skips without it, and fails with
+``SIPCAPTOOL_REQUIRE_SERVICES=1``.
 """
 
 from __future__ import annotations
@@ -14,15 +25,59 @@ import uuid
 
 import pytest
 
+from netns import have_netns
+from shared_data import missing as shared_missing
+
+REQUIRED = os.environ.get("SIPCAPTOOL_REQUIRE_SERVICES") == "1"
+SERVICE_FIXTURES = frozenset({"mysql_url", "pg_url"})
+
 MYSQL_SERVER = os.environ.get("SIPCAPTOOL_TEST_MYSQL", "mysql://root@127.0.0.1:3306")
 PG_SERVER = os.environ.get("SIPCAPTOOL_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 
 
-def _unavailable(what: str, err: BaseException) -> None:
-    msg = f"{what} not reachable: {str(err).splitlines()[0] if str(err) else err!r}"
-    if os.environ.get("SIPCAPTOOL_REQUIRE_SERVICES") == "1":
+def _skip_or_fail(msg: str) -> None:
+    if REQUIRED:
         pytest.fail(msg)
     pytest.skip(msg)
+
+
+def _unavailable(what: str, err: BaseException) -> None:
+    _skip_or_fail(f"{what} not reachable: {str(err).splitlines()[0] if str(err) else err!r}")
+
+
+def _uses_services(item: pytest.Item) -> bool:
+    names = set(getattr(item, "fixturenames", ()))
+    if names & SERVICE_FIXTURES:
+        return True
+    callspec = getattr(item, "callspec", None)
+    return "any_db_url" in names and callspec is not None \
+        and callspec.params.get("any_db_url") != "sqlite"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test by the fixtures it uses, so ``-m`` can select the fast ones."""
+    for item in items:
+        if _uses_services(item):
+            item.add_marker(pytest.mark.services)
+        if "netns" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.netns)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("shared_data"):
+        path = shared_missing(tuple(mark.args))
+        if path is not None:
+            _skip_or_fail(f"shared reference data not found: {path} "
+                          "(set SIPCAPTOOL_SHARED to its directory)")
+
+
+@pytest.fixture(scope="module")
+def netns():
+    """Root and network namespaces: skip without them (fail in CI)."""
+    ok, why = have_netns()
+    if not ok:
+        _skip_or_fail(f"live capture tests need network namespaces: {why}")
 
 
 def _test_db_name() -> str:

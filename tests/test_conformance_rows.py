@@ -31,12 +31,12 @@ from sipcaptool.row import RowOptions, aux_row, sip_row
 
 from kamailio_differences import TOLERATED
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from shared_data import SHARED, needs_shared  # noqa: E402
 REFERENCE = SHARED / "reference"
 CONFORMANCE = REFERENCE / "conformance"
 VECTORS = REFERENCE / "vectors"
 
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="reference data not available")
+pytestmark = needs_shared("reference")
 
 # Deliberate differences from Kamailio 5.6.3, with their reasons: kamailio_differences.py
 

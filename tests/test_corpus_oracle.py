@@ -23,10 +23,10 @@ from sipcaptool.stats import Stats
 
 pcapy = pytest.importorskip("pcapy")
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from shared_data import SHARED, needs_shared  # noqa: E402
 CORPUS = SHARED / "corpus"
 
-pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason="shared corpus not present")
+pytestmark = needs_shared("corpus")
 
 FILES = sorted(p.name for p in CORPUS.glob("*.pcap*")) if CORPUS.is_dir() else []
 

@@ -30,9 +30,9 @@ from test_corpus_oracle import (CORPUS, DIFFERENCES, FUZZED_EXTRA, FUZZED_MISSIN
                                 _load_oracle, _tshark_text)
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from shared_data import SHARED, needs_shared  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not (SHARED / "corpus").is_dir(), reason="shared corpus not present")
+pytestmark = needs_shared("corpus")
 
 FILES = sorted(p.name for p in CORPUS.glob("*.pcap*")) if CORPUS.is_dir() else []
 

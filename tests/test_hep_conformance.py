@@ -30,12 +30,12 @@ import pytest
 from kamailio_differences import TOLERATED
 from test_hep_collector import Collector, aux_rows
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from shared_data import SHARED, needs_shared  # noqa: E402
 REFERENCE = SHARED / "reference"
 CONFORMANCE = REFERENCE / "conformance"
 VECTORS = REFERENCE / "vectors"
 
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared reference data absent")
+pytestmark = needs_shared("reference")
 
 # Deliberate differences from Kamailio 5.6.3, with their reasons: kamailio_differences.py
 # Packets without HEP time: both sides use the wall clock at reception.

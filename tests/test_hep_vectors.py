@@ -20,12 +20,12 @@ import pytest
 from sipcaptool.decode.hep import HepStream, decode_datagram, looks_like_hep
 from sipcaptool.errors import DecodeError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from shared_data import SHARED, needs_shared  # noqa: E402
 REFERENCE = SHARED / "reference"
 VECTORS = REFERENCE / "vectors"
 CONFORMANCE = REFERENCE / "conformance"
 
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="reference data not available")
+pytestmark = needs_shared("reference")
 
 NOW = 1_800_000_000_000_000
 CAPTURE_NODE = "homer01"

@@ -21,8 +21,8 @@ ImpactDecoder = pytest.importorskip("impacket.ImpactDecoder")
 ImpactPacket = pytest.importorskip("impacket.ImpactPacket")
 IP6mod = pytest.importorskip("impacket.IP6")
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason="shared corpus not present")
+from shared_data import CORPUS, needs_shared  # noqa: E402
+pytestmark = needs_shared("corpus")
 
 class _RawIP:
     """Raw IP / BSD loopback frames: skip ``strip`` bytes, then IPv4 or IPv6 by version."""

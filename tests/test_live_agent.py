@@ -18,19 +18,13 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from netns import VethPair, have_netns, live_capture, sip_messages, sipcaptool_cmd  # noqa: E402
+from netns import VethPair, live_capture, sip_messages, sipcaptool_cmd  # noqa: E402
 
 REQUIRED = os.environ.get("SIPCAPTOOL_REQUIRE_SERVICES") == "1"
 SENDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "netns.py")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _netns_available():
-    ok, why = have_netns()
-    if not ok:
-        if REQUIRED:
-            pytest.fail(f"live capture tests must run in CI: {why}")
-        pytest.skip(why)
+pytestmark = pytest.mark.usefixtures("netns")
 
 
 def rows(db: str) -> list[dict]:

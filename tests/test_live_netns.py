@@ -23,7 +23,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from netns import VethPair, have_netns, live_capture, sip_messages, sipcaptool_cmd, env  # noqa: E402
+from netns import VethPair, live_capture, sip_messages, sipcaptool_cmd, env  # noqa: E402
 from store_helpers import read_rows  # noqa: E402
 
 from sipcaptool.record import SIP_COLUMN_NAMES  # noqa: E402
@@ -32,13 +32,7 @@ from sipcaptool.testing.pcapgen import ether, ipv4, ipv4_fragments, ipv6, tcp, u
 REQUIRED = os.environ.get("SIPCAPTOOL_REQUIRE_SERVICES") == "1"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _netns_available():
-    ok, why = have_netns()
-    if not ok:
-        if REQUIRED:
-            pytest.fail(f"live capture tests must run in CI: {why}")
-        pytest.skip(why)
+pytestmark = pytest.mark.usefixtures("netns")
 
 
 def rows(db: str, where: str = "", table: str = "sip_capture") -> list[dict]:
