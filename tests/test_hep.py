@@ -514,12 +514,14 @@ def test_trailing_garbage(garbage):
     assert len(decode_datagram(good + garbage, now_us=NOW)) == 1
 
 
-def test_nothing_decodes_raises_first_error_and_leaves_errors_alone():
+def test_nothing_decodes_raises_first_error_and_lists_the_others():
     errors: list[DecodeError] = []
     with pytest.raises(DecodeError) as ei:
         decode_datagram(hep3(chunk(0, b"")) + b"junk", now_us=NOW, errors=errors)
     assert ei.value.reason == "hep3-chunk-type0"
-    assert errors == []
+    # every failing part is counted once, whether or not another part decoded
+    assert [e.reason for e in errors] == ["hep3-trailing"]
+    assert (ei.value.size, errors[0].size) == (12, 4)
 
 
 @pytest.mark.parametrize(

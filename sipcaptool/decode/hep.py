@@ -34,7 +34,8 @@ Errors are :class:`~sipcaptool.errors.DecodeError` with one of these stable reas
 ``hep-no-address``    source or destination address missing
 ``hep-no-payload``    no payload chunk (0x000f or 0x0010)
 ``hep-inflate``       compressed payload (chunk 0x0010, or a whole datagram gzipped as
-                      heplify can send it) that is not zlib/gzip or inflates past 1 MB
+                      heplify can send it) that is not zlib/gzip, or a datagram whose
+                      compressed parts inflate past its budget (``max_inflated``)
 ``hep-auth``          an authentication key is required and the packet's differs
 ``hep3-stream-bad-length``  HEP over TCP: not a HEP3 header, or a length < 6
 ====================  ==============================================================
@@ -74,7 +75,14 @@ __all__ = [
 
 HEP3_IDS = (b"HEP3", b"EEP3")
 HEP3_MAX_LEN = 65535
-MAX_INFLATED = 1 << 20  # 1 MB: a compressed payload inflating past this is refused
+# Inflated bytes allowed per datagram (or TCP-framed HEP packet, or capture frame),
+# shared by the whole-datagram gzip and every chunk 0x0010 inside it: four times the
+# largest datagram, so an honest packet always fits (a 64 KB SIP message compresses to
+# at least a few hundred bytes, and one datagram holds one, or a few small ones), while
+# what one datagram can cost stays a fixed few hundred KB. The ``hep_max_inflated``
+# setting changes it.
+MAX_INFLATED = 256 * 1024
+_INFLATE_STEP = 65536   # whole-datagram gzip: inflated this much at a time (one packet)
 
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
@@ -342,15 +350,23 @@ def looks_like_hep(data: bytes) -> bool:
 
 # --------------------------------------------------------------------------- decoding
 
-def _inflate(raw: bytes) -> bytes:
-    """Inflate a zlib or gzip stream, refusing output past MAX_INFLATED."""
+def _inflate(raw: bytes, budget: list[int]) -> bytes:
+    """Inflate a zlib or gzip stream, refusing output past ``budget[0]`` bytes.
+
+    ``budget`` is the datagram's inflate budget (one-element list), shared with every
+    other compressed part of it: what is inflated here is taken from it. Never more
+    than ``budget[0] + 1`` bytes are produced, whatever the stream claims.
+    """
+    left = budget[0]
     d = zlib.decompressobj(wbits=47)  # 32 + 15: zlib or gzip header, auto-detected
     try:
-        out = d.decompress(raw, MAX_INFLATED + 1)
+        out = d.decompress(raw, left + 1)
     except zlib.error as exc:
         raise DecodeError("hep-inflate", str(exc)) from None
-    if len(out) > MAX_INFLATED or d.unconsumed_tail:
-        raise DecodeError("hep-inflate", f"inflates past {MAX_INFLATED} bytes")
+    budget[0] = left - len(out)
+    if budget[0] < 0 or d.unconsumed_tail:
+        raise DecodeError("hep-inflate", f"inflates past the {left} bytes left of the "
+                          "datagram's inflate budget")
     if not d.eof:
         raise DecodeError("hep-inflate", "compressed stream cut off")
     return out
@@ -367,8 +383,14 @@ def _text(raw: bytes) -> str:
         return raw.decode(errors="replace")
 
 
-def _decode_hep3(buf: bytes, start: int, end: int, recv_us: int) -> HepPacket:
+def _decode_hep3(buf: bytes, start: int, end: int, recv_us: int,
+                 auth: bytes | None = None, budget: list[int] | None = None) -> HepPacket:
     """Decode the HEPv3 packet ``buf[start:end]`` (its header already checked).
+
+    With ``auth``, the packet's key (chunk 0x000e) is checked as soon as its chunks
+    are read, before a compressed payload is inflated: a sender without the key costs
+    one pass over the chunk headers. A compressed payload takes its output from
+    ``budget`` (the datagram's; a fresh MAX_INFLATED one when None).
 
     Like Kamailio, the last chunk of each type wins (also between 0x000f and 0x0010,
     and between the IPv4 and IPv6 address chunks). Unlike Kamailio we do not require
@@ -482,17 +504,19 @@ def _decode_hep3(buf: bytes, start: int, end: int, recv_us: int) -> HepPacket:
         raise DecodeError("hep-no-payload", "no payload chunk")
     if src_raw is None or dst_raw is None:
         raise DecodeError("hep-no-address", "source or destination address missing")
+    if auth_key is not None:
+        nul = auth_key.find(b"\x00")
+        if nul >= 0:
+            auth_key = auth_key[:nul]
+    if auth is not None:
+        _check_key(auth_key, auth, 3)
     if compressed:
-        payload = _inflate(payload)
+        payload = _inflate(payload, [MAX_INFLATED] if budget is None else budget)
     if len(src_raw) == 4:
         src_family, src_ip = AF_INET, _ip4_str(src_raw)
     else:
         src_family, src_ip = AF_INET6, _ip6_str(src_raw)
     dst_ip = _ip4_str(dst_raw) if len(dst_raw) == 4 else _ip6_str(dst_raw)
-    if auth_key is not None:
-        nul = auth_key.find(b"\x00")
-        if nul >= 0:
-            auth_key = auth_key[:nul]
     return HepPacket(
         3, family, ip_proto, src_family, src_ip, dst_ip, src_port, dst_port, ts_sec,
         ts_usec, proto_type, capture_id, auth_key,
@@ -537,11 +561,17 @@ def _decode_hep12(data: bytes, recv_us: int) -> HepPacket:
     )
 
 
-def _check_auth(pkt: HepPacket, auth_key: bytes) -> None:
-    if pkt.auth_key is None:
-        raise DecodeError("hep-auth", f"HEPv{pkt.version} packet without authentication key")
-    if not hmac.compare_digest(pkt.auth_key, auth_key):
+def _check_key(key: bytes | None, auth_key: bytes, version: int) -> None:
+    if key is None:
+        raise DecodeError("hep-auth", f"HEPv{version} packet without authentication key")
+    if not hmac.compare_digest(key, auth_key):
         raise DecodeError("hep-auth", "authentication key mismatch")
+
+
+def _sized(exc: DecodeError, size: int) -> DecodeError:
+    """Note on ``exc`` how many bytes of input it refuses (``exc.size``)."""
+    exc.size = size  # type: ignore[attr-defined]
+    return exc
 
 
 def decode_datagram(
@@ -550,6 +580,7 @@ def decode_datagram(
     now_us: int,
     auth_key: bytes | None = None,
     errors: list[DecodeError] | None = None,
+    max_inflated: int = MAX_INFLATED,
 ) -> list[HepPacket]:
     """Decode one UDP datagram (or one HEP3 packet framed by :class:`HepStream`).
 
@@ -557,9 +588,14 @@ def decode_datagram(
         data: the datagram.
         now_us: time of reception in µs, used for packets without a HEP time.
         auth_key: when given, every packet must carry this key in chunk 0x000e
-            (HEPv1/v2 cannot carry one and are refused).
+            (HEPv1/v2 cannot carry one and are refused). It is checked before a
+            compressed payload is inflated.
         errors: optional list that receives the DecodeError of each part of a datagram
-            that failed while another part decoded (see below).
+            that failed while another part decoded, and of every failure after the
+            first when nothing decoded (see below).
+        max_inflated: inflate budget of the datagram: the bytes that the whole-datagram
+            gzip and every compressed payload (chunk 0x0010) in it may inflate to,
+            together. Past it, decoding stops with ``hep-inflate``.
 
     Returns:
         The packets, in order: one for HEPv1/v2; one or more for HEPv3 (several
@@ -567,7 +603,7 @@ def decode_datagram(
 
     Raises:
         DecodeError: when no packet of the datagram decodes; its reason is that of
-            the first failure.
+            the first failure (the others, if any, are appended to ``errors``).
 
     A HEPv3 datagram is cut into packets by their total lengths. A packet that fails
     (bad chunk, no address, auth...) does not take its neighbours down: the good ones
@@ -575,59 +611,183 @@ def decode_datagram(
     that do not start another HEP3 packet fail as ``hep3-trailing`` (Kamailio reads only
     the first packet and ignores them). Only when nothing decodes is the first error
     raised.
+
+    A whole datagram gzipped by the agent is inflated a packet at a time, each packet
+    decoded (and its key checked) before more is inflated: decoding stops at the first
+    packet with a wrong or missing key, or when the budget is spent; the packets before
+    are returned. Each error carries ``size``: the bytes it refuses (of the datagram as
+    received; inside a gzipped datagram, the inflated packet, plus what was left
+    unread when decoding stopped there).
     """
     n = len(data)
     if n < 6:
         k = min(n, 4)
         if not n or data[0] in (1, 2) or data[:k] == b"HEP3"[:k] or data[:k] == b"EEP3"[:k]:
-            raise DecodeError("hep-truncated", f"datagram of {n} bytes")
-        raise DecodeError("hep-bad-version", f"datagram of {n} bytes")
+            raise _sized(DecodeError("hep-truncated", f"datagram of {n} bytes"), n)
+        raise _sized(DecodeError("hep-bad-version", f"datagram of {n} bytes"), n)
+    budget = [max_inflated]
     if data[0] == 0x1F and data[1] == 0x8B:
         # heplify's "gzip the whole HEP packet" option: one gzip stream per datagram
-        data = _inflate(data)
-        if data[:2] == b"\x1f\x8b":
-            raise DecodeError("hep-inflate", "gzip inside gzip")
-        return decode_datagram(data, now_us=now_us, auth_key=auth_key, errors=errors)
+        return _decode_gzipped(data, now_us, auth_key, errors, budget)
+    return _decode_plain(data, now_us, auth_key, errors, budget)
+
+
+def _finish(out: list[HepPacket], failed: list[DecodeError],
+            errors: list[DecodeError] | None) -> list[HepPacket]:
+    if failed:
+        if not out:
+            if errors is not None:
+                errors.extend(failed[1:])
+            raise failed[0]
+        if errors is not None:
+            errors.extend(failed)
+    return out
+
+
+def _decode_plain(data: bytes, now_us: int, auth_key: bytes | None,
+                  errors: list[DecodeError] | None, budget: list[int]) -> list[HepPacket]:
+    n = len(data)
+    if n < 6:
+        return decode_datagram(data, now_us=now_us)  # raises hep-truncated / bad-version
     head = data[:4]
     if head != b"HEP3" and head != b"EEP3":
         v = data[0]
         if v != 1 and v != 2:
-            raise DecodeError("hep-bad-version", f"version byte {v}")
-        pkt = _decode_hep12(data, now_us)
+            raise _sized(DecodeError("hep-bad-version", f"version byte {v}"), n)
         if auth_key is not None:
-            _check_auth(pkt, auth_key)
-        return [pkt]
+            raise _sized(DecodeError("hep-auth", f"HEPv{v} packet without authentication key"), n)
+        try:
+            return [_decode_hep12(data, now_us)]
+        except DecodeError as exc:
+            raise _sized(exc, n) from None
 
     out: list[HepPacket] = []
     failed: list[DecodeError] = []
     pos = 0
     while pos < n:
         if n - pos < 6 or data[pos:pos + 4] not in HEP3_IDS:
-            failed.append(DecodeError(
+            failed.append(_sized(DecodeError(
                 "hep3-trailing", f"{n - pos} bytes after the HEP3 packet(s) at offset {pos}"
-            ))
+            ), n - pos))
             break
         total = _u16(data, pos + 4)[0]
         end = pos + total
         if total < 6 or end > n:
-            failed.append(DecodeError(
+            failed.append(_sized(DecodeError(
                 "hep3-bad-length", f"total length {total} at offset {pos}, {n - pos} bytes available"
-            ))
+            ), n - pos))
             break
         try:
-            pkt = _decode_hep3(data, pos, end, now_us)
-            if auth_key is not None:
-                _check_auth(pkt, auth_key)
-            out.append(pkt)
+            out.append(_decode_hep3(data, pos, end, now_us, auth_key, budget))
         except DecodeError as exc:
-            failed.append(exc)
+            failed.append(_sized(exc, total))
+            if exc.reason == "hep-inflate" and budget[0] < 0:
+                # the budget is spent: what follows is not inflated either
+                if end < n:
+                    failed.append(_sized(DecodeError(
+                        "hep-inflate", f"{n - end} bytes after the datagram's inflate budget "
+                        "was spent"), n - end))
+                break
         pos = end
-    if failed:
-        if not out:
-            raise failed[0]
-        if errors is not None:
-            errors.extend(failed)
-    return out
+    return _finish(out, failed, errors)
+
+
+def _decode_gzipped(data: bytes, now_us: int, auth_key: bytes | None,
+                    errors: list[DecodeError] | None, budget: list[int]) -> list[HepPacket]:
+    """A whole datagram gzipped (heplify): inflated one packet at a time, see
+    :func:`decode_datagram`."""
+    d = zlib.decompressobj(wbits=47)
+    state = {"src": data, "buf": b"", "eof": False}
+
+    def pull(need: int) -> bytes:
+        """Inflate until ``need`` bytes are buffered or the stream ends; the buffer."""
+        buf = state["buf"]
+        while len(buf) < need and not state["eof"]:
+            left = budget[0]
+            try:
+                got = d.decompress(state["src"], min(max(need - len(buf), _INFLATE_STEP),
+                                                     left + 1))
+            except zlib.error as exc:
+                raise DecodeError("hep-inflate", str(exc)) from None
+            state["src"] = d.unconsumed_tail
+            budget[0] = left - len(got)
+            if budget[0] < 0:
+                raise DecodeError("hep-inflate", f"whole-datagram gzip inflates past the "
+                                  f"datagram's inflate budget ({left} bytes were left)")
+            buf += got
+            if d.eof:
+                state["eof"] = True
+            elif not got and not state["src"]:
+                raise DecodeError("hep-inflate", "compressed stream cut off")
+        state["buf"] = buf
+        return buf
+
+    def unread() -> int:
+        return len(state["buf"]) + len(state["src"])
+
+    try:
+        buf = pull(6)
+    except DecodeError as exc:
+        raise _sized(exc, len(data)) from None
+    if buf[:2] == b"\x1f\x8b":
+        raise _sized(DecodeError("hep-inflate", "gzip inside gzip"), len(data))
+    if len(buf) < 6 or buf[:4] not in HEP3_IDS:
+        if auth_key is not None and buf[:1] in (b"\x01", b"\x02"):
+            # HEPv1/v2 cannot carry a key: refused before inflating the rest
+            raise _sized(DecodeError("hep-auth", f"HEPv{buf[0]} packet without "
+                                     "authentication key"), len(data))
+        try:
+            whole = pull(budget[0] + len(buf) + 1)
+        except DecodeError as exc:
+            raise _sized(exc, len(data)) from None
+        try:
+            return _decode_plain(whole, now_us, auth_key, errors, budget)
+        except DecodeError as exc:
+            raise _sized(exc, len(data)) from None
+
+    out: list[HepPacket] = []
+    failed: list[DecodeError] = []
+    while True:
+        try:
+            buf = pull(6)
+            if not buf and state["eof"]:
+                break
+            if len(buf) < 6 or buf[:4] not in HEP3_IDS:
+                failed.append(_sized(DecodeError(
+                    "hep3-trailing", f"{len(buf)} bytes after the HEP3 packet(s)"), len(buf)))
+                break
+            total = _u16(buf, 4)[0]
+            if total < 6:
+                failed.append(_sized(DecodeError("hep3-bad-length", f"total length {total}"),
+                                     unread()))
+                break
+            buf = pull(total)
+            if len(buf) < total:
+                failed.append(_sized(DecodeError(
+                    "hep3-bad-length", f"total length {total}, {len(buf)} bytes available"),
+                    len(buf)))
+                break
+        except DecodeError as exc:
+            # the outer stream: corrupt, cut off, or past the budget
+            failed.append(_sized(exc, unread()))
+            break
+        try:
+            out.append(_decode_hep3(buf, 0, total, now_us, auth_key, budget))
+        except DecodeError as exc:
+            state["buf"] = buf[total:]
+            if exc.reason == "hep-auth" or budget[0] < 0:
+                # a sender without the key, or the budget spent: inflate nothing more
+                failed.append(_sized(exc, total + unread()))
+                break
+            failed.append(_sized(exc, total))
+            continue
+        state["buf"] = buf[total:]
+    if not out and failed:
+        # nothing of the datagram is kept: it is refused whole, as received
+        _sized(failed[0], len(data))
+        for exc in failed[1:]:
+            _sized(exc, 0)
+    return _finish(out, failed, errors)
 
 
 # --------------------------------------------------------------------------- TCP framing

@@ -82,6 +82,9 @@ class PacketDecoder:
             without a timestamp.
         max_frag_bytes, max_frag_entries, frag_timeout_us: IP reassembly caps.
         max_tcp_streams, max_tcp_stream_bytes, tcp_timeout_us: TCP reassembly caps.
+        hep_max_inflated: bytes that the compressed parts of one HEP datagram (or
+            TCP-framed HEP packet) may inflate to, together (the hep_max_inflated
+            setting); past it the rest is counted as ``malformed:hep-inflate``.
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class PacketDecoder:
         tcp_timeout_us: int = 300_000_000,
         max_sctp_bytes: int = 4 * 1024 * 1024,
         snaplen: int = 0,
+        hep_max_inflated: int = 256 * 1024,
     ) -> None:
         _link.check_linktype(linktype)
         self.linktype = linktype
@@ -123,6 +127,8 @@ class PacketDecoder:
         self._sctp = None
         self._sctp_tsns = _SctpTsns()
         self._hep = None  # lazily imported HEP module, False when absent
+        #: inflate budget of one HEP datagram in a frame (decode.hep.MAX_INFLATED)
+        self.hep_max_inflated = hep_max_inflated
 
     # ------------------------------------------------------------------ entry points
 
@@ -384,15 +390,22 @@ class PacketDecoder:
         self._decode_hep(hep, ts, data, out)
 
     def _decode_hep(self, hep, ts, data, out) -> None:
+        """One HEP datagram (or TCP-framed packet) of a frame; what it inflates to is
+        bounded by ``hep_max_inflated``; every refused part is counted with its bytes."""
         from sipcaptool.errors import DecodeError
         errors: list = []
+        stats = self.stats
         try:
-            pkts = hep.decode_datagram(data, now_us=ts, errors=errors)
+            pkts = hep.decode_datagram(data, now_us=ts, errors=errors,
+                                       max_inflated=self.hep_max_inflated)
         except DecodeError as e:
-            self.stats["malformed:" + e.reason] += 1
-            return
+            errors.append(e)
+            pkts = ()
         for e in errors:
-            self.stats["malformed:" + e.reason] += 1
+            stats["malformed:" + e.reason] += 1
+            size = getattr(e, "size", 0)
+            if size:
+                stats["refused-bytes:" + e.reason] += size
         for pkt in pkts:
             out.append(pkt.to_message(now_us=ts))
 
