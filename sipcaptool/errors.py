@@ -55,9 +55,35 @@ class InputError(SipcaptoolError):
 
 
 class StoreError(SipcaptoolError):
-    """The database refused, failed or could not be reached."""
+    """The database refused, failed or could not be reached.
+
+    ``kind`` says what the failure means, from the driver's error class and code:
+
+    * ``"connection"``: the connection failed or the server gave up the statement (lost,
+      unreachable, shutting down, lock wait timeout, deadlock, out of resources) --
+      trying again later works;
+    * ``"operator"``: something a person fixes (missing privileges, a missing or altered
+      table, a read-only database) -- the rows are kept (spooled) until it is fixed;
+    * ``"refused"``: the database refused the rows themselves (constraint, data, trigger
+      SIGNAL, CHECK, no partition for the value) -- only those rows can be given up;
+    * ``""``: not known.
+
+    ``transient`` is true for the first two: the batch is worth retrying or spooling,
+    and none of its rows is to blame.
+    """
 
     exit_code = EXIT_DATABASE
+    KINDS = ("connection", "operator", "refused", "")
+
+    def __init__(self, message: str = "", *, kind: str = "", transient: bool | None = None,
+                 hint: str = "") -> None:
+        super().__init__(message)
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown StoreError kind {kind!r}")
+        self.kind = kind
+        self.hint = hint  # operator errors: what to fix, in a few words
+        self.transient = (kind in ("connection", "operator")) if transient is None \
+            else bool(transient)
 
 
 class CaptureError(SipcaptoolError):

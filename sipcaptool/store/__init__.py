@@ -17,6 +17,7 @@ column width), ``msg`` as bytes (any bytes).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 
 from ..errors import StoreError
 from ..record import AUX_COLUMN_NAMES, AUX_COLUMNS, SIP_COLUMN_NAMES, SIP_COLUMNS
@@ -101,10 +102,37 @@ class Adapter(ABC):
         earlier attempt whose outcome was unknown) and nothing is written -- the result
         is then False (True when the batch was written now).
 
-        Raises StoreError (one line, password masked); its ``transient`` attribute is
-        true when the connection failed (worth retrying or spooling) and false when the
-        database refused the data itself.
+        Raises StoreError (one line, password masked); its ``kind`` says what the
+        failure means (see :class:`StoreError`): ``transient`` is true when the
+        connection failed or an operator must fix something (worth retrying or
+        spooling) and false when the database refused the rows themselves (some of them
+        may be good: :meth:`write_each` finds which).
         """
+
+    def write_each(self, table: str, kind: str, formatted: object, batch_id: str,
+                   rows: int) -> tuple[bool, list[tuple[int, str]]]:
+        """Write a refused batch row by row in one transaction, each row under a
+        savepoint, so that the rows the database refuses are left out and every other
+        row is stored: ``(written, refused)`` where ``refused`` lists ``(row index,
+        the database's reason)``. ``written`` is False (and nothing is written) when
+        ``batch_id`` was committed by an earlier attempt.
+
+        Raises StoreError (transient) when the connection fails or an operator error
+        stops the batch: then nothing of it is committed.
+        """
+        raise NotImplementedError
+
+    @staticmethod
+    def payload_rows(payload: object) -> list:
+        """The rows of a formatted batch: list items (SQLite) or LF-ended lines of
+        TAB/LF text (an LF inside a value is escaped), each with its LF."""
+        if isinstance(payload, list):
+            return payload
+        data = bytes(payload)  # type: ignore[arg-type]
+        lines = data.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        return [ln + b"\n" for ln in lines]
 
     def connect_for_write(self) -> None:
         """:meth:`connect` before a write: failing here is the connection's fault, never
@@ -112,13 +140,31 @@ class Adapter(ABC):
         try:
             self.connect()
         except StoreError as e:
+            if e.kind not in ("connection", "operator"):
+                e.kind = "connection"
             e.transient = True
             raise
 
-    def error(self, what: str, exc: BaseException, transient: bool = False) -> StoreError:
-        e = StoreError(f"{self.url.redacted()}: {what}: {one_line(exc)}")
-        e.transient = transient
-        return e
+    def error(self, what: str, exc: BaseException, transient: bool | None = None,
+              kind: str | None = None, hint: str = "") -> StoreError:
+        """A StoreError for a driver error: ``kind`` (default: what :meth:`classify`
+        says of ``exc``) and ``transient`` (default: from the kind)."""
+        if kind is None:
+            kind = self.classify(exc) if transient is None else \
+                ("connection" if transient else "refused")
+        if kind == "operator" and not hint:
+            hint = self.operator_hint(exc)
+        return StoreError(f"{self.url.redacted()}: {what}: {one_line(exc)}", kind=kind,
+                          transient=transient, hint=hint)
+
+    def classify(self, exc: BaseException) -> str:
+        """What a driver error means: ``"connection"``, ``"operator"``, ``"refused"``
+        (see :class:`StoreError`); the adapters read their driver's classes and codes."""
+        return "connection" if isinstance(exc, (OSError, RuntimeError)) else "refused"
+
+    def operator_hint(self, exc: BaseException) -> str:
+        """What a person has to fix for an operator error (a few words)."""
+        return "check the table and the user's privileges"
 
     def split_batch(self, payload: object, rows: int) -> tuple[object, int, object, int]:
         """Cut a formatted batch in two at a row boundary: ``(first, n1, second, n2)``.
@@ -151,6 +197,16 @@ class Adapter(ABC):
         refuse bad data instead of changing it)."""
         n, self.warnings = self.warnings, 0
         return n
+
+    #: counters (``category:reason`` -> n) of what the adapter changed in committed
+    #: batches so that the database could take them (PostgreSQL in a database whose
+    #: encoding is not UTF-8: ``db:unrepresentable``, ``truncated:<column>``); read and
+    #: reset by :meth:`take_counts` after each write
+    counts: Counter | None = None
+
+    def take_counts(self) -> dict[str, int]:
+        c, self.counts = self.counts, None
+        return dict(c) if c else {}
 
     #: db_insert_mode (0 plain, 1 INSERT DELAYED where the table's engine has it, 2
     #: asynchronous -- the writer's business, plain statements here)

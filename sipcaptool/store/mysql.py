@@ -20,7 +20,8 @@ import pymysql.connections
 import pymysql.err
 
 from ..record import AUX_COLUMNS, BLOB, SIP_COLUMNS
-from . import COLUMN_NAMES, Adapter
+from ..errors import StoreError
+from . import COLUMN_NAMES, Adapter, one_line
 from ._text import TabFormatter, parse_tab_text
 from .schema import BATCHES_TABLE, batches_marker_sql, quote_ident
 
@@ -36,8 +37,34 @@ ER_NO_SUCH_TABLE = 1146
 _INFILE_REFUSED = {1148, 3948, 4166, 2068}
 _CONNECTION_LOST = {2006, 2013, 2055, 2003, 2002, 1927}
 
-# errors of OperationalError class that are about the data, not the connection
-_REFUSED_DATA = {1048, 1054, 1136, 1146, 1264, 1265, 1292, 1366, 1406, 1452}
+# What an error means (pymysql raises most server errors as OperationalError, whatever
+# they mean, so the code decides). Client errors (2000-2999) are the connection's.
+# The connection failed or the server gave up the statement: try again later
+# (1040 too many connections, 1053 shutdown, 1205 lock wait timeout, 1213 deadlock,
+# 1317/3024/1969 interrupted or timed out, 1152-1161 network, 1021/1037/1038/1041 out of
+# disk or memory, 1203/1226 user limits, 1927 killed, 4031 idle disconnect)
+_CONNECTION = {1021, 1037, 1038, 1040, 1041, 1043, 1053, 1152, 1153, 1154, 1155, 1156,
+               1157, 1158, 1159, 1160, 1161, 1180, 1181, 1184, 1203, 1205, 1213, 1226,
+               1317, 1614, 1927, 1969, 3024, 4031}
+# a person must fix something: privileges (1044/1045/1142/1143/1227), a missing or
+# altered table or database (1146, 1054 unknown column, 1136 column count, 1049, 1109,
+# 1356 broken view, 1471 not insertable), a read-only server (1290, 1036, 1792)
+_OPERATOR = {1036, 1044, 1045, 1049, 1054, 1109, 1136, 1142, 1143, 1146, 1227, 1290,
+             1356, 1471, 1792}
+# the rows themselves: trigger SIGNAL (1644), CHECK (4025 MariaDB, 3819 MySQL), no
+# partition for the value (1526, 1748), NOT NULL / no default, duplicates, foreign
+# keys, values out of range or too long in strict mode
+_REFUSED = {1048, 1062, 1216, 1217, 1264, 1265, 1292, 1364, 1366, 1406, 1411, 1451, 1452,
+            1526, 1644, 1690, 1748, 3140, 3819, 4025}
+_HINTS = {1044: "grant the user access to the database", 1045: "check the user and password",
+          1142: "grant the user INSERT (and CREATE) on the table",
+          1143: "grant the user INSERT on the table's columns",
+          1227: "grant the user the privilege the statement needs",
+          1146: "create the table (sipcaptool db init) or grant CREATE",
+          1054: "the table lacks a column: recreate it with sipcaptool db init",
+          1136: "the table has other columns: recreate it with sipcaptool db init",
+          1049: "create the database", 1290: "the server is read-only (--read-only)",
+          1036: "the table is read-only", 1792: "the transaction is read-only"}
 _DELAYED_ENGINES = {"MYISAM", "MEMORY", "ARCHIVE", "BLACKHOLE"}
 
 _tokens = itertools.count(1)
@@ -48,6 +75,35 @@ log = logging.getLogger("sipcaptool.store")
 
 def _code(e: BaseException) -> int:
     return e.args[0] if e.args and isinstance(e.args[0], int) else 0
+
+
+def classify(e: BaseException) -> str:
+    """``connection``, ``operator`` or ``refused`` for a pymysql error (see StoreError)."""
+    if isinstance(e, (OSError, RuntimeError, pymysql.err.InterfaceError)):
+        return "connection"
+    code = _code(e)
+    if 2000 <= code < 3000 or code in _CONNECTION:
+        return "connection"
+    if code in _OPERATOR:
+        return "operator"
+    if code in _REFUSED or isinstance(e, (pymysql.err.IntegrityError, pymysql.err.DataError)):
+        return "refused"
+    if isinstance(e, pymysql.err.OperationalError) and not code:
+        return "connection"
+    # an error we do not know: taken for the rows' (their batch is searched for refused
+    # rows, which a passing failure does not survive), never for a connection failure
+    # that would keep the batch and everything behind it in the spool for ever
+    return "refused"
+
+
+class _Skipped(Exception):
+    """LOAD DATA took fewer rows than it was sent (LOCAL means IGNORE: a CHECK or a
+    trigger refusal skips the row with a warning)."""
+
+    def __init__(self, sent: int, taken: int, details: str) -> None:
+        self.sent, self.taken = sent, taken
+        super().__init__(f"the server skipped {sent - taken} of {sent} rows of LOAD DATA"
+                         + (f" ({details})" if details else ""))
 
 try:  # the pymysql internals the in-memory LOCAL INFILE handler relies on
     from pymysql.protocol import LoadLocalPacketWrapper as _LoadLocalPacketWrapper
@@ -180,11 +236,19 @@ class MysqlAdapter(Adapter):
             self.conn.commit()
         except pymysql.err.MySQLError as e:
             self._rollback()
-            raise self.error("cannot create table", e,
-                             transient=_code(e) in _CONNECTION_LOST) from None
+            err = self.error("cannot create table", e)
+            if err.kind == "connection":
+                self.close()
+            raise err from None
         except (OSError, RuntimeError) as e:
             self.close()
             raise self.error("cannot create table", e, transient=True) from None
+
+    def classify(self, exc: BaseException) -> str:
+        return classify(exc)
+
+    def operator_hint(self, exc: BaseException) -> str:
+        return _HINTS.get(_code(exc), super().operator_hint(exc))
 
     def _rollback(self) -> None:
         try:
@@ -292,46 +356,103 @@ class MysqlAdapter(Adapter):
                             self.url.redacted(), table, n, details)
         return n
 
+    def _write_rows(self, cur, table: str, kind: str, formatted: bytes) -> int:
+        """Send rows inside the open transaction; the warnings they raised. _Skipped when
+        LOAD DATA took fewer rows than it was sent."""
+        warnings = 0
+        if self._delayed(table):
+            # DELAYED rows are queued by the server outside the transaction
+            for st in self._insert_statements(table, kind, formatted):
+                cur.execute("INSERT DELAYED " + st[len("INSERT "):])
+                warnings += self._warnings_of_last(cur, table)
+        elif self.use_infile:
+            # LOCAL INFILE turns data errors into warnings (IGNORE): count them, and
+            # check that every row was taken (a CHECK or a trigger skips a row)
+            conn = self.conn
+            token = f"sipcaptool-batch-{next(_tokens)}"
+            conn.infile_buffers[token.encode()] = formatted
+            try:
+                taken = cur.execute(self._load_sql(table, kind).replace("%s", token, 1))
+            finally:
+                conn.infile_buffers.pop(token.encode(), None)
+            sent = formatted.count(b"\n")
+            if taken < sent:
+                details = ""
+                try:
+                    cur.execute("SHOW WARNINGS LIMIT 1")
+                    details = "; ".join(f"{r[1]}: {r[2]}" for r in cur.fetchall())
+                except pymysql.err.MySQLError:
+                    pass
+                raise _Skipped(sent, taken, details)
+            warnings += self._warnings_of_last(cur, table)
+        else:
+            for st in self._insert_statements(table, kind, formatted):
+                cur.execute(st)
+                warnings += self._warnings_of_last(cur, table)
+        return warnings
+
     def _write_once(self, table: str, kind: str, formatted: bytes, batch_id: str | None,
                     rows: int) -> bool:
         conn = self.conn
-        warnings = 0
         with conn.cursor() as cur:
             if batch_id is not None:
                 if cur.execute(batches_marker_sql("mysql"), (batch_id, table, rows)) == 0:
                     conn.rollback()  # committed by an earlier attempt
                     return False
-            if self._delayed(table):
-                # DELAYED rows are queued by the server outside the transaction
-                for st in self._insert_statements(table, kind, formatted):
-                    cur.execute("INSERT DELAYED " + st[len("INSERT "):])
-                    warnings += self._warnings_of_last(cur, table)
-            elif self.use_infile:
-                # LOCAL INFILE turns data errors into warnings (IGNORE): count them
-                token = f"sipcaptool-batch-{next(_tokens)}"
-                conn.infile_buffers[token.encode()] = formatted
-                try:
-                    cur.execute(self._load_sql(table, kind).replace("%s", token, 1))
-                finally:
-                    conn.infile_buffers.pop(token.encode(), None)
-                warnings += self._warnings_of_last(cur, table)
-            else:
-                for st in self._insert_statements(table, kind, formatted):
-                    cur.execute(st)
-                    warnings += self._warnings_of_last(cur, table)
+            warnings = self._write_rows(cur, table, kind, formatted)
         conn.commit()
         self.warnings += warnings
         return True
+
+    def _each_once(self, table: str, kind: str, formatted: bytes, batch_id: str | None,
+                   rows: int):
+        conn = self.conn
+        refused: list[tuple[int, str]] = []
+        warnings = 0
+        with conn.cursor() as cur:
+            if batch_id is not None:
+                if cur.execute(batches_marker_sql("mysql"), (batch_id, table, rows)) == 0:
+                    conn.rollback()
+                    return False, []
+            for i, line in enumerate(self.payload_rows(formatted)):
+                cur.execute("SAVEPOINT sipcaptool_row")
+                try:
+                    warnings += self._write_rows(cur, table, kind, line)
+                except _Skipped as e:
+                    cur.execute("ROLLBACK TO SAVEPOINT sipcaptool_row")
+                    refused.append((i, str(e)))
+                except pymysql.err.MySQLError as e:
+                    if classify(e) != "refused":
+                        raise
+                    cur.execute("ROLLBACK TO SAVEPOINT sipcaptool_row")
+                    refused.append((i, one_line(e)))
+        conn.commit()
+        self.warnings += warnings
+        return True, refused
 
     def write(self, table: str, kind: str, formatted: bytes, batch_id: str | None = None,
               rows: int = 0) -> bool:
         if not formatted:
             return True
+        return self._run(self._write_once, table, kind, formatted, batch_id, rows)
+
+    def write_each(self, table: str, kind: str, formatted: bytes, batch_id: str,
+                   rows: int) -> tuple[bool, list[tuple[int, str]]]:
+        if not formatted:
+            return True, []
+        return self._run(self._each_once, table, kind, formatted, batch_id, rows)
+
+    def _run(self, once, table: str, kind: str, formatted: bytes, batch_id: str | None,
+             rows: int):
         self.connect_for_write()
         created: set[str] = set()
         while True:
             try:
-                return self._write_once(table, kind, formatted, batch_id, rows)
+                return once(table, kind, formatted, batch_id, rows)
+            except _Skipped as e:
+                self._rollback()
+                raise StoreError(f"{self.url.redacted()}: cannot write to {table}: {e}",
+                                 kind="refused") from None
             except pymysql.err.MySQLError as e:
                 code = _code(e)
                 self._rollback()
@@ -347,12 +468,10 @@ class MysqlAdapter(Adapter):
                 if code in _INFILE_REFUSED and self.use_infile:
                     self.use_infile = False  # the server said no: INSERTs from now on
                     continue
-                transient = code in _CONNECTION_LOST or isinstance(
-                    e, (pymysql.err.OperationalError, pymysql.err.InterfaceError)) and \
-                    code not in _REFUSED_DATA
-                if transient:
+                err = self.error(f"cannot write to {table}", e)
+                if err.kind == "connection":
                     self.close()
-                raise self.error(f"cannot write to {table}", e, transient=transient) from None
+                raise err from None
             except (OSError, RuntimeError) as e:
                 self.close()
                 raise self.error(f"cannot write to {table}", e, transient=True) from None

@@ -5,11 +5,29 @@ from __future__ import annotations
 import os
 import sqlite3
 
-from . import COLUMN_NAMES, Adapter
+from . import COLUMN_NAMES, Adapter, one_line
 from .schema import BATCHES_TABLE, batches_marker_sql, quote_ident
 
 
-_TRANSIENT = ("locked", "busy", "disk i/o", "unable to open", "disk is full", "readonly")
+# what an error means (see StoreError): sqlite3 has few classes, so the words decide
+_TRANSIENT = ("locked", "busy", "disk i/o", "unable to open", "disk is full")
+_OPERATOR = ("readonly", "read-only", "no such table", "no such column", "has no column",
+             "columns but", "malformed", "not a database", "no such database")
+
+
+def classify(e: BaseException) -> str:
+    """``connection``, ``operator`` or ``refused`` for an sqlite3 error."""
+    if isinstance(e, OSError):
+        return "connection"
+    text = str(e).lower()
+    if isinstance(e, (sqlite3.OperationalError, sqlite3.DatabaseError)) and \
+            not isinstance(e, (sqlite3.IntegrityError, sqlite3.DataError)):
+        if any(w in text for w in _TRANSIENT):
+            return "connection"
+        if any(w in text for w in _OPERATOR):
+            return "operator"
+    # constraints (CHECK, NOT NULL, UNIQUE, RAISE in a trigger), data, anything else
+    return "refused"
 
 
 class SqliteAdapter(Adapter):
@@ -60,6 +78,19 @@ class SqliteAdapter(Adapter):
             self._rollback()
             raise self.error("cannot create table", e) from None
 
+    def classify(self, exc: BaseException) -> str:
+        return classify(exc)
+
+    def operator_hint(self, exc: BaseException) -> str:
+        text = str(exc).lower()
+        if "readonly" in text or "read-only" in text:
+            return "make the database file and its directory writable"
+        if "no such table" in text:
+            return "create the table (sipcaptool db init)"
+        if "column" in text:
+            return "the table has other columns: recreate it with sipcaptool db init"
+        return super().operator_hint(exc)
+
     def _rollback(self) -> None:
         try:
             if self.conn is not None and self.conn.in_transaction:
@@ -85,6 +116,34 @@ class SqliteAdapter(Adapter):
               rows: int = 0) -> bool:
         if not formatted:
             return True
+
+        def once(sql):
+            self.conn.executemany(sql, formatted)
+            return True
+        return self._run(once, False, table, kind, formatted, batch_id, rows)
+
+    def write_each(self, table: str, kind: str, formatted: list[tuple], batch_id: str,
+                   rows: int) -> tuple[bool, list[tuple[int, str]]]:
+        if not formatted:
+            return True, []
+
+        def once(sql):
+            refused: list[tuple[int, str]] = []
+            conn = self.conn
+            for i, row in enumerate(formatted):
+                conn.execute("SAVEPOINT sipcaptool_row")
+                try:
+                    conn.execute(sql, row)
+                except sqlite3.Error as e:
+                    if classify(e) != "refused":
+                        raise
+                    conn.execute("ROLLBACK TO sipcaptool_row")
+                    refused.append((i, one_line(e)))
+                conn.execute("RELEASE sipcaptool_row")
+            return True, refused
+        return self._run(once, (False, []), table, kind, formatted, batch_id, rows)
+
+    def _run(self, once, already, table, kind, formatted, batch_id, rows):
         self.connect_for_write()
         sql = self._insert_sql(table, kind)
         created: set[str] = set()
@@ -96,14 +155,14 @@ class SqliteAdapter(Adapter):
                                             (batch_id, table, rows or len(formatted)))
                     if cur.rowcount == 0:  # committed by an earlier attempt
                         self._rollback()
-                        return False
-                self.conn.executemany(sql, formatted)
+                        return already
+                result = once(sql)
                 self.conn.execute("COMMIT")
-                return True
-            except sqlite3.OperationalError as e:
+                return result
+            except sqlite3.Error as e:
                 self._rollback()
                 text = str(e)
-                if "no such table" in text:
+                if isinstance(e, sqlite3.OperationalError) and "no such table" in text:
                     if BATCHES_TABLE in text and "marker" not in created:
                         created.add("marker")
                         self.create_batches_table()
@@ -112,9 +171,4 @@ class SqliteAdapter(Adapter):
                         created.add("data")
                         self.create_for(table, kind)
                         continue
-                # locked, busy, disk I/O or full, cannot open: worth trying again later
-                transient = any(w in text.lower() for w in _TRANSIENT)
-                raise self.error(f"cannot write to {table}", e, transient=transient) from None
-            except sqlite3.Error as e:
-                self._rollback()
                 raise self.error(f"cannot write to {table}", e) from None

@@ -124,12 +124,14 @@ def write_with_retries(adapter: Adapter, table: str, kind: str, payload: object,
 class _Isolation:
     """What :meth:`_Core._isolate` did with a refused batch."""
 
-    __slots__ = ("written", "already", "refused", "first_error", "pending", "transient")
+    __slots__ = ("written", "already", "refused", "first_error", "pending", "transient",
+                 "each")
 
     def __init__(self) -> None:
         self.written = 0        # rows written now
         self.already = 0        # rows of pieces an earlier attempt had written
-        self.refused = 0        # rows refused (or left untried, past the budget)
+        self.refused = 0        # rows refused
+        self.each = 0           # pieces written row by row (past the budget)
         self.first_error = ""   # the database's words for the first refused row
         self.pending: list[tuple[object, int, str]] = []  # pieces not tried: connection lost
         self.transient: StoreError | None = None
@@ -155,8 +157,10 @@ class _Core:
       (each piece has its own id, derived from the batch's, so a piece is never written
       twice); the rows refused on their own are counted as ``dropped:db-error`` and
       logged, the others stored (``db:split`` counts such batches). After
-      ISOLATE_MAX_WRITES statements the rest is given up (counted the same way). When
-      not a single row can be written the batch is an error, as before the search.
+      ISOLATE_MAX_WRITES statements the pieces left are written row by row, each row
+      under a savepoint in the piece's one transaction (:meth:`Adapter.write_each`), so
+      a batch with many refused rows loses no good row either. When not a single row
+      can be written the batch is an error, as before the search.
     """
 
     def __init__(self, adapter: Adapter, retries: int, retry_timeout: float, spool,
@@ -167,6 +171,7 @@ class _Core:
         self.spool = spool
         self.emit = emit
         self.down = False
+        self._down_kind = ""
         self.next_probe = 0.0
         self.probe_delay = _BACKOFF_FIRST
         self.last_prune = 0.0
@@ -205,10 +210,17 @@ class _Core:
         return True
 
     def _mark_down(self, err: StoreError, when: str = "") -> None:
-        if not self.down:
+        if not self.down or err.kind != self._down_kind:
             where = self.spool.dir if self.spool is not None else "-"
-            log.error("database unreachable%s: %s; batches go to the spool %s until it is "
-                      "back", " " + when if when else "", err, where)
+            if err.kind == "operator":
+                log.error("the database refuses batches for a reason a person must fix%s: "
+                          "%s; to fix: %s. Batches go to the spool %s and are written "
+                          "once it is fixed", " " + when if when else "", err,
+                          err.hint or "check the table and the privileges", where)
+            else:
+                log.error("database unreachable%s: %s; batches go to the spool %s until "
+                          "it is back", " " + when if when else "", err, where)
+            self._down_kind = err.kind
         self.down = True
         self.adapter.close()
         self.next_probe = time.monotonic() + self.probe_delay
@@ -217,7 +229,9 @@ class _Core:
     def _mark_up(self) -> None:
         if self.down:
             n = self.spool.pending_batches if self.spool is not None else 0
-            log.warning("database reachable again; %d spooled batches to write", n)
+            log.warning("database %s again; %d spooled batches to write",
+                        "takes batches" if self._down_kind == "operator" else
+                        "reachable", n)
         self.down = False
         self.probe_delay = _BACKOFF_FIRST
         now = time.monotonic()
@@ -244,7 +258,7 @@ class _Core:
                 self._mark_up()
                 self.emit(("done", table, n, used, written))
                 self._emit_warnings(table)
-            elif self.spool is not None and getattr(err, "transient", False):
+            elif self.spool is not None and err.transient:
                 self._mark_down(err)
                 self.to_spool(table, kind, n, payload, batch_id, used)
             elif self._can_isolate(err, n, table):
@@ -254,7 +268,7 @@ class _Core:
 
     # -- refused batches: keep the good rows ------------------------------------------------
     def _can_isolate(self, err: StoreError, n: int, table: str) -> bool:
-        if n < 2 or getattr(err, "transient", False):
+        if n < 2 or err.transient:
             return False
         try:
             return self.adapter.transactional(table)
@@ -278,15 +292,37 @@ class _Core:
         writes = 0
         while stack:
             p, k, path = stack.pop()
-            if writes >= ISOLATE_MAX_WRITES:
-                res.refused += k
+            piece_id = f"{batch_id}.{path}"
+            if writes >= ISOLATE_MAX_WRITES and k > 1:
+                # past the budget: row by row in one transaction (a piece id of its own)
+                piece_id += "e"
+                try:
+                    ok, refused = adapter.write_each(table, kind, p, piece_id, k)
+                except StoreError as e:
+                    if e.transient:
+                        res.transient = e
+                        res.pending = [(p, k, piece_id)] + [(q, m, f"{batch_id}.{qp}")
+                                                            for q, m, qp in reversed(stack)]
+                        return res
+                    ok, refused = None, [(0, str(e))] * k
+                except Exception as e:  # noqa: BLE001 - a bug must not kill the writer
+                    ok, refused = None, [(0, f"{type(e).__name__}: {e}")] * k
+                res.each += 1
+                if ok is False:
+                    res.already += k
+                    continue
+                res.refused += len(refused)
+                if refused:
+                    res.first_error = res.first_error or refused[0][1]
+                if ok:
+                    res.written += k - len(refused)
+                    self._emit_warnings(table)
                 continue
             writes += 1
-            piece_id = f"{batch_id}.{path}"
             try:
                 ok = adapter.write(table, kind, p, piece_id, k)
             except StoreError as e:
-                if getattr(e, "transient", False):
+                if e.transient:
                     res.transient = e
                     res.pending = [(p, k, piece_id)] + [(q, m, f"{batch_id}.{qp}")
                                                         for q, m, qp in reversed(stack)]
@@ -352,6 +388,9 @@ class _Core:
         n = self.adapter.take_warnings()
         if n:
             self.emit(("warnings", table, n))
+        counts = self.adapter.take_counts()
+        if counts:
+            self.emit(("counts", counts))
 
     def to_spool(self, table: str, kind: str, n: int, payload: object, batch_id: str,
                  used: int) -> None:
@@ -395,7 +434,7 @@ class _Core:
                 written = self.adapter.write(rec.table, rec.kind, rec.payload, rec.batch_id,
                                              rec.rows)
             except StoreError as e:
-                if getattr(e, "transient", False):
+                if e.transient:
                     self._mark_down(e)
                     return False
                 if self._can_isolate(e, rec.rows, rec.table):
@@ -796,6 +835,9 @@ class Writer:
                 st["db:retries"] += used
         elif op == "warnings":
             st["db:warnings"] += msg[2]
+        elif op == "counts":
+            for k, v in msg[1].items():
+                st[k] += v
         elif op == "synced":
             self._synced.add(msg[1])
 
