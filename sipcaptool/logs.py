@@ -1,13 +1,8 @@
 """Logging for long-running commands: verbosity, log file, JSON lines, SIGHUP, rate limits.
 
-Commands add the options with the :func:`log_options` decorator::
-
-    @click.command("hep")
-    @log_options                 # -v/-q, --log-file FILE, --log-format text|json
-    def command(..., ) -> None:  # logging is set up before the body runs
-        log = logging.getLogger("sipcaptool.hep")
-
-or call :func:`setup_logging` themselves. What it does:
+Commands call :func:`setup_logging` through ``setup_command_logging`` (or the
+``log_options`` decorator) in ``sipcaptool.commands.common``; this module knows no
+command-line library. What it does:
 
 * level: WARNING by default; ``-v`` INFO, ``-vv`` DEBUG; ``-q`` ERROR, ``-qq`` CRITICAL
   (``--debug`` on the main command means DEBUG too);
@@ -26,7 +21,6 @@ or call :func:`setup_logging` themselves. What it does:
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -37,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["RateLimitFilter", "log_options", "reopen_logs", "setup_logging", "level_for"]
+__all__ = ["RateLimitFilter", "reopen_logs", "setup_logging", "level_for"]
 
 _HANDLER_NAME = "sipcaptool-main"
 _state: dict[str, Any] = {"file": None, "format": "text"}
@@ -170,46 +164,3 @@ def reopen_logs() -> None:
                 h.release()
             if old is not None:
                 old.close()
-
-
-def setup_command_logging(verbose: int, quiet: int, log_file: str | None,
-                          log_format: str) -> None:
-    """:func:`setup_logging` from a click command's options: honours the global
-    ``--debug`` and reports a log file that cannot be opened as a usage error."""
-    import click
-
-    ctx = click.get_current_context(silent=True)
-    debug = bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("debug"))
-    try:
-        setup_logging(verbose, quiet, log_file, log_format, debug=debug)
-    except OSError as e:
-        raise click.UsageError(f"--log-file {log_file}: cannot open: {e.strerror}") from None
-
-
-def log_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Add ``-v/--verbose``, ``-q/--quiet``, ``--log-file``, ``--log-format`` and set up
-    logging before the command body runs (the body does not receive these options)."""
-    import click
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        verbose = kwargs.pop("verbose")
-        quiet = kwargs.pop("quiet")
-        log_file = kwargs.pop("log_file")
-        log_format = kwargs.pop("log_format")
-        setup_command_logging(verbose, quiet, log_file, log_format)
-        return f(*args, **kwargs)
-
-    for deco in reversed([
-        click.option("-v", "--verbose", count=True,
-                     help="More log output (-v info, -vv debug)."),
-        click.option("-q", "--quiet", count=True,
-                     help="Less log output (-q errors only, -qq nothing but critical)."),
-        click.option("--log-file", type=click.Path(dir_okay=False), default=None,
-                     metavar="FILE", help="Append logs to FILE instead of stderr; "
-                     "reopened on SIGHUP (logrotate)."),
-        click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
-                     show_default=True, help="text lines or JSON objects, one per line."),
-    ]):
-        wrapper = deco(wrapper)
-    return wrapper

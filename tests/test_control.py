@@ -545,7 +545,7 @@ def test_log_options_decorator(tmp_path):
     import click
     from click.testing import CliRunner
 
-    from sipcaptool.logs import log_options
+    from sipcaptool.commands.common import log_options
 
     @click.command()
     @log_options

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import click
 
 from ..config import HASH_SOURCES, MT_MODES, Settings
+from ..logs import setup_logging
 from ..stats import Stats
 
 # option name -> setting name
@@ -60,6 +61,11 @@ STORAGE_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
      {"metavar": "BYTES", "help": "Disk the spool may use per database (K/M/G suffixes); "
       "beyond it batches are dropped, counted as dropped:spool-full and logged. "
       "[default: 1G]"}),
+    (("--hep-max-inflated",), "hep_max_inflated",
+     {"metavar": "BYTES", "help": "HEP: bytes that the compressed parts of one datagram "
+      "(a whole-datagram gzip and every compressed payload in it), TCP-framed packet or "
+      "capture frame may inflate to, together (K/M suffixes); past it the rest is "
+      "refused, counted as malformed:hep-inflate. [default: 256K]"}),
 ]
 
 
@@ -125,3 +131,42 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
             if key == "errors":
                 lines.append(f"error: {item}")
     click.echo("\n".join(lines))
+
+
+def setup_command_logging(verbose: int, quiet: int, log_file: str | None,
+                          log_format: str) -> None:
+    """:func:`setup_logging` from a click command's options: honours the global
+    ``--debug`` and reports a log file that cannot be opened as a usage error."""
+    ctx = click.get_current_context(silent=True)
+    debug = bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("debug"))
+    try:
+        setup_logging(verbose, quiet, log_file, log_format, debug=debug)
+    except OSError as e:
+        raise click.UsageError(f"--log-file {log_file}: cannot open: {e.strerror}") from None
+
+
+def log_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``-v/--verbose``, ``-q/--quiet``, ``--log-file``, ``--log-format`` and set up
+    logging before the command body runs (the body does not receive these options)."""
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        verbose = kwargs.pop("verbose")
+        quiet = kwargs.pop("quiet")
+        log_file = kwargs.pop("log_file")
+        log_format = kwargs.pop("log_format")
+        setup_command_logging(verbose, quiet, log_file, log_format)
+        return f(*args, **kwargs)
+
+    for deco in reversed([
+        click.option("-v", "--verbose", count=True,
+                     help="More log output (-v info, -vv debug)."),
+        click.option("-q", "--quiet", count=True,
+                     help="Less log output (-q errors only, -qq nothing but critical)."),
+        click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+                     metavar="FILE", help="Append logs to FILE instead of stderr; "
+                     "reopened on SIGHUP (logrotate)."),
+        click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+                     show_default=True, help="text lines or JSON objects, one per line."),
+    ]):
+        wrapper = deco(wrapper)
+    return wrapper

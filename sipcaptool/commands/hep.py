@@ -115,7 +115,7 @@ def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf:
           --db postgresql://postgres@127.0.0.1/homer
       sipcaptool hep --listen udp:[::]:9060 --auth-key s3cret --capture-node homer02 --workers 2
     """
-    from ..logs import setup_command_logging
+    from .common import setup_command_logging
     from ..sources.hep_listener import open_listeners, parse_listen, raise_open_file_limit
 
     setup_command_logging(verbose, quiet, log_file, log_format)

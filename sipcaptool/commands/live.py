@@ -114,7 +114,7 @@ def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children
           --db mysql://root@127.0.0.1/homer
       sipcaptool live -i eth0 --db none --hep-to udp:10.0.0.9:9060 --hep-to tcp:10.0.0.9:9060
     """
-    from ..logs import setup_command_logging
+    from .common import setup_command_logging
     from ..sources.live import LiveCapture, LiveOptions, kernel_summary, parse_listen
 
     setup_command_logging(verbose, 1 if quiet else 0, log_file, log_format)
