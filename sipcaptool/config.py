@@ -57,6 +57,9 @@ PARAMS: dict[str, tuple[type, Any, Any]] = {
     # sipcaptool's own settings
     "batch_size": (int, 2000, (1, 100000)),
     "flush_interval": (float, 1.0, (0.01, 60.0)),
+    # bytes that the compressed parts of one HEP datagram (whole-datagram gzip and every
+    # chunk 0x0010 in it), TCP-framed HEP packet or capture frame may inflate to, together
+    "hep_max_inflated": (int, 256 * 1024, (4096, 1 << 28)),
     # where batches wait while the database is unreachable: '' = the default directory
     # (sipcaptool.store.spool.default_spool_dir), 'none' = no spool
     "spool_dir": (str, "", None),
@@ -206,7 +209,7 @@ def coerce(name: str, value: Any, origin: str = "") -> Any:
     if typ is int:
         if isinstance(value, bool):
             value = int(value)
-        if isinstance(value, str) and name == "spool_max_bytes":
+        if isinstance(value, str) and name in ("spool_max_bytes", "hep_max_inflated"):
             value = _size_text(value, name, where)
         if isinstance(value, str):
             v = value.strip().lower()

@@ -110,3 +110,174 @@ def test_hostile_sip_values_stored_safely_end_to_end(any_db_url, collectors):
     assert summary["truncated_values"], summary       # the 10 KB values were cut, counted
     assert summary["db"].get("errors", 0) == 0
     assert summary["stored_total"] == len(sent)
+
+
+# --------------------------------------------------------------------------- compression
+# Issue 17, section 1: the 1 MB inflate cap applied to one chunk, not to a datagram, and
+# the key was checked after inflating. One 2,850-byte gzipped datagram of HEP packets,
+# each with a chunk 0x0010 inflating to 1 MB, took the collector to 952 MB.
+
+import gzip as _gzip
+import tracemalloc
+import zlib as _zlib
+
+from sipcaptool.decode.hep import MAX_INFLATED
+from sipcaptool.decode.packet import PacketDecoder
+
+_STD = encode_hep3(message("std", payload=b"x"))[:-7]   # header + the usual chunks
+
+
+def _hep3_raw(payload: bytes, ctype: int = 15, key: bytes | None = None) -> bytes:
+    """A HEPv3 packet with the usual chunks, an optional key and ``payload`` in chunk
+    ``ctype`` (15 plain, 16 compressed: given already compressed)."""
+    body = _STD[6:]
+    if key is not None:
+        body += struct.pack("!HHH", 0, 14, 6 + len(key)) + key
+    body += struct.pack("!HHH", 0, ctype, 6 + len(payload)) + payload
+    return b"HEP3" + struct.pack("!H", 6 + len(body)) + body
+
+
+def _zeros_bomb(n: int) -> bytes:
+    return _zlib.compress(b"\0" * n, 9)
+
+
+def _bomb_datagram(packets: int, inner: int = 1 << 20, key: bytes | None = None) -> bytes:
+    """The attack of the issue: one gzip stream of ``packets`` HEP packets, each with a
+    chunk 0x0010 inflating to ``inner`` bytes."""
+    pkt = _hep3_raw(_zeros_bomb(inner), 16, key)
+    return _gzip.compress(pkt * packets, 9)
+
+
+def _peak_alloc(fn) -> tuple[int, object]:
+    tracemalloc.start()
+    try:
+        result = fn()
+        return tracemalloc.get_traced_memory()[1], result
+    finally:
+        tracemalloc.stop()
+
+
+def test_inflate_budget_is_per_datagram_not_per_chunk():
+    """Five packets each inflating to 200 KB (each under any per-chunk cap) in one
+    datagram: only what fits the datagram's budget is inflated; the rest is counted."""
+    pkt = _hep3_raw(_zeros_bomb(200_000), 16)
+    errors: list[DecodeError] = []
+    peak, pkts = _peak_alloc(lambda: decode_datagram(pkt * 5, now_us=NOW, errors=errors))
+    assert sum(len(p.payload) for p in pkts) <= MAX_INFLATED
+    assert len(pkts) == 1
+    assert [e.reason for e in errors] == ["hep-inflate", "hep-inflate"]
+    assert sum(e.size for e in errors) == 4 * len(pkt)    # every byte of the rest counted
+    assert peak < 3 * MAX_INFLATED, peak
+
+
+def test_gzipped_bomb_datagram_inflates_at_most_the_budget():
+    """The 2.8 KB datagram of the issue (1,000 packets x 1 MB) costs at most the budget,
+    in bytes and in time, and the packets that fit are still returned."""
+    bomb = _bomb_datagram(1000)
+    assert len(bomb) < 4000
+    errors: list[DecodeError] = []
+    t0 = time.perf_counter()
+    peak, result = _peak_alloc(lambda: _decode_or_error(bomb, errors=errors))
+    took = time.perf_counter() - t0
+    assert isinstance(result, DecodeError) and result.reason == "hep-inflate"
+    assert peak < 4 * MAX_INFLATED, peak           # was about 1 GB
+    assert took < 0.5, took                        # was 3.7 s in the collector
+    # a smaller budget applies the same way, to both layers together
+    small = _gzip.compress(_hep3_raw(_zeros_bomb(3000), 16) * 4)
+    assert len(decode_datagram(small, now_us=NOW, max_inflated=64 * 1024)) == 4
+    errors = []
+    got = decode_datagram(small, now_us=NOW, max_inflated=8000, errors=errors)
+    assert len(got) == 2 and [e.reason for e in errors] == ["hep-inflate"]
+
+
+def _decode_or_error(data: bytes, **kw):
+    try:
+        return decode_datagram(data, now_us=NOW, **kw)
+    except DecodeError as e:
+        return e
+
+
+def test_inflate_is_bounded_one_byte_at_a_time():
+    """The budget holds to the byte: a payload of exactly the budget passes, one byte
+    more is refused, whatever the layer it comes from."""
+    for budget in (4096, 10_000, MAX_INFLATED):
+        exact = _hep3_raw(_zeros_bomb(budget), 16)
+        assert len(decode_datagram(exact, now_us=NOW, max_inflated=budget)[0].payload) == budget
+        over = _hep3_raw(_zeros_bomb(budget + 1), 16)
+        assert _decode_or_error(over, max_inflated=budget).reason == "hep-inflate"
+        # the whole-datagram gzip takes from the same budget as the chunk inside it:
+        # the packet it inflates to plus the payload that packet inflates to
+        inner = budget // 2
+        pkt = _hep3_raw(_zeros_bomb(inner), 16)
+        packed = _gzip.compress(pkt)
+        total = len(pkt) + inner
+        assert len(decode_datagram(packed, now_us=NOW, max_inflated=total)) == 1
+        assert _decode_or_error(packed, max_inflated=total - 1).reason == "hep-inflate"
+
+
+def test_auth_key_checked_before_the_payload_is_inflated():
+    """A packet with the wrong key whose chunk 0x0010 would fail if it were inflated
+    (a cut zlib stream, and a bomb) is refused for its key: nothing was inflated."""
+    cut = _zlib.compress(b"INVITE sip:x SIP/2.0\r\n" * 50)[:-8]
+    for key in (b"wrong", None):
+        e = _decode_or_error(_hep3_raw(cut, 16, key), auth_key=b"right")
+        assert e.reason == "hep-auth", e
+    bomb = _hep3_raw(_zeros_bomb(MAX_INFLATED * 4), 16, b"wrong")
+    peak, e = _peak_alloc(lambda: _decode_or_error(bomb * 20, auth_key=b"right"))
+    assert e.reason == "hep-auth" and peak < 100_000, peak
+
+
+def test_gzipped_datagram_stops_at_the_first_packet_without_the_key():
+    """A sender without the key costs one packet of inflation: the rest of its gzipped
+    datagram (here a stream that turns corrupt after the first 100 KB) is never read."""
+    first = _hep3_raw(b"INVITE sip:x SIP/2.0\r\n\r\n", 15, b"wrong")
+    z = _zlib.compressobj(9, _zlib.DEFLATED, 31)
+    data = z.compress(first + b"\0" * 100_000) + z.flush(_zlib.Z_FULL_FLUSH)
+    data += b"\xff" * 64          # not deflate: inflating this far fails
+    e = _decode_or_error(data, auth_key=b"right")
+    assert e.reason == "hep-auth", e
+    assert e.size == len(data)     # the datagram refused whole, counted as received
+    # with the key, the same datagram decodes its first packet and reports the rest
+    errors: list[DecodeError] = []
+    ok = _hep3_raw(b"INVITE sip:x SIP/2.0\r\n\r\n", 15, b"right")
+    z = _zlib.compressobj(9, _zlib.DEFLATED, 31)
+    good = z.compress(ok + ok) + z.flush()
+    assert len(decode_datagram(good, now_us=NOW, auth_key=b"right", errors=errors)) == 2
+
+
+def test_dropped_auth_counts_every_packet_in_one_unit():
+    """Three packets without the key in one datagram are three refusals, as three
+    datagrams of one packet are (was: one for the datagram)."""
+    unkeyed = _hep3_raw(b"INVITE sip:x SIP/2.0\r\n\r\n", 15)
+    errors: list[DecodeError] = []
+    e = _decode_or_error(unkeyed * 3, auth_key=b"k", errors=errors)
+    assert [x.reason for x in [e] + errors] == ["hep-auth"] * 3
+    assert sum(x.size for x in [e] + errors) == 3 * len(unkeyed)
+
+
+def _udp_frame(payload: bytes, dport: int = 9060) -> bytes:
+    ip_len = 20 + 8 + len(payload)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, ip_len, 1, 0, 64, 17, 0,
+                     bytes([192, 0, 2, 1]), bytes([192, 0, 2, 2]))
+    udp = struct.pack("!HHHH", 40000, dport, 8 + len(payload), 0)
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp + payload
+
+
+def test_replay_of_a_hep_bomb_frame_stays_bounded():
+    """A HEP bomb inside a capture (an 11 KB pcap took replay to 2.4 GB): one frame
+    costs at most its budget, and what is refused is counted with its bytes."""
+    st = Stats()
+    dec = PacketDecoder(1, st)                      # Ethernet
+    frame = _udp_frame(_bomb_datagram(1000))
+    peak, out = _peak_alloc(lambda: dec.decode(NOW, frame))
+    assert peak < 4 * MAX_INFLATED, peak
+    assert st["malformed:hep-inflate"] == 1
+    assert st["refused-bytes:hep-inflate"] == len(frame) - 42
+    # a smaller setting, and a frame that fits, decode as before
+    st2 = Stats()
+    dec2 = PacketDecoder(1, st2, hep_max_inflated=4096)
+    payload = b"INVITE sip:x SIP/2.0\r\n\r\n" + b"a" * 3000
+    ok = _udp_frame(_hep3_raw(_zlib.compress(payload), 16))
+    assert [m.payload for m in dec2.decode(NOW, ok)] == [payload]
+    assert dec2.decode(NOW, _udp_frame(_hep3_raw(_zeros_bomb(5000), 16))) == []
+    assert st2["malformed:hep-inflate"] == 1

@@ -66,6 +66,11 @@ STORAGE_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
       "(a whole-datagram gzip and every compressed payload in it), TCP-framed packet or "
       "capture frame may inflate to, together (K/M suffixes); past it the rest is "
       "refused, counted as malformed:hep-inflate. [default: 256K]"}),
+    (("--hep-max-inflated",), "hep_max_inflated",
+     {"metavar": "BYTES", "help": "HEP: bytes that the compressed parts of one datagram "
+      "(a whole-datagram gzip and every compressed payload in it), TCP-framed packet or "
+      "capture frame may inflate to, together (K/M suffixes); past it the rest is "
+      "refused, counted as malformed:hep-inflate. [default: 256K]"}),
 ]
 
 
@@ -98,6 +103,7 @@ def summary_dict(stats: Stats, extra: dict[str, Any] | None = None) -> dict[str,
         "dropped": stats.group("dropped"),
         "evicted": stats.group("evicted"),
         "truncated_values": stats.group("truncated"),
+        "refused_bytes": stats.group("refused-bytes"),
         "db": stats.group("db"),
     }
     if extra:
@@ -116,7 +122,8 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
         lines.append(f"  {table}: {n}")
     for key, title in (("skipped", "skipped (not SIP)"), ("malformed", "malformed"),
                        ("dropped", "dropped"), ("evicted", "evicted decoder state"),
-                       ("truncated_values", "values cut to column width")):
+                       ("truncated_values", "values cut to column width"),
+                       ("refused_bytes", "bytes refused")):
         group = summary.get(key) or {}
         if group:
             lines.append(f"{title + ':':<18} {sum(group.values())}")

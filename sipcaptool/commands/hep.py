@@ -133,7 +133,8 @@ def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf:
         raise ConfigError("--auth-key must not be empty")
     bufsize = _parse_size(rcvbuf)
     copies = open_listeners(specs, bufsize, workers)
-    opts = dict(auth_key=key, count=count, duration=duration, quiet=quiet > 0,
+    opts = dict(auth_key=key, max_inflated=settings.hep_max_inflated,
+                count=count, duration=duration, quiet=quiet > 0,
                 foreground_writer=foreground_writer, control_path=control_path,
                 metrics_addr=metrics_addr, tcp_idle_timeout=tcp_idle_timeout)
     started = time.monotonic()
@@ -220,6 +221,7 @@ def _make_collector(listeners, pipeline, stats: Stats, opts: dict[str, Any], *,
 
     policy = _StorePolicy(pipeline)
     collector = HepCollector(listeners, pipeline.submit, stats, auth_key=opts["auth_key"],
+                             max_inflated=opts["max_inflated"],
                              count=count, duration=opts["duration"], tick=tick,
                              tick_interval=SNAPSHOT_INTERVAL, on_progress=on_progress,
                              on_store_error=policy,

@@ -177,7 +177,8 @@ def _replay_one(cap, pipeline, stats: Stats, ports, hep_ports, bar, stop=()) -> 
         return report
     report["linktype"] = cap.linktype
     try:
-        decoder = PacketDecoder(cap.linktype, stats, ports=ports, hep_ports=hep_ports)
+        decoder = PacketDecoder(cap.linktype, stats, ports=ports, hep_ports=hep_ports,
+                                hep_max_inflated=pipeline.settings.hep_max_inflated)
     except DecodeError as e:
         cap.close()
         report["error"] = f"{cap.path}: unknown or unsupported link type {cap.linktype} ({e.detail or e.reason}); nothing read"

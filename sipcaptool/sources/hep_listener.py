@@ -27,7 +27,11 @@ Counters (in the shared :class:`~sipcaptool.stats.Stats`):
   :mod:`sipcaptool.decode.hep`, e.g. ``hep-bad-version``, ``hep-truncated``,
   ``hep3-stream-bad-length``, ``hep3-stream-truncated`` for a connection closed in the
   middle of a packet, ``internal-error`` for an unexpected exception on one input);
-* ``dropped:auth``: packets without the required authentication key or with another;
+* ``dropped:auth``: HEP packets without the required authentication key or with
+  another, one per packet (UDP, TCP, each packet of a multi-packet datagram; in a
+  gzipped datagram decoding stops at the first such packet, see ``decode_datagram``);
+* ``refused-bytes:<reason>``: the bytes of what ``dropped:auth`` and ``malformed:*``
+  count (as received; inside a gzipped datagram partly kept, the inflated packets);
 * ``dropped:tcp-connection-limit``: connections refused beyond ``max_connections``;
 * ``evicted:tcp-idle``: connections closed after ``tcp_idle_timeout`` seconds without
   data (a packet half-received on one is also counted as ``hep3-stream-truncated``).
@@ -54,7 +58,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from ..decode.hep import DecodeError, HepStream, decode_datagram
+from ..decode.hep import MAX_INFLATED, DecodeError, HepStream, decode_datagram
 from ..errors import ConfigError, CaptureError, StoreError
 from ..stats import Stats
 
@@ -277,7 +281,10 @@ class HepCollector:
         submit: called with each decoded :class:`~sipcaptool.record.CapturedMessage`
             (``Pipeline.submit``).
         stats: counters updated in place.
-        auth_key: when given, packets must carry it in chunk 0x000e.
+        auth_key: when given, packets must carry it in chunk 0x000e (checked before
+            anything of the packet is inflated).
+        max_inflated: inflate budget per datagram / TCP-framed packet (bytes that its
+            compressed parts may inflate to, together; see ``decode_datagram``).
         count: stop after this many packets (None: no limit).
         duration: stop after this many seconds (None: no limit).
         tick: called about every ``tick_interval`` seconds from the loop (kernel drop
@@ -295,6 +302,7 @@ class HepCollector:
 
     def __init__(self, listeners: list[tuple[Listener, socket.socket]],
                  submit: Callable, stats: Stats, *, auth_key: bytes | None = None,
+                 max_inflated: int = MAX_INFLATED,
                  count: int | None = None, duration: float | None = None,
                  tick: Callable[[], None] | None = None, tick_interval: float = 0.25,
                  on_progress: Callable[[int], bool] | None = None,
@@ -305,6 +313,7 @@ class HepCollector:
         self.submit = submit
         self.stats = stats
         self.auth_key = auth_key
+        self.max_inflated = max_inflated
         self.count = count
         self.duration = duration
         self.tick = tick
@@ -518,39 +527,63 @@ class HepCollector:
         return n
 
     def _handle(self, data: bytes, addr) -> None:
-        """Decode one datagram (or one TCP-framed packet) and submit its packets."""
+        """Decode one datagram (or one TCP-framed packet) and submit its packets.
+
+        Every HEP packet of it is either submitted or counted: a refused packet once
+        (``dropped:auth`` or ``malformed:<reason>``, its bytes in
+        ``refused-bytes:<counter reason>``), and a batch the database refused while one
+        packet was submitted does not keep the packets after it from being submitted.
+        """
         errs = self._errs
         try:
             pkts = decode_datagram(data, now_us=time.time_ns() // 1000,
-                                   auth_key=self.auth_key, errors=errs)
-            if errs:
-                for e in errs:
-                    self._reject(e, addr)
-                errs.clear()
-            submit = self.submit
-            for p in pkts:
-                submit(p.to_message())
+                                   auth_key=self.auth_key, errors=errs,
+                                   max_inflated=self.max_inflated)
         except DecodeError as e:
-            errs.clear()
             self._reject(e, addr)
-        except StoreError as e:
+            pkts = ()
+        except Exception as e:  # a decoder bug must not stop the collector
             errs.clear()
+            self._internal_error(e, addr)
+            return
+        if errs:
+            for e in errs:
+                self._reject(e, addr)
+            errs.clear()
+        submit = self.submit
+        store_error: StoreError | None = None
+        for p in pkts:
+            try:
+                submit(p.to_message())
+            except StoreError as e:
+                # an earlier batch's failure; this message was taken all the same
+                store_error = store_error or e
+            except Exception as e:  # a parser bug must not stop the collector
+                self._internal_error(e, addr)
+        if store_error is not None:
             if self.on_store_error is None:
-                raise
-            self.on_store_error(e)
-        except Exception as e:  # a decoder/parser bug must not stop the collector
-            errs.clear()
-            self.stats["malformed:internal-error"] += 1
-            self._log_sender(addr, "internal", "%s: %s: %s", type(e).__name__, e, "input dropped",
-                             level=logging.ERROR)
+                raise store_error
+            self.on_store_error(store_error)
+
+    def _internal_error(self, e: Exception, addr) -> None:
+        self.stats["malformed:internal-error"] += 1
+        self._log_sender(addr, "internal", "%s: %s: %s", type(e).__name__, e, "input dropped",
+                         level=logging.ERROR)
 
     def _reject(self, e: DecodeError, addr) -> None:
+        """Count one refused part of a datagram/packet: one HEP packet, or the bytes
+        that could not be cut into packets."""
+        size = getattr(e, "size", 0)
         if e.reason == "hep-auth":
             self.stats["dropped:auth"] += 1
+            if size:
+                self.stats["refused-bytes:auth"] += size
             self._log_sender(addr, "auth", "HEP packet dropped: %s", e.detail or "bad key",
                              level=logging.WARNING)
         else:
             self.stats["malformed:" + e.reason] += 1
+            if size:
+                self.stats["refused-bytes:" + e.reason] += size
             self._log_sender(addr, e.reason, "HEP input dropped: %s", e, level=logging.DEBUG)
 
     def _log_sender(self, addr, what: str, fmt: str, *args, level: int = logging.WARNING) -> None:

@@ -571,7 +571,8 @@ class Worker:
             # decoder counts it (malformed:snapped) rather than store part of a message
             snap = opts.snaplen if opts.snaplen < 65535 + 64 else 0
             decoder = PacketDecoder(self.source.linktype, stats, ports=opts.decoder_ports(),
-                                    snaplen=snap)
+                                    snaplen=snap,
+                                    hep_max_inflated=self.settings.hep_max_inflated)
             if opts.ipip:
                 self._loop_ipip(decoder, deadline)
             else:
