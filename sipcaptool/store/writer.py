@@ -1,8 +1,10 @@
 """Batching writer: groups rows per table, formats them, and writes them in batches.
 
 Rows are grouped per ``(table, kind)`` and a batch is written when it holds
-``batch_size`` rows or when its first row is ``flush_interval`` seconds old (a timer
-thread takes care of the latter when no more rows come).
+``batch_size`` rows, or about ``batch_max_bytes`` bytes once formatted (a batch of
+large messages is not ``batch_size`` times their size in memory), or when its first
+row is ``flush_interval`` seconds old (a timer thread takes care of the latter when no
+more rows come).
 
 With ``background=True`` (the fast path) the batch is formatted in the calling process
 (the adapter's pure ``format_batch``: COPY text, LOAD DATA buffer) and handed over a
@@ -67,6 +69,7 @@ import time
 import uuid
 
 from ..errors import StoreError
+from ..record import AUX_COLUMN_NAMES, SIP_COLUMN_NAMES
 from ..stats import Stats
 from . import Adapter, open_adapter
 from .url import DbUrl, parse_db_url
@@ -78,6 +81,9 @@ CLOSE_DRAIN_SECONDS = 30.0      # at close, drain the spool this long if the dat
 ASYNC_MEMORY_BYTES = 256 << 20  # db_insert_mode 2: batches held in memory before spooling
 _PRUNE_EVERY = 3600.0
 ISOLATE_MAX_WRITES = 64  # statements tried to separate the rows a database refuses
+BATCH_MAX_BYTES = 8 << 20  # default batch_max_bytes
+_ROW_OVERHEAD = 256        # formatted bytes of a row besides its message (an estimate)
+_BLOB_INDEX = {"sip": SIP_COLUMN_NAMES.index("msg"), "aux": AUX_COLUMN_NAMES.index("msg")}
 
 log = logging.getLogger("sipcaptool.store")
 
@@ -626,6 +632,9 @@ class Writer:
         db_url: where to write (``none``: rows are accepted and discarded).
         stats: counters updated in place (in the calling process).
         batch_size: rows per batch.
+        batch_max_bytes: a batch is written as soon as its rows make about this many
+            bytes once formatted (the message counted twice, as hex, plus 256 bytes a row
+            for the other columns), even with fewer than ``batch_size`` rows.
         flush_interval: a batch is written at most this many seconds after its first row
             (0 or less: only by size, flush() and close()).
         insert_retries: retries of a failed batch.
@@ -650,6 +659,7 @@ class Writer:
     """
 
     def __init__(self, db_url: str | DbUrl, stats: Stats, *, batch_size: int = 2000,
+                 batch_max_bytes: int = BATCH_MAX_BYTES,
                  flush_interval: float = 1.0, insert_retries: int = 0,
                  insert_retry_timeout: float = 60, background: bool = True,
                  queue_batches: int = 8, partition_days: int | None = None,
@@ -659,6 +669,8 @@ class Writer:
         self.url = parse_db_url(db_url) if isinstance(db_url, str) else db_url
         self.stats = stats
         self.batch_size = max(1, int(batch_size))
+        self.batch_max_bytes = max(1, int(batch_max_bytes))
+        self._sizes: dict[tuple[str, str], int] = {}
         self.flush_interval = float(flush_interval)
         self.retries = max(0, int(insert_retries))
         self.retry_timeout = float(insert_retry_timeout)
@@ -903,8 +915,15 @@ class Writer:
             if buf is None:
                 buf = self._buffers[key] = []
                 self._first[key] = time.monotonic()
+                self._sizes[key] = 0
             buf.append(row)
-            if len(buf) >= self.batch_size:
+            try:
+                size = 2 * len(row[_BLOB_INDEX[kind]]) + _ROW_OVERHEAD
+            except (TypeError, IndexError, KeyError):
+                size = _ROW_OVERHEAD
+            size += self._sizes[key]
+            self._sizes[key] = size
+            if len(buf) >= self.batch_size or size >= self.batch_max_bytes:
                 self._flush_key(key)
         if self._error is not None:
             self._raise_pending()
@@ -921,11 +940,13 @@ class Writer:
         if not rows:
             self._buffers.pop(key, None)
             self._first.pop(key, None)
+            self._sizes.pop(key, None)
             return
         table, kind = key
         if self.adapter is None:  # db_url none
             self._buffers.pop(key, None)
             self._first.pop(key, None)
+            self._sizes.pop(key, None)
             return
         n = len(rows)
         job = ("batch", table, kind, n, self.adapter.format_batch(kind, rows),
@@ -933,6 +954,7 @@ class Writer:
         self._unsent.append(job)
         self._buffers.pop(key, None)
         self._first.pop(key, None)
+        self._sizes.pop(key, None)
         self._send_unsent()
 
     def _send_unsent(self) -> None:
