@@ -57,6 +57,9 @@ PARAMS: dict[str, tuple[type, Any, Any]] = {
     # sipcaptool's own settings
     "batch_size": (int, 2000, (1, 100000)),
     "flush_interval": (float, 1.0, (0.01, 60.0)),
+    # a batch is written once its rows make this many bytes formatted, even with fewer
+    # than batch_size rows
+    "batch_max_bytes": (int, 8 << 20, (1 << 16, 1 << 30)),
     # bytes that the compressed parts of one HEP datagram (whole-datagram gzip and every
     # chunk 0x0010 in it), TCP-framed HEP packet or capture frame may inflate to, together
     "hep_max_inflated": (int, 256 * 1024, (4096, 1 << 28)),
@@ -209,7 +212,8 @@ def coerce(name: str, value: Any, origin: str = "") -> Any:
     if typ is int:
         if isinstance(value, bool):
             value = int(value)
-        if isinstance(value, str) and name in ("spool_max_bytes", "hep_max_inflated"):
+        if isinstance(value, str) and name in ("spool_max_bytes", "hep_max_inflated",
+                                              "batch_max_bytes"):
             value = _size_text(value, name, where)
         if isinstance(value, str):
             v = value.strip().lower()

@@ -81,6 +81,7 @@ class Pipeline:
                 w = writers.get(mode.db_url)
                 if w is None:
                     w = Writer(mode.db_url, stats, batch_size=settings.batch_size,
+                               batch_max_bytes=settings.batch_max_bytes,
                                flush_interval=settings.flush_interval,
                                insert_retries=settings.insert_retries,
                                insert_retry_timeout=settings.insert_retry_timeout,

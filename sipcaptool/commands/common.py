@@ -51,6 +51,10 @@ STORAGE_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     (("--custom-field3-header",), "custom_field3_header", {"metavar": "NAME", "help": "[default: Port]"}),
     (("--batch-size",), "batch_size",
      {"type": int, "metavar": "N", "help": "Rows per database batch. [default: 2000]"}),
+    (("--batch-max-bytes",), "batch_max_bytes",
+     {"metavar": "BYTES", "help": "A batch is written once its rows make this many bytes "
+      "(messages counted as hex, K/M suffixes), even with fewer than --batch-size rows. "
+      "[default: 8M]"}),
     (("--spool-dir",), "spool_dir",
      {"metavar": "DIR", "help": "Where batches wait on disk while the database cannot take "
       "them (retries exhausted, or unreachable, also at start); they are written when it "
