@@ -14,7 +14,8 @@ the clock starts, then sent from one socket at the given rate (1 ms pacing slots
 Each run writes into a new table (``hepload_<pid>_<n>``, dropped afterwards unless
 ``--keep``). After the last datagram the script waits until the collector's socket queue
 is empty (it samples that queue meanwhile: the peak backlog shows how much the receive
-buffer absorbed, and "read N/s" what the collector sustained), stops the collector with SIGTERM (which writes every pending batch) and counts
+buffer absorbed, and "read N/s" what the collector sustained), stops the collector with
+SIGTERM (which writes every pending batch) and counts
 the table's rows. It prints sent, stored, loss, the send rate achieved, and the kernel's
 count of datagrams dropped on the collector's socket (a full receive buffer).
 

@@ -85,7 +85,7 @@ def main() -> int:
     assert len(msgs) == n, (len(msgs), n)
     opts = RowOptions()
     sips = [parse_sip(m.payload) for m in msgs]
-    rows = [sip_row(m, s, opts, stats) for m, s in zip(msgs, sips)]
+    rows = [sip_row(m, s, opts, stats) for m, s in zip(msgs, sips, strict=False)]
     results: dict[str, float] = {}
 
     def run_decode():
@@ -98,7 +98,7 @@ def main() -> int:
             parse_sip(m.payload)
 
     def run_row():
-        for m, s in zip(msgs, sips):
+        for m, s in zip(msgs, sips, strict=False):
             sip_row(m, s, opts, stats)
 
     results["decode"] = _best(run_decode, repeat)

@@ -15,7 +15,8 @@ megabytes that mixes what fills real mirror-port captures:
 Then runs ``python -m sipcaptool replay --db URL --json -q FILE`` as a child process
 and prints the peak RSS of the run (``getrusage(RUSAGE_CHILDREN).ru_maxrss`` taken by
 a small parent of the replay alone: the largest resident set of the replay process or
-of its writer process) and the message rate.  The capture and the database live in a temporary directory (under
+of its writer process) and the message rate.  The capture and the database live in a
+temporary directory (under
 /tmp by default) that is removed at the end.
 
     python bench/replay_memory.py                      # 1 GB, sqlite and --db none
@@ -41,7 +42,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sipcaptool.testing.pcapgen import (  # noqa: E402
-    PcapWriter, ether, ipv4, ipv4_fragments, realistic_messages, sip_call, tcp, udp, udp4_frame)
+    PcapWriter,
+    ether,
+    ipv4,
+    ipv4_fragments,
+    realistic_messages,
+    sip_call,
+    tcp,
+    udp,
+    udp4_frame,
+)
 
 TARGET_MB = 200
 START_US = 1_764_000_000_000_000
@@ -196,7 +206,8 @@ def replay(pcap: Path, db: str) -> dict:
         return {"db": db, "error": (p.stderr.strip() or p.stdout.strip())[-800:]}
     out, _, rss = p.stdout.rpartition("\nMAXRSS_KB ")
     s = json.loads(out)
-    return {"db": db, "peak_rss_mb": round(int(rss) / 1024, 1), "seconds": round(dt, 1), "packets": s["packets"], "messages": s["messages"],
+    return {"db": db, "peak_rss_mb": round(int(rss) / 1024, 1), "seconds": round(dt, 1),
+            "packets": s["packets"], "messages": s["messages"],
             "stored": s["stored_total"], "msg_per_s": int(s["messages"] / dt),
             "pkt_per_s": int(s["packets"] / dt), "evicted": s["evicted"],
             "malformed": s["malformed"], "skipped": s["skipped"]}

@@ -93,7 +93,7 @@ def make_rows(n: int, seed: int = 1) -> list[tuple]:
             "type": typ, "node": "homer01:2001", "correlation_id": call["callid"], "msg": msg,
         }
         rows.append(tuple(values.get(nm, 0 if k in ("int", "bigint") else "")
-                          for nm, (_, k, _) in zip(names, SIP_COLUMNS)))
+                          for nm, (_, k, _) in zip(names, SIP_COLUMNS, strict=False)))
     return rows
 
 

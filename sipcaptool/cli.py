@@ -69,7 +69,7 @@ class LazyGroup(click.Group):
             if e.name == f"sipcaptool.commands.{modname}":
                 return None
             raise
-        return examples_last(getattr(mod, "command"))
+        return examples_last(mod.command)
 
 
 @click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)

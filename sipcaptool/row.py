@@ -132,7 +132,7 @@ def _fit(row: tuple, idx, widths, getter, names, stats: Counter | None) -> tuple
 
 def _cut(row: tuple, idx, widths, names, stats: Counter | None) -> tuple:
     out = list(row)
-    for i, width in zip(idx, widths):
+    for i, width in zip(idx, widths, strict=False):
         value = out[i]
         if len(value) > width:
             out[i] = value[:width]

@@ -24,7 +24,6 @@ import os
 import uuid
 
 import pytest
-
 from netns import have_netns
 from shared_data import missing as shared_missing
 

@@ -10,7 +10,8 @@ import struct
 from sipcaptool.testing import pcapgen
 
 INVITE = (b"INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n"
-          b"Call-ID: abc@10.0.0.1\r\nCSeq: 1 INVITE\r\nFrom: <sip:a@x>;tag=f1\r\nTo: <sip:bob@example.com>\r\n"
+          b"Call-ID: abc@10.0.0.1\r\nCSeq: 1 INVITE\r\nFrom: <sip:a@x>;tag=f1\r\n"
+          b"To: <sip:bob@example.com>\r\n"
           b"Content-Length: 0\r\n\r\n")
 OK200 = (b"SIP/2.0 200 OK\r\nCall-ID: abc@10.0.0.1\r\nCSeq: 1 INVITE\r\nContent-Length: 4\r\n\r\nv=0\n")
 

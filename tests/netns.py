@@ -26,7 +26,8 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _seq = itertools.count(1)
@@ -93,7 +94,7 @@ class VethPair:
         self._procs: list[subprocess.Popen] = []
 
     # -- lifecycle ---------------------------------------------------------------------
-    def __enter__(self) -> "VethPair":
+    def __enter__(self) -> VethPair:
         try:
             self._build()
         except BaseException:

@@ -87,7 +87,8 @@ hash_source = "from_user"
     assert [m.name for m in s.active_modes()] == ["default"]
     s = Settings.load(f, {"capture_mode": ("calls",)}, env={})
     (m,) = s.active_modes()
-    assert (m.db_url, m.tables, m.mt_mode, m.hash_source) == ("sqlite:///calls.db", ["sip_a", "sip_b"], "hash", "from_user")
+    assert (m.db_url, m.tables, m.mt_mode, m.hash_source) == (
+        "sqlite:///calls.db", ["sip_a", "sip_b"], "hash", "from_user")
     with pytest.raises(ConfigError, match="not defined"):
         Settings.load(f, {"capture_mode": ("other",)}, env={})
     s = Settings.load(f, {"capture_mode": ("calls", "x=>db_url=sqlite:///y.db;table_name=t;")}, env={})

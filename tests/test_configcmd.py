@@ -58,7 +58,8 @@ def test_show_values_origins_and_masked_passwords(tmp_path):
     assert "s3cr" not in out and "pgsecret" not in out
     lines = {line.split()[0]: line for line in out.splitlines() if " = " in line and "#" in line}
     assert '"mysql://homer:***@127.0.0.1/homer"' in lines["db_url"] and f"# file {f}" in lines["db_url"]
-    assert "7" in lines["insert_retries"] and "# environment SIPCAPTOOL_INSERT_RETRIES" in lines["insert_retries"]
+    assert "7" in lines["insert_retries"]
+    assert "# environment SIPCAPTOOL_INSERT_RETRIES" in lines["insert_retries"]
     assert '"cli-node"' in lines["capture_node"] and "# command line" in lines["capture_node"]
     assert "# default" in lines["hash_source"]
     assert "[capture_mode.calls]" in out and "postgresql://pg:***@127.0.0.1/homer" in out

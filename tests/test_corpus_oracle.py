@@ -24,6 +24,7 @@ from sipcaptool.stats import Stats
 pcapy = pytest.importorskip("pcapy")
 
 from shared_data import SHARED, needs_shared  # noqa: E402
+
 CORPUS = SHARED / "corpus"
 
 pytestmark = needs_shared("corpus")
@@ -77,7 +78,7 @@ _CTRL = re.compile(r"[\x00-\x1f\x7f]")
 
 def _tshark_text(value: str) -> str:
     """tshark shows control characters as ``\\x`` plus lower-case hex without padding."""
-    return _CTRL.sub(lambda m: "\\x%x" % ord(m.group()), value)
+    return _CTRL.sub(lambda m: f"\\x{ord(m.group()):x}", value)
 
 
 def sip_fields(payload: bytes) -> dict:
@@ -140,7 +141,7 @@ def agreement(name: str):
         msgs = [m for m in msgs if m.hep_type == HEP_TYPE_SIP]
     agree = 0
     problems = []
-    for i, (o, m) in enumerate(zip(oracle, msgs)):
+    for i, (o, m) in enumerate(zip(oracle, msgs, strict=False)):
         ts = o["hep"]["ts_us"] if hep else o["ts_us"]
         diff = _compare(o, m, ts)
         if diff:

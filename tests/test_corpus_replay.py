@@ -25,12 +25,18 @@ from collections import defaultdict, deque
 from pathlib import Path
 
 import pytest
-
-from test_corpus_oracle import (CORPUS, DIFFERENCES, FUZZED_EXTRA, FUZZED_MISSING, TRANSPORT,
-                                _load_oracle, _tshark_text)
+from test_corpus_oracle import (
+    CORPUS,
+    DIFFERENCES,
+    FUZZED_EXTRA,
+    FUZZED_MISSING,
+    TRANSPORT,
+    _load_oracle,
+    _tshark_text,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-from shared_data import SHARED, needs_shared  # noqa: E402
+from shared_data import needs_shared  # noqa: E402
 
 pytestmark = needs_shared("corpus")
 
@@ -86,7 +92,7 @@ def replay_rows(path: Path, db: Path, *extra: str) -> tuple[dict, list[dict]]:
         con = sqlite3.connect(db)
         try:
             cur = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM sip_capture ORDER BY id")
-            rows = [dict(zip(_COLUMNS, r)) for r in cur]
+            rows = [dict(zip(_COLUMNS, r, strict=False)) for r in cur]
         finally:
             con.close()
     return summary, rows

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from decode_builders import INVITE, OK200, eth, ip4, ip6, ip6_frag, sll, tcp, udp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from decode_builders import INVITE, OK200, eth, ip4, ip6, ip6_frag, sll, tcp, udp
 from sipcaptool.decode.link import SUPPORTED_LINKTYPES
 from sipcaptool.decode.packet import PacketDecoder
 from sipcaptool.record import CapturedMessage
@@ -16,8 +16,10 @@ SEEDS = [
     eth(0x0800, ip4("1.2.3.4", "5.6.7.8", 17, udp(5060, 5060, INVITE))),
     eth(0x0800, ip4("1.2.3.4", "5.6.7.8", 6, tcp(5060, 5060, 1, INVITE + OK200))),
     eth(0x86DD, ip6("::1", "::2", 44, ip6_frag(17, 0, True, 1, udp(5060, 5060, INVITE)[:64]))),
-    eth(0x0800, ip4("1.2.3.4", "5.6.7.8", 47, b"\x00\x00\x65\x58" + eth(0x0800, ip4("1.1.1.1", "2.2.2.2", 17, udp(1, 2, OK200))))),
-    sll(0x0800, ip4("1.2.3.4", "5.6.7.8", 132, b"\x13\xc4\x13\xc4" + b"\x00" * 8 + b"\x00\x03\x00\x20" + b"\x00" * 12 + INVITE[:16])),
+    eth(0x0800, ip4("1.2.3.4", "5.6.7.8", 47, b"\x00\x00\x65\x58"
+                    + eth(0x0800, ip4("1.1.1.1", "2.2.2.2", 17, udp(1, 2, OK200))))),
+    sll(0x0800, ip4("1.2.3.4", "5.6.7.8", 132, b"\x13\xc4\x13\xc4" + b"\x00" * 8
+                    + b"\x00\x03\x00\x20" + b"\x00" * 12 + INVITE[:16])),
 ]
 
 
@@ -30,7 +32,8 @@ def _mutate(data: bytes, edits: list[tuple[int, int]]) -> bytes:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(linktype=st.sampled_from(sorted(SUPPORTED_LINKTYPES)), frames=st.lists(st.binary(max_size=200), max_size=8))
+@given(linktype=st.sampled_from(sorted(SUPPORTED_LINKTYPES)),
+       frames=st.lists(st.binary(max_size=200), max_size=8))
 def test_random_bytes_never_raise(linktype, frames):
     stats = Stats()
     d = PacketDecoder(linktype, stats)
@@ -71,7 +74,8 @@ def test_decode_package_imports_no_io_modules():
     import sys
     code = ("import sys; import sipcaptool.decode.packet, sipcaptool.decode.tcp, "
             "sipcaptool.decode.defrag, sipcaptool.decode.tunnel; "
-            "bad = [m for m in ('pcapy', 'sqlite3', 'pymysql', 'psycopg2', 'asyncio', 'ssl') if m in sys.modules]; "
+            "bad = [m for m in ('pcapy', 'sqlite3', 'pymysql', 'psycopg2', 'asyncio', 'ssl')"
+            " if m in sys.modules]; "
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from decode_builders import INVITE, OK200, eth, ip4, ip6, sll, sll2, tcp, udp, udp4_frame
 
-from decode_builders import (INVITE, OK200, eth, ip4, ip6, sll, sll2, tcp, udp, udp4_frame)
 from sipcaptool.decode.packet import PROTO_WS, PacketDecoder
 from sipcaptool.errors import DecodeError
 from sipcaptool.record import AF_INET, AF_INET6, PROTO_SCTP, PROTO_UDP
@@ -196,7 +196,8 @@ def test_sctp_data_and_fragments():
     assert [m.ts_us for m in msgs] == [TS, TS + 1]
     assert msgs[0].proto == PROTO_SCTP
     a, b = INVITE[:50], INVITE[50:]
-    assert d.decode(TS, eth(0x0800, ip4("1.1.1.1", "2.2.2.2", 132, _sctp(_data_chunk(10, 2, a, ssn=2))))) == []
+    first = eth(0x0800, ip4("1.1.1.1", "2.2.2.2", 132, _sctp(_data_chunk(10, 2, a, ssn=2))))
+    assert d.decode(TS, first) == []
     msgs = d.decode(TS + 5, eth(0x0800, ip4("1.1.1.1", "2.2.2.2", 132, _sctp(_data_chunk(11, 1, b, ssn=2)))))
     assert [(m.ts_us, m.payload) for m in msgs] == [(TS + 5, INVITE)]
 

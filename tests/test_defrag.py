@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 from decode_builders import INVITE, eth, ip4, ip6, ip6_frag, udp
+
 from sipcaptool.decode.defrag import Defragmenter
 from sipcaptool.decode.packet import PacketDecoder
 from sipcaptool.stats import Stats

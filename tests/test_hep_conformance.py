@@ -26,11 +26,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from kamailio_differences import TOLERATED
+from shared_data import SHARED, needs_shared  # noqa: E402
 from test_hep_collector import Collector, aux_rows
 
-from shared_data import SHARED, needs_shared  # noqa: E402
 REFERENCE = SHARED / "reference"
 CONFORMANCE = REFERENCE / "conformance"
 VECTORS = REFERENCE / "vectors"
@@ -175,10 +174,12 @@ def compare_row(ours: dict, ref: dict, payload: bytes, skip=()) -> set[str]:
 
 def read_all(db_url: str) -> dict[str, list[dict]]:
     from store_helpers import read_rows, tables
+
     from sipcaptool.record import SIP_COLUMN_NAMES
 
     have = tables(db_url)
-    out = {"sip_capture": [dict(zip(SIP_COLUMN_NAMES, r)) for r in read_rows(db_url, "sip_capture")]
+    out = {"sip_capture": [dict(zip(SIP_COLUMN_NAMES, r, strict=True))
+                           for r in read_rows(db_url, "sip_capture")]
            if "sip_capture" in have else []}
     for t in ("rtcp_capture", "report_capture", "logs_capture"):
         out[t] = aux_rows(db_url, t) if t in have else []

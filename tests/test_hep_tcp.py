@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 from decode_builders import INVITE, OK200, eth, ip4, tcp
+
 from sipcaptool.decode.hep import encode_hep3
 from sipcaptool.decode.packet import PacketDecoder
 from sipcaptool.decode.sip import looks_like_sip
@@ -97,7 +98,7 @@ def test_random_segmentation_reordering_and_retransmission():
     stream = b"".join(_hep(i, p) for i, p in pkts)
     for _ in range(20):
         cuts = sorted(rng.sample(range(1, len(stream)), 15))
-        segs = [(a, stream[a:b]) for a, b in zip([0] + cuts, cuts + [len(stream)])]
+        segs = [(a, stream[a:b]) for a, b in zip([0] + cuts, cuts + [len(stream)], strict=False)]
         order = segs[:1] + rng.sample(segs[1:], len(segs) - 1)   # first one opens the stream
         order += rng.sample(segs, 4)                             # retransmissions
         f = Flow()

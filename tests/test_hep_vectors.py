@@ -16,11 +16,11 @@ import struct
 from pathlib import Path
 
 import pytest
+from shared_data import SHARED, needs_shared  # noqa: E402
 
 from sipcaptool.decode.hep import HepStream, decode_datagram, looks_like_hep
 from sipcaptool.errors import DecodeError
 
-from shared_data import SHARED, needs_shared  # noqa: E402
 REFERENCE = SHARED / "reference"
 VECTORS = REFERENCE / "vectors"
 CONFORMANCE = REFERENCE / "conformance"
@@ -248,7 +248,7 @@ def test_conformance_capture(name):
     expected = [json.loads(line) for line in lines if line.strip()]
     assert len(payloads) == len(expected)
     messages = []
-    for (_, data), exp in zip(payloads, expected):
+    for (_, data), exp in zip(payloads, expected, strict=False):
         assert looks_like_hep(data)
         (pkt,) = decode_datagram(data, now_us=NOW)
         assert pkt.version == exp["version"]

@@ -8,7 +8,6 @@ GTP-U), our messages must carry the same addresses, ports and transport.
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 
 import pytest
 
@@ -22,6 +21,7 @@ ImpactPacket = pytest.importorskip("impacket.ImpactPacket")
 IP6mod = pytest.importorskip("impacket.IP6")
 
 from shared_data import CORPUS, needs_shared  # noqa: E402
+
 pytestmark = needs_shared("corpus")
 
 class _RawIP:
@@ -52,7 +52,7 @@ def _impacket_endpoints(decoder, frame: bytes):
     """(src, sport, dst, dport, transport) of the outermost IP/L4, or None."""
     try:
         pkt = decoder.decode(frame)
-    except Exception:
+    except Exception:  # noqa: BLE001 - impacket raises anything on what it cannot read
         return None
     ipl = pkt.child()
     if isinstance(ipl, ImpactPacket.IP):

@@ -2,7 +2,8 @@
 
 import socket
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sipcaptool.decode.ip import addr_str, ipv6_str
 

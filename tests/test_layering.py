@@ -88,8 +88,10 @@ def test_cli_help_is_cheap():
         "import sys, io, contextlib\n"
         "from sipcaptool.cli import cli\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
-        "    try:\n        cli.main(['--help'], standalone_mode=False)\n    except SystemExit:\n        pass\n"
-        "print(','.join(m for m in ('pymysql', 'psycopg2', 'pcapy') if m in sys.modules))\n"
+        "    try:\n        cli.main(['--help'], standalone_mode=False)\n"
+        "    except SystemExit:\n        pass\n"
+        "print(','.join(m for m in ('pymysql', 'psycopg2', 'pcapy')"
+        " if m in sys.modules))\n"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr

@@ -23,7 +23,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from netns import VethPair, live_capture, sip_messages, sipcaptool_cmd, env  # noqa: E402
+from netns import VethPair, env, live_capture, sip_messages, sipcaptool_cmd  # noqa: E402
 from store_helpers import read_rows  # noqa: E402
 
 from sipcaptool.record import SIP_COLUMN_NAMES  # noqa: E402

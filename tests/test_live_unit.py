@@ -82,7 +82,7 @@ def test_mirror_filter_compiles_and_admits_fragments_and_vlan():
     for name, (frame, want) in cases.items():
         assert bool(prog.filter(frame)) == want, name
     # Linux cooked capture (-i any) has no VLAN keyword: the variant without it compiles
-    with pytest.raises(Exception):
+    with pytest.raises(pcapy.PcapError):
         pcapy.compile(113, 65535, expr, 1, 0)
     pcapy.compile(113, 65535, bpf.mirror_filter(5060, 5090, vlan=False), 1, 0)
 

@@ -128,7 +128,7 @@ def test_project_captures(tmp_path, name):
            | {"msg_len": len(r["msg"])} for r in rows]
     want = [{k: e[k] for k in got[0]} if got else e for e in expected]
     assert got == want
-    for e, r in zip(expected, rows):
+    for e, r in zip(expected, rows, strict=False):
         if "node" in e:
             assert r["node"] == e["node"]
 

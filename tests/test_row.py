@@ -44,11 +44,12 @@ def captured(payload=INVITE, **kw) -> CapturedMessage:
     return CapturedMessage(**args)
 
 
-def row_dict(msg=None, opts=RowOptions(), stats=None) -> dict:
+def row_dict(msg=None, opts=None, stats=None) -> dict:
     msg = msg or captured()
+    opts = opts or RowOptions()
     values = sip_row(msg, parse_sip(msg.payload), opts, stats)
     assert len(values) == len(SIP_COLUMN_NAMES) == 44
-    return dict(zip(SIP_COLUMN_NAMES, values))
+    return dict(zip(SIP_COLUMN_NAMES, values, strict=False))
 
 
 def test_sip_row_values():
@@ -125,7 +126,7 @@ def test_truncation_is_counted_and_row_kept():
 def test_aux_row(hep_type, type_value):
     msg = captured(payload=b'{"type":200}', hep_type=hep_type, hep_family=2, hep_ip_proto=17,
                    correlation_id="corr-25", node_id=7025)
-    r = dict(zip(AUX_COLUMN_NAMES, aux_row(msg, RowOptions())))
+    r = dict(zip(AUX_COLUMN_NAMES, aux_row(msg, RowOptions()), strict=False))
     assert r == {
         "date": "2026-01-01 00:00:01", "micro_ts": 1767225601000001,
         "correlation_id": "corr-25", "source_ip": "192.0.2.1", "source_port": 5060,
@@ -136,7 +137,8 @@ def test_aux_row(hep_type, type_value):
 
 def test_aux_row_proto_family_and_missing_correlation():
     base = dict(payload=b"log", hep_type=HEP_TYPE_LOG, node_id=None)
-    get = lambda **kw: dict(zip(AUX_COLUMN_NAMES, aux_row(captured(**base, **kw), RowOptions())))  # noqa: E731
+    def get(**kw):
+        return dict(zip(AUX_COLUMN_NAMES, aux_row(captured(**base, **kw), RowOptions()), strict=True))
     assert get(hep_ip_proto=6)["proto"] == 2
     assert get(hep_ip_proto=132)["proto"] == 0
     assert get(hep_ip_proto=None)["proto"] == 0

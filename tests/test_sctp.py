@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 from decode_builders import INVITE, OK200, eth, ip4
+
 from sipcaptool.decode.packet import PacketDecoder, _SctpTsns
 from sipcaptool.record import PROTO_SCTP
 from sipcaptool.stats import Stats

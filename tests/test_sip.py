@@ -417,7 +417,7 @@ def test_repeated_values_parse_the_same_from_the_cache(monkeypatch):
     """From/To/Contact/Request-URI values are parsed once per distinct text: a second
     message with the same values (and one after the cache was emptied) gives the same
     fields and the same errors."""
-    from sipcaptool.decode import sip as S
+    from sipcaptool.decode import sip as sipmod
 
     good = sip("INVITE sip:bob@example.com:5070 SIP/2.0", "Via: SIP/2.0/UDP h;branch=z9",
                'From: "A" <sip:alice@example.com>;tag=1', "To: sip:bob@example.com;tag=2",
@@ -436,13 +436,13 @@ def test_repeated_values_parse_the_same_from_the_cache(monkeypatch):
         lenient = parse_sip_lenient(payload)
         return strict, [getattr(lenient, n) for n in fields]
 
-    monkeypatch.setattr(S, "_ADDR_CACHE_MAX", 3)
+    monkeypatch.setattr(sipmod, "_ADDR_CACHE_MAX", 3)
     for payload in (good, bad):
-        for cache in (S._ADDR_CACHE, S._CONTACT_CACHE, S._RURI_CACHE):
+        for cache in (sipmod._ADDR_CACHE, sipmod._CONTACT_CACHE, sipmod._RURI_CACHE):
             cache.clear()
         first = snapshot(payload)
         assert snapshot(payload) == first
-        for cache in (S._ADDR_CACHE, S._CONTACT_CACHE, S._RURI_CACHE):
+        for cache in (sipmod._ADDR_CACHE, sipmod._CONTACT_CACHE, sipmod._RURI_CACHE):
             assert len(cache) <= 3
     assert snapshot(good)[0][fields.index("contact_user")] == "*"
     assert snapshot(good)[0][fields.index("ruri_domain")] == "example.com"
@@ -450,7 +450,7 @@ def test_repeated_values_parse_the_same_from_the_cache(monkeypatch):
     lenient = snapshot(bad)[1]
     assert lenient[fields.index("from_user")] == lenient[fields.index("contact_ip")] == ""
     # long values are parsed every time, not kept
-    for cache in (S._ADDR_CACHE, S._CONTACT_CACHE, S._RURI_CACHE):
+    for cache in (sipmod._ADDR_CACHE, sipmod._CONTACT_CACHE, sipmod._RURI_CACHE):
         cache.clear()
     user = "u" * 300
     long_ = sip(f"INVITE sip:{user}@example.com SIP/2.0", "Via: SIP/2.0/UDP h;branch=z9",
@@ -459,4 +459,4 @@ def test_repeated_values_parse_the_same_from_the_cache(monkeypatch):
     for _ in range(2):
         m = parse_sip(long_)
         assert m.from_user == m.to_user == m.contact_user == m.ruri_user == user
-    assert not (S._ADDR_CACHE or S._CONTACT_CACHE or S._RURI_CACHE)
+    assert not (sipmod._ADDR_CACHE or sipmod._CONTACT_CACHE or sipmod._RURI_CACHE)

@@ -79,7 +79,7 @@ def test_mutated_valid_message(pos, insert, cut):
 
 # --- the fast paths give what the general code gives ------------------------------------
 
-from sipcaptool.decode import sip as S  # noqa: E402
+from sipcaptool.decode import sip as sipmod  # noqa: E402
 
 URI_ATOMS = st.sampled_from([
     "sip:", "SIPS:", "tel:", "a", "b", "1", "@", ":", ";", "?", "[", "]", "::", "=", " ",
@@ -112,15 +112,16 @@ def _outcome(fn, *args):
 @settings(max_examples=500, deadline=None)
 @given(URIISH)
 def test_uri_fast_path_matches_general(uri):
-    if S._SIP_URI_RE.match(uri) is not None:
-        assert _outcome(S._parse_uri, uri) == _outcome(S._parse_uri_general, uri)
+    if sipmod._SIP_URI_RE.match(uri) is not None:
+        assert _outcome(sipmod._parse_uri, uri) == _outcome(sipmod._parse_uri_general, uri)
 
 
 @settings(max_examples=500, deadline=None)
 @given(NAME_ADDRS, st.booleans())
 def test_name_addr_fast_path_matches_general(body, contact):
-    if S._NAME_ADDR_RE.match(body) is not None:
-        assert _outcome(S._name_addr, body, contact) == _outcome(S._name_addr_general, body, contact)
+    if sipmod._NAME_ADDR_RE.match(body) is not None:
+        assert (_outcome(sipmod._name_addr, body, contact)
+                == _outcome(sipmod._name_addr_general, body, contact))
 
 
 VIA_ATOMS = st.sampled_from([
@@ -137,9 +138,9 @@ VIA_ATOMS = st.sampled_from([
               st.lists(VIA_ATOMS, max_size=4).map("".join)).map("".join),
 ))
 def test_via_fast_path_matches_general(via):
-    fast, general = S.SipMessage(), S.SipMessage()
-    S._via_branch(fast, via, False)
-    S._via_branch_general(general, via, False)
+    fast, general = sipmod.SipMessage(), sipmod.SipMessage()
+    sipmod._via_branch(fast, via, False)
+    sipmod._via_branch_general(general, via, False)
     assert (fast.via_1_branch, fast.error) == (general.via_1_branch, general.error)
 
 
@@ -158,9 +159,9 @@ HEADER_ATOMS = st.sampled_from([
 ))
 def test_header_split_fast_path_matches_general(rest):
     rest = rest.rstrip("\r\n")
-    fast = S._split_headers_fast(rest) if rest else None
+    fast = sipmod._split_headers_fast(rest) if rest else None
     if fast is not None:
-        general = S._split_headers(S.SipMessage(), rest, True)
+        general = sipmod._split_headers(sipmod.SipMessage(), rest, True)
         assert fast == general
 
 
@@ -168,8 +169,8 @@ def test_header_split_fast_path_matches_general(rest):
 @given(NAME_ADDRS, st.booleans())
 def test_address_fast_path_matches_general(body, contact):
     def general(body, contact):
-        uri, rest = S._name_addr_general(body, contact)
-        return S._parse_uri_general(uri) + (rest,)
+        uri, rest = sipmod._name_addr_general(body, contact)
+        return sipmod._parse_uri_general(uri) + (rest,)
 
-    if S._SIP_NAME_ADDR_RE.match(body) is not None:
-        assert _outcome(S._address, body, contact) == _outcome(general, body, contact)
+    if sipmod._SIP_NAME_ADDR_RE.match(body) is not None:
+        assert _outcome(sipmod._address, body, contact) == _outcome(general, body, contact)

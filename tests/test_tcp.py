@@ -5,11 +5,12 @@ from __future__ import annotations
 import random
 
 from decode_builders import INVITE, OK200, eth, ip4, tcp
+
 from sipcaptool.decode.packet import PacketDecoder
+from sipcaptool.decode.sip import looks_like_sip
 from sipcaptool.decode.tcp import TcpReassembler
 from sipcaptool.record import PROTO_TCP
 from sipcaptool.stats import Stats
-from sipcaptool.decode.sip import looks_like_sip
 
 C, S = ("10.0.0.1", 40000), ("10.0.0.2", 5060)
 

@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
@@ -32,9 +34,9 @@ def main() -> int:
     ap.add_argument("--differences", action="store_true", help="also list the documented differences")
     args = ap.parse_args()
     try:
-        from test_corpus_replay import FILES, STORE_DIFFERENCES, agreement
         from test_corpus_oracle import DIFFERENCES
-    except Exception as e:  # pytest's importorskip raises a Skipped outside pytest
+        from test_corpus_replay import FILES, STORE_DIFFERENCES, agreement
+    except (ImportError, pytest.skip.Exception) as e:  # importorskip outside pytest
         print(f"corpus_table: cannot load the corpus comparison: {e}", file=sys.stderr)
         return 2
     if not FILES:
@@ -61,7 +63,7 @@ def main() -> int:
             if r["problems"]:
                 note.append(f"{len(r['problems'])} differ")
             row = [r["oracle"], r["stored"], r["agree"], b["stored"]]
-            totals = [t + v for t, v in zip(totals, row)]
+            totals = [t + v for t, v in zip(totals, row, strict=False)]
             lines.append(f"| {name} | " + " | ".join(map(str, row)) + f" | {'; '.join(note)} |")
     lines.append("| **total** | " + " | ".join(f"**{t}**" for t in totals) + " | |")
     print("\n".join(lines))

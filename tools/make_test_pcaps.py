@@ -78,7 +78,7 @@ def ipv6_udp():
     frames, expected = [], []
     ts = T0
     a, b = "2001:db8::1", "2001:db8::2"
-    for src, sport, dst, dport, msg in g.sip_call(3, a="[2001:db8::1]", b="[2001:db8::2]"):
+    for src, sport, _dst, dport, msg in g.sip_call(3, a="[2001:db8::1]", b="[2001:db8::2]"):
         s, d = (a, b) if src.startswith("[2001:db8::1") else (b, a)
         frames.append((ts, g.ether(g.ipv6(s, d, 17, g.udp(sport, dport, msg)), ethertype=0x86DD)))
         expected.append(exp(ts, s, sport, d, dport, msg, family=10))

@@ -44,7 +44,7 @@ def ipv6_str(raw: bytes) -> str:
     g = struct.unpack("!8H", raw)
     if g[:5] == (0, 0, 0, 0, 0) and (g[5] == 0xFFFF or (g[5] == 0 and g[6] != 0)):
         head = "::ffff:" if g[5] == 0xFFFF else "::"
-        return head + "%d.%d.%d.%d" % (raw[12], raw[13], raw[14], raw[15])
+        return head + f"{raw[12]}.{raw[13]}.{raw[14]}.{raw[15]}"
     best_at, best_len, i = -1, 0, 0
     while i < 8:
         if g[i] == 0:
@@ -57,9 +57,9 @@ def ipv6_str(raw: bytes) -> str:
         else:
             i += 1
     if best_len < 2:
-        return ":".join("%x" % x for x in g)
-    left = ":".join("%x" % x for x in g[:best_at])
-    right = ":".join("%x" % x for x in g[best_at + best_len:])
+        return ":".join(f"{x:x}" for x in g)
+    left = ":".join(f"{x:x}" for x in g[:best_at])
+    right = ":".join(f"{x:x}" for x in g[best_at + best_len:])
     return left + "::" + right
 
 
@@ -73,7 +73,7 @@ def addr_str(raw: bytes) -> str:
     s = _addr_cache.get(raw)
     if s is None:
         if len(raw) == 4:
-            s = "%d.%d.%d.%d" % (raw[0], raw[1], raw[2], raw[3])
+            s = f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}"
         else:
             s = ipv6_str(raw)
         if len(_addr_cache) >= _ADDR_CACHE_MAX:

@@ -66,7 +66,7 @@ _NULL_AF_INET = 2
 _NULL_AF_INET6 = frozenset({10, 23, 24, 28, 30})
 
 _H = struct.Struct("!H")
-_unpack_H = _H.unpack_from
+_unpack_u16 = _H.unpack_from
 
 
 def check_linktype(linktype: int) -> None:

@@ -12,8 +12,14 @@ from __future__ import annotations
 
 from sipcaptool.decode import link as _link
 from sipcaptool.decode.link import (
-    ETH_TYPE_ERSPAN2, ETH_TYPE_ERSPAN3, ETH_TYPE_GUESS_IP, ETH_TYPE_IPV4, ETH_TYPE_IPV6,
-    ETH_TYPE_NONE, ETH_TYPE_PPP, ETH_TYPE_TEB,
+    ETH_TYPE_ERSPAN2,
+    ETH_TYPE_ERSPAN3,
+    ETH_TYPE_GUESS_IP,
+    ETH_TYPE_IPV4,
+    ETH_TYPE_IPV6,
+    ETH_TYPE_NONE,
+    ETH_TYPE_PPP,
+    ETH_TYPE_TEB,
 )
 
 VXLAN_PORT = 4789

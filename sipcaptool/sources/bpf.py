@@ -17,7 +17,7 @@ from __future__ import annotations
 import ctypes
 import socket
 import struct
-from typing import Sequence
+from collections.abc import Sequence
 
 # ----------------------------------------------------------------- libpcap expressions
 
@@ -79,7 +79,7 @@ class _Asm:
     def assemble(self) -> list[Insn]:
         out: list[Insn] = []
         for i, (code, jt, jf, k) in enumerate(self.code):
-            def rel(lbl: str | None) -> int:
+            def rel(lbl: str | None, i: int = i) -> int:
                 if lbl is None:
                     return 0
                 d = self.labels[lbl] - i - 1

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from typing import BinaryIO, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101
@@ -177,7 +178,8 @@ def sip_register(n: int, a: str = "10.0.1.1", b: str = "10.0.0.2",
            f"Authorization: Digest username=\"{user}\", realm=\"{domain}\", nonce=\"abc{n}\", "
            f"uri=\"sip:{domain}\", response=\"0123456789abcdef0123456789abcdef\"\r\n"
            "User-Agent: sipcaptool-gen/1.0\r\nExpires: 3600\r\nContent-Length: 0\r\n\r\n").encode()
-    ok = (f"SIP/2.0 200 OK\r\n{base.replace(f'To: <sip:{user}@{domain}>', f'To: <sip:{user}@{domain}>;tag=s{n}')}"
+    to = f"To: <sip:{user}@{domain}>"
+    ok = (f"SIP/2.0 200 OK\r\n{base.replace(to, f'{to};tag=s{n}')}"
           f"CSeq: 1 REGISTER\r\nContact: <sip:{user}@{a}:5060>;expires=3600\r\n"
           "Content-Length: 0\r\n\r\n").encode()
     return [(a, 5060, b, 5060, reg), (b, 5060, a, 5060, ok)]
