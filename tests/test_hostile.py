@@ -165,8 +165,9 @@ def test_inflate_budget_is_per_datagram_not_per_chunk():
     peak, pkts = _peak_alloc(lambda: decode_datagram(pkt * 5, now_us=NOW, errors=errors))
     assert sum(len(p.payload) for p in pkts) <= MAX_INFLATED
     assert len(pkts) == 1
-    assert [e.reason for e in errors] == ["hep-inflate", "hep-inflate"]
-    assert sum(e.size for e in errors) == 4 * len(pkt)    # every byte of the rest counted
+    # one refusal: the packet the budget ran out on, the bytes of it and of the rest
+    assert [e.reason for e in errors] == ["hep-inflate"]
+    assert errors[0].size == 4 * len(pkt)
     assert peak < 3 * MAX_INFLATED, peak
 
 
@@ -281,3 +282,147 @@ def test_replay_of_a_hep_bomb_frame_stays_bounded():
     assert [m.payload for m in dec2.decode(NOW, ok)] == [payload]
     assert dec2.decode(NOW, _udp_frame(_hep3_raw(_zeros_bomb(5000), 16))) == []
     assert st2["malformed:hep-inflate"] == 1
+
+
+# --------------------------------------------------------------------------- end to end
+
+import json as _json
+import os as _os
+import threading
+
+
+def _tree_vmhwm_kb(pid: int) -> dict[int, int]:
+    """VmHWM (peak resident set, kB) of ``pid`` and every process below it."""
+    out: dict[int, int] = {}
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        out[p] = int(line.split()[1])
+            for tid in _os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo += [int(x) for x in f.read().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out
+
+
+def _callids(db_url: str) -> list[str]:
+    from store_helpers import connect
+
+    conn = connect(db_url)
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT callid FROM sip_capture")
+        return [r[0] for r in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def _paced(send, n: int, rate: float, stop: threading.Event | None = None) -> int:
+    """Call ``send(i)`` for i < n at ``rate`` per second; how many were sent."""
+    t0 = time.monotonic()
+    for i in range(n):
+        if stop is not None and stop.is_set():
+            return i
+        send(i)
+        delay = t0 + (i + 1) / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    return n
+
+
+def _sip_bomb_datagram(tag: str, packets: int = 40, body: int = 60_000) -> bytes:
+    """Valid SIP this time: a gzipped datagram of ``packets`` HEP packets, each a 60 KB
+    INVITE in a compressed chunk (stored if it fit: the issue's OOM with PostgreSQL)."""
+    raw = b""
+    for i in range(packets):
+        payload = sip_invite(f"bomb-{tag}-{i}", body)
+        raw += _hep3_raw(_zlib.compress(payload, 9), 16)
+    return _gzip.compress(raw, 9)
+
+
+def sip_invite(callid: str, body: int) -> bytes:
+    return (f"INVITE sip:bob@example.com SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-{callid}\r\n"
+            f"From: <sip:alice@example.com>;tag=a\r\nTo: <sip:bob@example.com>\r\n"
+            f"Call-ID: {callid}\r\nCSeq: 1 INVITE\r\nContent-Type: text/plain\r\n"
+            f"Content-Length: {body}\r\n\r\n").encode() + b"a" * body
+
+
+def run_bomb_attack(collectors, db_url: str, *, with_key: bool, seconds: float = 4.0,
+                    honest_rate: float = 1000.0, bomb_rate: float = 20.0) -> dict:
+    """An authenticated (or plain) agent sends at a steady rate while an attacker sends
+    compression bombs; returns the figures (peak RSS, messages kept, counters)."""
+    key = "agent-key"
+    c = collectors(db_url, *(["--auth-key", key] if with_key else []), tcp=False)
+    port = c.ports["udp"]
+    honest_n = int(seconds * honest_rate)
+    if with_key:
+        bomb = _bomb_datagram(1000)                        # 1000 x 1 MB, no key
+        bombs = [bomb] * int(seconds * bomb_rate)
+    else:
+        bombs = [_sip_bomb_datagram(str(i)) for i in range(int(seconds * bomb_rate))]
+    honest = [encode_hep3(message(f"honest-{i}"), auth_key=key.encode() if with_key else None)
+              for i in range(honest_n)]
+    sa = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sb = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    done = threading.Event()
+    attacker = threading.Thread(target=lambda: _paced(
+        lambda i: sb.sendto(bombs[i], ("127.0.0.1", port)), len(bombs), bomb_rate, done))
+    attacker.start()
+    t0 = time.monotonic()
+    _paced(lambda i: sa.sendto(honest[i], ("127.0.0.1", port)), honest_n, honest_rate)
+    attacker.join()
+    sent_for = time.monotonic() - t0
+    time.sleep(1.5)
+    rss = _tree_vmhwm_kb(c.proc.pid)
+    rc, summary, err = c.stop()
+    sa.close()
+    sb.close()
+    ids = _callids(db_url)
+    kept = sum(1 for x in ids if x.startswith("honest-"))
+    fig = {"with_key": with_key, "db": db_url.split(":")[0], "rc": rc,
+           "peak_rss_mb": round(sum(rss.values()) / 1024, 1),
+           "peak_rss_by_process_mb": [round(v / 1024, 1) for v in rss.values()],
+           "honest_sent": honest_n, "honest_kept": kept,
+           "bombs_sent": len(bombs), "bomb_bytes": sum(map(len, bombs)),
+           "bomb_rows_stored": sum(1 for x in ids if x.startswith("bomb-")),
+           "sent_for_s": round(sent_for, 2),
+           "dropped": summary.get("dropped"), "malformed": summary.get("malformed"),
+           "refused_bytes": summary.get("refused_bytes"),
+           "kernel": summary.get("kernel"), "stored_total": summary.get("stored_total")}
+    print("HOSTILE " + _json.dumps(fig))
+    return fig | {"summary": summary, "err": err}
+
+
+def test_compression_bombs_without_the_key_cost_the_collector_nothing(pg_url, collectors):
+    """Issue 17: 5.7 KB/s of bombs from a sender without the key made an agent at 1,000
+    msg/s lose 4,386 of 12,006 messages, uncounted, and one datagram took the collector
+    to 952 MB. Here 10 times that rate of bombs: the agent keeps every message, memory
+    stays flat, every bomb is counted once as dropped:auth with its bytes."""
+    f = run_bomb_attack(collectors, pg_url, with_key=True)
+    assert f["rc"] == 0, f["err"]
+    assert f["honest_kept"] == f["honest_sent"], f
+    assert f["peak_rss_mb"] < 300, f
+    assert f["dropped"].get("auth") == f["bombs_sent"], f          # one per datagram:
+    assert f["refused_bytes"].get("auth") == f["bomb_bytes"], f    # its first packet
+    assert f["kernel"].get("udp-drops", 0) == 0, f
+
+
+def test_compression_bombs_of_valid_sip_stay_bounded(pg_url, collectors):
+    """Issue 17: one 3.6 KB datagram of valid SIP got the collector OOM-killed at 3 GB
+    with PostgreSQL. Each datagram now stores what fits its inflate budget (four 60 KB
+    INVITEs), counts the rest once as malformed:hep-inflate, and the agent beside it
+    keeps every message."""
+    f = run_bomb_attack(collectors, pg_url, with_key=False)
+    assert f["rc"] == 0, f["err"]
+    assert f["honest_kept"] == f["honest_sent"], f
+    assert f["peak_rss_mb"] < 300, f
+    per = MAX_INFLATED // 60_200                 # INVITEs of 60 KB that fit a budget
+    assert f["bomb_rows_stored"] == per * f["bombs_sent"], f
+    assert f["malformed"].get("hep-inflate") == f["bombs_sent"], f
+    assert f["kernel"].get("udp-drops", 0) == 0, f

@@ -680,14 +680,12 @@ def _decode_plain(data: bytes, now_us: int, auth_key: bytes | None,
         try:
             out.append(_decode_hep3(data, pos, end, now_us, auth_key, budget))
         except DecodeError as exc:
-            failed.append(_sized(exc, total))
-            if exc.reason == "hep-inflate" and budget[0] < 0:
-                # the budget is spent: what follows is not inflated either
-                if end < n:
-                    failed.append(_sized(DecodeError(
-                        "hep-inflate", f"{n - end} bytes after the datagram's inflate budget "
-                        "was spent"), n - end))
+            if budget[0] < 0:
+                # the budget is spent: nothing after this packet is decoded either; it
+                # is refused with this packet (one count, the bytes of all)
+                failed.append(_sized(exc, n - pos))
                 break
+            failed.append(_sized(exc, total))
         pos = end
     return _finish(out, failed, errors)
 
