@@ -67,6 +67,13 @@ PARAMS: dict[str, tuple[type, Any, Any]] = {
     # (sipcaptool.store.spool.default_spool_dir), 'none' = no spool
     "spool_dir": (str, "", None),
     "spool_max_bytes": (int, 1 << 30, (1 << 16, 1 << 50)),
+    # hep: close a TCP connection silent this many seconds (0: never); at most this many
+    # connections (past it the one silent longest is closed for a new agent); after a
+    # stop, store what the sockets held for at most this many seconds (0: no limit),
+    # then read and count the rest as dropped:shutdown
+    "tcp_idle_timeout": (float, 300.0, (0.0, 86400.0)),
+    "tcp_max_connections": (int, 4096, (1, 1 << 20)),
+    "stop_drain_timeout": (float, 30.0, (0.0, 86400.0)),
 }
 DEFAULTS = {k: v[1] for k, v in PARAMS.items()}
 

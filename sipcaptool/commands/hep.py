@@ -56,12 +56,25 @@ def _options(f):
                      help="UDP receive buffer per socket (K/M/G suffixes). Set with "
                           "SO_RCVBUFFORCE when running as root, else capped by "
                           "net.core.rmem_max (a warning says so)."),
-        click.option("--tcp-idle-timeout", type=click.FloatRange(0, None), default=0,
+        click.option("--tcp-idle-timeout", type=click.FloatRange(0, 86400), default=None,
                      metavar="S",
                      help="Close a HEP-over-TCP connection that sends nothing for S "
-                          "seconds (0: never). Connections of agents that vanished "
-                          "without closing are found by TCP keepalive within about two "
-                          "minutes either way. [default: 0]"),
+                          "seconds, counted as evicted:tcp-idle (0: never). Longer than "
+                          "TCP keepalive, which finds agents that vanished without closing "
+                          "within about two minutes; an agent quiet for longer connects "
+                          "again with its next message. [default: 300]"),
+        click.option("--tcp-max-connections", type=click.IntRange(1, 1 << 20), default=None,
+                     metavar="N",
+                     help="HEP-over-TCP connections held at most (per worker); a new agent "
+                          "past it is taken and the connection silent longest is closed, "
+                          "counted as evicted:tcp-limit. [default: 4096]"),
+        click.option("--stop-drain-timeout", type=click.FloatRange(0, 86400), default=None,
+                     metavar="S",
+                     help="After SIGTERM/SIGINT, store what the sockets already held for "
+                          "at most S seconds (0: however long the database takes); what "
+                          "is left is read and counted as dropped:shutdown, and the exit "
+                          "status is 4. New traffic is refused from the signal on. "
+                          "[default: 30]"),
         click.option("--duration", type=click.FloatRange(0, None, min_open=True), default=None,
                      metavar="S", help="Stop after S seconds. [default: until SIGTERM/SIGINT]"),
         click.option("--count", type=click.IntRange(1, None), default=None, metavar="N",
@@ -93,7 +106,8 @@ def _options(f):
 @_options
 @storage_options
 def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf: str,
-            tcp_idle_timeout: float, duration: float | None, count: int | None, control_path: str | None,
+            tcp_idle_timeout: float | None, tcp_max_connections: int | None,
+            stop_drain_timeout: float | None, duration: float | None, count: int | None, control_path: str | None,
             metrics_addr: str | None, as_json: bool, quiet: int, verbose: int, log_file: str | None, log_format: str,
             foreground_writer: bool, settings: Settings) -> int:
     """Receive HEP (v1, v2, v3) from capture agents over UDP and TCP and store every
@@ -101,13 +115,15 @@ def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf:
     Compressed payloads (chunk 0x0010, zlib or gzip) and whole datagrams gzipped by
     the agent (heplify) are inflated.
 
-    Runs until SIGTERM or SIGINT (or --duration / --count), then stops reading, writes
-    every pending batch and prints a summary: packets, rows per table, what was
-    dropped or malformed and why, uptime and per-listener counts. Garbage, truncated or
-    hostile input is counted and never stops the collector.
+    Runs until SIGTERM or SIGINT (or --duration / --count), then reads what its
+    sockets hold, writes every pending batch and prints a summary: packets, rows per
+    table, what was dropped or malformed and why, uptime and per-listener counts.
+    Garbage, truncated or hostile input is counted and never stops the collector.
 
-    Exit status: 0 stopped normally; 2 bad option; 4 database error; 5 an address or
-    the control socket could not be bound.
+    Exit status: 0 stopped normally; 2 bad option; 4 database error, or messages
+    received before the stop that the database did not take within
+    --stop-drain-timeout (dropped:shutdown); 5 an address or the control socket could
+    not be bound.
 
     \b
     Example:
@@ -119,7 +135,12 @@ def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf:
     from ..sources.hep_listener import open_listeners, parse_listen, raise_open_file_limit
 
     setup_command_logging(verbose, quiet, log_file, log_format)
-    raise_open_file_limit()
+    for name, value in (("tcp_idle_timeout", tcp_idle_timeout),
+                        ("tcp_max_connections", tcp_max_connections),
+                        ("stop_drain_timeout", stop_drain_timeout)):
+        if value is not None:
+            settings.set(name, value, "command line")
+    raise_open_file_limit(settings.tcp_max_connections + 512)
 
     specs = [parse_listen(x) for x in (listen or DEFAULT_LISTEN)]
     seen = set()
@@ -136,13 +157,22 @@ def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf:
     opts = dict(auth_key=key, max_inflated=settings.hep_max_inflated,
                 count=count, duration=duration, quiet=quiet > 0,
                 foreground_writer=foreground_writer, control_path=control_path,
-                metrics_addr=metrics_addr, tcp_idle_timeout=tcp_idle_timeout)
+                metrics_addr=metrics_addr, tcp_idle_timeout=settings.tcp_idle_timeout,
+                tcp_max_connections=settings.tcp_max_connections,
+                stop_drain_timeout=settings.stop_drain_timeout)
     started = time.monotonic()
     if workers == 1:
         result = _run_single(copies[0], settings, opts)
     else:
         result = _run_workers(copies, settings, opts)
     stats: Stats = result["stats"]
+    left = stats["dropped:shutdown"]
+    if left and result.get("exit_error") is None:
+        result["exit_error"] = StoreError(
+            f"{left} HEP packets received before the stop were not stored: the database "
+            f"did not take them within {settings.stop_drain_timeout:g}s "
+            "(stop_drain_timeout); counted as dropped:shutdown")
+        result.setdefault("errors", []).append(str(result["exit_error"]))
     summary = summary_dict(stats, {
         "uptime_seconds": round(time.monotonic() - started, 3),
         "workers": workers,
@@ -225,7 +255,9 @@ def _make_collector(listeners, pipeline, stats: Stats, opts: dict[str, Any], *,
                              count=count, duration=opts["duration"], tick=tick,
                              tick_interval=SNAPSHOT_INTERVAL, on_progress=on_progress,
                              on_store_error=policy,
-                             tcp_idle_timeout=opts.get("tcp_idle_timeout") or None)
+                             tcp_idle_timeout=opts.get("tcp_idle_timeout") or None,
+                             max_connections=opts["tcp_max_connections"],
+                             drain_limit=opts["stop_drain_timeout"] or None)
     policy.collector = collector
     return collector, policy
 

@@ -32,9 +32,17 @@ Counters (in the shared :class:`~sipcaptool.stats.Stats`):
   gzipped datagram decoding stops at the first such packet, see ``decode_datagram``);
 * ``refused-bytes:<reason>``: the bytes of what ``dropped:auth`` and ``malformed:*``
   count (as received; inside a gzipped datagram partly kept, the inflated packets);
-* ``dropped:tcp-connection-limit``: connections refused beyond ``max_connections``;
+* ``evicted:tcp-limit``: with ``max_connections`` open, a new agent is taken and the
+  connection that has been silent longest is closed for it (a packet half-received on
+  it is also counted as ``hep3-stream-truncated``);
 * ``evicted:tcp-idle``: connections closed after ``tcp_idle_timeout`` seconds without
-  data (a packet half-received on one is also counted as ``hep3-stream-truncated``).
+  data (a packet half-received on one is also counted as ``hep3-stream-truncated``);
+* ``dropped:shutdown``: datagrams and TCP-framed packets that were in the sockets at
+  the stop request but could not be stored within ``drain_limit`` seconds (read and
+  counted, see :meth:`HepCollector._drain`), and packets only partly received on a
+  TCP connection when it is closed at the stop;
+* ``kernel:udp-after-stop``: datagrams that arrived after the stop request, refused by
+  the kernel (the drain reads what was there at the stop, not new traffic).
 
 Accepted TCP connections have TCP keepalive on (first probe after ``KEEPALIVE_IDLE``
 seconds of silence, then every ``KEEPALIVE_INTERVAL``, ``KEEPALIVE_COUNT`` probes): an
@@ -42,25 +50,35 @@ agent that vanished without closing (power cut, a firewall that forgot the flow)
 noticed by the kernel within about two minutes and its connection closed, so dead
 connections do not pile up against ``max_connections``. An idle but living agent is
 kept. ``tcp_idle_timeout`` closes even living connections that send nothing for that
-long (off by default: agents such as Kamailio's siptrace keep one connection open and
-may be quiet for hours at night).
+long (``sipcaptool hep`` defaults to 300 s, see its ``--tcp-idle-timeout``): agents such
+as Kamailio's siptrace keep one connection open and may be quiet for hours at night;
+an agent that reads its connection (Kamailio does) sees it closed and connects again
+for its next message. The default is well past the keepalive timers above (about two
+minutes to find a dead peer) and the minute-scale heartbeats agents send, so only a
+connection that is alive and truly silent for five minutes is closed; at the connection
+limit the longest-silent one is closed for a new agent anyway (``evicted:tcp-limit``).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import selectors
 import signal
 import socket
+import struct
+import termios
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from ..decode.hep import MAX_INFLATED, DecodeError, HepStream, decode_datagram
 from ..errors import ConfigError, CaptureError, StoreError
 from ..stats import Stats
+from .bpf import attach_filter
 
 log = logging.getLogger("sipcaptool.hep")
 
@@ -69,7 +87,10 @@ __all__ = ["ListenSpec", "parse_listen", "open_listeners", "HepCollector", "List
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 UDP_BURST = 512          # datagrams read from one socket before looking at the others
 TCP_READ = 256 * 1024    # bytes per recv() on a TCP connection
-MAX_CONNECTIONS = 4096
+MAX_CONNECTIONS = 4096   # default of the tcp_max_connections setting
+DRAIN_LIMIT = 30.0       # default of the stop_drain_timeout setting, seconds
+DRAIN_STEP = 256         # datagrams read per socket between two looks at the drain clock
+_DROP_ALL = [(0x06, 0, 0, 0)]  # classic BPF "ret #0": the socket takes no new datagram
 LOG_INTERVAL = 10.0      # seconds between two log lines about the same sender
 KEEPALIVE_IDLE = 60      # TCP keepalive: seconds of silence before the first probe
 KEEPALIVE_INTERVAL = 10  # seconds between probes
@@ -262,6 +283,14 @@ def set_keepalive(sock: socket.socket) -> None:
         pass
 
 
+def _queued(sock: socket.socket) -> int:
+    """Bytes waiting in a socket's receive queue (FIONREAD); 0 if unknown."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+    except OSError:
+        return 0
+
+
 class _Conn:
     __slots__ = ("sock", "listener", "stream", "peer", "last")
 
@@ -294,8 +323,12 @@ class HepCollector:
             result stops the loop (the workers use it for a shared --count).
         on_store_error: called with a StoreError raised while submitting (a batch the
             database refused); None: re-raise it, which ends :meth:`run`.
-        drain_limit: seconds spent at most, after a stop request, reading what is already
-            queued in the sockets (a full 64 MiB buffer holds about 90,000 datagrams).
+        max_connections: TCP connections held at most; a new one past it closes the
+            one silent longest (``evicted:tcp-limit``).
+        drain_limit: seconds spent at most, after a stop request, storing what is already
+            queued in the sockets (a full 64 MiB buffer holds about 90,000 datagrams);
+            what is left then is read and counted as ``dropped:shutdown``. None or 0:
+            no limit (see :meth:`_drain`).
         tcp_idle_timeout: close a TCP connection that sent nothing for this many
             seconds (None or 0: never; dead peers are found by TCP keepalive anyway).
     """
@@ -307,7 +340,7 @@ class HepCollector:
                  tick: Callable[[], None] | None = None, tick_interval: float = 0.25,
                  on_progress: Callable[[int], bool] | None = None,
                  on_store_error: Callable[[StoreError], None] | None = None,
-                 max_connections: int = MAX_CONNECTIONS, drain_limit: float = 30.0,
+                 max_connections: int = MAX_CONNECTIONS, drain_limit: float | None = DRAIN_LIMIT,
                  tcp_idle_timeout: float | None = None) -> None:
         self.listeners = listeners
         self.submit = submit
@@ -320,7 +353,7 @@ class HepCollector:
         self.tick_interval = tick_interval
         self.on_progress = on_progress
         self.on_store_error = on_store_error
-        self.max_connections = max_connections
+        self.max_connections = max(1, int(max_connections))
         self.drain_limit = drain_limit
         self.tcp_idle_timeout = tcp_idle_timeout or None
         self._next_sweep = 0.0
@@ -331,7 +364,10 @@ class HepCollector:
         self._stop = False
         self._buf = bytearray(65536)
         self._mv = memoryview(self._buf)
-        self._conns: dict[int, _Conn] = {}
+        # fd -> connection, least recently active first (the eviction order)
+        self._conns: OrderedDict[int, _Conn] = OrderedDict()
+        self._budgets: dict[int, int] = {}   # at the stop: fd -> bytes queued then
+        self._drops_at_stop: int | None = None
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -393,7 +429,8 @@ class HepCollector:
                     if kind == "udp":
                         self._read_udp(b, a, UDP_BURST)
                     elif kind == "tcp":
-                        self._read_tcp(a)
+                        if self._read_tcp(a):
+                            self._touch(a)
                     elif kind == "accept":
                         self._accept(b, a)
                     elif kind == "wake":
@@ -421,37 +458,146 @@ class HepCollector:
             self._close_all()
 
     def _drain(self) -> None:
-        """After a stop: read what the kernel already queued for us (bounded in time).
+        """After a stop: read everything the kernel had queued for us at the stop.
 
-        Everything that reached a socket before the stop request is stored. Not with
-        --count (the limit is exact), and not past ``drain_limit`` seconds under
-        sustained traffic.
+        From the stop on, the sockets take nothing new: each UDP socket gets a socket
+        filter that refuses every datagram (counted by the kernel, reported as
+        ``kernel:udp-after-stop``), the TCP listening sockets are closed after the
+        connections the kernel completed are taken, and of each TCP connection the bytes
+        queued at the stop are read. So the drain ends even under sustained traffic, and
+        what it reads is what had arrived.
+
+        What it reads is stored for up to ``drain_limit`` seconds (None or 0: however
+        long the database takes). What is left when that time is up is still read, and
+        counted as ``dropped:shutdown`` (one per datagram or TCP-framed packet), never
+        left in a socket closed unread; so is a packet only partly received on a TCP
+        connection. With --count nothing is drained (the limit is exact); after the
+        writer process died (``db-error``) nothing can be stored, so all is counted.
         """
         if self.stop_reason == "count":
             return
-        end = time.monotonic() + self.drain_limit
-        for lst, sock in self.listeners:
-            if lst.spec.transport == "tcp":
-                # connections the kernel completed before the stop may hold data already:
-                # take them, then close the listening socket (no new connections)
-                self._accept(sock, lst, limit=self.max_connections)
-                try:
-                    self._sel.unregister(sock)
-                except (KeyError, ValueError):
-                    pass
-                sock.close()
         self.count = None
-        pending = [(lst, sock) for lst, sock in self.listeners if lst.spec.transport == "udp"]
-        while pending and time.monotonic() < end:
-            still = []
-            for lst, sock in pending:
-                if self._read_udp(sock, lst, 4096) == 4096:
-                    still.append((lst, sock))
-            pending = still
+        self._seal()
+        end = None if not self.drain_limit else time.monotonic() + self.drain_limit
+        if self.stop_reason == "db-error":
+            end = time.monotonic()
+
+        def in_time() -> bool:
+            return end is None or time.monotonic() < end
+
+        # (the UDP sockets stay sealed after they are closed here: the writer process,
+        # forked after they were bound, holds copies until it has written everything)
+        udp = [(lst, sock) for lst, sock in self.listeners if lst.spec.transport == "udp"]
+        while udp and in_time():
+            udp = [(lst, sock) for lst, sock in udp
+                   if self._read_udp(sock, lst, DRAIN_STEP) == DRAIN_STEP]
         for conn in list(self._conns.values()):
-            while time.monotonic() < end and conn.sock.fileno() >= 0:
+            fd = conn.sock.fileno()
+            while in_time() and self._budgets.get(fd, 0) > 0 and conn.sock.fileno() >= 0:
+                before = conn.listener.bytes
                 if not self._read_tcp(conn):
                     break
+                self._budgets[fd] -= conn.listener.bytes - before
+        # the rest: read it and count it
+        left = 0
+        for lst, sock in udp:
+            left += self._discard_udp(sock, lst)
+        for conn in list(self._conns.values()):
+            left += self._discard_tcp(conn, self._budgets.get(conn.sock.fileno(), 0))
+        if left:
+            log.error("stopping: %d HEP packets received before the stop could not be stored "
+                      "within %gs (stop_drain_timeout) and are dropped, counted as "
+                      "dropped:shutdown", left, self.drain_limit or 0)
+
+    def _seal(self) -> None:
+        """At the stop: no new datagrams or connections; note what each TCP connection
+        holds (see :meth:`_drain`)."""
+        self.update_kernel_stats()
+        self._drops_at_stop = self.stats["kernel:udp-drops"]
+        log.info("stopping (%s): reading what the sockets hold; new datagrams and "
+                 "connections are refused", self.stop_reason)
+        for lst, sock in self.listeners:
+            if lst.spec.transport == "udp":
+                try:
+                    attach_filter(sock, _DROP_ALL)
+                except OSError as e:  # pragma: no cover - Linux has socket filters
+                    log.warning("%s: cannot refuse new datagrams while stopping: %s",
+                                lst.label, e)
+                continue
+            # connections the kernel completed before the stop may hold data already:
+            # take them, then close the listening socket (no new connections)
+            if sock.fileno() >= 0:
+                self._accept(sock, lst, limit=self.max_connections)
+                try:
+                    # stop listening even where a copy of the socket lives on (the writer
+                    # process, forked after it was bound, holds one until it exits)
+                    sock.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
+            try:
+                self._sel.unregister(sock)
+            except (KeyError, ValueError):
+                pass
+            sock.close()
+        for fd, conn in self._conns.items():
+            self._budgets[fd] = _queued(conn.sock)
+
+    def _discard_udp(self, sock: socket.socket, lst: Listener) -> int:
+        """Read what is left in a sealed UDP socket, counting it as dropped:shutdown."""
+        recv = sock.recv_into
+        buf = self._buf
+        n = nbytes = 0
+        # a sealed socket runs dry; without the filter, stop at what a full buffer holds
+        most = max(4096, lst.rcvbuf // 256)
+        while n < most:
+            try:
+                k = recv(buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    break
+                self.stats["skipped:socket-error"] += 1
+                most -= 1
+                continue
+            n += 1
+            nbytes += k
+        self.stats["packets"] += n
+        self.stats["dropped:shutdown"] += n
+        lst.packets += n
+        lst.bytes += nbytes
+        return n
+
+    def _discard_tcp(self, conn: _Conn, budget: int) -> int:
+        """Read the ``budget`` bytes a connection held at the stop and not read yet; count
+        its packets (and a packet only partly received) as dropped:shutdown."""
+        lst = conn.listener
+        n = 0
+        while budget > 0 and conn.sock.fileno() >= 0:
+            try:
+                data = conn.sock.recv(min(budget, TCP_READ))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                data = b""
+            if not data:
+                break
+            budget -= len(data)
+            lst.bytes += len(data)
+            try:
+                got = len(conn.stream.feed(data))
+            except DecodeError as e:
+                self._bad_stream(conn, e)
+                got = 0
+            n += got
+            lst.packets += got
+            self.stats["packets"] += got
+            if conn.stream.error is not None:
+                self._bad_stream(conn, conn.stream.error)
+        if conn.sock.fileno() >= 0 and conn.stream.buffered:
+            n += 1
+        self.stats["dropped:shutdown"] += n
+        return n
 
     def update_kernel_stats(self) -> None:
         """Set ``kernel:udp-drops``: datagrams the kernel dropped on our UDP sockets
@@ -480,6 +626,13 @@ class HepCollector:
 
     def _close_all(self) -> None:
         self.update_kernel_stats()
+        if self._drops_at_stop is not None:
+            # the sealed sockets' filter counts as a kernel drop: that is new traffic
+            # refused while stopping, not a receive buffer that overflowed
+            after = self.stats["kernel:udp-drops"] - self._drops_at_stop
+            self.stats["kernel:udp-drops"] = self._drops_at_stop
+            if after > 0:
+                self.stats["kernel:udp-after-stop"] = after
         for conn in list(self._conns.values()):
             self._close_conn(conn)
         for _lst, sock in self.listeners:
@@ -612,7 +765,11 @@ class HepCollector:
             return 0
         self._next_sweep = now + min(_IDLE_SWEEP, self.tcp_idle_timeout)
         limit = now - self.tcp_idle_timeout
-        idle = [c for c in self._conns.values() if c.last < limit]
+        idle = []
+        for c in self._conns.values():  # least recently active first
+            if c.last >= limit:
+                break
+            idle.append(c)
         for conn in idle:
             self.stats["evicted:tcp-idle"] += 1
             if conn.stream.buffered:
@@ -622,6 +779,34 @@ class HepCollector:
                              level=logging.INFO)
             self._close_conn(conn)
         return len(idle)
+
+    def _touch(self, conn: _Conn) -> None:
+        """``conn`` just sent data: it goes last in the eviction order."""
+        try:
+            self._conns.move_to_end(conn.sock.fileno())
+        except (KeyError, OSError):
+            pass
+
+    def _evict_for_new(self) -> None:
+        """At the connection limit: close the connection silent longest so that a new
+        agent is taken (``evicted:tcp-limit``). One that has data queued after all is
+        read instead (and goes last), and the next looked at -- a few at most."""
+        for attempt in range(8):
+            if len(self._conns) < self.max_connections:
+                return
+            conn = next(iter(self._conns.values()))
+            if attempt < 7 and _queued(conn.sock) > 0:
+                if self._read_tcp(conn):
+                    self._touch(conn)
+                continue  # read, or closed by its peer: either way look again
+            self.stats["evicted:tcp-limit"] += 1
+            if conn.stream.buffered:
+                self.stats["malformed:hep3-stream-truncated"] += 1
+            self._log_sender(conn.peer, "evict", "HEP over TCP: %d connections open "
+                             "(tcp_max_connections); this one, silent for %ds, closed "
+                             "for a new agent", len(self._conns),
+                             int(time.monotonic() - conn.last), level=logging.WARNING)
+            self._close_conn(conn)
 
     def _accept(self, lsock: socket.socket, lst: Listener, limit: int = 64) -> None:
         for _ in range(limit):
@@ -649,9 +834,7 @@ class HepCollector:
                         pass
                 return
             if len(self._conns) >= self.max_connections:
-                self.stats["dropped:tcp-connection-limit"] += 1
-                sock.close()
-                continue
+                self._evict_for_new()
             sock.setblocking(False)
             set_keepalive(sock)
             conn = _Conn(sock, lst, peer)
