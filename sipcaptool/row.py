@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import gt, itemgetter
+from typing import Any
 
 from .decode.sip import _COMPACT, SipMessage
 from .errors import ConfigError
@@ -85,7 +87,12 @@ if _SIP_ORDER != SIP_COLUMN_NAMES or _AUX_ORDER != AUX_COLUMN_NAMES:  # pragma: 
     raise ImportError("row.py is out of step with the column layout in record.py")
 
 
-def _text_columns(columns):
+Row = tuple[Any, ...]
+_Getter = Callable[[Row], Any]
+_Columns = Sequence[tuple[str, str, int]]
+
+
+def _text_columns(columns: _Columns) -> tuple[tuple[int, ...], tuple[int, ...], _Getter]:
     idx = tuple(i for i, (_, kind, width) in enumerate(columns) if kind == TEXT and width)
     return (
         idx,
@@ -123,14 +130,16 @@ def _node(msg: CapturedMessage, opts: RowOptions) -> str:
     return f"{opts.capture_node}:{msg.node_id}"
 
 
-def _fit(row: tuple, idx, widths, getter, names, stats: Counter | None) -> tuple:
+def _fit(row: Row, idx: tuple[int, ...], widths: tuple[int, ...], getter: _Getter,
+         names: Sequence[str], stats: Counter[str] | None) -> Row:
     """Cut text values to their column width, counting each cut; fast when none is."""
     if not any(map(gt, map(len, getter(row)), widths)):
         return row
     return _cut(row, idx, widths, names, stats)
 
 
-def _cut(row: tuple, idx, widths, names, stats: Counter | None) -> tuple:
+def _cut(row: Row, idx: tuple[int, ...], widths: tuple[int, ...], names: Sequence[str],
+         stats: Counter[str] | None) -> Row:
     out = list(row)
     for i, width in zip(idx, widths, strict=False):
         value = out[i]
@@ -141,7 +150,7 @@ def _cut(row: tuple, idx, widths, names, stats: Counter | None) -> tuple:
     return tuple(out)
 
 
-def _width_groups(columns, idx):
+def _width_groups(columns: _Columns, idx: tuple[int, ...]) -> tuple[tuple[_Getter, int, bool], ...]:
     """(getter, width) per distinct width: every value fits when, for each group, the
     longest value is no longer than the width (a single-column getter gives the value)."""
     by_width: dict[int, list[int]] = {}
@@ -163,8 +172,8 @@ def sip_row(
     msg: CapturedMessage,
     sip: SipMessage,
     opts: RowOptions,
-    stats: Counter | None = None,
-) -> tuple:
+    stats: Counter[str] | None = None,
+) -> Row:
     """The values of one sip_capture row, in ``record.SIP_COLUMN_NAMES`` order."""
     ts = msg.ts_us
     headers = sip._headers
@@ -238,10 +247,10 @@ def sip_row(
     return row
 
 
-_AUX_PROTO = {6: PROTO_TCP, 17: PROTO_UDP}
+_AUX_PROTO: dict[int | None, int] = {6: PROTO_TCP, 17: PROTO_UDP}
 
 
-def aux_row(msg: CapturedMessage, opts: RowOptions, stats: Counter | None = None) -> tuple:
+def aux_row(msg: CapturedMessage, opts: RowOptions, stats: Counter[str] | None = None) -> Row:
     """The values of one rtcp/report/logs_capture row, in ``AUX_COLUMN_NAMES`` order.
 
     ``family`` is the raw HEP family chunk (as the module stores it for these tables),

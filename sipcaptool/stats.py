@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import Counter
 
 
-class Stats(Counter):
+class Stats(Counter[str]):
     """A Counter with helpers to group keys by their ``category:`` prefix."""
 
     def group(self, category: str) -> dict[str, int]:
