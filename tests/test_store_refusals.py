@@ -414,3 +414,26 @@ def test_batch_max_bytes_is_a_setting():
     from sipcaptool.config import PARAMS, coerce
     assert PARAMS["batch_max_bytes"][1] == 8 << 20
     assert coerce("batch_max_bytes", "4M") == 4 << 20
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "mysql"])
+def test_formatting_copies_a_large_message_twice_at_most(dialect):
+    """COPY / LOAD DATA text used to hold a large message about nine times over while
+    a batch was formatted (hex, prefix, row join, batch join, encode); now twice: its
+    hex and its place in the payload."""
+    import tracemalloc
+
+    from sipcaptool.store._text import TabFormatter, parse_tab_text
+    f = TabFormatter(SIP_COLUMNS, dialect)
+    rows = [sip_row(i, msg=bytes(range(256)) * 4096) for i in range(8)]  # 8 x 1 MB
+    tracemalloc.start()
+    try:
+        out = f(rows)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= 2.5 * len(out), (peak, len(out))
+    msg_at = SIP_COLUMN_NAMES.index("msg")
+    first = parse_tab_text(out)[0]
+    prefix = b"\\x" if dialect == "postgresql" else b""
+    assert first[msg_at] == prefix + rows[0][msg_at].hex().encode()

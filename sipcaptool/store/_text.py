@@ -14,6 +14,9 @@ four times faster than formatting row by row, and it runs in the capturing proce
 
 from __future__ import annotations
 
+import binascii
+import itertools
+
 from ..record import BIGINT, BLOB, INT
 
 
@@ -73,38 +76,56 @@ class TabFormatter:
         if len(cols) != self.ncols or any(len(r) != self.ncols for r in rows):
             raise ValueError(f"rows must have {self.ncols} values")
         esc = self.esc
+        # every column becomes bytes values, and the rows are put together by one join
+        # of values and separators: a large message is copied twice (to hex, into the
+        # payload), not once more per join and again by a final encode
+        pre: list[bytes] = [b""] * self.ncols  # the blob prefix, when it is one for all
         for i, kind in enumerate(self.kinds):
             c = cols[i]
             if kind == BLOB:
-                try:
-                    hexes = list(map(bytes.hex, c))
-                except TypeError:
-                    hexes = list(map(_blob_hex, c))
-                    if self.blob_prefix:
-                        hexes = [h if h == "\\N" else self.blob_prefix + h for h in hexes]
-                    cols[i] = hexes
-                    continue
-                cols[i] = map(self.blob_prefix.__add__, hexes) if self.blob_prefix else hexes
+                if None not in c:
+                    try:
+                        cols[i] = list(map(binascii.hexlify, c))
+                        pre[i] = self.blob_prefix.encode()
+                        continue
+                    except TypeError:
+                        pass
+                hexes = list(map(_blob_hex, c))
+                if self.blob_prefix:
+                    hexes = [h if h == "\\N" else self.blob_prefix + h for h in hexes]
+                cols[i] = [h.encode() for h in hexes]
             elif kind == INT or kind == BIGINT:
-                if None in c:
-                    cols[i] = map(_num, c)
-                else:
-                    cols[i] = map(str, c)
+                text = "\n".join(map(_num, c) if None in c else map(str, c))
+                cols[i] = text.encode().split(b"\n")
             else:  # TEXT and DATETIME: str
                 try:
                     s = "\n".join(c)
                 except TypeError:
-                    cols[i] = map(esc, c)
+                    cols[i] = [_utf8(esc(v)) for v in c]
                     continue
                 if (s.count("\n") != n - 1 or "\\" in s or "\t" in s or "\r" in s
                         or "\x00" in s):
-                    cols[i] = map(esc, c)
-        text = "\n".join(map("\t".join, zip(*cols)))
-        text += "\n"
-        try:
-            return text.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates in a value
-            return text.encode("utf-8", "replace")
+                    cols[i] = [_utf8(esc(v)) for v in c]
+                    continue
+                try:
+                    cols[i] = s.encode("utf-8").split(b"\n")
+                except UnicodeEncodeError:  # lone surrogates in a value
+                    cols[i] = [_utf8(v) for v in c]
+        parts: list = []
+        for i in range(self.ncols):
+            sep = (b"\t" if i else b"") + pre[i]
+            if sep:
+                parts.append(itertools.repeat(sep))
+            parts.append(cols[i])
+        parts.append(itertools.repeat(b"\n"))
+        return b"".join(itertools.chain.from_iterable(zip(*parts)))
+
+
+def _utf8(s: str) -> bytes:
+    try:
+        return s.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates in a value
+        return s.encode("utf-8", "replace")
 
 
 def _unescape_field(b: bytes) -> bytes | None:
