@@ -67,11 +67,13 @@ class _Asm:
     """Tiny assembler: jumps name labels, resolved to forward offsets at the end."""
 
     def __init__(self) -> None:
-        self.code: list[list] = []
+        # (code, jt, jf, k): jumps name labels; an unconditional jump's k is its label
+        self.code: list[tuple[int, str | None, str | None, int | str]] = []
         self.labels: dict[str, int] = {}
 
-    def op(self, code: int, k: int = 0, jt: str | None = None, jf: str | None = None) -> None:
-        self.code.append([code, jt, jf, k])
+    def op(self, code: int, k: int | str = 0, jt: str | None = None,
+           jf: str | None = None) -> None:
+        self.code.append((code, jt, jf, k))
 
     def label(self, name: str) -> None:
         self.labels[name] = len(self.code)
@@ -86,9 +88,8 @@ class _Asm:
                 if not 0 <= d <= 255:
                     raise ValueError(f"BPF jump to {lbl} out of range ({d})")
                 return d
-            if code == BPF_JMP | BPF_JA:
-                d = self.labels[k] - i - 1
-                out.append((code, 0, 0, d))
+            if isinstance(k, str):      # BPF_JMP | BPF_JA to a label
+                out.append((code, 0, 0, self.labels[k] - i - 1))
             else:
                 out.append((code, rel(jt), rel(jf), k))
         return out
@@ -174,6 +175,7 @@ def ipip_program(lo: int | None, hi: int | None, outer_ipv4: bool = True,
         a.op(BPF_MISC | BPF_TAX, 0)
 
         # X = offset of the transport header: source port at X, destination at X+2
+        assert hi is not None, "a port range has both ends"
         a.label("ports")
         a.op(BPF_LD | BPF_H | BPF_IND, 0)
         a.op(BPF_JMP | BPF_JGE | BPF_K, lo, jt="sp_lo_ok", jf="dport")

@@ -89,7 +89,8 @@ class IpipSource:
             self._poll.register(s.fileno(), select.POLLIN)
         self.filter_installed = bpf_on or share is not None
 
-    def _open(self, family: int, proto: int, ports, bpf_on: bool, sel, rcvbuf: int) -> socket.socket:
+    def _open(self, family: int, proto: int, ports: tuple[int, int] | None, bpf_on: bool,
+              sel: tuple[int, int] | None, rcvbuf: int) -> socket.socket:
         what = f"IPIP raw socket (protocol {proto})"
         try:
             s = socket.socket(family, socket.SOCK_RAW, proto)

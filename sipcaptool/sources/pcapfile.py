@@ -19,7 +19,8 @@ import os
 import struct
 import subprocess
 import sys
-from typing import Iterator
+from collections.abc import Iterator
+from typing import IO, Any, NoReturn
 
 from ..errors import InputError
 
@@ -71,7 +72,7 @@ def _check_file(path: str) -> None:
         raise InputError(f"{path}: empty file, not a capture")
 
 
-def _raise_open_error(path: str, e: Exception):
+def _raise_open_error(path: str, e: Exception) -> NoReturn:
     msg = str(e)
     if path == STDIN and "only got 0" in msg:
         raise InputError("-: standard input is empty, not a capture") from None
@@ -93,10 +94,13 @@ class _Gunzip:
                                      # replay, which stops at its next batch and ends
                                      # this child itself
                                      start_new_session=True)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self.stdout: IO[bytes] = self.proc.stdout
+        self.stderr: IO[bytes] = self.proc.stderr
 
     @property
     def device(self) -> str:
-        return f"/dev/fd/{self.proc.stdout.fileno()}"
+        return f"/dev/fd/{self.stdout.fileno()}"
 
     def error(self) -> str | None:
         """Why inflating failed (None when it did not), once the child has ended."""
@@ -105,7 +109,7 @@ class _Gunzip:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        err = self.proc.stderr.read().decode("utf-8", "replace").strip()
+        err = self.stderr.read().decode("utf-8", "replace").strip()
         if self.proc.returncode == 0:
             return None
         return err or f"the inflating process ended with status {self.proc.returncode}"
@@ -114,7 +118,7 @@ class _Gunzip:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
-        for f in (self.proc.stdout, self.proc.stderr):
+        for f in (self.stdout, self.stderr):
             if not f.closed:
                 f.close()
 
@@ -171,7 +175,7 @@ class CaptureFile:
         self.packets = 0
         self.truncated: str | None = None
         self.linktype: int | None = None
-        self._reader = None
+        self._reader: Any = None  # a pcapy Reader
         self._gunzip: _Gunzip | None = None
         self._gzip = False
         self.size: int | None = None
@@ -212,11 +216,12 @@ class CaptureFile:
         try:
             self._reader = pcapy.open_offline(self._gunzip.device if self._gunzip else path)
         except pcapy.PcapError as e:
-            if self._gunzip is None:
+            gunzip = self._gunzip
+            if gunzip is None:
                 _raise_open_error(path, e)
-            self._gunzip.proc.stdout.close()  # a child still writing ends now
-            why = self._gunzip.error()
-            self._gunzip.close()
+            gunzip.stdout.close()  # a child still writing ends now
+            why = gunzip.error()
+            gunzip.close()
             self._gunzip = None
             if why:
                 raise InputError(f"{path}: not a readable gzip file ({why})") from None
