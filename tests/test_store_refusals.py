@@ -124,6 +124,42 @@ def test_mariadb_refusals_are_refused_rows_not_an_outage(mysql_url, tmp_path, ho
     assert read_rows(mysql_url, "t") == [r for i, r in enumerate(rows) if i not in bad]
 
 
+def _dated(n: int, bad) -> list[tuple]:
+    """Rows of 2026-01-02, those in ``bad`` of 2027-05-05 (a day with no partition)."""
+    return [sip_row(i, date="2027-05-05 00:00:00" if i in bad else "2026-01-02 03:04:05")
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("infile", [True, False], ids=["load-data", "insert"])
+def test_mariadb_no_partition_for_the_value_is_a_refused_row(mysql_url, tmp_path, infile):
+    """A date with no partition (1526) is the row's, not an outage: the rows of the
+    days that have a partition are stored, the others dropped and counted."""
+    _table(mysql_url)
+    _sql(mysql_url, "ALTER TABLE `t` PARTITION BY RANGE (TO_DAYS(`date`)) ("
+                    "PARTITION p1 VALUES LESS THAN (TO_DAYS('2026-01-03')))")
+    bad = {0, 9, 10, 33}
+    rows = _dated(40, bad)
+    st, err = _store(mysql_url, rows, spool=str(tmp_path / "spool"), infile=infile)
+    assert err is None and st["db:spooled"] == 0
+    assert st["stored:t"] == count(mysql_url, "t") == 36
+    assert st["dropped:db-error"] == 4
+    assert read_rows(mysql_url, "t") == [r for i, r in enumerate(rows) if i not in bad]
+
+
+def test_postgresql_trigger_raise_is_a_refused_row(pg_url, tmp_path):
+    """RAISE EXCEPTION in a trigger (SQLSTATE P0001) refuses the row, not the batch."""
+    _table(pg_url)
+    _sql(pg_url, "CREATE FUNCTION no_invite() RETURNS trigger AS $$ BEGIN "
+                 "IF NEW.method = 'INVITE' THEN RAISE EXCEPTION 'no INVITE here'; END IF; "
+                 "RETURN NEW; END $$ LANGUAGE plpgsql",
+         'CREATE TRIGGER no_invite BEFORE INSERT ON "t" FOR EACH ROW EXECUTE FUNCTION no_invite()')
+    bad = {2, 3, 30}
+    rows = _rows(50, bad)
+    st, err = _store(pg_url, rows, spool=str(tmp_path / "spool"))
+    assert err is None and st["db:spooled"] == 0
+    assert st["stored:t"] == count(pg_url, "t") == 47 and st["dropped:db-error"] == 3
+
+
 # --------------------------------------- a third of the rows refused: no good row dropped
 
 @pytest.mark.parametrize("fixture", ["sqlite_url", "pg_url", "mysql_url"])
