@@ -14,16 +14,47 @@ from collections import OrderedDict
 from sipcaptool.stats import Stats
 
 MAX_DATAGRAM = 65535 + 8  # IPv4/IPv6 payload limit, with room for an offset rounding
+_ONES = b"\x01" * MAX_DATAGRAM
+
+
+def _agrees(dg: "_Datagram", offset: int, data: bytes, seen: int) -> bool:
+    """Whether ``data`` at ``offset`` repeats the bytes of ``dg`` already received there
+    (``seen`` of them)."""
+    end = offset + len(data)
+    if seen == len(data):
+        return dg.buf[offset:end] == data
+    # a partial overlap: compare the received runs only (rare; linear in the fragment)
+    have, buf = dg.have, dg.buf
+    i = offset
+    while i < end:
+        j = have.find(1, i, end)
+        if j < 0:
+            break
+        k = have.find(0, j, end)
+        if k < 0:
+            k = end
+        if buf[j:k] != data[j - offset:k - offset]:
+            return False
+        i = k
+    return True
 
 
 class _Datagram:
-    __slots__ = ("first_ts", "parts", "size", "total")
+    """One datagram being reassembled: its payload so far in place, and which bytes of
+    it have arrived (one byte each in ``have``), so that a fragment costs its own length
+    whatever the number of fragments before it."""
+
+    __slots__ = ("first_ts", "buf", "have", "size", "total")
 
     def __init__(self, ts: int) -> None:
         self.first_ts = ts
-        self.parts: list[tuple[int, bytes]] = []   # (offset, data), kept sorted by offset
-        self.size = 0                             # bytes held
+        self.buf = bytearray()                    # payload, bytes not yet received are 0
+        self.have = bytearray()                   # 1 where the byte at that offset arrived
+        self.size = 0                             # bytes received (distinct offsets)
         self.total = -1                           # payload length once the last fragment is seen
+
+    def held(self) -> int:
+        return len(self.buf) + len(self.have)
 
 
 class Defragmenter:
@@ -31,7 +62,9 @@ class Defragmenter:
 
     Args:
         stats: counters for evictions and malformed fragments.
-        max_bytes: fragment bytes held across all datagrams.
+        max_bytes: bytes held across all datagrams: each datagram's payload so far, as
+            long as its furthest fragment reaches, and as much again for the map of the
+            bytes received.
         max_entries: datagrams being reassembled at once.
         timeout_us: a datagram not completed within this capture time is dropped.
     """
@@ -69,7 +102,8 @@ class Defragmenter:
             while len(self._pending) > self.max_entries:
                 self._evict_oldest()
         if not more:
-            if dg.total >= 0 and dg.total != end:
+            if (dg.total >= 0 and dg.total != end) or (dg.total < 0 and len(dg.buf) > end):
+                # a second, different end; or bytes already received past this end
                 self.stats["malformed:fragment-overlap"] += 1
                 self._drop(key)
                 return None
@@ -78,39 +112,26 @@ class Defragmenter:
             self.stats["malformed:fragment-overlap"] += 1
             self._drop(key)
             return None
-        # Insert, checking overlaps against the neighbours (parts are sorted, disjoint).
-        parts = dg.parts
-        i = 0
-        n = len(parts)
-        while i < n and parts[i][0] + len(parts[i][1]) <= offset:
-            i += 1
-        j = i
-        new_pieces: list[tuple[int, bytes]] = []
-        cur = offset
-        while j < n and parts[j][0] < end:
-            po, pd = parts[j]
-            pe = po + len(pd)
-            lo, hi = max(po, offset), min(pe, end)
-            if pd[lo - po:hi - po] != data[lo - offset:hi - offset]:
+        # Write in place, checking the bytes already received at these offsets.
+        before = dg.held()
+        if end > len(dg.buf):
+            grow = max(end, dg.total) - len(dg.buf)
+            dg.buf += bytes(grow)
+            dg.have += bytes(grow)
+        seen = dg.have.count(1, offset, end)
+        if seen:
+            if not _agrees(dg, offset, data, seen):
                 self.stats["malformed:fragment-overlap"] += 1
                 self._drop(key)
                 return None
-            if cur < po:
-                new_pieces.append((cur, data[cur - offset:po - offset]))
-            cur = max(cur, pe)
-            j += 1
-        if cur < end:
-            new_pieces.append((cur, data[cur - offset:]))
-        added = sum(len(p[1]) for p in new_pieces)
-        if not added:
-            # an exact (or contained) duplicate; only "last fragment" news can matter
-            return self._complete(key, dg)
-        # Merge: keep parts sorted.  Pieces lie in the gaps between parts[i:j].
-        merged = parts[:i] + sorted(parts[i:j] + new_pieces) + parts[j:]
-        dg.parts = merged
-        dg.size += added
-        self.held_bytes += added
-        self._pending.move_to_end(key, last=True) if False else None
+            if seen == len(data):
+                # an exact (or contained) duplicate; only "last fragment" news can matter
+                self.held_bytes += dg.held() - before
+                return self._complete(key, dg)
+        dg.buf[offset:end] = data
+        dg.have[offset:end] = _ONES[:len(data)]
+        dg.size += len(data) - seen
+        self.held_bytes += dg.held() - before
         while self.held_bytes > self.max_bytes and self._pending:
             self._evict_oldest()
         if key not in self._pending:
@@ -120,23 +141,18 @@ class Defragmenter:
     def _complete(self, key: object, dg: _Datagram) -> bytes | None:
         if dg.total < 0 or dg.size != dg.total:
             return None
-        pos = 0
-        for po, pd in dg.parts:
-            if po != pos:
-                return None
-            pos += len(pd)
         del self._pending[key]
-        self.held_bytes -= dg.size
-        return b"".join(pd for _, pd in dg.parts)
+        self.held_bytes -= dg.held()
+        return bytes(dg.buf[:dg.total])
 
     def _drop(self, key: object) -> None:
         dg = self._pending.pop(key, None)
         if dg is not None:
-            self.held_bytes -= dg.size
+            self.held_bytes -= dg.held()
 
     def _evict_oldest(self) -> None:
         _, dg = self._pending.popitem(last=False)
-        self.held_bytes -= dg.size
+        self.held_bytes -= dg.held()
         self.stats["evicted:fragments"] += 1
 
     def _expire(self, now: int) -> None:
