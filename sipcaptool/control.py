@@ -79,6 +79,30 @@ value that is callable is called on each request (e.g. ``{"clients": lambda: n}`
 
 ``MetricsServer((host, port), stats_provider, capture_flag=...)`` serves the same
 counters in the Prometheus text format on ``GET /metrics`` (``--metrics HOST:PORT``).
+
+Limits
+------
+Both servers run one thread each, whatever the number of clients (a selector loop, no
+thread per connection), with a listen backlog of ``LISTEN_BACKLOG``. A control
+connection must complete a command line within ``timeout`` seconds of connecting or of
+its previous answer, and a metrics client must send its whole request within
+``timeout`` seconds; otherwise the connection is closed (``control:timeout``,
+``metrics:timeout``). At most ``max_connections`` connections are open on each; a new
+one beyond that takes the place of the one idle longest (at least ``IDLE_GRACE``
+seconds; ``control:evicted-idle``, ``metrics:evicted-idle``), or waits in the backlog
+until a place is free. ``--control-timeout`` and ``--control-max-connections`` (the
+settings ``control_timeout``, ``control_max_connections``) set both.
+
+Who may talk
+------------
+The default socket's directory (``/tmp/sipcaptool-<uid>`` and the others of
+:func:`default_control_path`) must be a directory -- not a symbolic link -- owned by the
+user and writable by no one else, as OpenSSH and tmux require of theirs; it is created
+mode 0700. Anything else is refused (:class:`UnsafeControlPath`): another local user
+who made that directory first could move the collector's socket away and answer
+``ctl`` in its place. The server answers only clients of its own user or root
+(``SO_PEERCRED``; others are closed, ``control:peer-uid``); ``ctl`` talks only to a
+socket, and a process, of its own user or root (root talks to any).
 """
 
 from __future__ import annotations
@@ -87,20 +111,26 @@ import errno
 import json
 import logging
 import os
+import selectors
 import socket
 import stat
+import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from .errors import CaptureError, ConfigError
+from .stats import Stats
 
 __all__ = [
     "BAD_PARAMETER",
     "ControlServer",
     "MetricsServer",
     "NOT_ENOUGH_PARAMETERS",
+    "UnsafeControlPath",
+    "check_control_socket",
+    "check_runtime_dir",
     "build_stats",
     "default_control_path",
     "format_stats_text",
@@ -117,6 +147,12 @@ NOT_ENOUGH_PARAMETERS = "500 - Not enough parameters (on, off or check)"
 ENABLED = "Enabled"
 DISABLED = "Disabled"
 MAX_LINE = 4096
+MAX_REQUEST = 8192            # bytes of an HTTP request head on the metrics port
+DEFAULT_TIMEOUT = 5.0         # seconds (setting control_timeout)
+DEFAULT_MAX_CONNECTIONS = 64  # per server (setting control_max_connections)
+LISTEN_BACKLOG = max(128, socket.SOMAXCONN)
+IDLE_GRACE = 1.0              # a connection idle this long may make room for a new one
+_MAX_PENDING_OUT = 256 * 1024  # answers waiting for a client that does not read
 
 HELP_LINES = [
     "status on       store messages (answer: Enabled)",
@@ -131,7 +167,7 @@ HELP_LINES = [
 # counter categories (see sipcaptool.stats) -> key in the stats JSON
 _GROUPS = (("stored", "stored"), ("skipped", "skipped"), ("malformed", "malformed"),
            ("dropped", "dropped"), ("evicted", "evicted"), ("truncated", "truncated"),
-           ("db", "db"), ("kernel", "kernel"))
+           ("db", "db"), ("kernel", "kernel"), ("control", "control"), ("metrics", "metrics"))
 _GAUGES = ("queue_depth", "spool_bytes", "spool_batches")
 
 
@@ -153,9 +189,125 @@ def default_control_path(command: str) -> str:
     return os.path.join(f"/tmp/sipcaptool-{uid}", name)
 
 
-def _prepare_path(path: str) -> None:
-    """Make the directory (0700 when we create it); remove a stale socket; refuse a live one."""
+class UnsafeControlPath(CaptureError):
+    """A control socket, or its directory, that another local user could have put there."""
+
+
+def _who(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def check_runtime_dir(directory: str, *, create: bool = False) -> None:
+    """Refuse a default socket directory another user could have made (OpenSSH, tmux).
+
+    With ``create``, the directory is made (mode 0700) when missing. It must then be a
+    directory, not a symbolic link, owned by the effective user and writable by no one
+    else; its parent must not let others replace it. Raises :class:`UnsafeControlPath`
+    (one line: what is wrong and what to do).
+    """
+    _check_parent(directory)
+    if create:
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise CaptureError(f"control socket directory {directory}: cannot create it: "
+                               f"{e.strerror}") from None
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise CaptureError(f"control socket directory {directory}: {e.strerror}") from None
+    euid = os.geteuid()
+    fix = "remove it (or set XDG_RUNTIME_DIR, or give --control PATH)"
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafeControlPath(f"control socket directory {directory} is a symbolic link, "
+                                f"owned by {_who(st.st_uid)}; refusing to use it: {fix}")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeControlPath(f"control socket directory {directory} is not a directory; {fix}")
+    if st.st_uid != euid:
+        raise UnsafeControlPath(f"control socket directory {directory} is owned by "
+                                f"{_who(st.st_uid)}, not by you ({_who(euid)}): another user "
+                                f"could answer in the collector's place; {fix}")
+    if st.st_mode & 0o022:
+        raise UnsafeControlPath(f"control socket directory {directory} is writable by "
+                                f"{'others' if st.st_mode & 0o002 else 'its group'} (mode "
+                                f"{stat.S_IMODE(st.st_mode):04o}): another user could answer in "
+                                f"the collector's place; make it 0700 ({fix})")
+
+
+def _check_parent(directory: str) -> None:
+    """The parent of a socket directory must not let another user swap what is in it."""
+    parent = os.path.dirname(os.path.abspath(directory))
+    try:
+        st = os.stat(parent)
+    except OSError:
+        return  # missing: creating the directory fails with its own message
+    euid = os.geteuid()
+    sticky = bool(st.st_mode & stat.S_ISVTX)
+    if st.st_uid not in (euid, 0) or (st.st_mode & 0o002 and not sticky):
+        raise UnsafeControlPath(f"control socket directory {directory}: its parent {parent} "
+                                f"({_who(st.st_uid)}, mode {stat.S_IMODE(st.st_mode):04o}) lets "
+                                "another user replace it; give --control PATH in a directory "
+                                "only you can write")
+
+
+def check_control_socket(path: str, *, default: bool) -> None:
+    """Before ``ctl`` talks: refuse a socket (or a default directory) of another user.
+
+    ``default``: the path is one of :func:`default_control_path`'s, whose directory is
+    checked as :func:`check_runtime_dir` does; an explicit path's directory only must
+    not be writable by others without the sticky bit. The socket itself must belong to
+    the effective user or root (root talks to any). A missing socket passes (connecting
+    says so).
+    """
     directory = os.path.dirname(os.path.abspath(path))
+    if default:
+        check_runtime_dir(directory)
+    else:
+        _check_parent(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    euid = os.geteuid()
+    if not stat.S_ISSOCK(st.st_mode):
+        raise UnsafeControlPath(f"control socket {path}: not a socket")
+    if euid != 0 and st.st_uid not in (euid, 0):
+        raise UnsafeControlPath(f"control socket {path} is owned by {_who(st.st_uid)}, not by "
+                                f"you ({_who(euid)}): refusing to talk to another user's "
+                                "process; give the collector's --control PATH")
+
+
+def _peer_uid(sock: socket.socket) -> int | None:
+    """The user of the process at the other end of a Unix socket (None if unknown)."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (AttributeError, OSError):
+        return None
+    return struct.unpack("3i", raw)[1]
+
+
+def _prepare_path(path: str, default: bool = False) -> None:
+    """Make the directory (0700 when we create it); remove a stale socket; refuse a live one.
+
+    ``default``: the path is :func:`default_control_path`'s, whose directory is checked
+    (and made) by :func:`check_runtime_dir`; an explicit path's directory must not let
+    another user replace the socket (writable by others without the sticky bit, or owned
+    by another user than this one or root).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    if default:
+        check_runtime_dir(directory, create=True)
+    elif os.path.isdir(directory):
+        _check_parent(path)
     if not os.path.isdir(directory):
         try:
             os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -275,6 +427,13 @@ def format_stats_text(doc: Mapping[str, Any]) -> str:
         row(title, sum(v for v in group.values() if isinstance(v, (int, float))))
         for reason, n in group.items():
             row(reason, n, 2)
+    for key, title in (("control", "control connections closed"),
+                       ("metrics", "metrics connections closed")):
+        group = doc.get(key) or {}
+        if group:
+            row(title, sum(v for v in group.values() if isinstance(v, (int, float))))
+            for reason, n in group.items():
+                row(reason, n, 2)
     kernel = doc.get("kernel") or {}
     if kernel:
         row("kernel", "")
@@ -292,7 +451,7 @@ def format_stats_text(doc: Mapping[str, Any]) -> str:
         row(title, "-" if v is None else v)
     skip = {"capture", "uptime_s", "started", "packets", "messages", "stored", "stored_total",
             "skipped", "malformed", "dropped", "evicted", "truncated", "kernel", "db",
-            "queue_depth", "spool_bytes", "spool_batches", "other"}
+            "control", "metrics", "queue_depth", "spool_bytes", "spool_batches", "other"}
     for k, v in doc.items():
         if k not in skip:
             row(k, json.dumps(v) if isinstance(v, (dict, list)) else v)
@@ -342,41 +501,307 @@ def handle_command(line: str, capture_flag: Any,
     return f"500 - Unknown command {shown!r} (try help)"
 
 
-# -- the server ----------------------------------------------------------------------
-class ControlServer:
-    """Serve the control protocol on a Unix socket from a background thread.
+# -- the servers ---------------------------------------------------------------------
+def _with_counters(doc: dict[str, Any], counters: Mapping[str, int]) -> dict[str, Any]:
+    """``doc`` with the endpoints' own counters (``control:``, ``metrics:``) added."""
+    for k, v in list(counters.items()):
+        doc[k] = (doc.get(k) or 0) + v
+    return doc
+
+
+class _Conn:
+    """One client connection of a :class:`_SelectorServer`."""
+
+    __slots__ = ("sock", "inbuf", "outbuf", "since", "deadline", "eof", "closing", "events")
+
+    def __init__(self, sock: socket.socket, now: float, timeout: float) -> None:
+        self.sock = sock
+        self.inbuf = b""
+        self.outbuf = bytearray()
+        self.since = now               # connected, or last request answered
+        self.deadline = now + timeout  # closed then unless a request completes
+        self.eof = False               # the client half-closed: answer, then close
+        self.closing = False           # close once outbuf is sent
+        self.events = 0
+
+
+class _SelectorServer:
+    """One thread, a selector, bounded connections with time limits (see Limits above).
+
+    Subclasses set ``kind`` (the counter category) and implement ``_on_data(conn, now)``,
+    which consumes ``conn.inbuf`` and appends answers to ``conn.outbuf``.
+    """
+
+    kind = "control"
+
+    def __init__(self, *, timeout: float, max_connections: int,
+                 counters: Stats | None) -> None:
+        self.timeout = float(timeout)
+        self.max_connections = max(1, int(max_connections))
+        self.counters = counters if counters is not None else Stats()
+        self._listen: socket.socket | None = None
+        self._sel: selectors.BaseSelector | None = None
+        self._conns: dict[socket.socket, _Conn] = {}
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._paused = False
+        self._resume_at = 0.0
+        self._next_sweep = 0.0
+        self._logged: dict[str, float] = {}
+
+    # lifecycle
+    def _start_loop(self, listen: socket.socket, name: str) -> None:
+        listen.setblocking(False)
+        self._listen = listen
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(listen, selectors.EVENT_READ, None)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _stop_loop(self) -> None:
+        self._stop.set()
+        if self._wake_w is not None:
+            try:
+                self._wake_w.send(b"x")
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+        for c in list(self._conns.values()):
+            self._close(c)
+        if self._sel is not None:
+            self._sel.close()
+            self._sel = None
+        if self._listen is not None:
+            self._listen.close()
+            self._listen = None
+        for s in (self._wake_r, self._wake_w):
+            if s is not None:
+                s.close()
+        self._wake_r = self._wake_w = None
+
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return len(self._conns)
+
+    # counting
+    def _count(self, reason: str, n: int = 1) -> None:
+        key = f"{self.kind}:{reason}"
+        self.counters[key] += n
+        now = time.monotonic()
+        if now - self._logged.get(reason, -1e9) >= 60:
+            self._logged[reason] = now
+            log.warning("%s: %s connection(s) closed so far (%s; see %s in the stats)",
+                        self._describe(), self.counters[key], reason, key)
+
+    def _describe(self) -> str:
+        return self.kind
+
+    # the loop
+    def _loop(self) -> None:
+        sel = self._sel
+        assert sel is not None
+        while not self._stop.is_set():
+            now = time.monotonic()
+            wait = 0.05 if self._paused else 0.5
+            if self._conns:
+                wait = min(wait, max(0.0, min(c.deadline for c in self._conns.values()) - now))
+            try:
+                events = sel.select(wait)
+            except OSError:
+                time.sleep(0.05)
+                continue
+            now = time.monotonic()
+            accept = False
+            for key, mask in events:
+                if key.data is None:
+                    accept = True
+                elif key.data == "wake":
+                    try:
+                        key.fileobj.recv(64)  # type: ignore[union-attr]
+                    except OSError:
+                        pass
+                else:
+                    conn = key.data
+                    if conn.sock.fileno() < 0:
+                        continue
+                    try:
+                        if mask & selectors.EVENT_WRITE:
+                            self._flush(conn, now)
+                        if mask & selectors.EVENT_READ and conn.sock in self._conns:
+                            self._read(conn, now)
+                    except OSError:
+                        self._close(conn)
+            if self._stop.is_set():
+                break
+            if accept or (self._paused and now >= self._resume_at):
+                self._accept(now)
+            if now >= self._next_sweep or self._paused:
+                self._sweep(now)
+
+    def _accept(self, now: float) -> None:
+        assert self._listen is not None and self._sel is not None
+        for _ in range(256):  # then serve the others before accepting more
+            if len(self._conns) >= self.max_connections:
+                victim = self._idlest(now)
+                if victim is None:
+                    self._pause(now, 0.05)  # new ones wait in the backlog
+                    return
+                self._count("evicted-idle")
+                self._close(victim)
+            try:
+                sock, _addr = self._listen.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._count("accept-error")
+                    self._pause(now, 0.5)  # out of descriptors: rest, do not spin
+                    return
+                break
+            if not self._admit(sock):
+                sock.close()
+                continue
+            sock.setblocking(False)
+            conn = _Conn(sock, now, self.timeout)
+            self._conns[sock] = conn
+            conn.events = selectors.EVENT_READ
+            self._sel.register(sock, selectors.EVENT_READ, conn)
+        self._resume()
+
+    def _pause(self, now: float, seconds: float) -> None:
+        if not self._paused and self._listen is not None and self._sel is not None:
+            self._sel.unregister(self._listen)
+            self._paused = True
+        self._resume_at = now + seconds
+
+    def _resume(self) -> None:
+        if self._paused and self._listen is not None and self._sel is not None:
+            self._sel.register(self._listen, selectors.EVENT_READ, None)
+            self._paused = False
+
+    def _idlest(self, now: float) -> _Conn | None:
+        """The connection idle longest (at least IDLE_GRACE s, nothing to send), or None."""
+        best = None
+        for c in self._conns.values():
+            if c.outbuf or c.since > now - IDLE_GRACE:
+                continue
+            if best is None or c.since < best.since:
+                best = c
+        return best
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + 0.1
+        for c in list(self._conns.values()):
+            if c.deadline <= now:
+                self._count("timeout")
+                self._close(c)
+        if self._paused and len(self._conns) < self.max_connections:
+            self._resume()
+
+    def _admit(self, sock: socket.socket) -> bool:
+        return True
+
+    def _read(self, conn: _Conn, now: float) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not data:
+            conn.eof = True
+        else:
+            conn.inbuf += data
+        self._on_data(conn, now)
+        self._flush(conn, now)
+
+    def _on_data(self, conn: _Conn, now: float) -> None:
+        raise NotImplementedError
+
+    def _flush(self, conn: _Conn, now: float) -> None:
+        if conn.outbuf:
+            try:
+                n = conn.sock.send(conn.outbuf)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            del conn.outbuf[:n]
+            if not conn.outbuf and not conn.closing:
+                self._on_data(conn, now)  # answer what waited for room
+                if conn.outbuf:
+                    return self._flush(conn, now)
+        if not conn.outbuf and (conn.closing or conn.eof):
+            self._close(conn)
+            return
+        want = selectors.EVENT_WRITE if conn.outbuf else selectors.EVENT_READ
+        if want != conn.events and self._sel is not None:
+            self._sel.modify(conn.sock, want, conn)
+            conn.events = want
+
+    def _close(self, conn: _Conn) -> None:
+        if self._conns.pop(conn.sock, None) is not None and self._sel is not None:
+            try:
+                self._sel.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+
+
+class ControlServer(_SelectorServer):
+    """Serve the control protocol on a Unix socket from one background thread.
 
     Args:
         path: socket file; its directory is created (mode 0700) when missing.
         capture_flag: object with ``value`` 1/0 (``CaptureFlag``, ``RawValue("b")``).
         stats_provider: returns the flat counter mapping (called per ``stats`` request).
         extra: facts added to the stats JSON; callables are called per request.
+        timeout: seconds a connection has to complete a command line (from connecting or
+            from its previous answer) before it is closed (``control:timeout``).
+        max_connections: open connections at most; see the module's Limits.
+        counters: where ``control:<reason>`` is counted (and read back into ``stats``);
+            a new ``Stats`` if not given.
+        default: ``path`` is the default one: its directory must be safe (see
+            :func:`check_runtime_dir`) and is made 0700 when missing.
     """
+
+    kind = "control"
 
     def __init__(self, path: str, capture_flag: Any,
                  stats_provider: Callable[[], Mapping[str, Any]], *,
-                 extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 counters: Stats | None = None, default: bool = False) -> None:
+        super().__init__(timeout=timeout, max_connections=max_connections, counters=counters)
         self.path = path
         self.capture_flag = capture_flag
         self.stats_provider = stats_provider
         self.extra = dict(extra or {})
+        self.default = default
         self.started = time.time()
-        self._sock: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._conns: set[socket.socket] = set()
-        self._lock = threading.Lock()
         self._inode: tuple[int, int] | None = None
+        self._bound = False
+
+    def _describe(self) -> str:
+        return f"control socket {self.path}"
 
     # lifecycle
     def start(self) -> "ControlServer":
         """Bind, listen and serve in a daemon thread.
 
         Raises:
+            UnsafeControlPath: the default path's directory is not the user's alone.
             CaptureError: the path is a socket another live process answers on, a
                 non-socket file, or cannot be created.
         """
-        _prepare_path(self.path)
+        _prepare_path(self.path, self.default)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)  # the socket file is born 0600: no window for others
         try:
@@ -391,33 +816,17 @@ class ControlServer:
         os.chmod(self.path, 0o600)
         st = os.stat(self.path)
         self._inode = (st.st_dev, st.st_ino)
-        sock.listen(16)
-        sock.settimeout(0.2)
-        self._sock = sock
+        sock.listen(LISTEN_BACKLOG)
         self.started = time.time()
-        self._thread = threading.Thread(target=self._serve, name="sipcaptool-control",
-                                        daemon=True)
-        self._thread.start()
+        self._start_loop(sock, "sipcaptool-control")
         log.info("control socket listening on %s", self.path)
         return self
 
     def stop(self) -> None:
         """Stop serving, close open connections and remove the socket file (if still ours)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
-        with self._lock:
-            for c in list(self._conns):
-                try:
-                    c.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                c.close()
-            self._conns.clear()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        had = self._listen is not None
+        self._stop_loop()
+        if had:
             try:
                 st = os.stat(self.path)
                 if (st.st_dev, st.st_ino) == self._inode:
@@ -433,9 +842,9 @@ class ControlServer:
 
     # requests
     def stats(self) -> dict[str, Any]:
-        """The current stats document."""
-        return build_stats(_snapshot(self.stats_provider),
-                           capture_on=bool(self.capture_flag.value),
+        """The current stats document (the provider's counters and this server's)."""
+        counters = _with_counters(_snapshot(self.stats_provider), self.counters)
+        return build_stats(counters, capture_on=bool(self.capture_flag.value),
                            started=self.started, extra=self.extra)
 
     def answer(self, line: str) -> str:
@@ -445,72 +854,80 @@ class ControlServer:
             log.exception("control socket: %r failed", line)
             return f"500 - Internal error: {type(e).__name__}: {e}"
 
-    def _serve(self) -> None:
-        assert self._sock is not None
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stop.is_set():
-                    break
-                time.sleep(0.05)
-                continue
-            with self._lock:
-                self._conns.add(conn)
-            threading.Thread(target=self._client, args=(conn,), daemon=True,
-                             name="sipcaptool-control-client").start()
+    def _admit(self, sock: socket.socket) -> bool:
+        uid = _peer_uid(sock)
+        if uid is None or uid in (0, os.geteuid()):
+            return True
+        self._count("peer-uid")
+        return False
 
-    def _client(self, conn: socket.socket) -> None:
-        buf = b""
-        try:
-            conn.settimeout(None)  # inside the try: stop() may have closed it already
-            while not self._stop.is_set():
-                try:
-                    data = conn.recv(4096)
-                except OSError:
-                    break
-                if not data:
-                    if buf.strip():
-                        self._reply(conn, buf)
-                    break
-                buf += data
-                while b"\n" in buf:
-                    raw, buf = buf.split(b"\n", 1)
-                    self._reply(conn, raw)
-                if len(buf) > MAX_LINE:
-                    conn.sendall(b"500 - Line too long\n")
-                    break
-        except OSError:
-            pass
-        finally:
-            with self._lock:
-                self._conns.discard(conn)
-            try:
-                conn.close()
-            except OSError:
-                pass
+    def _on_data(self, conn: _Conn, now: float) -> None:
+        while b"\n" in conn.inbuf and len(conn.outbuf) < _MAX_PENDING_OUT:
+            raw, conn.inbuf = conn.inbuf.split(b"\n", 1)
+            self._reply(conn, raw, now)
+        if b"\n" in conn.inbuf:
+            return  # more lines wait until the client has read what is pending
+        if len(conn.inbuf) > MAX_LINE:
+            conn.outbuf += b"500 - Line too long\n"
+            conn.inbuf = b""
+            conn.closing = True
+            self._count("line-too-long")
+        elif conn.eof:
+            if conn.inbuf.strip():
+                self._reply(conn, conn.inbuf, now)
+            conn.inbuf = b""
+            conn.closing = True
 
-    def _reply(self, conn: socket.socket, raw: bytes) -> None:
+    def _reply(self, conn: _Conn, raw: bytes, now: float) -> None:
+        conn.since = now
+        conn.deadline = now + self.timeout
         line = raw.decode("utf-8", "replace").strip()
         if not line:
             return
-        out = self.answer(line)
-        conn.sendall(out.encode() + b"\n")
+        conn.outbuf += self.answer(line).encode() + b"\n"
 
 
 # -- client --------------------------------------------------------------------------
-def send_command(path: str, line: str, timeout: float = 5.0) -> str:
+class UntrustedPeer(PermissionError):
+    """The process answering on a control socket belongs to another user."""
+
+
+def send_command(path: str, line: str, timeout: float = 5.0,
+                 peer_uids: Collection[int] | None = None) -> str:
     """Send one command and return the answer (without the final newline / empty line).
+
+    A server whose listen backlog is full (many clients at once) is tried again until
+    ``timeout``. ``peer_uids``: refuse (:class:`UntrustedPeer`) unless the answering
+    process runs as one of these users (``SO_PEERCRED``), so no one else's process,
+    wherever its socket sits, is told anything.
 
     Raises:
         FileNotFoundError, ConnectionRefusedError, PermissionError, TimeoutError, OSError.
     """
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+            break
+        except BlockingIOError:  # EAGAIN: the backlog is full; the server is busy
+            s.close()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(errno.ETIMEDOUT, "the server is busy (its backlog is full)")
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.2)
+        except BaseException:
+            s.close()
+            raise
     try:
-        s.connect(path)
+        if peer_uids is not None:
+            uid = _peer_uid(s)
+            if uid is not None and uid not in peer_uids:
+                raise UntrustedPeer(errno.EPERM, f"the process answering is {_who(uid)}'s")
+        s.settimeout(max(0.01, deadline - time.monotonic()))
         s.sendall(line.strip().encode() + b"\n")
         s.shutdown(socket.SHUT_WR)
         chunks = []
@@ -557,7 +974,11 @@ def prometheus_text(doc: Mapping[str, Any]) -> str:
                               ("evicted", "reason", "Decoder state given up, per reason."),
                               ("truncated", "column", "Values cut to their column width."),
                               ("db", "event", "Database batches, errors and retries."),
-                              ("kernel", "name", "Packets dropped by the kernel or interface.")):
+                              ("kernel", "name", "Packets dropped by the kernel or interface."),
+                              ("control", "reason",
+                               "Control socket connections closed or refused, per reason."),
+                              ("metrics", "reason",
+                               "Metrics connections closed or refused, per reason.")):
         group = doc.get(key) or {}
         if group:
             metric(f"{key}_total", "counter", help_,
@@ -586,84 +1007,125 @@ def parse_hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int
     return host or default_host, int(port_s)
 
 
-class MetricsServer:
-    """``GET /metrics`` in the Prometheus text format, served from a daemon thread.
+class MetricsServer(_SelectorServer):
+    """``GET /metrics`` in the Prometheus text format, served from one daemon thread.
+
+    A small HTTP/1.x server of its own rather than ``http.server`` (a thread per
+    connection, each waiting as long as its client trickles) or prometheus-client (the
+    same ``http.server`` underneath): one request per connection, answered with
+    ``Connection: close``; see the module's Limits.
 
     Args:
         addr: (host, port); port 0 picks a free one (see ``address`` after start).
         stats_provider: as for :class:`ControlServer`.
         capture_flag: optional, for ``sipcaptool_capture_on``.
-        request_timeout: seconds a client may take to send its request; a connection
-            that sends nothing is closed then (it would hold a thread and a descriptor
-            of the capturing process for ever).
+        request_timeout: seconds a client may take to send its request and read the
+            answer; then the connection is closed (``metrics:timeout``).
+        max_connections: open connections at most; see the module's Limits.
+        counters: where ``metrics:<reason>`` is counted (and read back into the answer).
     """
 
+    kind = "metrics"
+
     def __init__(self, addr: tuple[str, int], stats_provider: Callable[[], Mapping[str, Any]],
-                 *, capture_flag: Any = None, request_timeout: float = 10.0) -> None:
+                 *, capture_flag: Any = None, request_timeout: float = DEFAULT_TIMEOUT,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 counters: Stats | None = None) -> None:
+        super().__init__(timeout=request_timeout, max_connections=max_connections,
+                         counters=counters)
         self.request_timeout = request_timeout
         self.addr = addr
         self.stats_provider = stats_provider
         self.capture_flag = capture_flag
         self.started = time.time()
-        self._httpd: Any = None
-        self._thread: threading.Thread | None = None
+        self._address: tuple[str, int] | None = None
 
     @property
     def address(self) -> tuple[str, int]:
-        if self._httpd is None:
-            return self.addr
-        return self._httpd.server_address[:2]
+        return self._address or self.addr
+
+    def _describe(self) -> str:
+        host, port = self.address
+        return f"metrics {host}:{port}"
 
     def start(self) -> "MetricsServer":
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            timeout = self.request_timeout
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                if self.path.split("?")[0] not in ("/metrics", "/"):
-                    self.send_error(404)
-                    return
-                flag = owner.capture_flag
-                doc = build_stats(_snapshot(owner.stats_provider),
-                                  capture_on=bool(flag.value) if flag is not None else True,
-                                  started=owner.started)
-                body = prometheus_text(doc).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                log.debug("metrics: " + format, *args)
-
         host, port = self.addr
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-
-        class Server(ThreadingHTTPServer):
-            address_family = family
-            daemon_threads = True
-
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            self._httpd = Server((host, port), Handler)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(LISTEN_BACKLOG)
         except OSError as e:
-            raise CaptureError(f"--metrics {host}:{port}: cannot listen: {e.strerror}") from None
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="sipcaptool-metrics", daemon=True)
-        self._thread.start()
+            sock.close()
+            raise CaptureError(f"--metrics {host}:{port}: cannot listen: "
+                               f"{e.strerror or e}") from None
+        self._address = sock.getsockname()[:2]
+        self.started = time.time()
+        self._start_loop(sock, "sipcaptool-metrics")
         return self
 
     def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        self._stop_loop()
+
+    def body(self) -> bytes:
+        flag = self.capture_flag
+        doc = build_stats(_with_counters(_snapshot(self.stats_provider), self.counters),
+                          capture_on=bool(flag.value) if flag is not None else True,
+                          started=self.started)
+        return prometheus_text(doc).encode()
+
+    def _on_data(self, conn: _Conn, now: float) -> None:
+        if conn.closing:
+            conn.inbuf = b""
+            return
+        end = conn.inbuf.find(b"\r\n\r\n")
+        if end < 0:
+            end = conn.inbuf.find(b"\n\n")
+        if end < 0:
+            if len(conn.inbuf) > MAX_REQUEST:
+                self._count("request-too-long")
+                self._respond(conn, 431, "Request Header Fields Too Large")
+            elif conn.eof:
+                conn.closing = True  # the client gave up before its request was whole
+            return
+        head = conn.inbuf[:end].split(b"\n", 1)[0].rstrip(b"\r")
+        conn.inbuf = b""
+        parts = head.split()
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+            self._count("bad-request")
+            self._respond(conn, 400, "Bad Request")
+            return
+        method, target = parts[0], parts[1].split(b"?", 1)[0]
+        if method not in (b"GET", b"HEAD"):
+            self._count("bad-request")
+            self._respond(conn, 405, "Method Not Allowed", extra=b"Allow: GET, HEAD\r\n")
+            return
+        if target not in (b"/metrics", b"/"):
+            self._respond(conn, 404, "Not Found")
+            return
+        try:
+            body = self.body()
+        except Exception as e:  # a bug in a provider must not kill the server
+            log.exception("metrics: building the answer failed")
+            self._respond(conn, 500, "Internal Server Error",
+                          body=f"{type(e).__name__}: {e}\n".encode())
+            return
+        self._respond(conn, 200, "OK", body=body, head_only=method == b"HEAD",
+                      ctype=b"text/plain; version=0.0.4; charset=utf-8")
+        log.debug("metrics: GET %s 200 %d bytes", target.decode("latin-1"), len(body))
+
+    def _respond(self, conn: _Conn, code: int, reason: str, *, body: bytes | None = None,
+                 head_only: bool = False, ctype: bytes = b"text/plain; charset=utf-8",
+                 extra: bytes = b"") -> None:
+        if body is None:
+            body = f"{code} {reason}\n".encode()
+        conn.outbuf += (f"HTTP/1.1 {code} {reason}\r\n".encode() + b"Content-Type: " + ctype
+                        + f"\r\nContent-Length: {len(body)}\r\n".encode() + extra
+                        + b"Connection: close\r\n\r\n")
+        if not head_only:
+            conn.outbuf += body
+        conn.closing = True
 
 
 class Endpoints:
@@ -673,12 +1135,21 @@ class Endpoints:
     :func:`default_control_path`). An explicit path that another running process
     answers on is refused (CaptureError, exit 5); the *default* path in use (a second
     collector on the same host) only gives a warning and the command runs without a
-    control socket. ``metrics`` is ``HOST:PORT`` for a Prometheus endpoint, or None.
+    control socket -- unless its directory is not safe (another user's, writable by
+    others, a symbolic link: :class:`UnsafeControlPath`, exit 5), which refuses. ``metrics``
+    is ``HOST:PORT`` for a Prometheus endpoint, or None. ``settings`` gives
+    ``control_timeout`` and ``control_max_connections`` (the defaults otherwise); both
+    servers count into ``counters`` (``control:<reason>``, ``metrics:<reason>``), which
+    their answers include.
     """
 
     def __init__(self, command: str, control: str | None, metrics: str | None,
                  capture_flag: Any, stats_provider: Callable[[], Mapping[str, Any]],
-                 extra: Mapping[str, Any] | None = None) -> None:
+                 extra: Mapping[str, Any] | None = None, settings: Any = None) -> None:
+        self.timeout = float(getattr(settings, "control_timeout", DEFAULT_TIMEOUT))
+        self.max_connections = int(getattr(settings, "control_max_connections",
+                                           DEFAULT_MAX_CONNECTIONS))
+        self.counters = Stats()
         self.command = command
         self.control_arg = control
         self.metrics_arg = metrics
@@ -694,11 +1165,15 @@ class Endpoints:
         arg = self.control_arg
         if arg is None or arg.strip().lower() != "none":
             path = arg or default_control_path(self.command)
-            server = ControlServer(path, self.capture_flag, self.stats_provider, extra=self.extra)
+            server = ControlServer(path, self.capture_flag, self.stats_provider, extra=self.extra,
+                                   timeout=self.timeout, max_connections=self.max_connections,
+                                   counters=self.counters, default=not arg)
             try:
                 self.control = server.start()
             except CaptureError as e:
-                if arg:  # asked for explicitly: refuse to run without it
+                if arg or isinstance(e, UnsafeControlPath):
+                    # asked for explicitly, or a directory someone else may have made
+                    # to steer the collector: refuse to run
                     raise
                 logging.getLogger("sipcaptool").warning(
                     "no control socket: %s (give --control PATH, or --control none)", e)
@@ -710,7 +1185,10 @@ class Endpoints:
                 raise ConfigError(f"--metrics {e}") from None
             try:
                 self.metrics = MetricsServer(addr, self.stats_provider,
-                                             capture_flag=self.capture_flag).start()
+                                             capture_flag=self.capture_flag,
+                                             request_timeout=self.timeout,
+                                             max_connections=self.max_connections,
+                                             counters=self.counters).start()
             except OSError as e:
                 self.stop()
                 raise CaptureError(f"--metrics {self.metrics_arg}: cannot listen: "
