@@ -777,43 +777,32 @@ def _identity(msg: SipMessage, get) -> None:
         return
 
 
+# searched in "," + params: a literal first character lets the regex engine skip ahead
+_DIGEST_USERNAME = re.compile(r",[ \t\r\n]*username[ \t\r\n]*=[ \t\r\n]*", re.I | re.A)
+_DIGEST_TOKEN = re.compile(r"[^, \t\r\n]*")
+_DIGEST_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"', re.S)
+
+
 def _digest_user(body: str) -> str:
     """User part (before '@') of the digest ``username`` of a credentials body."""
     s = body.lstrip(" \t")
     scheme, _, params = s.partition(" ")
     if scheme.lower() != "digest":
         return ""
-    low = params.lower()
-    i = 0
-    while True:
-        i = low.find("username", i)
-        if i < 0:
-            return ""
-        before = low[:i].rstrip(" \t\r\n")
-        j = i + 8
-        i = j
-        if before and before[-1] != ",":
-            continue
-        while j < len(params) and params[j] in " \t\r\n":
-            j += 1
-        if params[j : j + 1] != "=":
-            continue
-        j += 1
-        while j < len(params) and params[j] in " \t\r\n":
-            j += 1
-        if params[j : j + 1] == '"':
-            try:
-                end = _skip_quoted(params, j)
-            except ValueError:
-                return ""
-            value = params[j + 1 : end - 1].replace('\\"', '"')
-        else:
-            end = j
-            while end < len(params) and params[end] not in ", \t\r\n":
-                end += 1
-            value = params[j:end]
-        at = value.find("@")
-        return value if at < 0 else value[:at]
+    # the first ``username =`` that starts the parameter list or follows a comma
+    m = _DIGEST_USERNAME.search("," + params)
+    if m is None:
+        return ""
+    j = m.end() - 1
+    if params[j : j + 1] == '"':
+        q = _DIGEST_QUOTED.match(params, j)
+        if q is None:
+            return ""   # unterminated quoted string
+        value = q.group(1).replace('\\"', '"')
+    else:
+        value = _DIGEST_TOKEN.match(params, j).group()
+    at = value.find("@")
+    return value if at < 0 else value[:at]
 
 
 def _originator(body: str) -> tuple[str, int]:
