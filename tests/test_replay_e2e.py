@@ -118,7 +118,8 @@ def test_json_summary(tmp_path):
                                         for p in PCAPS.glob("*.expected.jsonl")))
 def test_project_captures(tmp_path, name):
     cap = next(PCAPS.glob(name + ".pcap*"))
-    expected = [json.loads(line) for line in (PCAPS / f"{name}.expected.jsonl").open()]
+    expected = [json.loads(line) for line in
+                (PCAPS / f"{name}.expected.jsonl").read_text().splitlines()]
     db = tmp_path / "t.db"
     p = run("replay", "-q", "--db", f"sqlite:///{db}", str(cap))
     assert p.returncode == 0, p.stderr
@@ -442,7 +443,8 @@ def test_same_rows_in_all_three_databases(tmp_path, mysql_url, pg_url):
     my = _replay_all(mysql_url)
     pg = _replay_all(pg_url)
     assert len(lite) == 30 + sum(1 for p in PCAPS.glob("*.pcap")
-                                 for _ in (PCAPS / (p.stem + ".expected.jsonl")).open())
+                                 for _ in (PCAPS / (p.stem + ".expected.jsonl")).read_text()
+                                 .splitlines())
     assert normalise(my) == normalise(lite)
     assert normalise(pg) == normalise(lite)
 
