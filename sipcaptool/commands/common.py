@@ -70,11 +70,6 @@ STORAGE_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
       "(a whole-datagram gzip and every compressed payload in it), TCP-framed packet or "
       "capture frame may inflate to, together (K/M suffixes); past it the rest is "
       "refused, counted as malformed:hep-inflate. [default: 256K]"}),
-    (("--hep-max-inflated",), "hep_max_inflated",
-     {"metavar": "BYTES", "help": "HEP: bytes that the compressed parts of one datagram "
-      "(a whole-datagram gzip and every compressed payload in it), TCP-framed packet or "
-      "capture frame may inflate to, together (K/M suffixes); past it the rest is "
-      "refused, counted as malformed:hep-inflate. [default: 256K]"}),
 ]
 
 
