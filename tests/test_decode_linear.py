@@ -162,3 +162,30 @@ def test_digest_username_still_found():
            b'Authorization: Digest realm="usernames", xusername="no", USERNAME = "bob@x", nonce="1"\r\n'
            b"Content-Length: 0\r\n\r\n")
     assert parse_sip(msg).auth_user == "bob"
+
+
+def _sctp_frame(chunk: bytes) -> bytes:
+    return eth(0x0800, ip4("10.0.0.1", "10.0.0.2", 132, struct.pack("!HHII", 5060, 5060, 1, 0) + chunk))
+
+
+def test_sctp_unordered_messages_sharing_a_key_both_reassemble():
+    from decode_builders import INVITE, OK200
+    a, b = INVITE, OK200
+    chunks = {1: (a[:40], 4 | 2), 2: (a[40:80], 4), 3: (a[80:], 4 | 1),
+              4: (b[:30], 4 | 2), 5: (b[30:], 4 | 1)}     # U bit: the SSN (0) is not used
+    d = PacketDecoder(1, Stats())
+    got = []
+    for i, tsn in enumerate((4, 1, 5, 2, 3)):
+        data, flags = chunks[tsn]
+        got += d.decode(i, _sctp_frame(_sctp_data(tsn, data, flags)))
+    assert sorted(m.payload for m in got) == sorted([a, b])
+
+
+def test_sctp_tiny_fragments_bounded_and_counted():
+    st = Stats()
+    d = PacketDecoder(1, st, max_sctp_bytes=64 * 1024)
+    for i in range(5000):
+        d.decode(i, _sctp_frame(_sctp_data(10 + i, b"x", 2 if i % 100 == 0 else 0, ssn=i // 100)))
+    # each fragment is charged its bookkeeping, so 5,000 one-byte fragments do not fit
+    assert d._sctp.held <= 64 * 1024
+    assert st["evicted:sctp-fragments"] >= 1

@@ -562,55 +562,97 @@ class _SctpTsns:
 
 
 class _SctpFragments:
-    """Fragments of SCTP user messages (B/E flags), bounded in bytes and entries."""
+    """Fragments of SCTP user messages (B/E flags), bounded in bytes and entries.
+
+    Fragments of one message key are kept as runs of consecutive sequence numbers
+    (TSN, or FSN for I-DATA) that do not cross a message boundary (an E fragment
+    followed by a B): each fragment joins its neighbours' runs in constant time, and
+    a run from a B to an E fragment is a whole message, joined once.  So a message
+    costs its fragments once, however many there are or however long it stays
+    unfinished.  Each fragment is charged ``FRAGMENT_COST`` bytes on top of its data
+    against ``max_bytes``, for its bookkeeping.
+    """
 
     MAX_ENTRIES = 256
     TIMEOUT_US = 30_000_000
+    FRAGMENT_COST = 128
 
     def __init__(self, stats: Stats, max_bytes: int) -> None:
         self.stats = stats
         self.max_bytes = max_bytes
         self.held = 0
-        self._msgs: dict[object, tuple[int, dict[int, tuple[int, bytes]]]] = {}
+        self._msgs: dict[object, _SctpMessage] = {}   # oldest first
 
     def add(self, ts: int, key: object, seq: int, be: int, data: bytes) -> bytes | None:
         msgs = self._msgs
-        for k in [k for k, (t0, _) in msgs.items() if ts - t0 > self.TIMEOUT_US]:
+        while msgs:
+            k = next(iter(msgs))
+            if ts - msgs[k].ts <= self.TIMEOUT_US:
+                break
             self._evict(k)
-        entry = msgs.get(key)
-        if entry is None:
-            entry = msgs[key] = (ts, {})
-        frags = entry[1]
+        m = msgs.get(key)
+        if m is None:
+            m = msgs[key] = _SctpMessage(ts)
+        frags = m.frags
         if seq in frags:
             return None
         frags[seq] = (be, data)
-        self.held += len(data)
+        cost = len(data) + self.FRAGMENT_COST
+        m.held += cost
+        self.held += cost
+        # join the run ending just before, and the run starting just after
+        lo = hi = seq
+        prev = (seq - 1) & 0xFFFFFFFF
+        if not be & 2 and prev in m.run_lo:
+            p = frags[prev]
+            if not p[0] & 1:
+                lo = m.run_lo.pop(prev)
+        nxt = (seq + 1) & 0xFFFFFFFF
+        if not be & 1 and nxt in m.run_hi:
+            n = frags[nxt]
+            if not n[0] & 2:
+                hi = m.run_hi.pop(nxt)
+        m.run_hi[lo] = hi
+        m.run_lo[hi] = lo
         while (self.held > self.max_bytes or len(msgs) > self.MAX_ENTRIES) and msgs:
             self._evict(next(iter(msgs)))
-        if key not in msgs:
+        if key not in msgs or not (frags[lo][0] & 2 and frags[hi][0] & 1):
             return None
-        first = next((s for s, (f, _) in frags.items() if f & 2), None)
-        if first is None:
-            return None
+        # a whole message: B at lo, E at hi
+        del m.run_hi[lo], m.run_lo[hi]
         parts = []
-        s = first
-        for _ in range(len(frags)):
-            f = frags.get(s)
-            if f is None:
-                return None
+        s = lo
+        while True:
+            f = frags.pop(s)
             parts.append(f[1])
-            if f[0] & 1:
-                del msgs[key]
-                self.held -= sum(len(d) for _, d in frags.values())
-                return b"".join(parts)
+            if s == hi:
+                break
             s = (s + 1) & 0xFFFFFFFF
-        return None
+        freed = sum(len(p) for p in parts) + self.FRAGMENT_COST * len(parts)
+        m.held -= freed
+        self.held -= freed
+        if not frags:
+            del msgs[key]
+        return b"".join(parts)
 
     def _evict(self, key: object) -> None:
-        _, frags = self._msgs.pop(key)
-        self.held -= sum(len(d) for _, d in frags.values())
+        m = self._msgs.pop(key)
+        self.held -= m.held
         self.stats["evicted:sctp-fragments"] += 1
 
     def flush(self) -> None:
         while self._msgs:
             self._evict(next(iter(self._msgs)))
+
+
+class _SctpMessage:
+    """The fragments held under one message key, and their runs (lo -> hi, hi -> lo)."""
+
+    __slots__ = ("ts", "frags", "run_hi", "run_lo", "held")
+
+    def __init__(self, ts: int) -> None:
+        self.ts = ts
+        self.frags: dict[int, tuple[int, bytes]] = {}
+        self.run_hi: dict[int, int] = {}
+        self.run_lo: dict[int, int] = {}
+        self.held = 0
