@@ -485,3 +485,46 @@ def test_a_refused_batch_does_not_lose_the_rest_of_the_datagram():
         col._close_all()
     assert got == ["m0", "m1", "m2", "m3", "m4"]
     assert [str(e) for e in seen] == ["batch refused"]
+
+
+def _replay_peak(pcap: str, root=None) -> tuple[int, dict, int]:
+    """Run ``sipcaptool replay --db none --json`` on ``pcap``; (exit code, summary, peak
+    RSS in MB of the replay process)."""
+    import subprocess
+    import sys
+    from test_hep_collector import ROOT
+
+    root = root or ROOT
+    env = dict(_os.environ, PYTHONPATH=str(root))
+    p = subprocess.Popen([sys.executable, "-m", "sipcaptool", "replay", "--db", "none",
+                          "--json", "-q", pcap], cwd=root, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    with p.stdout:
+        out = p.stdout.read()
+    _pid, status, usage = _os.wait4(p.pid, 0)
+    p.returncode = _os.waitstatus_to_exitcode(status)
+    return p.returncode, _json.loads(out), usage.ru_maxrss // 1024
+
+
+def test_replay_of_a_pcap_with_hep_bombs_stays_bounded(tmp_path):
+    """An 11 KB pcap with a HEP bomb took replay to 2.4 GB (this one, four bombs: 932 MB
+    and 31 s before the fix); now the four are counted and memory stays flat."""
+    from sipcaptool.testing.pcapgen import PcapWriter, udp4_frame
+
+    bomb = _bomb_datagram(900)
+    path = tmp_path / "bombs.pcap"
+    with open(path, "wb") as f:
+        w = PcapWriter(f)
+        for i in range(4):
+            w.write(NOW + i, udp4_frame("192.0.2.1", 40000, "192.0.2.2", 9060, bomb))
+        w.write(NOW + 9, udp4_frame("192.0.2.1", 40000, "192.0.2.2", 9060,
+                                    encode_hep3(message("after-the-bombs"))))
+    assert path.stat().st_size < 12_000
+    rc, summary, peak_mb = _replay_peak(str(path))
+    print("HOSTILE " + _json.dumps({"replay_bomb_pcap_bytes": path.stat().st_size,
+                                    "peak_rss_mb": peak_mb}))
+    assert rc == 0, summary
+    assert summary["malformed"] == {"hep-inflate": 4}, summary
+    assert summary["messages"] == 1                  # the message after them is decoded
+    assert summary["refused_bytes"] == {"hep-inflate": 4 * len(bomb)}, summary
+    assert peak_mb < 150, peak_mb
