@@ -139,6 +139,7 @@ def test_sigterm_without_a_drain_limit_stores_the_whole_backlog_and_refuses_new_
     _wait_for(lambda: _stopping(c), 20, "the collector to seal its sockets")
     late = 200
     _backlog(c, "late", late)
+    c.proc.wait(60)                # (stop() would send a second signal)
     rc, summary, err = c.stop()
     stored = _stored(pg_url, "udp")
     _report(fault="SIGTERM with a backlog a slow database (100 rows / 0.25 s) takes 7 s "
@@ -152,6 +153,27 @@ def test_sigterm_without_a_drain_limit_stores_the_whole_backlog_and_refuses_new_
     assert _stored(pg_url, "late") == set()
     assert summary["kernel"].get("udp-after-stop") == late, summary
     assert summary["kernel"].get("udp-drops", 0) == 0, summary
+
+
+def test_a_second_signal_cuts_the_drain_short_and_everything_left_is_counted(
+        pg_url, collectors, tmp_path):
+    """An operator who will not wait (a second Ctrl-C, a second SIGTERM): the drain stops
+    storing at once, the rest of the backlog is read and counted, and nothing is lost."""
+    _slow_postgres(pg_url, 0.25)
+    c = collectors(pg_url, "--batch-size", "100", "--stop-drain-timeout", "0",
+                   "--spool-dir", str(tmp_path / "spool"), "-v", tcp=False)
+    sent = 3000
+    _backlog(c, "udp", sent)
+    time.sleep(1.0)
+    c.proc.send_signal(signal.SIGINT)
+    _wait_for(lambda: _stopping(c), 20, "the collector to seal its sockets")
+    rc, summary, err = c.stop(signal.SIGINT)
+    stored = _stored(pg_url, "udp")
+    dropped = summary["dropped"].get("shutdown", 0)
+    assert rc == 4, err
+    assert dropped > 0 and len(stored) + dropped == sent, (len(stored), summary)
+    assert summary["stored_total"] == len(stored) and summary["packets"] == sent
+    assert "a second signal" in err
 
 
 def test_drain_limit_is_a_setting_with_a_default():

@@ -171,7 +171,8 @@ def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf:
         result["exit_error"] = StoreError(
             f"{left} HEP packets received before the stop were not stored: the database "
             f"did not take them within {settings.stop_drain_timeout:g}s "
-            "(stop_drain_timeout); counted as dropped:shutdown")
+            "(stop_drain_timeout), or a second signal cut the drain short; counted as "
+            "dropped:shutdown")
         result.setdefault("errors", []).append(str(result["exit_error"]))
     summary = summary_dict(stats, {
         "uptime_seconds": round(time.monotonic() - started, 3),

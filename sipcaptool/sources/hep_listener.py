@@ -368,6 +368,7 @@ class HepCollector:
         self._conns: OrderedDict[int, _Conn] = OrderedDict()
         self._budgets: dict[int, int] = {}   # at the stop: fd -> bytes queued then
         self._drops_at_stop: int | None = None
+        self._hurry = False                  # a second signal: count what is left now
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -388,8 +389,12 @@ class HepCollector:
             pass
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM and SIGINT request a graceful stop (main thread only)."""
+        """SIGTERM and SIGINT request a graceful stop (main thread only); a second one
+        while the sockets are drained ends the drain's storing at once (what is left is
+        read and counted, see :meth:`_drain`)."""
         def handler(signum, _frame):
+            if self._stop:
+                self._hurry = True
             self.stop(signal.Signals(signum).name)
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
@@ -483,7 +488,7 @@ class HepCollector:
             end = time.monotonic()
 
         def in_time() -> bool:
-            return end is None or time.monotonic() < end
+            return not self._hurry and (end is None or time.monotonic() < end)
 
         # (the UDP sockets stay sealed after they are closed here: the writer process,
         # forked after they were bound, holds copies until it has written everything)
@@ -505,9 +510,10 @@ class HepCollector:
         for conn in list(self._conns.values()):
             left += self._discard_tcp(conn, self._budgets.get(conn.sock.fileno(), 0))
         if left:
-            log.error("stopping: %d HEP packets received before the stop could not be stored "
-                      "within %gs (stop_drain_timeout) and are dropped, counted as "
-                      "dropped:shutdown", left, self.drain_limit or 0)
+            why = ("a second signal came" if self._hurry else
+                   f"not stored within {self.drain_limit or 0:g}s (stop_drain_timeout)")
+            log.error("stopping: %d HEP packets received before the stop are dropped (%s), "
+                      "counted as dropped:shutdown", left, why)
 
     def _seal(self) -> None:
         """At the stop: no new datagrams or connections; note what each TCP connection
