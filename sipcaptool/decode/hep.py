@@ -695,51 +695,53 @@ def _decode_gzipped(data: bytes, now_us: int, auth_key: bytes | None,
     """A whole datagram gzipped (heplify): inflated one packet at a time, see
     :func:`decode_datagram`."""
     d = zlib.decompressobj(wbits=47)
-    state = {"src": data, "buf": b"", "eof": False}
+    src = data        # compressed bytes not consumed yet
+    buf = b""         # inflated bytes; buf[pos:] not decoded yet
+    pos = 0
+    eof = False
 
-    def pull(need: int) -> bytes:
-        """Inflate until ``need`` bytes are buffered or the stream ends; the buffer."""
-        buf = state["buf"]
-        while len(buf) < need and not state["eof"]:
+    def pull(need: int) -> int:
+        """Inflate until ``need`` bytes from ``pos`` are there or the stream ends; how
+        many there are."""
+        nonlocal src, buf, pos, eof
+        have = len(buf) - pos
+        while have < need and not eof:
             left = budget[0]
             try:
-                got = d.decompress(state["src"], min(max(need - len(buf), _INFLATE_STEP),
-                                                     left + 1))
+                got = d.decompress(src, min(max(need - have, _INFLATE_STEP), left + 1))
             except zlib.error as exc:
                 raise DecodeError("hep-inflate", str(exc)) from None
-            state["src"] = d.unconsumed_tail
+            src = d.unconsumed_tail
             budget[0] = left - len(got)
             if budget[0] < 0:
                 raise DecodeError("hep-inflate", f"whole-datagram gzip inflates past the "
                                   f"datagram's inflate budget ({left} bytes were left)")
-            buf += got
+            buf = buf[pos:] + got
+            pos = 0
+            have = len(buf)
             if d.eof:
-                state["eof"] = True
-            elif not got and not state["src"]:
+                eof = True
+            elif not got and not src:
                 raise DecodeError("hep-inflate", "compressed stream cut off")
-        state["buf"] = buf
-        return buf
+        return have
 
     def unread() -> int:
-        return len(state["buf"]) + len(state["src"])
+        return len(buf) - pos + len(src)
 
     try:
-        buf = pull(6)
+        have = pull(6)
     except DecodeError as exc:
         raise _sized(exc, len(data)) from None
     if buf[:2] == b"\x1f\x8b":
         raise _sized(DecodeError("hep-inflate", "gzip inside gzip"), len(data))
-    if len(buf) < 6 or buf[:4] not in HEP3_IDS:
+    if have < 6 or buf[:4] not in HEP3_IDS:
         if auth_key is not None and buf[:1] in (b"\x01", b"\x02"):
             # HEPv1/v2 cannot carry a key: refused before inflating the rest
             raise _sized(DecodeError("hep-auth", f"HEPv{buf[0]} packet without "
                                      "authentication key"), len(data))
         try:
-            whole = pull(budget[0] + len(buf) + 1)
-        except DecodeError as exc:
-            raise _sized(exc, len(data)) from None
-        try:
-            return _decode_plain(whole, now_us, auth_key, errors, budget)
+            pull(budget[0] + have + 1)
+            return _decode_plain(buf, now_us, auth_key, errors, budget)
         except DecodeError as exc:
             raise _sized(exc, len(data)) from None
 
@@ -747,39 +749,38 @@ def _decode_gzipped(data: bytes, now_us: int, auth_key: bytes | None,
     failed: list[DecodeError] = []
     while True:
         try:
-            buf = pull(6)
-            if not buf and state["eof"]:
+            have = pull(6)
+            if not have and eof:
                 break
-            if len(buf) < 6 or buf[:4] not in HEP3_IDS:
+            if have < 6 or buf[pos:pos + 4] not in HEP3_IDS:
                 failed.append(_sized(DecodeError(
-                    "hep3-trailing", f"{len(buf)} bytes after the HEP3 packet(s)"), len(buf)))
+                    "hep3-trailing", f"{have} bytes after the HEP3 packet(s)"), have))
                 break
-            total = _u16(buf, 4)[0]
+            total = _u16(buf, pos + 4)[0]
             if total < 6:
                 failed.append(_sized(DecodeError("hep3-bad-length", f"total length {total}"),
                                      unread()))
                 break
-            buf = pull(total)
-            if len(buf) < total:
+            have = pull(total)
+            if have < total:
                 failed.append(_sized(DecodeError(
-                    "hep3-bad-length", f"total length {total}, {len(buf)} bytes available"),
-                    len(buf)))
+                    "hep3-bad-length", f"total length {total}, {have} bytes available"),
+                    have))
                 break
         except DecodeError as exc:
             # the outer stream: corrupt, cut off, or past the budget
             failed.append(_sized(exc, unread()))
             break
+        start = pos
+        pos += total
         try:
-            out.append(_decode_hep3(buf, 0, total, now_us, auth_key, budget))
+            out.append(_decode_hep3(buf, start, pos, now_us, auth_key, budget))
         except DecodeError as exc:
-            state["buf"] = buf[total:]
             if exc.reason == "hep-auth" or budget[0] < 0:
                 # a sender without the key, or the budget spent: inflate nothing more
                 failed.append(_sized(exc, total + unread()))
                 break
             failed.append(_sized(exc, total))
-            continue
-        state["buf"] = buf[total:]
     if not out and failed:
         # nothing of the datagram is kept: it is refused whole, as received
         _sized(failed[0], len(data))
