@@ -82,7 +82,7 @@ HEP3_MAX_LEN = 65535
 # what one datagram can cost stays a fixed few hundred KB. The ``hep_max_inflated``
 # setting changes it.
 MAX_INFLATED = 256 * 1024
-_INFLATE_STEP = 65536   # whole-datagram gzip: inflated this much at a time (one packet)
+_INFLATE_STEP = 4096    # whole-datagram gzip: inflated at least this much at a time
 
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
