@@ -17,6 +17,14 @@ Wire facts (see the project's HEP notes):
   unknown generic chunks are skipped; a generic chunk of type 0 invalidates the packet
   (as in Kamailio). A UDP datagram may hold several HEPv3 packets back to back.
 
+Compressed input is bounded by bytes, not by count: a datagram (a TCP-framed packet, a
+capture frame) has an inflate budget (``max_inflated``, default :data:`MAX_INFLATED`)
+that the whole-datagram gzip and every chunk 0x0010 in it share; nothing inflates past
+it, and a whole-datagram gzip is inflated a few KB at a time, each packet decoded
+before more is inflated. With an authentication key, a packet's key is checked before
+its payload is inflated, and a gzipped datagram is left at its first packet without
+the key: a sender without it costs about as much as an honest packet.
+
 Decoding follows Kamailio's sipcapture where it is sound and does the right thing where
 Kamailio crashes or drops a message for its own limits; each such place says so.
 
