@@ -176,6 +176,24 @@ def test_a_second_signal_cuts_the_drain_short_and_everything_left_is_counted(
     assert "a second signal" in err
 
 
+def test_a_packet_half_received_at_the_stop_is_counted_as_cut_not_as_a_database_failure(
+        sqlite_url, collectors):
+    """An agent in the middle of a packet when SIGTERM comes: the whole packets before it
+    are stored, the cut one counted as malformed:hep3-stream-truncated, and the exit
+    status stays 0 (nothing the database failed to take)."""
+    c = collectors(sqlite_url, udp=False)
+    agent = c.tcp()
+    whole = [encode_hep3(message(f"whole-{i}")) for i in range(3)]
+    agent.sendall(b"".join(whole) + encode_hep3(message("cut"))[:25])
+    _wait_for(lambda: len(_rows(sqlite_url)) >= 3, 10, "the rows")
+    rc, summary, err = c.stop()
+    agent.close()
+    assert rc == 0, err
+    assert _rows(sqlite_url) == {f"whole-{i}" for i in range(3)}
+    assert summary["malformed"] == {"hep3-stream-truncated": 1}, summary
+    assert summary["dropped"] == {}, summary
+
+
 def test_drain_limit_is_a_setting_with_a_default():
     s = Settings.load(env={})
     assert s.stop_drain_timeout == 30.0 and s.origin["stop_drain_timeout"] == "default"

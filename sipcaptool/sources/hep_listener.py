@@ -39,8 +39,8 @@ Counters (in the shared :class:`~sipcaptool.stats.Stats`):
   data (a packet half-received on one is also counted as ``hep3-stream-truncated``);
 * ``dropped:shutdown``: datagrams and TCP-framed packets that were in the sockets at
   the stop request but could not be stored within ``drain_limit`` seconds (read and
-  counted, see :meth:`HepCollector._drain`), and packets only partly received on a
-  TCP connection when it is closed at the stop;
+  counted, see :meth:`HepCollector._drain`); a packet only partly received on a TCP
+  connection closed at the stop is ``malformed:hep3-stream-truncated``;
 * ``kernel:udp-after-stop``: datagrams that arrived after the stop request, refused by
   the kernel (the drain reads what was there at the stop, not new traffic).
 
@@ -475,9 +475,11 @@ class HepCollector:
         What it reads is stored for up to ``drain_limit`` seconds (None or 0: however
         long the database takes). What is left when that time is up is still read, and
         counted as ``dropped:shutdown`` (one per datagram or TCP-framed packet), never
-        left in a socket closed unread; so is a packet only partly received on a TCP
-        connection. With --count nothing is drained (the limit is exact); after the
-        writer process died (``db-error``) nothing can be stored, so all is counted.
+        left in a socket closed unread. A packet only partly received on a TCP
+        connection is counted as ``malformed:hep3-stream-truncated``, as on any
+        connection closed in the middle of one. With --count nothing is drained (the
+        limit is exact); after the writer process died (``db-error``) nothing can be
+        stored, so all is counted. A second signal ends the storing at once.
         """
         if self.stop_reason == "count":
             return
@@ -576,7 +578,8 @@ class HepCollector:
 
     def _discard_tcp(self, conn: _Conn, budget: int) -> int:
         """Read the ``budget`` bytes a connection held at the stop and not read yet; count
-        its packets (and a packet only partly received) as dropped:shutdown."""
+        its packets as dropped:shutdown (a packet only partly received as
+        ``malformed:hep3-stream-truncated``)."""
         lst = conn.listener
         n = 0
         while budget > 0 and conn.sock.fileno() >= 0:
@@ -601,7 +604,8 @@ class HepCollector:
             if conn.stream.error is not None:
                 self._bad_stream(conn, conn.stream.error)
         if conn.sock.fileno() >= 0 and conn.stream.buffered:
-            n += 1
+            # its end had not arrived: cut off, as on any connection closed mid-packet
+            self.stats["malformed:hep3-stream-truncated"] += 1
         self.stats["dropped:shutdown"] += n
         return n
 
@@ -701,7 +705,7 @@ class HepCollector:
         except DecodeError as e:
             self._reject(e, addr)
             pkts = ()
-        except Exception as e:  # a decoder bug must not stop the collector
+        except Exception as e:  # noqa: BLE001 - a decoder bug must not stop the collector
             errs.clear()
             self._internal_error(e, addr)
             return
@@ -717,7 +721,7 @@ class HepCollector:
             except StoreError as e:
                 # an earlier batch's failure; this message was taken all the same
                 store_error = store_error or e
-            except Exception as e:  # a parser bug must not stop the collector
+            except Exception as e:  # noqa: BLE001 - a parser bug must not stop the collector
                 self._internal_error(e, addr)
         if store_error is not None:
             if self.on_store_error is None:
