@@ -1,22 +1,33 @@
-"""Hostile input: HEP packets claiming more than they carry, huge Content-Length, and SIP
+"""Hostile input: HEP packets claiming more than they carry, huge Content-Length, SIP
 fields full of quotes, NULs, invalid UTF-8, SQL fragments and 10 KB values stored end
-to end through ``sipcaptool hep`` into each database."""
+to end through ``sipcaptool hep`` into each database, and compression bombs (issue 17,
+section 1): per-datagram inflate budget, the key checked before inflating, every
+refused packet counted once, peak RSS of the collector and of replay under attack."""
 
 from __future__ import annotations
 
+import gzip as _gzip
+import json as _json
+import os as _os
 import socket
 import struct
+import subprocess
+import sys
+import threading
 import time
+import tracemalloc
+import zlib as _zlib
 
 import pytest
+from test_hep_collector import ROOT, collectors, message, rows_by_callid  # noqa: F401
 
-from sipcaptool.decode.hep import HepStream, decode_datagram, encode_hep3
+from sipcaptool.decode.hep import MAX_INFLATED, HepStream, decode_datagram, encode_hep3
+from sipcaptool.decode.packet import PacketDecoder
 from sipcaptool.decode.sip import looks_like_sip
 from sipcaptool.decode.tcp import MAX_BODY_BYTES, TcpReassembler
 from sipcaptool.errors import DecodeError
 from sipcaptool.stats import Stats
-
-from test_hep_collector import collectors, message, rows_by_callid  # noqa: F401
+from sipcaptool.testing.pcapgen import PcapWriter, udp4_frame
 
 NOW = 1_767_225_601_000_001
 
@@ -117,12 +128,6 @@ def test_hostile_sip_values_stored_safely_end_to_end(any_db_url, collectors):
 # the key was checked after inflating. One 2,850-byte gzipped datagram of HEP packets,
 # each with a chunk 0x0010 inflating to 1 MB, took the collector to 952 MB.
 
-import gzip as _gzip
-import tracemalloc
-import zlib as _zlib
-
-from sipcaptool.decode.hep import MAX_INFLATED
-from sipcaptool.decode.packet import PacketDecoder
 
 _STD = encode_hep3(message("std", payload=b"x"))[:-7]   # header + the usual chunks
 
@@ -287,9 +292,6 @@ def test_replay_of_a_hep_bomb_frame_stays_bounded():
 
 # --------------------------------------------------------------------------- end to end
 
-import json as _json
-import os as _os
-import threading
 
 
 def _tree_vmhwm_kb(pid: int) -> dict[int, int]:
@@ -490,9 +492,6 @@ def test_a_refused_batch_does_not_lose_the_rest_of_the_datagram():
 def _replay_peak(pcap: str, root=None) -> tuple[int, dict, int]:
     """Run ``sipcaptool replay --db none --json`` on ``pcap``; (exit code, summary, peak
     RSS in MB of the replay process)."""
-    import subprocess
-    import sys
-    from test_hep_collector import ROOT
 
     root = root or ROOT
     env = dict(_os.environ, PYTHONPATH=str(root))
@@ -509,7 +508,6 @@ def _replay_peak(pcap: str, root=None) -> tuple[int, dict, int]:
 def test_replay_of_a_pcap_with_hep_bombs_stays_bounded(tmp_path):
     """An 11 KB pcap with a HEP bomb took replay to 2.4 GB (this one, four bombs: 932 MB
     and 31 s before the fix); now the four are counted and memory stays flat."""
-    from sipcaptool.testing.pcapgen import PcapWriter, udp4_frame
 
     bomb = _bomb_datagram(900)
     path = tmp_path / "bombs.pcap"
