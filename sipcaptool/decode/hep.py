@@ -792,8 +792,8 @@ def _decode_gzipped(data: bytes, now_us: int, auth_key: bytes | None,
     if not out and failed:
         # nothing of the datagram is kept: it is refused whole, as received
         _sized(failed[0], len(data))
-        for exc in failed[1:]:
-            _sized(exc, 0)
+        for other in failed[1:]:
+            _sized(other, 0)
     return _finish(out, failed, errors)
 
 

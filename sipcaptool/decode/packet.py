@@ -401,11 +401,11 @@ class PacketDecoder:
         except DecodeError as e:
             errors.append(e)
             pkts = ()
-        for e in errors:
-            stats["malformed:" + e.reason] += 1
-            size = getattr(e, "size", 0)
+        for err in errors:
+            stats["malformed:" + err.reason] += 1
+            size = getattr(err, "size", 0)
             if size:
-                stats["refused-bytes:" + e.reason] += size
+                stats["refused-bytes:" + err.reason] += size
         for pkt in pkts:
             out.append(pkt.to_message(now_us=ts))
 
