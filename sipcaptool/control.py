@@ -87,18 +87,22 @@ thread per connection), with a listen backlog of ``LISTEN_BACKLOG``. A control
 connection must complete a command line within ``timeout`` seconds of connecting or of
 its previous answer, and a metrics client must send its whole request within
 ``timeout`` seconds; otherwise the connection is closed (``control:timeout``,
-``metrics:timeout``). At most ``max_connections`` connections are open on each; a new
-one beyond that takes the place of the one idle longest (at least ``IDLE_GRACE``
-seconds; ``control:evicted-idle``, ``metrics:evicted-idle``), or waits in the backlog
-until a place is free. ``--control-timeout`` and ``--control-max-connections`` (the
-settings ``control_timeout``, ``control_max_connections``) set both.
+``metrics:timeout``). What a client sent with its connection is answered at once (a
+``ctl`` request is answered and closed before it takes a place). At most
+``max_connections`` connections stay open on each; a new one beyond that takes the
+place of the one idle longest (at least ``IDLE_GRACE`` seconds, ``SILENT_GRACE`` if it
+never sent a byte; ``control:evicted-idle``, ``metrics:evicted-idle``), or, when every
+one is busy, is closed itself (``control:refused-full``, ``metrics:refused-full``).
+``send_command`` tries again when closed before an answer (every command is
+idempotent). ``--control-timeout`` and ``--control-max-connections`` (the settings
+``control_timeout``, ``control_max_connections``) set both.
 
 Who may talk
 ------------
 The default socket's directory (``/tmp/sipcaptool-<uid>`` and the others of
 :func:`default_control_path`) must be a directory -- not a symbolic link -- owned by the
 user and writable by no one else, as OpenSSH and tmux require of theirs; it is created
-mode 0700. Anything else is refused (:class:`UnsafeControlPath`): another local user
+mode 0700. Anything else is refused (:class:`UnsafeControlPathError`): another local user
 who made that directory first could move the collector's socket away and answer
 ``ctl`` in its place. The server answers only clients of its own user or root
 (``SO_PEERCRED``; others are closed, ``control:peer-uid``); ``ctl`` talks only to a
@@ -128,7 +132,7 @@ __all__ = [
     "ControlServer",
     "MetricsServer",
     "NOT_ENOUGH_PARAMETERS",
-    "UnsafeControlPath",
+    "UnsafeControlPathError",
     "check_control_socket",
     "check_runtime_dir",
     "build_stats",
@@ -152,6 +156,7 @@ DEFAULT_TIMEOUT = 5.0         # seconds (setting control_timeout)
 DEFAULT_MAX_CONNECTIONS = 64  # per server (setting control_max_connections)
 LISTEN_BACKLOG = max(128, socket.SOMAXCONN)
 IDLE_GRACE = 1.0              # a connection idle this long may make room for a new one
+SILENT_GRACE = 0.1            # ... or this long, if it has sent nothing at all
 _MAX_PENDING_OUT = 256 * 1024  # answers waiting for a client that does not read
 
 HELP_LINES = [
@@ -189,7 +194,7 @@ def default_control_path(command: str) -> str:
     return os.path.join(f"/tmp/sipcaptool-{uid}", name)
 
 
-class UnsafeControlPath(CaptureError):
+class UnsafeControlPathError(CaptureError):
     """A control socket, or its directory, that another local user could have put there."""
 
 
@@ -207,10 +212,10 @@ def check_runtime_dir(directory: str, *, create: bool = False) -> None:
 
     With ``create``, the directory is made (mode 0700) when missing. It must then be a
     directory, not a symbolic link, owned by the effective user and writable by no one
-    else; its parent must not let others replace it. Raises :class:`UnsafeControlPath`
+    else; its parent must not let others replace it. Raises :class:`UnsafeControlPathError`
     (one line: what is wrong and what to do).
     """
-    _check_parent(directory)
+    _check_parent(directory, "control socket directory")
     if create:
         try:
             os.mkdir(directory, 0o700)
@@ -228,35 +233,39 @@ def check_runtime_dir(directory: str, *, create: bool = False) -> None:
     euid = os.geteuid()
     fix = "remove it (or set XDG_RUNTIME_DIR, or give --control PATH)"
     if stat.S_ISLNK(st.st_mode):
-        raise UnsafeControlPath(f"control socket directory {directory} is a symbolic link, "
+        raise UnsafeControlPathError(f"control socket directory {directory} is a symbolic link, "
                                 f"owned by {_who(st.st_uid)}; refusing to use it: {fix}")
     if not stat.S_ISDIR(st.st_mode):
-        raise UnsafeControlPath(f"control socket directory {directory} is not a directory; {fix}")
+        raise UnsafeControlPathError(f"control socket directory {directory} is not a directory; {fix}")
     if st.st_uid != euid:
-        raise UnsafeControlPath(f"control socket directory {directory} is owned by "
+        raise UnsafeControlPathError(f"control socket directory {directory} is owned by "
                                 f"{_who(st.st_uid)}, not by you ({_who(euid)}): another user "
                                 f"could answer in the collector's place; {fix}")
     if st.st_mode & 0o022:
-        raise UnsafeControlPath(f"control socket directory {directory} is writable by "
+        raise UnsafeControlPathError(f"control socket directory {directory} is writable by "
                                 f"{'others' if st.st_mode & 0o002 else 'its group'} (mode "
                                 f"{stat.S_IMODE(st.st_mode):04o}): another user could answer in "
                                 f"the collector's place; make it 0700 ({fix})")
 
 
-def _check_parent(directory: str) -> None:
-    """The parent of a socket directory must not let another user swap what is in it."""
-    parent = os.path.dirname(os.path.abspath(directory))
+def _check_parent(path: str, what: str = "control socket") -> None:
+    """The directory holding ``path`` must not let another user replace ``path``: owned
+    by this user or root, and not writable by others unless sticky (as /tmp)."""
+    parent = os.path.dirname(os.path.abspath(path))
     try:
         st = os.stat(parent)
     except OSError:
-        return  # missing: creating the directory fails with its own message
+        return  # missing: creating it, or connecting, fails with its own message
     euid = os.geteuid()
-    sticky = bool(st.st_mode & stat.S_ISVTX)
-    if st.st_uid not in (euid, 0) or (st.st_mode & 0o002 and not sticky):
-        raise UnsafeControlPath(f"control socket directory {directory}: its parent {parent} "
-                                f"({_who(st.st_uid)}, mode {stat.S_IMODE(st.st_mode):04o}) lets "
-                                "another user replace it; give --control PATH in a directory "
-                                "only you can write")
+    if st.st_uid not in (euid, 0):
+        why = f"is owned by {_who(st.st_uid)}"
+    elif st.st_mode & 0o002 and not st.st_mode & stat.S_ISVTX:
+        why = f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+    else:
+        return
+    raise UnsafeControlPathError(f"{what} {path}: its directory {parent} {why}, so another "
+                                 "user could replace it; refusing to use it: give --control "
+                                 "PATH in a directory only you (or root) can write")
 
 
 def check_control_socket(path: str, *, default: bool) -> None:
@@ -279,9 +288,9 @@ def check_control_socket(path: str, *, default: bool) -> None:
         return
     euid = os.geteuid()
     if not stat.S_ISSOCK(st.st_mode):
-        raise UnsafeControlPath(f"control socket {path}: not a socket")
+        raise UnsafeControlPathError(f"control socket {path}: not a socket")
     if euid != 0 and st.st_uid not in (euid, 0):
-        raise UnsafeControlPath(f"control socket {path} is owned by {_who(st.st_uid)}, not by "
+        raise UnsafeControlPathError(f"control socket {path} is owned by {_who(st.st_uid)}, not by "
                                 f"you ({_who(euid)}): refusing to talk to another user's "
                                 "process; give the collector's --control PATH")
 
@@ -512,7 +521,8 @@ def _with_counters(doc: dict[str, Any], counters: Mapping[str, int]) -> dict[str
 class _Conn:
     """One client connection of a :class:`_SelectorServer`."""
 
-    __slots__ = ("sock", "inbuf", "outbuf", "since", "deadline", "eof", "closing", "events")
+    __slots__ = ("sock", "inbuf", "outbuf", "since", "deadline", "eof", "closing", "events",
+                 "received")
 
     def __init__(self, sock: socket.socket, now: float, timeout: float) -> None:
         self.sock = sock
@@ -523,6 +533,7 @@ class _Conn:
         self.eof = False               # the client half-closed: answer, then close
         self.closing = False           # close once outbuf is sent
         self.events = 0
+        self.received = 0              # bytes received so far
 
 
 class _SelectorServer:
@@ -647,15 +658,11 @@ class _SelectorServer:
                 self._sweep(now)
 
     def _accept(self, now: float) -> None:
+        """Accept what waits; serve at once what a client sent with its connection (a
+        ``ctl`` request usually: it is answered and closed without taking a place); past
+        ``max_connections``, close the connection idle longest -- or the new one."""
         assert self._listen is not None and self._sel is not None
         for _ in range(256):  # then serve the others before accepting more
-            if len(self._conns) >= self.max_connections:
-                victim = self._idlest(now)
-                if victim is None:
-                    self._pause(now, 0.05)  # new ones wait in the backlog
-                    return
-                self._count("evicted-idle")
-                self._close(victim)
             try:
                 sock, _addr = self._listen.accept()
             except (BlockingIOError, InterruptedError):
@@ -674,6 +681,19 @@ class _SelectorServer:
             self._conns[sock] = conn
             conn.events = selectors.EVENT_READ
             self._sel.register(sock, selectors.EVENT_READ, conn)
+            try:
+                self._read(conn, now)
+            except OSError:
+                self._close(conn)
+                continue
+            if sock in self._conns and len(self._conns) > self.max_connections:
+                victim = self._idlest(now, conn)
+                if victim is None:
+                    self._count("refused-full")
+                    self._close(conn)
+                else:
+                    self._count("evicted-idle")
+                    self._close(victim)
         self._resume()
 
     def _pause(self, now: float, seconds: float) -> None:
@@ -687,11 +707,14 @@ class _SelectorServer:
             self._sel.register(self._listen, selectors.EVENT_READ, None)
             self._paused = False
 
-    def _idlest(self, now: float) -> _Conn | None:
-        """The connection idle longest (at least IDLE_GRACE s, nothing to send), or None."""
+    def _idlest(self, now: float, new: _Conn) -> _Conn | None:
+        """The connection idle longest, other than ``new``, with nothing to send: idle at
+        least IDLE_GRACE s (SILENT_GRACE s if it never sent a byte); or None."""
         best = None
         for c in self._conns.values():
-            if c.outbuf or c.since > now - IDLE_GRACE:
+            if c is new or c.outbuf:
+                continue
+            if c.since > now - (IDLE_GRACE if c.received else SILENT_GRACE):
                 continue
             if best is None or c.since < best.since:
                 best = c
@@ -703,21 +726,23 @@ class _SelectorServer:
             if c.deadline <= now:
                 self._count("timeout")
                 self._close(c)
-        if self._paused and len(self._conns) < self.max_connections:
-            self._resume()
 
     def _admit(self, sock: socket.socket) -> bool:
         return True
 
     def _read(self, conn: _Conn, now: float) -> None:
-        try:
-            data = conn.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        if not data:
-            conn.eof = True
-        else:
+        for _ in range(4):  # what is there, up to 256 KB a turn
+            try:
+                data = conn.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not data:
+                conn.eof = True
+                break
             conn.inbuf += data
+            conn.received += len(data)
+            if len(conn.inbuf) > 2 * MAX_REQUEST:
+                break
         self._on_data(conn, now)
         self._flush(conn, now)
 
@@ -797,7 +822,7 @@ class ControlServer(_SelectorServer):
         """Bind, listen and serve in a daemon thread.
 
         Raises:
-            UnsafeControlPath: the default path's directory is not the user's alone.
+            UnsafeControlPathError: the default path's directory is not the user's alone.
             CaptureError: the path is a socket another live process answers on, a
                 non-socket file, or cannot be created.
         """
@@ -888,7 +913,7 @@ class ControlServer(_SelectorServer):
 
 
 # -- client --------------------------------------------------------------------------
-class UntrustedPeer(PermissionError):
+class UntrustedPeerError(PermissionError):
     """The process answering on a control socket belongs to another user."""
 
 
@@ -896,49 +921,56 @@ def send_command(path: str, line: str, timeout: float = 5.0,
                  peer_uids: Collection[int] | None = None) -> str:
     """Send one command and return the answer (without the final newline / empty line).
 
-    A server whose listen backlog is full (many clients at once) is tried again until
-    ``timeout``. ``peer_uids``: refuse (:class:`UntrustedPeer`) unless the answering
-    process runs as one of these users (``SO_PEERCRED``), so no one else's process,
-    wherever its socket sits, is told anything.
+    A server whose listen backlog is full (many clients at once), or that closes the
+    connection before answering (full: see the module's Limits), is tried again until
+    ``timeout``; every command is idempotent, so a command is never lost or doubled.
+    ``peer_uids``: refuse (:class:`UntrustedPeerError`) unless the answering process runs
+    as one of these users (``SO_PEERCRED``), so that no one else's process, wherever its
+    socket sits, is told anything.
 
     Raises:
         FileNotFoundError, ConnectionRefusedError, PermissionError, TimeoutError, OSError.
     """
     deadline = time.monotonic() + timeout
     pause = 0.005
+    data = line.strip().encode() + b"\n"
     while True:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(timeout)
+        chunks: list[bytes] = []
         try:
-            s.connect(path)
-            break
-        except BlockingIOError:  # EAGAIN: the backlog is full; the server is busy
+            try:
+                s.connect(path)
+            except BlockingIOError:  # EAGAIN: the backlog is full; the server is busy
+                pass
+            else:
+                if peer_uids is not None:
+                    uid = _peer_uid(s)
+                    if uid is not None and uid not in peer_uids:
+                        raise UntrustedPeerError(errno.EPERM,
+                                                 f"the process answering is {_who(uid)}'s")
+                s.settimeout(max(0.01, deadline - time.monotonic()))
+                try:
+                    s.sendall(data)
+                    s.shutdown(socket.SHUT_WR)
+                    while True:
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        chunks.append(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    if chunks:
+                        raise
+                if chunks or data == b"\n":
+                    return b"".join(chunks).decode("utf-8", "replace").rstrip("\n")
+        finally:
             s.close()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(errno.ETIMEDOUT, "the server is busy (its backlog is full)")
-            time.sleep(min(pause, left))
-            pause = min(pause * 2, 0.2)
-        except BaseException:
-            s.close()
-            raise
-    try:
-        if peer_uids is not None:
-            uid = _peer_uid(s)
-            if uid is not None and uid not in peer_uids:
-                raise UntrustedPeer(errno.EPERM, f"the process answering is {_who(uid)}'s")
-        s.settimeout(max(0.01, deadline - time.monotonic()))
-        s.sendall(line.strip().encode() + b"\n")
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while True:
-            data = s.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        s.close()
-    return b"".join(chunks).decode("utf-8", "replace").rstrip("\n")
+        # not connected, or closed before a word of answer: try again
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(errno.ETIMEDOUT, "the server is busy (no answer in time)")
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, 0.2)
 
 
 # -- Prometheus ----------------------------------------------------------------------
@@ -1136,7 +1168,7 @@ class Endpoints:
     answers on is refused (CaptureError, exit 5); the *default* path in use (a second
     collector on the same host) only gives a warning and the command runs without a
     control socket -- unless its directory is not safe (another user's, writable by
-    others, a symbolic link: :class:`UnsafeControlPath`, exit 5), which refuses. ``metrics``
+    others, a symbolic link: :class:`UnsafeControlPathError`, exit 5), which refuses. ``metrics``
     is ``HOST:PORT`` for a Prometheus endpoint, or None. ``settings`` gives
     ``control_timeout`` and ``control_max_connections`` (the defaults otherwise); both
     servers count into ``counters`` (``control:<reason>``, ``metrics:<reason>``), which
@@ -1171,7 +1203,7 @@ class Endpoints:
             try:
                 self.control = server.start()
             except CaptureError as e:
-                if arg or isinstance(e, UnsafeControlPath):
+                if arg or isinstance(e, UnsafeControlPathError):
                     # asked for explicitly, or a directory someone else may have made
                     # to steer the collector: refuse to run
                     raise

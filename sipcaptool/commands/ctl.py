@@ -8,7 +8,15 @@ import time
 
 import click
 
-from ..control import BAD_PARAMETER, default_control_path, format_stats_text, send_command
+from ..control import (
+    BAD_PARAMETER,
+    UnsafeControlPathError,
+    UntrustedPeerError,
+    check_control_socket,
+    default_control_path,
+    format_stats_text,
+    send_command,
+)
 from ..errors import EXIT_USAGE, SipcaptoolError
 
 # commands that serve a control socket, in the order their default paths are tried
@@ -26,6 +34,7 @@ def _resolve_path(path: str | None) -> str:
         return path
     found = [p for p in (default_control_path(c) for c in _LONG_RUNNING) if os.path.exists(p)]
     if len(found) == 1:
+        _DEFAULT_PATHS.add(found[0])
         return found[0]
     if not found:
         tried = ", ".join(default_control_path(c) for c in _LONG_RUNNING)
@@ -35,9 +44,25 @@ def _resolve_path(path: str | None) -> str:
                        "--control PATH")
 
 
+# paths _resolve_path took from default_control_path: their directory is checked as
+# the collector checks it (the user's alone), not only the socket's owner
+_DEFAULT_PATHS: set[str] = set()
+
+
 def _ask(path: str, line: str, timeout: float) -> str:
+    euid = os.geteuid()
     try:
-        answer = send_command(path, line, timeout=timeout)
+        # before a word is sent: the socket (and a default socket's directory) must be
+        # this user's (or root's), and so must the process answering on it; root talks
+        # to any
+        check_control_socket(path, default=path in _DEFAULT_PATHS)
+        answer = send_command(path, line, timeout=timeout,
+                              peer_uids=None if euid == 0 else (euid, 0))
+    except UnsafeControlPathError as e:
+        raise ControlError(f"{e}") from None
+    except UntrustedPeerError as e:
+        raise ControlError(f"control socket {path}: {e.strerror}, not yours (uid {euid}): "
+                           "refusing to talk to it; give the collector's --control PATH") from None
     except FileNotFoundError:
         raise ControlError(f"control socket {path}: not found (is the collector running "
                            "with --control pointing there?)") from None
@@ -71,8 +96,11 @@ def command(ctx: click.Context, control: str | None, timeout: float) -> None:
     statistics, without a restart.
 
     Talks to the collector's control socket (a Unix socket, mode 0600), the way
-    "kamcmd sipcapture.status" talks to Kamailio. Exit status: 0 done; 2 bad
-    parameter, no socket, or the collector refused.
+    "kamcmd sipcapture.status" talks to Kamailio. Only a socket of your own user (or
+    root's), answered by a process of your user (or root), is used, and a default
+    socket only in a directory that is yours alone (root talks to any socket). Exit
+    status: 0 done; 2 bad parameter, no socket, a socket or directory of another user,
+    or the collector refused.
 
     \b
     Example:
