@@ -189,3 +189,55 @@ def test_sctp_tiny_fragments_bounded_and_counted():
     # each fragment is charged its bookkeeping, so 5,000 one-byte fragments do not fit
     assert d._sctp.held <= 64 * 1024
     assert st["evicted:sctp-fragments"] >= 1
+
+
+# ----------------------------------------------------------------- TCP framing, bounded per message
+
+def _feed(segments: list[bytes]) -> Stats:
+    from sipcaptool.decode.sip import looks_like_sip
+    from sipcaptool.decode.tcp import TcpReassembler
+    st = Stats()
+    r = TcpReassembler(st, looks_like_sip, max_stream_bytes=1024 * 1024)
+    seq = 1000
+    for i, s in enumerate(segments):
+        r.segment(i, ("10.0.0.1", 5060, "10.0.0.2", 5060), seq, 0, s)
+        seq += len(s)
+    return st
+
+
+def _chop(data: bytes, size: int) -> list[bytes]:
+    """The first 300 bytes (with the start line) in one segment, the rest in ``size``."""
+    return [data[:300]] + [data[i:i + size] for i in range(300, len(data), size)]
+
+
+def _slow_body(n: int) -> list[bytes]:
+    """n bytes of header and n bytes of body, arriving 16 bytes at a time."""
+    head = b"INVITE sip:a@b SIP/2.0\r\n" + b"X-A: " + b"a" * 29 + b"\r\n" * 1
+    head += (b"X-A: " + b"a" * 29 + b"\r\n") * (n // 36)
+    return _chop(head + b"Content-Length: %d\r\n\r\n" % n + b"b" * n, 16)
+
+
+def test_tcp_body_in_small_segments_linear():
+    st = _feed(_slow_body(4000))
+    assert not st    # one message, nothing refused
+    _assert_linear(_slow_body, _feed, 4000)
+
+
+def _body_too_long(n: int) -> list[bytes]:
+    """A header of n bytes of start lines announcing a body over the limit."""
+    return _chop(b"INVITE sip:a@b SIP/2.0\r\n" * (n // 24) + b"l: 99999999\r\n\r\n", 1400)
+
+
+def test_tcp_body_too_long_counted_once_and_linear():
+    st = _feed(_body_too_long(6000))
+    assert st["malformed:tcp-body-too-long"] == 1
+    _assert_linear(_body_too_long, _feed, 6000)
+
+
+def _ws_handshake(n: int) -> list[bytes]:
+    """A WebSocket upgrade request whose n bytes of header arrive one byte at a time."""
+    return _chop(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n" + b"X: y\r\n" * (n // 6), 1)
+
+
+def test_ws_handshake_in_one_byte_segments_linear():
+    _assert_linear(_ws_handshake, _feed, 6000)

@@ -67,7 +67,7 @@ _HALF = 1 << 31
 
 class _Stream:
     __slots__ = ("next_seq", "buf", "ooo", "ooo_bytes", "mode", "resync", "last_ts",
-                 "ws_msg", "scan_from", "closing")
+                 "ws_msg", "scan_from", "closing", "need")
 
     def __init__(self, next_seq: int, mode: int, ts: int) -> None:
         self.next_seq = next_seq
@@ -80,6 +80,7 @@ class _Stream:
         self.ws_msg: bytearray | None = None
         self.scan_from = 0
         self.closing = False
+        self.need = 0           # SIP: length of the message being completed, once known
 
     def held(self) -> int:
         return len(self.buf) + self.ooo_bytes + (len(self.ws_msg) if self.ws_msg else 0)
@@ -181,6 +182,7 @@ class TcpReassembler:
             st.ooo_bytes = 0
             st.ws_msg = None
             st.scan_from = 0
+            st.need = 0
             st.resync = True
         while self.held_bytes > self.max_total_bytes and streams:
             self._evict_lru()
@@ -252,6 +254,7 @@ class TcpReassembler:
             first = min(st.ooo, key=lambda s: (s - st.next_seq) % _MOD)
             st.buf.clear()
             st.scan_from = 0
+            st.need = 0
             st.ws_msg = None
             st.next_seq = first
             st.resync = st.mode == _MODE_SIP
@@ -298,9 +301,21 @@ class TcpReassembler:
             out[i] = (ts + (i - n0), proto, msg)
 
     def _frame_sip(self, st: _Stream, out: list, proto: int = PROTO_TCP) -> None:
+        # Every byte is looked at a bounded number of times: ``scan_from`` remembers
+        # where the search for the end of the header may resume (no header end starts
+        # before it, whatever is cut from the front), ``need`` the length of a message
+        # whose header is parsed and whose body is still arriving.
         buf = st.buf
         stats = self.stats
         while buf:
+            if st.need:
+                if len(buf) < st.need:
+                    return
+                out.append((proto, bytes(buf[:st.need])))
+                del buf[:st.need]
+                st.need = 0
+                st.scan_from = 0
+                continue
             if buf[0] in (13, 10):
                 n = len(buf) - len(buf.lstrip(b"\r\n"))
                 del buf[:n]
@@ -316,30 +331,42 @@ class TcpReassembler:
                         del buf[:nl + 1]
                     if len(buf) > 1024:
                         del buf[:-1024]
+                    st.scan_from = 0
                     return
                 if m.start():
                     del buf[:m.start()]
+                    st.scan_from = max(0, st.scan_from - m.start())
                 st.resync = False
-                st.scan_from = 0
             hdr_end = buf.find(b"\r\n\r\n", st.scan_from)
             sep = 4
             lf = buf.find(b"\n\n", st.scan_from, hdr_end if hdr_end >= 0 else len(buf))
             if lf >= 0 and (hdr_end < 0 or lf < hdr_end):
                 hdr_end, sep = lf, 2
             if hdr_end < 0:
+                st.scan_from = max(0, len(buf) - 3)
                 if len(buf) > MAX_HEADER_BYTES:
+                    # No message starting here, nor anywhere but in the last bytes, can
+                    # end its header within the limit: keep the lines of the last half
+                    # of the limit (one count for what is dropped) and look for a start
+                    # line there.  Dropping one line at a time instead made a stream of
+                    # start lines only cost the limit for every line.
                     stats["malformed:tcp-header-too-long"] += 1
-                    del buf[:1]
+                    cut = len(buf) - MAX_HEADER_BYTES // 2
+                    nl = buf.find(b"\n", cut - 1)
+                    cut = nl + 1 if nl >= 0 else cut
+                    del buf[:cut]
+                    st.scan_from = max(0, st.scan_from - cut)
                     st.resync = True
                     continue
-                st.scan_from = max(0, len(buf) - 3)
                 return
-            head = bytes(buf[:hdr_end])
-            if not self.looks_like_sip(head + b"\r\n"):
+            nl = buf.find(b"\n", 0, hdr_end + sep)
+            if not self.looks_like_sip(bytes(buf[:nl + 1])):   # the start line only
                 stats["malformed:tcp-framing"] += 1
-                del buf[:1]
+                del buf[:nl + 1]
+                st.scan_from = max(0, st.scan_from - nl - 1)
                 st.resync = True
                 continue
+            head = bytes(buf[:hdr_end])
             clen = 0
             m = _CONTENT_LENGTH.search(head)
             if m is not None:
@@ -349,16 +376,13 @@ class TcpReassembler:
                 else:
                     stats["malformed:content-length"] += 1
             if clen > MAX_BODY_BYTES:
+                # the whole header is skipped; its body is not framed
                 stats["malformed:tcp-body-too-long"] += 1
-                del buf[:1]
+                del buf[:hdr_end + sep]
+                st.scan_from = 0
                 st.resync = True
                 continue
-            total = hdr_end + sep + clen
-            if len(buf) < total:
-                st.scan_from = hdr_end  # header end already found; keep it cheap
-                return
-            out.append((proto, bytes(buf[:total])))
-            del buf[:total]
+            st.need = hdr_end + sep + clen
             st.scan_from = 0
 
     def _frame_hep(self, st: _Stream, out: list) -> None:
@@ -391,12 +415,15 @@ class TcpReassembler:
 
     def _ws_handshake(self, st: _Stream) -> None:
         buf = st.buf
-        end = buf.find(b"\r\n\r\n")
+        end = buf.find(b"\r\n\r\n", st.scan_from)
         if end < 0:
+            st.scan_from = max(0, len(buf) - 3)   # resume there with the next segment
             if len(buf) > MAX_HEADER_BYTES:
                 st.mode = _MODE_SIP
                 st.resync = True
+                st.scan_from = 0
             return
+        st.scan_from = 0
         head = bytes(buf[:end])
         del buf[:end + 4]
         if head.startswith(b"HTTP/") and b" 101" not in head.split(b"\r\n", 1)[0]:
