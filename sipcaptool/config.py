@@ -67,6 +67,11 @@ PARAMS: dict[str, tuple[type, Any, Any]] = {
     # (sipcaptool.store.spool.default_spool_dir), 'none' = no spool
     "spool_dir": (str, "", None),
     "spool_max_bytes": (int, 1 << 30, (1 << 16, 1 << 50)),
+    # hep, live: the control socket and --metrics close a connection that has not sent a
+    # whole command or request within this many seconds (control:timeout), and hold at
+    # most this many connections each (control:evicted-idle, control:refused-full)
+    "control_timeout": (float, 5.0, (0.1, 3600.0)),
+    "control_max_connections": (int, 64, (1, 65536)),
     # hep: close a TCP connection silent this many seconds (0: never); at most this many
     # connections (past it the one silent longest is closed for a new agent); after a
     # stop, store what the sockets held for at most this many seconds (0: no limit),

@@ -22,6 +22,7 @@ import click
 from ..config import Settings
 from ..errors import ConfigError, SipcaptoolError, StoreError
 from ..stats import Stats
+from ..control import endpoint_options
 from .common import print_summary, storage_options, summary_dict
 
 log = logging.getLogger("sipcaptool.hep")
@@ -105,6 +106,7 @@ def _options(f):
 @click.command("hep")
 @_options
 @storage_options
+@endpoint_options
 def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf: str,
             tcp_idle_timeout: float | None, tcp_max_connections: int | None,
             stop_drain_timeout: float | None, duration: float | None, count: int | None, control_path: str | None,

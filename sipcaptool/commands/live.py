@@ -10,6 +10,7 @@ import click
 
 from ..config import Settings
 from ..errors import ConfigError, SipcaptoolError
+from ..control import endpoint_options
 from .common import print_summary, storage_options, summary_dict
 
 log = logging.getLogger("sipcaptool.live")
@@ -78,6 +79,7 @@ _ONOFF = click.IntRange(0, 1)
 @click.option("--foreground-writer", is_flag=True, hidden=True,
               help="Write from the capturing process (no writer process).")
 @storage_options
+@endpoint_options
 def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children,
             promiscuous_on, raw_moni_bpf_on, filter_expr, snaplen, buffer_size, duration,
             count, hep_to, capture_id, auth_key, node_name, user, control_path,
