@@ -135,6 +135,8 @@ __all__ = [
     "UnsafeControlPathError",
     "check_control_socket",
     "check_runtime_dir",
+    "configure_limits",
+    "endpoint_options",
     "build_stats",
     "default_control_path",
     "format_stats_text",
@@ -174,6 +176,56 @@ _GROUPS = (("stored", "stored"), ("skipped", "skipped"), ("malformed", "malforme
            ("dropped", "dropped"), ("evicted", "evicted"), ("truncated", "truncated"),
            ("db", "db"), ("kernel", "kernel"), ("control", "control"), ("metrics", "metrics"))
 _GAUGES = ("queue_depth", "spool_bytes", "spool_batches")
+
+
+# the limits Endpoints gives its servers (configure_limits: the command's settings)
+_LIMITS = {"timeout": DEFAULT_TIMEOUT, "max_connections": DEFAULT_MAX_CONNECTIONS}
+
+# the settings of the endpoints, as options of the commands that serve them (hep, live)
+ENDPOINT_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
+    (("--control-timeout",), "control_timeout",
+     {"type": float, "metavar": "S",
+      "help": "Close a control-socket or --metrics connection that has not sent a whole "
+              "command (or HTTP request) within S seconds of connecting or of its previous "
+              "answer, counted as control:timeout or metrics:timeout. [default: 5]"}),
+    (("--control-max-connections",), "control_max_connections",
+     {"type": int, "metavar": "N",
+      "help": "Connections the control socket and --metrics each hold at most; past it "
+              "the one idle longest is closed for the new one (control:evicted-idle), or, "
+              "when none is idle, the new one (control:refused-full). A request sent with "
+              "the connection is answered at once either way. [default: 64]"}),
+]
+
+
+def configure_limits(settings: Any) -> None:
+    """Take ``control_timeout`` and ``control_max_connections`` from ``settings`` for the
+    servers :class:`Endpoints` starts in this process."""
+    _LIMITS["timeout"] = float(settings.control_timeout)
+    _LIMITS["max_connections"] = int(settings.control_max_connections)
+
+
+def endpoint_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--control-timeout`` and ``--control-max-connections`` to a command serving
+    the control socket and ``--metrics``. Put it under ``@storage_options`` (nearer the
+    function): the values join ``settings`` (file < environment < command line) and
+    become the limits of the :class:`Endpoints` the command starts."""
+    import functools
+
+    import click
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        settings = kwargs["settings"]
+        for _names, name, _kw in ENDPOINT_OPTIONS:
+            value = kwargs.pop(name, None)
+            if value is not None:
+                settings.set(name, value, "command line")
+        configure_limits(settings)
+        return f(*args, **kwargs)
+
+    for names, name, kw in reversed(ENDPOINT_OPTIONS):
+        wrapper = click.option(*names, name, default=None, **kw)(wrapper)
+    return wrapper
 
 
 # -- paths ---------------------------------------------------------------------------
@@ -1170,17 +1222,18 @@ class Endpoints:
     control socket -- unless its directory is not safe (another user's, writable by
     others, a symbolic link: :class:`UnsafeControlPathError`, exit 5), which refuses. ``metrics``
     is ``HOST:PORT`` for a Prometheus endpoint, or None. ``settings`` gives
-    ``control_timeout`` and ``control_max_connections`` (the defaults otherwise); both
-    servers count into ``counters`` (``control:<reason>``, ``metrics:<reason>``), which
-    their answers include.
+    ``control_timeout`` and ``control_max_connections`` (else those of
+    :func:`configure_limits`, the defaults until it is called); both servers count into
+    ``counters`` (``control:<reason>``, ``metrics:<reason>``), which their answers
+    include.
     """
 
     def __init__(self, command: str, control: str | None, metrics: str | None,
                  capture_flag: Any, stats_provider: Callable[[], Mapping[str, Any]],
                  extra: Mapping[str, Any] | None = None, settings: Any = None) -> None:
-        self.timeout = float(getattr(settings, "control_timeout", DEFAULT_TIMEOUT))
+        self.timeout = float(getattr(settings, "control_timeout", _LIMITS["timeout"]))
         self.max_connections = int(getattr(settings, "control_max_connections",
-                                           DEFAULT_MAX_CONNECTIONS))
+                                           _LIMITS["max_connections"]))
         self.counters = Stats()
         self.command = command
         self.control_arg = control

@@ -110,7 +110,7 @@ def as_user(uid: int, fn, *, env: dict[str, str] | None = None, wait: bool = Tru
                 code = fn() or 0
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 1
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - the child reports it and exits 1
             import traceback
 
             traceback.print_exc()
@@ -411,7 +411,7 @@ def _serve_in_child(make):
         try:
             os.close(r)
             srv = make()
-            info = srv.path if isinstance(srv, ControlServer) else "%s:%d" % srv.address
+            info = srv.path if isinstance(srv, ControlServer) else "{}:{}".format(*srv.address)
             os.write(w, info.encode() + b"\n")
             while True:
                 time.sleep(1)
@@ -627,3 +627,32 @@ def test_metrics_answers_head_and_refuses_bad_requests():
         assert 'sipcaptool_metrics_total{reason="request-too-long"} 1' in body
     finally:
         m.stop()
+
+
+def test_collector_settings_set_the_limits(sockdir, tmp_path):
+    """--control-timeout (setting control_timeout) reaches the collector's control
+    socket: an idle connection is closed after it and counted in the stats."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(sockdir, "hep.sock")
+    p = subprocess.Popen([sys.executable, "-m", "sipcaptool", "hep", "--db",
+                          f"sqlite:///{tmp_path / 'x.db'}", "--listen", "udp:127.0.0.1:0",
+                          "--rcvbuf", "1M", "--control", path, "--control-timeout", "0.5",
+                          "--duration", "20", "--json"],
+                         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "SIPCAPTOOL_CONTROL_MAX_CONNECTIONS": "8"})
+    try:
+        _wait_for(lambda: os.path.exists(path), "the control socket")
+        idle = socket.socket(socket.AF_UNIX)
+        idle.connect(path)
+        t0 = time.monotonic()
+        idle.settimeout(5)
+        assert idle.recv(10) == b"" and time.monotonic() - t0 < 2
+        idle.close()
+        doc = json.loads(send_command(path, "stats"))
+        assert doc["control"] == {"timeout": 1}
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
