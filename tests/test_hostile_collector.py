@@ -194,6 +194,26 @@ def test_a_packet_half_received_at_the_stop_is_counted_as_cut_not_as_a_database_
     assert summary["dropped"] == {}, summary
 
 
+def test_with_workers_every_datagram_is_stored_or_counted_and_the_exit_status_says_which(
+        sqlite_url, collectors):
+    """--workers 2: each worker seals and drains its own sockets; the counts add up and
+    the exit status is 4 exactly when something was counted as dropped:shutdown."""
+    c = collectors(sqlite_url, "--workers", "2", "--stop-drain-timeout", "0.5", tcp=False)
+    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(8)]
+    sent = 20000                   # from 8 ports, so SO_REUSEPORT spreads them
+    for i in range(sent):
+        senders[i % 8].sendto(encode_hep3(message(f"w-{i}")), ("127.0.0.1", c.ports["udp"]))
+    rc, summary, err = c.stop()
+    for s in senders:
+        s.close()
+    stored = _rows(sqlite_url)
+    dropped = summary["dropped"].get("shutdown", 0)
+    assert rc == (4 if dropped else 0), err
+    assert summary["packets"] == sent and summary["stored_total"] == len(stored), summary
+    assert len(stored) + dropped == sent, (len(stored), summary)
+    assert summary["kernel"].get("udp-drops", 0) == 0, summary
+
+
 def test_drain_limit_is_a_setting_with_a_default():
     s = Settings.load(env={})
     assert s.stop_drain_timeout == 30.0 and s.origin["stop_drain_timeout"] == "default"
