@@ -377,19 +377,21 @@ class MysqlAdapter(Adapter):
                 conn.infile_buffers.pop(token.encode(), None)
             sent = formatted.count(b"\n")
             if taken < sent:
-                details = ""
-                try:
-                    cur.execute("SHOW WARNINGS LIMIT 1")
-                    details = "; ".join(f"{r[1]}: {r[2]}" for r in cur.fetchall())
-                except pymysql.err.MySQLError:
-                    pass
-                raise _Skipped(sent, taken, details)
+                raise _Skipped(sent, taken, self._first_warning(cur))
             warnings += self._warnings_of_last(cur, table)
         else:
             for st in self._insert_statements(table, kind, formatted):
                 cur.execute(st)
                 warnings += self._warnings_of_last(cur, table)
         return warnings
+
+    @staticmethod
+    def _first_warning(cur) -> str:
+        try:
+            cur.execute("SHOW WARNINGS LIMIT 1")
+            return "; ".join(f"{r[1]}: {r[2]}" for r in cur.fetchall())
+        except pymysql.err.MySQLError:
+            return ""
 
     def _write_once(self, table: str, kind: str, formatted: bytes, batch_id: str | None,
                     rows: int) -> bool:
@@ -414,17 +416,26 @@ class MysqlAdapter(Adapter):
                 if cur.execute(batches_marker_sql("mysql"), (batch_id, table, rows)) == 0:
                     conn.rollback()
                     return False, []
+            # no savepoint needed: a statement that fails is undone by itself and the
+            # transaction goes on (a deadlock, which ends the transaction, is not
+            # "refused" and ends this write); a skipped row inserted nothing
+            # LOAD DATA LOCAL is IGNORE: one row at a time, INSERT IGNORE does the same
+            # in one round trip instead of three (a skipped row changes no row)
+            ignore = self.use_infile and not self._delayed(table)
             for i, line in enumerate(self.payload_rows(formatted)):
-                cur.execute("SAVEPOINT sipcaptool_row")
                 try:
-                    warnings += self._write_rows(cur, table, kind, line)
+                    if ignore:
+                        (st,) = self._insert_statements(table, kind, line)
+                        if cur.execute("INSERT IGNORE " + st[len("INSERT "):]) == 0:
+                            raise _Skipped(1, 0, "" if refused else self._first_warning(cur))
+                        warnings += self._warnings_of_last(cur, table)
+                    else:
+                        warnings += self._write_rows(cur, table, kind, line)
                 except _Skipped as e:
-                    cur.execute("ROLLBACK TO SAVEPOINT sipcaptool_row")
                     refused.append((i, str(e)))
                 except pymysql.err.MySQLError as e:
                     if classify(e) != "refused":
                         raise
-                    cur.execute("ROLLBACK TO SAVEPOINT sipcaptool_row")
                     refused.append((i, one_line(e)))
         conn.commit()
         self.warnings += warnings
