@@ -150,6 +150,9 @@ class VethPair:
                     p.wait(5)
                 except subprocess.TimeoutExpired:  # pragma: no cover
                     pass
+            for f in (p.stdin, p.stdout, p.stderr):
+                if f is not None and not f.closed:
+                    f.close()
         if self.b_in_root:
             sh("ip", "link", "del", self.if_b, check=False)
         for ns in (self.ns_a, self.ns_b):

@@ -52,6 +52,12 @@ _ONOFF = click.IntRange(0, 1)
               metavar="SECONDS", help="Stop after this long.")
 @click.option("--count", type=click.IntRange(min=1), default=None, metavar="N",
               help="Stop after N SIP messages.")
+@click.option("--max-clock-skew", type=click.FloatRange(0, 3650 * 86400), default=None,
+              metavar="S",
+              help="A packet whose capture time is more than S seconds from the clock has "
+                   "its strftime table (sip_%Y%m%d) named by the time it is stored, "
+                   "counted as adjusted:clock-skew; the row keeps its own time "
+                   "(0: always its own time). [default: 86400]")
 @click.option("--hep-to", "hep_to", multiple=True, metavar="udp|tcp:HOST:PORT",
               help="Agent mode: also send every message as HEPv3 to this collector "
                    "(repeatable: one udp and one tcp target; with both, messages too large "
@@ -84,7 +90,7 @@ def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children
             promiscuous_on, raw_moni_bpf_on, filter_expr, snaplen, buffer_size, duration,
             count, hep_to, capture_id, auth_key, node_name, user, control_path,
             metrics_addr, quiet, verbose, log_file, log_format, as_json, foreground_writer,
-            settings: Settings) -> int:
+            max_clock_skew, settings: Settings) -> int:
     """Capture SIP live and store every message as one row (or forward it as HEP).
 
     \b
@@ -116,14 +122,14 @@ def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children
           --db mysql://root@127.0.0.1/homer
       sipcaptool live -i eth0 --db none --hep-to udp:10.0.0.9:9060 --hep-to tcp:10.0.0.9:9060
     """
-    from .common import setup_command_logging
     from ..sources.live import LiveCapture, LiveOptions, kernel_summary, parse_listen
+    from .common import setup_command_logging
 
     setup_command_logging(verbose, 1 if quiet else 0, log_file, log_format)
 
     cli_raw = {"raw_socket_listen": raw_socket_listen, "raw_interface": raw_interface,
                "raw_sock_children": raw_sock_children, "promiscuous_on": promiscuous_on,
-               "raw_moni_bpf_on": raw_moni_bpf_on}
+               "raw_moni_bpf_on": raw_moni_bpf_on, "max_clock_skew": max_clock_skew}
     for name, value in cli_raw.items():
         if value is not None:
             settings.set(name, value, "command line")
@@ -189,11 +195,8 @@ def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children
         if server is not None:
             server.stop()
     elapsed = time.monotonic() - started
-    if cap.errors and error is None:
-        from ..errors import CaptureError
-
-        error = CaptureError(cap.errors[0])
-        error.exit_code = cap._error_code or error.exit_code
+    if cap.error is not None and error is None:
+        error = cap.error
     extra = {"seconds": round(elapsed, 3), "source": opts.describe(),
              "workers": opts.workers, "errors": [str(error)] if error else []}
     if not ipip_mode:

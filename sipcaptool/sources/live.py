@@ -39,11 +39,13 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import CaptureError, ConfigError, SipcaptoolError
 from ..stats import Stats
+from ..workers import WorkerLink, WorkerPool
 from . import bpf
 
 log = logging.getLogger(__name__)
@@ -463,7 +465,8 @@ def open_sources(opts: LiveOptions) -> list[Any]:
 _PRELOAD = ("queue", "threading", "multiprocessing.queues", "multiprocessing.synchronize",
             "multiprocessing.connection", "multiprocessing.popen_fork",
             "multiprocessing.process", "multiprocessing.util", "multiprocessing.reduction",
-            "multiprocessing.context", "multiprocessing.sharedctypes", "json", "zlib", "encodings.idna", "select",
+            "multiprocessing.context", "multiprocessing.sharedctypes", "json", "zlib",
+            "encodings.idna", "select", "sipcaptool.workers",
             "sipcaptool.pipeline", "sipcaptool.row", "sipcaptool.decode.packet",
             "sipcaptool.decode.sip", "sipcaptool.decode.defrag", "sipcaptool.decode.tcp",
             "sipcaptool.decode.hep", "sipcaptool.decode.tunnel", "sipcaptool.store.writer",
@@ -560,7 +563,8 @@ class Worker:
         stats = self.stats
         if opts.store:
             self.pipeline = Pipeline(self.settings, stats, background=self.background,
-                                     capture_flag=self.shared.capture_flag)
+                                     capture_flag=self.shared.capture_flag,
+                                     max_clock_skew=self.settings.max_clock_skew)
         try:
             if opts.hep_to:
                 from .hepout import HepSender
@@ -704,7 +708,9 @@ class LiveCapture:
     """Run a live capture to the end (duration, count, signal) and return the counters.
 
     Opening the sources happens in ``open()`` (privileged); ``run()`` drops privileges
-    if asked, then captures in this process (one worker) or in worker processes.
+    if asked, then captures in this process (one worker) or in worker processes
+    (:class:`sipcaptool.workers.WorkerPool`). ``error`` is the first error a worker
+    process ended with (None when all ended well).
     """
 
     def __init__(self, opts: LiveOptions, settings: Any) -> None:
@@ -713,15 +719,15 @@ class LiveCapture:
         self.shared = Shared(bool(settings.capture_on), opts.count)
         self.stats = Stats()
         self.sources: list[Any] = []
-        self._worker_stats: dict[int, dict[str, int]] = {}
+        self.pool: WorkerPool | None = None
         self.started = time.monotonic()
         self.errors: list[str] = []
-        self._error_code = 0
+        self.error: SipcaptoolError | None = None
         self.linktype: int | None = None
         self.filter: str | None = None
 
     @property
-    def capture_flag(self):
+    def capture_flag(self) -> Any:
         return self.shared.capture_flag
 
     def open(self) -> None:
@@ -730,21 +736,24 @@ class LiveCapture:
         self.filter = getattr(self.sources[0], "filter", None)
 
     def counters(self) -> Stats:
-        """Current counters: this process's plus the last report of every worker."""
-        if not self._worker_stats:
+        """Current counters: this process's, or the workers' last reports."""
+        if self.pool is None:
             return self.stats
-        total = Stats()
-        for d in list(self._worker_stats.values()):
-            total.update(d)
-        return total
+        return self.pool.counters()
 
     def stop(self) -> None:
         self.shared.stop.value = 1
 
     def worker_packets(self) -> list[int]:
         """Packets each worker read (how the fanout shared the traffic)."""
-        return [int(self._worker_stats.get(i, {}).get("packets", 0))
-                for i in range(len(self.sources))]
+        pool = self.pool
+        if pool is None:
+            return [int(self.stats.get("packets", 0))]
+        out = []
+        for i in range(len(self.sources)):
+            done = pool.results.get(i)
+            out.append(int((done.stats if done else pool.snapshots.get(i, {})).get("packets", 0)))
+        return out
 
     def run(self, *, background: bool = True) -> Stats:
         opts = self.opts
@@ -763,92 +772,31 @@ class LiveCapture:
         return self._run_workers(deadline, background)
 
     def _run_workers(self, deadline: float | None, background: bool) -> Stats:
-        ctx = multiprocessing.get_context("fork")
-        reports = ctx.Queue()
-        procs = []
-        for i, src in enumerate(self.sources):
-            p = ctx.Process(target=_worker_main, name=f"sipcaptool-capture-{i}",
-                            args=(i, src, self.opts, self.settings, self.shared, deadline,
-                                  background, reports))
-            p.daemon = False  # its pipeline starts a writer process of its own
-            p.start()
-            procs.append(p)
-        # The handles now belong to the workers. The parent keeps its references
-        # without using them: closing a libpcap handle here would tear down the
-        # kernel ring the worker reads from.
-        alive = set(range(len(procs)))
-        try:
-            while alive:
-                self._drain(reports, alive, 0.2)
-                for i in list(alive):
-                    if not procs[i].is_alive() and i in alive:
-                        # it may have reported just before leaving
-                        self._drain(reports, alive, 0.05)
-                        if i in alive:
-                            alive.discard(i)
-                            self.errors.append(f"capture worker {i} ended unexpectedly "
-                                               f"(exit code {procs[i].exitcode})")
-                            self.shared.stop.value = 1
-        finally:
-            self.shared.stop.value = 1
-            for p in procs:
-                p.join(30)
-                if p.is_alive():  # pragma: no cover - a stuck worker
-                    p.terminate()
-                    p.join(5)
+        shared = self.shared
+
+        def body(i: int, link: WorkerLink) -> None:
+            # Ctrl-C reaches the whole process group: the parent decides, the workers
+            # follow the shared stop flag; a direct SIGTERM to a worker stops it too.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, lambda *_: setattr(shared.stop, "value", 1))
+            Worker(self.sources[i], self.opts, self.settings, shared, link.stats,
+                   background=background, report=link.snapshot).run(deadline)
+
+        # The handles belong to the workers once they are forked. The parent keeps its
+        # references without using them: closing a libpcap handle here would tear down
+        # the kernel ring the worker reads from.
+        self.pool = WorkerPool(len(self.sources), body, name="sipcaptool-capture",
+                               stop_flag=shared.stop)
+        self.pool.start()
+        self.pool.run()
+        for f in self.pool.failures:
+            self.errors.append(str(f.error))
+        if self.pool.failures:
+            first = self.pool.failures[0]
+            # a worker that died without a word lost its capture: a capture error
+            self.error = CaptureError(str(first.error)) if first.died else first.error
         self.stats = self.counters()
         return self.stats
-
-    def _drain(self, reports, alive: set[int], timeout: float) -> None:
-        import queue as _q
-
-        try:
-            item = reports.get(timeout=timeout)
-        except _q.Empty:
-            return
-        except (InterruptedError, EOFError):
-            return
-        while True:
-            i, kind, payload = item
-            if kind == "stats":
-                self._worker_stats[i] = payload
-            elif kind == "done":
-                self._worker_stats[i] = payload
-                alive.discard(i)
-            elif kind == "error":
-                self._worker_stats.setdefault(i, {})
-                self.errors.append(payload[0])
-                self._error_code = payload[1]
-                alive.discard(i)
-                self.shared.stop.value = 1
-            try:
-                item = reports.get_nowait()
-            except _q.Empty:
-                return
-
-
-def _worker_main(i: int, src: Any, opts: LiveOptions, settings: Any, shared: Shared,
-                 deadline: float | None, background: bool, reports) -> None:
-    # Ctrl-C reaches the whole process group: the parent decides, the workers follow
-    # the shared stop flag; a direct SIGTERM to a worker stops it cleanly too.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: setattr(shared.stop, "value", 1))
-    stats = Stats()
-
-    def report(s: Stats) -> None:
-        reports.put((i, "stats", dict(s)))
-
-    try:
-        Worker(src, opts, settings, shared, stats, background=background, report=report).run(deadline)
-    except SipcaptoolError as e:
-        reports.put((i, "error", (str(e), e.exit_code)))
-        reports.put((i, "stats", dict(stats)))
-        return
-    except Exception as e:  # noqa: BLE001 - reported to the parent
-        log.debug("capture worker %d failed", i, exc_info=True)
-        reports.put((i, "error", (f"capture worker {i}: {type(e).__name__}: {e}", 1)))
-        return
-    reports.put((i, "done", dict(stats)))
 
 
 def kernel_summary(stats: Stats) -> dict[str, int]:
