@@ -79,10 +79,12 @@ PARAMS: dict[str, tuple[type, Any, Any]] = {
     "tcp_idle_timeout": (float, 300.0, (0.0, 86400.0)),
     "tcp_max_connections": (int, 4096, (1, 1 << 20)),
     "stop_drain_timeout": (float, 30.0, (0.0, 86400.0)),
+    # hep, live: a message whose own time is further than this many seconds from the
+    # clock has its strftime table named by its arrival time (adjusted:clock-skew),
+    # so senders cannot choose how many tables exist; 0: always its own time (replay)
+    "max_clock_skew": (float, 86400.0, (0.0, 3650 * 86400.0)),
 }
 DEFAULTS = {k: v[1] for k, v in PARAMS.items()}
-
-_TABLE_RE = re.compile(r"^(?:[A-Za-z0-9_$]|%[A-Za-z%])+$")
 
 
 @dataclass
@@ -199,7 +201,8 @@ class Settings:
     # -- derived -------------------------------------------------------------------
     def default_mode(self) -> CaptureMode:
         return CaptureMode("default", self.values["db_url"],
-                           split_tables(self.values["table_name"], "table_name"),
+                           split_tables(self.values["table_name"], "table_name",
+                                        self.values["db_url"]),
                            self.values["mt_mode"], self.values["hash_source"])
 
     def active_modes(self) -> list[CaptureMode]:
@@ -274,14 +277,27 @@ def _size_text(value: str, name: str, where: str) -> int:
     return int(float(m.group(1)) * mult)
 
 
-def split_tables(value: str, name: str = "table_name") -> list[str]:
-    """Split a "a|b" table list; every name must be an identifier (strftime % codes allowed)."""
+def split_tables(value: str, name: str = "table_name", db_url: str | None = None) -> list[str]:
+    """Split a "a|b" table list; every name must pass the router's rule (identifier
+    characters and strftime codes that give only such; with ``db_url``, the longest
+    expansion within that database's identifier limit)."""
+    from .store.router import validate_table_name
+
+    dialect = None
+    if db_url is not None:
+        from .store.url import parse_db_url
+        try:
+            dialect = parse_db_url(db_url).dialect
+        except ConfigError:
+            dialect = None  # the db_url's own error is reported where it is used
     tables = [t.strip() for t in value.split("|")]
     for t in tables:
-        if not t or not _TABLE_RE.match(t):
-            raise ConfigError(f"{name} = {value!r}: {t!r} is not a valid table name; allowed: "
-                              "letters, digits, '_' and strftime codes such as %Y%m%d, "
-                              "several names separated by '|'")
+        try:
+            validate_table_name(t, dialect, check_length=db_url is not None)
+        except ConfigError as e:
+            raise ConfigError(f"{name} = {value!r}: {t!r} is not a valid table name ("
+                              f"{str(e).split(': ', 1)[-1]}); several names are separated "
+                              "by '|'") from None
     return tables
 
 
@@ -301,7 +317,7 @@ def mode_from_mapping(name: str, m: dict[str, Any], origin: str) -> CaptureMode:
         raise ConfigError(f"capture_mode {name!r}: hash_source = {hs!r}; allowed: "
                           + ", ".join(HASH_SOURCES))
     return CaptureMode(name, str(m["db_url"]), split_tables(str(m["table_name"]),
-                       f"capture_mode {name} table_name"), mt, hs)
+                       f"capture_mode {name} table_name", str(m["db_url"])), mt, hs)
 
 
 def parse_capture_mode(text: str) -> CaptureMode:

@@ -7,6 +7,8 @@ message gives the same row whichever way it arrived.
 
 from __future__ import annotations
 
+import time
+
 from .config import Settings
 from .decode.sip import parse_sip, parse_sip_lenient
 from .errors import DecodeError, StoreError
@@ -57,11 +59,17 @@ class Pipeline:
             ``require_db_at_start``).
         capture_flag: an object with ``value`` (1 store / 0 don't), shared with the
             control socket; by default a private one set from ``capture_on``.
+        max_clock_skew: seconds (``hep``, ``live``: the setting of that name; 0, the
+            default, for ``replay``). A message whose own time is further than this
+            from the clock has its strftime table (``sip_%Y%m%d``) named by its arrival
+            time instead, counted as ``adjusted:clock-skew``: a sender's timestamps
+            cannot make a table each. The row keeps the message's own time (``date``,
+            ``micro_ts``).
     """
 
     def __init__(self, settings: Settings, stats: Stats, *, background: bool = True,
                  capture_flag=None, use_spool: bool = True,
-                 require_db_at_start: bool = False) -> None:
+                 require_db_at_start: bool = False, max_clock_skew: float = 0.0) -> None:
         self.settings = settings
         self.stats = stats
         self.capture_flag = capture_flag if capture_flag is not None else CaptureFlag(bool(settings.capture_on))
@@ -70,6 +78,7 @@ class Pipeline:
                                callid_aleg_headers=settings.aleg_headers(),
                                custom_field_headers=settings.custom_headers())
         from .store.spool import resolve_spool_dir
+        from .store.url import parse_db_url
         spool_dir = resolve_spool_dir(settings.spool_dir)
         self.spool_dir = spool_dir if use_spool else None
         writers: dict[str, Writer] = {}
@@ -91,7 +100,9 @@ class Pipeline:
                                insert_mode=settings.db_insert_mode,
                                require_db_at_start=require_db_at_start)
                     writers[mode.db_url] = w
-                self.targets.append(_Target(Router(mode.tables, mode.mt_mode, mode.hash_source),
+                router = Router(mode.tables, mode.mt_mode, mode.hash_source,
+                                dialect=parse_db_url(mode.db_url).dialect)
+                self.targets.append(_Target(router,
                                             w, mode.hash_source, mode.mt_mode, len(mode.tables)))
         except BaseException:
             for w in writers.values():
@@ -104,6 +115,9 @@ class Pipeline:
         self.single_target = len(self.targets) == 1
         # logs/RTCP/reports go to the default mode's database, as the module does
         self.aux_writer = self.targets[0].writer if self.targets else None
+        # strftime tables named by arrival time when the message's own is this far off
+        dated = any(t.router.dated for t in self.targets)
+        self.skew_us = int(max_clock_skew * 1_000_000) if dated and max_clock_skew > 0 else 0
 
     def submit(self, msg: CapturedMessage) -> None:
         stats = self.stats
@@ -124,6 +138,12 @@ class Pipeline:
             stats["stored-bad"] += 1
         row = sip_row(msg, sip, self.opts, stats)
         ts = msg.ts_us
+        skew = self.skew_us
+        if skew:
+            now = time.time_ns() // 1000
+            if not -skew <= ts - now <= skew:
+                ts = now  # the table only: the row keeps the message's time
+                stats["adjusted:clock-skew"] += 1
         if self.single_target:
             t = self.targets[0]
             table = t.table

@@ -12,6 +12,9 @@ Keys are plain strings with a category prefix so a summary can group them:
                              ``auth``, ``spool-full`` ...)
 * ``evicted:<reason>``       decoder state given up (``fragments``, ``tcp-stream``)
 * ``truncated:<column>``     values cut to their column width (the row is kept)
+* ``adjusted:<reason>``      messages stored with something chosen for them (the row is
+                             kept whole): ``clock-skew``, a time too far from the clock
+                             to name a strftime table, which the arrival time names
 * ``db:<event>``             batches, retries, errors
 """
 

@@ -102,6 +102,7 @@ def summary_dict(stats: Stats, extra: dict[str, Any] | None = None) -> dict[str,
         "dropped": stats.group("dropped"),
         "evicted": stats.group("evicted"),
         "truncated_values": stats.group("truncated"),
+        "adjusted": stats.group("adjusted"),
         "refused_bytes": stats.group("refused-bytes"),
         "db": stats.group("db"),
     }
@@ -122,6 +123,7 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
     for key, title in (("skipped", "skipped (not SIP)"), ("malformed", "malformed"),
                        ("dropped", "dropped"), ("evicted", "evicted decoder state"),
                        ("truncated_values", "values cut to column width"),
+                       ("adjusted", "table by arrival time"),
                        ("refused_bytes", "bytes refused")):
         group = summary.get(key) or {}
         if group:

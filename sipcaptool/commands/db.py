@@ -22,20 +22,28 @@ def command() -> None:
 
 def tables_for_init(settings: Settings, days: int) -> dict[str, list[str]]:
     """db_url -> table names: every table of the default mode and of every capture mode,
-    strftime names expanded (UTC) for today and the next ``days - 1`` days."""
+    strftime names expanded once (UTC) for today and the next ``days - 1`` days.
+
+    Each name is checked first by the rule the collectors apply (the router's
+    ``validate_table_name``, with the database's identifier limit), so ``db init``
+    creates exactly the tables they would write to, and refuses what they refuse."""
+    from ..store.router import expand_table_name, validate_table_name
+    from ..store.url import parse_db_url
+
     modes = [settings.default_mode(), *settings.modes.values()]
     out: dict[str, list[str]] = {}
-    now = time.time()
+    now_us = int(time.time() * 1_000_000)
     for mode in modes:
+        if mode.db_url.strip().lower() == "none":
+            continue
+        dialect = parse_db_url(mode.db_url).dialect
         names = out.setdefault(mode.db_url, [])
         for t in mode.tables:
-            if "%" in t:
-                for d in range(days):
-                    name = time.strftime(t, time.gmtime(now + 86400 * d))
-                    if name not in names:
-                        names.append(name)
-            elif t not in names:
-                names.append(t)
+            validate_table_name(t, dialect)
+            for d in range(days if "%" in t else 1):
+                name = expand_table_name(t, now_us + 86_400_000_000 * d)
+                if name not in names:
+                    names.append(name)
     return out
 
 

@@ -76,6 +76,12 @@ def _options(f):
                           "is left is read and counted as dropped:shutdown, and the exit "
                           "status is 4. New traffic is refused from the signal on. "
                           "[default: 30]"),
+        click.option("--max-clock-skew", type=click.FloatRange(0, 3650 * 86400), default=None,
+                     metavar="S",
+                     help="A message whose HEP time is more than S seconds from the clock "
+                          "has its strftime table (sip_%Y%m%d) named by its arrival time, "
+                          "counted as adjusted:clock-skew; the row keeps its own time "
+                          "(0: always its own time). [default: 86400]"),
         click.option("--duration", type=click.FloatRange(0, None, min_open=True), default=None,
                      metavar="S", help="Stop after S seconds. [default: until SIGTERM/SIGINT]"),
         click.option("--count", type=click.IntRange(1, None), default=None, metavar="N",
@@ -109,7 +115,7 @@ def _options(f):
 @endpoint_options
 def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf: str,
             tcp_idle_timeout: float | None, tcp_max_connections: int | None,
-            stop_drain_timeout: float | None, duration: float | None, count: int | None, control_path: str | None,
+            stop_drain_timeout: float | None, max_clock_skew: float | None, duration: float | None, count: int | None, control_path: str | None,
             metrics_addr: str | None, as_json: bool, quiet: int, verbose: int, log_file: str | None, log_format: str,
             foreground_writer: bool, settings: Settings) -> int:
     """Receive HEP (v1, v2, v3) from capture agents over UDP and TCP and store every
@@ -139,7 +145,8 @@ def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf:
     setup_command_logging(verbose, quiet, log_file, log_format)
     for name, value in (("tcp_idle_timeout", tcp_idle_timeout),
                         ("tcp_max_connections", tcp_max_connections),
-                        ("stop_drain_timeout", stop_drain_timeout)):
+                        ("stop_drain_timeout", stop_drain_timeout),
+                        ("max_clock_skew", max_clock_skew)):
         if value is not None:
             settings.set(name, value, "command line")
     raise_open_file_limit(settings.tcp_max_connections + 512)
@@ -308,7 +315,7 @@ def _run_single(listeners, settings: Settings, opts: dict[str, Any]) -> dict[str
     capture_flag = CaptureFlag(bool(settings.capture_on))
     try:
         pipeline = Pipeline(settings, stats, background=not opts["foreground_writer"],
-                            capture_flag=capture_flag)
+                            capture_flag=capture_flag, max_clock_skew=settings.max_clock_skew)
     except BaseException:
         for _l, s in listeners:
             s.close()
@@ -350,7 +357,7 @@ def _worker_main(index: int, listeners, others, settings: Settings, opts: dict[s
     stats = Stats()
     try:
         pipeline = Pipeline(settings, stats, background=not opts["foreground_writer"],
-                            capture_flag=capture_flag)
+                            capture_flag=capture_flag, max_clock_skew=settings.max_clock_skew)
     except SipcaptoolError as e:
         conn.send({"index": index, "fatal": e})
         return

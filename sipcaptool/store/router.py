@@ -16,7 +16,21 @@
 The chosen name is then passed through ``strftime()`` with the capture time in UTC
 (``gmtime(ts_us / 1e6)``) when it contains ``%``: ``sip_capture_%Y%m%d`` ->
 ``sip_capture_20261129``. The result is cached per name and second (per day when the
-name only uses date codes), since this runs for every message.
+name only uses date codes), since this runs for every message. Times outside the years
+1970..9999 name the table as the nearest end of that range (a date has at most four
+year digits). Which time is passed is the caller's choice: the collectors (``hep``,
+``live``) pass the arrival time for a message whose own time is further than
+``max_clock_skew`` from the clock (see :mod:`sipcaptool.pipeline`), so a sender cannot
+make a table per message.
+
+What a valid table name is, is decided here, once, for the settings, ``db init``, the
+router and the writer (:func:`validate_table_name`): letters, digits and ``_``, plus the
+strftime codes listed in :data:`CODE_WIDTHS`, which only ever produce such characters
+(C locale); not first a digit, nor a code that gives digits. ``%%`` (a ``%`` in the
+name), ``%s`` (a table per second since 1970), ``%Z`` and every other code are refused.
+The length is checked against the longest text each code can give (``%A`` Wednesday,
+``%B`` September, four year digits), not against one date, and against the database's
+identifier limit (:data:`IDENT_LIMITS`: MySQL 64, PostgreSQL 63, SQLite none).
 """
 
 from __future__ import annotations
@@ -31,34 +45,116 @@ from ..errors import ConfigError
 MT_MODES = ("rand", "round_robin", "hash")
 HASH_SOURCES = ("call_id", "from_user", "to_user")
 
-# strftime codes that only ever produce identifier characters ([A-Za-z0-9_]) in the C locale.
+# strftime codes allowed in a table name -> the longest text each gives (C locale, years
+# 1..9999); every one produces only identifier characters [A-Za-z0-9_].
+CODE_WIDTHS = {
+    "a": 3, "A": 9, "b": 3, "B": 9,                    # Wed Wednesday Sep September
+    "d": 2, "j": 3, "m": 2, "y": 2, "Y": 4, "C": 2,
+    "U": 2, "W": 2, "w": 1, "u": 1, "V": 2, "G": 4, "g": 2,
+    "H": 2, "I": 2, "M": 2, "S": 2, "p": 2,            # AM/PM
+}
 _DAY_CODES = "aAbBdjmyYUWwuVGgC"
 _TIME_CODES = "HIMSp"
 _ALLOWED_CODES = _DAY_CODES + _TIME_CODES
+_LETTER_CODES = "aAbBp"  # codes that give letters: may start a name
+assert set(_ALLOWED_CODES) == set(CODE_WIDTHS)
 _NAME_RE = re.compile(r"(?:[A-Za-z0-9_]|%[" + _ALLOWED_CODES + r"])+\Z")
-MAX_NAME_LEN = 63  # PostgreSQL's limit (MySQL: 64)
+# the longest identifier each database takes (PostgreSQL: NAMEDATALEN - 1 bytes; names
+# here are ASCII); SQLite has no limit
+IDENT_LIMITS: dict[str, int | None] = {"mysql": 64, "postgresql": 63, "sqlite": None,
+                                       "none": None}
+MAX_NAME_LEN = 63  # when the database is not known: the smallest of the limits
+# table names are made from times in 1970-01-01 .. 9999-12-31 23:59:59 (UTC)
+MAX_TABLE_TIME_US = 253_402_300_799_999_999
 
 
-def validate_table_name(name: str) -> str:
-    """Return ``name`` if it is a valid table name (identifier chars plus %-codes), else
-    raise ConfigError."""
+def identifier_limit(dialect: str | None) -> int | None:
+    """The longest table name ``dialect`` takes (None: no limit; unknown: the smallest)."""
+    if dialect is None:
+        return MAX_NAME_LEN
+    return IDENT_LIMITS.get(dialect, MAX_NAME_LEN)
+
+
+def longest_expansion(name: str) -> int:
+    """The length of the longest name ``name`` can expand to, whatever the date."""
+    n = 0
+    i = 0
+    while i < len(name):
+        if name[i] == "%" and i + 1 < len(name):
+            n += CODE_WIDTHS.get(name[i + 1], 2)
+            i += 2
+        else:
+            n += 1
+            i += 1
+    return n
+
+
+def _what_is_wrong(name: str) -> str:
+    i = 0
+    while i < len(name):
+        c = name[i]
+        if c == "%":
+            code = name[i + 1:i + 2]
+            if code == "%":
+                return "'%%' would put a '%' into the name"
+            if code == "s":
+                return "%s (seconds since 1970) would make a table per second"
+            if code not in CODE_WIDTHS:
+                return (f"strftime code %{code} is not allowed" if code
+                        else "a '%' must be followed by a strftime code")
+            i += 2
+            continue
+        if not (c.isascii() and (c.isalnum() or c == "_")):
+            return f"{c!r} is not allowed"
+        i += 1
+    return "not an identifier"
+
+
+def validate_table_name(name: str, dialect: str | None = None, *,
+                        check_length: bool = True) -> str:
+    """Return ``name`` if it is a valid table name for ``dialect``, else raise ConfigError.
+
+    The one rule for every place that takes a table name (settings, ``db init``, the
+    router, the writer): see the module docstring. ``dialect`` (``mysql``,
+    ``postgresql``, ``sqlite``) sets the length limit; None: the smallest (63).
+    ``check_length=False`` checks the characters only (the database is not known yet).
+    """
     if not isinstance(name, str) or not name:
         raise ConfigError("bad table name: empty")
-    if not _NAME_RE.match(name) or name[0].isdigit():
+    if not _NAME_RE.match(name):
+        why = _what_is_wrong(name)
         raise ConfigError(
-            f"bad table name {name!r}: use letters, digits and '_' (not first a digit), "
-            f"plus strftime codes %{' %'.join(_ALLOWED_CODES)}")
-    sample = time.strftime(name, time.gmtime(0)) if "%" in name else name
-    if len(sample) > MAX_NAME_LEN:
-        raise ConfigError(f"bad table name {name!r}: longer than {MAX_NAME_LEN} characters")
+            f"bad table name {name!r}: {why}; use letters, digits and '_' (not first a "
+            f"digit), plus strftime codes %{' %'.join(_ALLOWED_CODES)}")
+    if name[0].isdigit() or (name[0] == "%" and name[1] not in _LETTER_CODES):
+        raise ConfigError(
+            f"bad table name {name!r}: must not start with a digit (nor with a strftime "
+            f"code giving digits; %{' %'.join(_LETTER_CODES)} give letters)")
+    limit = identifier_limit(dialect) if check_length else None
+    if limit is not None:
+        longest = longest_expansion(name)
+        if longest > limit:
+            where = f"{dialect}'s" if dialect else "the smallest database"
+            long = (f"up to {longest} characters long (the longest date: %A Wednesday, "
+                    f"%B September)" if "%" in name else f"{longest} characters long")
+            raise ConfigError(f"bad table name {name!r}: {long}, over {where} limit of {limit}")
     return name
+
+
+def _gmtime(ts_us: int) -> time.struct_time:
+    """gmtime of a microsecond timestamp kept within the years 1970..9999."""
+    if ts_us < 0:
+        ts_us = 0
+    elif ts_us > MAX_TABLE_TIME_US:
+        ts_us = MAX_TABLE_TIME_US
+    return time.gmtime(ts_us // 1_000_000)
 
 
 def expand_table_name(name: str, ts_us: int) -> str:
     """``strftime(name, gmtime(ts_us / 1e6))`` when ``name`` contains ``%``."""
     if "%" not in name:
         return name
-    return time.strftime(name, time.gmtime(ts_us // 1_000_000))
+    return time.strftime(name, _gmtime(ts_us))
 
 
 class _Namer:
@@ -76,7 +172,7 @@ class _Namer:
     def __call__(self, ts_us: int) -> str:
         key = ts_us // self.period
         if key != self.last_key:
-            self.last = time.strftime(self.name, time.gmtime(ts_us // 1_000_000))
+            self.last = time.strftime(self.name, _gmtime(ts_us))
             self.last_key = key
         return self.last
 
@@ -89,20 +185,23 @@ class Router:
         mt_mode: ``rand``, ``round_robin`` or ``hash``.
         hash_source: ``call_id``, ``from_user`` or ``to_user`` (used by ``hash``).
         start: first index for ``round_robin``.
+        dialect: the database's dialect, for the length limit of the names (None: the
+            smallest limit, 63).
 
     Raises:
         ConfigError: no table, a bad table name, an unknown mode or hash source.
     """
 
     def __init__(self, tables: list[str], mt_mode: str = "rand",
-                 hash_source: str = "call_id", *, start: int = 0) -> None:
+                 hash_source: str = "call_id", *, start: int = 0,
+                 dialect: str | None = None) -> None:
         if isinstance(tables, str):
             tables = [t for t in tables.split("|")]
         tables = [t.strip() for t in tables]
         if not tables:
             raise ConfigError("bad table_name: no table given")
         for t in tables:
-            validate_table_name(t)
+            validate_table_name(t, dialect)
         if mt_mode not in MT_MODES:
             raise ConfigError(f"bad mt_mode {mt_mode!r}: allowed: {', '.join(MT_MODES)}")
         if hash_source not in HASH_SOURCES:
@@ -114,6 +213,8 @@ class Router:
         self.n = len(tables)
         self._rr = start % self.n
         self._namers = [(_Namer(t) if "%" in t else None) for t in tables]
+        # the time a message carries picks its table (strftime codes in a name)
+        self.dated = any(n is not None for n in self._namers)
         self._rand = random.Random()
 
     def index(self, hash_key: str) -> int:

@@ -38,10 +38,11 @@ import datetime as _dt
 import re
 import sys
 import time
+import zlib
 from pathlib import Path
 
 from ..record import AUX_COLUMNS, BIGINT, BLOB, DATETIME, INT, SIP_COLUMNS, TEXT
-from .router import expand_table_name, validate_table_name
+from .router import expand_table_name, identifier_limit, validate_table_name
 from .url import DbUrl, parse_db_url
 
 DIALECTS = ("mysql", "postgresql", "sqlite")
@@ -266,15 +267,28 @@ def partition_maintenance_sql(table: str, existing: list[str], days_ahead: int,
     return out
 
 
+def index_name(dialect: str, table: str, suffix: str) -> str:
+    """``table + suffix`` (``_callid_idx``), or, when that is longer than the database's
+    identifier limit (PostgreSQL: 63; it would cut the names, and the cut names of one
+    table's indexes could be the same), the table part shortened and made unique with
+    its CRC-32: ``<first characters>_<crc32 hex><suffix>``."""
+    name = table + suffix
+    limit = identifier_limit(dialect)
+    if not suffix or limit is None or len(name) <= limit:
+        return name
+    tag = f"_{zlib.crc32(table.encode()):08x}"
+    return table[:limit - len(suffix) - len(tag)] + tag + suffix
+
+
 def sip_table_sql(dialect: str, table: str, partition_days: int | None = None) -> list[str]:
     """CREATE statements for one sip_capture-layout table (name already strftime-expanded)."""
-    validate_table_name(table)
     if "%" in table:
         raise ValueError(f"table name {table!r} still has strftime codes")
+    validate_table_name(table, dialect)
     sip, _ = _template_statements(dialect)
     q = _QUOTE[dialect]
     pat = re.compile(re.escape(q + TEMPLATE_TABLE) + r"((?:_\w+_idx)?)" + re.escape(q))
-    repl = lambda m: quote_ident(dialect, table + m.group(1))  # noqa: E731
+    repl = lambda m: quote_ident(dialect, index_name(dialect, table, m.group(1)))  # noqa: E731
     out = [pat.sub(repl, st) for st in sip]
     if partition_days and dialect == "mysql":
         out[0] = out[0] + "\n" + partition_clause(partition_days)
@@ -342,14 +356,15 @@ def batches_prune_sql(dialect: str, days: int = BATCHES_KEEP_DAYS) -> str:
 
 def schema_sql(dialect: str, sip_tables: list[str], aux: bool = True,
                partition_days: int | None = None, ts_us: int | None = None) -> list[str]:
-    """Every statement for these tables; strftime names are expanded for ``ts_us``
-    (default: now, UTC)."""
+    """Every statement for these tables; strftime names are expanded (once) for ``ts_us``
+    (default: now, UTC). Names are checked by the router's rule for ``dialect``, so
+    ``db init`` refuses exactly the names the collectors refuse."""
     if ts_us is None:
         ts_us = int(time.time() * 1_000_000)
     out: list[str] = []
     seen = set()
     for t in sip_tables:
-        name = expand_table_name(validate_table_name(t), ts_us)
+        name = expand_table_name(validate_table_name(t, dialect), ts_us)
         if name in seen:
             continue
         seen.add(name)
