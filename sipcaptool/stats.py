@@ -16,6 +16,12 @@ Keys are plain strings with a category prefix so a summary can group them:
                              kept whole): ``clock-skew``, a time too far from the clock
                              to name a strftime table, which the arrival time names
 * ``db:<event>``             batches, retries, errors
+* ``control:<reason>``       control-socket connections closed or refused (``timeout``,
+                             ``evicted-idle``, ``refused-full``, ``line-too-long``,
+                             ``peer-uid``, ``accept-error``); counted by the control
+                             socket itself, shown by ``ctl stats`` and ``/metrics``
+* ``metrics:<reason>``       the same for ``--metrics`` (``bad-request``,
+                             ``request-too-long`` instead of the two Unix-socket ones)
 """
 
 from __future__ import annotations
