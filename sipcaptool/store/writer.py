@@ -18,9 +18,11 @@ A failed batch is retried up to ``insert_retries`` times within
 ``insert_retry_timeout`` seconds, with exponential back-off (0.1 s doubling to 5 s) and
 a fresh connection each time (so a restarted server is reconnected to).
 
-With a spool (``spool_dir``), a batch whose retries end on a connection failure -- or
-any batch while the database is known to be down or the spool is not empty -- is
-appended to the spool on disk and written when the database answers again, oldest
+With a spool (``spool_dir``), a batch whose retries end on a connection failure or an
+error a person must fix (privileges, a missing or altered table: logged with what to
+fix; see :class:`StoreError` for how errors are classified) -- or any batch while the
+database is known to be down or the spool is not empty -- is appended to the spool on
+disk and written when the database answers again, oldest
 first, in between new batches (which keep going behind the spool, so order is kept);
 see :class:`_Core`. A database unreachable at start is then not an error: batches are
 spooled from the first one. Every batch carries an id, inserted into
@@ -47,7 +49,9 @@ Counters (in the caller's Stats): ``db:batches`` (batches written), ``db:retries
 ``db:drained`` (spooled batches written), ``db:already-written`` (batches found
 committed by an earlier attempt), ``db:warnings`` (values the server changed or left
 out while taking a batch: MySQL's LOAD DATA LOCAL turns such errors into warnings, which
-are logged and counted), ``db:split`` (batches the database refused, written in pieces
+are logged and counted; a row it skips -- fewer rows taken than sent -- is a refused
+row), ``db:unrepresentable`` and ``truncated:<column>`` (PostgreSQL databases whose
+encoding is not UTF8, see :mod:`sipcaptool.store.postgres`), ``db:split`` (batches the database refused, written in pieces
 so that only the refused rows were dropped), ``stored:<table>`` (rows written),
 ``dropped:db-error``, ``dropped:spool-full``. Gauges (changes added to the same Stats,
 so they add up over writers and workers): ``queue_depth`` (batches handed to the writer
@@ -151,7 +155,8 @@ class _Core:
 
     * The spool is empty and the database answers: the batch is written (retried per
       insert_retries / insert_retry_timeout).
-    * The retries are exhausted on a connection failure, or the database was already
+    * The retries are exhausted on a connection failure or an operator error (the
+      error's ``transient``), or the database was already
       known to be down, or the spool holds batches: the batch is appended to the spool,
       behind what is there (batches reach the database in the order they were made).
     * While the spool holds batches, its oldest one is written whenever no new batch is
