@@ -5,7 +5,8 @@ from collections import Counter
 import pytest
 
 from sipcaptool.errors import ConfigError
-from sipcaptool.store.router import Router, expand_table_name, validate_table_name
+from sipcaptool.store.router import (Router, expand_table_name, longest_expansion,
+                                     validate_table_name)
 
 TS = 1_764_374_399_999_999  # 2025-11-28 23:59:59.999999 UTC
 
@@ -58,10 +59,31 @@ def test_strftime_in_utc_from_capture_time(monkeypatch):
 
 
 @pytest.mark.parametrize("bad", ["", "a-b", "a b", "x;drop", "t%z", "t%", "1abc", "a`b",
-                                 "x" * 64])
+                                 "x" * 64, "a%%b", "t_%s", "t_%Z", "%Y_t", "%d", "a$b"])
 def test_bad_table_names(bad):
     with pytest.raises(ConfigError):
         validate_table_name(bad)
+
+
+def test_length_is_checked_against_the_longest_date_and_the_database():
+    name = "t" * 54 + "_%A"                   # Thursday: 63, Wednesday: 64
+    assert longest_expansion(name) == 64
+    assert validate_table_name(name, "mysql") == name
+    assert validate_table_name(name, "sqlite") == name
+    with pytest.raises(ConfigError, match="Wednesday"):
+        validate_table_name(name, "postgresql")
+    with pytest.raises(ConfigError):
+        Router([name], dialect="postgresql")
+    assert Router([name], dialect="mysql").choose("", 1_788_307_200_000_000) == \
+        "t" * 54 + "_Wednesday"
+    assert validate_table_name("x" * 500, "sqlite") and validate_table_name("x" * 500, "none")
+
+
+def test_dated_flag_and_clamped_times():
+    assert not Router(["a", "b"]).dated
+    assert Router(["a", "b_%Y"]).dated
+    assert expand_table_name("t_%Y", 10 ** 20) == "t_9999"
+    assert expand_table_name("t_%Y", -1) == "t_1970"
 
 
 def test_bad_mode_and_source():

@@ -43,6 +43,31 @@ def test_partition_clause():
     assert c.count("PARTITION p2026") == 3 and "pmax VALUES LESS THAN MAXVALUE" in c
 
 
+def test_index_names_fit_the_identifier_limit():
+    from sipcaptool.store.schema import index_name
+
+    assert index_name("postgresql", "sip_capture", "_callid_idx") == "sip_capture_callid_idx"
+    long = "s" * 63
+    names = {index_name("postgresql", long, f"_{ix}_idx") for ix in
+             ("ruri_user", "from_user", "to_user", "pid_user", "auth_user", "callid_aleg",
+              "date", "callid")}
+    assert len(names) == 8 and all(len(n) <= 63 for n in names)
+    assert index_name("postgresql", long, "") == long
+    assert index_name("sqlite", long, "_callid_idx") == long + "_callid_idx"
+    text = "\n".join(sip_table_sql("postgresql", long))
+    assert f'"{long}_callid_idx"' not in text and f'ON "{long}"' in text
+
+
+def test_strftime_names_expanded_once():
+    # 'a%%b' would expand to 'a%b' and again to 'aDec': refused; expanded names are literal
+    from sipcaptool.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        schema_sql("sqlite", ["a%%b"], aux=False)
+    stmts = schema_sql("sqlite", ["sip_%b"], aux=False, ts_us=0)
+    assert '"sip_Jan"' in stmts[0]
+
+
 def test_strftime_names_expanded_for_today():
     today = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d")
     stmts = schema_sql("sqlite", ["sip_%Y%m%d", "sip_capture"], aux=False)
