@@ -48,9 +48,10 @@ _CONNECTION = {1021, 1037, 1038, 1040, 1041, 1043, 1053, 1152, 1153, 1154, 1155,
                1317, 1614, 1927, 1969, 3024, 4031}
 # a person must fix something: privileges (1044/1045/1142/1143/1227), a missing or
 # altered table or database (1146, 1054 unknown column, 1136 column count, 1049, 1109,
-# 1356 broken view, 1471 not insertable), a read-only server (1290, 1036, 1792)
-_OPERATOR = {1036, 1044, 1045, 1049, 1054, 1109, 1136, 1142, 1143, 1146, 1227, 1290,
-             1356, 1471, 1792}
+# 1356 broken view, 1471 not insertable), a read-only server (1290, 1036, 1792), a full
+# table (1114)
+_OPERATOR = {1036, 1044, 1045, 1049, 1054, 1109, 1114, 1136, 1142, 1143, 1146, 1227,
+             1290, 1356, 1471, 1792}
 # the rows themselves: trigger SIGNAL (1644), CHECK (4025 MariaDB, 3819 MySQL), no
 # partition for the value (1526, 1748), NOT NULL / no default, duplicates, foreign
 # keys, values out of range or too long in strict mode
@@ -64,7 +65,8 @@ _HINTS = {1044: "grant the user access to the database", 1045: "check the user a
           1054: "the table lacks a column: recreate it with sipcaptool db init",
           1136: "the table has other columns: recreate it with sipcaptool db init",
           1049: "create the database", 1290: "the server is read-only (--read-only)",
-          1036: "the table is read-only", 1792: "the transaction is read-only"}
+          1036: "the table is read-only", 1792: "the transaction is read-only",
+          1114: "the table or its disk is full"}
 _DELAYED_ENGINES = {"MYISAM", "MEMORY", "ARCHIVE", "BLACKHOLE"}
 
 _tokens = itertools.count(1)
