@@ -329,6 +329,9 @@ def check_control_socket(path: str, *, default: bool) -> None:
     the effective user or root (root talks to any). A missing socket passes (connecting
     says so).
     """
+    euid = os.geteuid()
+    if euid == 0:
+        return  # root talks to any collector (/run/sipcaptool may be the service user's)
     directory = os.path.dirname(os.path.abspath(path))
     if default:
         check_runtime_dir(directory)
@@ -338,10 +341,9 @@ def check_control_socket(path: str, *, default: bool) -> None:
         st = os.stat(path)
     except OSError:
         return
-    euid = os.geteuid()
     if not stat.S_ISSOCK(st.st_mode):
         raise UnsafeControlPathError(f"control socket {path}: not a socket")
-    if euid != 0 and st.st_uid not in (euid, 0):
+    if st.st_uid not in (euid, 0):
         raise UnsafeControlPathError(f"control socket {path} is owned by {_who(st.st_uid)}, not by "
                                 f"you ({_who(euid)}): refusing to talk to another user's "
                                 "process; give the collector's --control PATH")

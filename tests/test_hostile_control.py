@@ -273,8 +273,9 @@ def test_collector_makes_its_runtime_directory_0700_and_ctl_uses_it(victim):
         assert (code, o) == (0, "Enabled\n"), e
         code, o, e = as_user(uid, cli("ctl", "status", "off"), env=env)
         assert (code, o) == (0, "Disabled\n"), e
-        # root talks to any user's collector
-        assert send_command(sock, "status on") == "Enabled"
+        # root talks to any user's collector (as to /run/sipcaptool of a service user)
+        code, o, e = as_user(0, cli("ctl", "--control", sock, "status", "on"), env=env)
+        assert (code, o) == (0, "Enabled\n"), e
         # another user cannot reach it: ctl refuses a directory of someone else's, and
         # the socket is 0600 in a 0700 directory anyway
         code, o, e = as_user(ATTACKER, cli("ctl", "--control", sock, "status", "off"),
