@@ -72,7 +72,8 @@ class Pipeline:
                  require_db_at_start: bool = False, max_clock_skew: float = 0.0) -> None:
         self.settings = settings
         self.stats = stats
-        self.capture_flag = capture_flag if capture_flag is not None else CaptureFlag(bool(settings.capture_on))
+        self.capture_flag = (capture_flag if capture_flag is not None
+                             else CaptureFlag(bool(settings.capture_on)))
         self.capture_bad = bool(settings.capture_bad_msgs)
         self.opts = RowOptions(capture_node=settings.capture_node,
                                callid_aleg_headers=settings.aleg_headers(),
@@ -108,7 +109,7 @@ class Pipeline:
             for w in writers.values():
                 try:
                     w.close()
-                except Exception:
+                except Exception:  # noqa: BLE001 - the error being raised is the one to report
                     pass
             raise
         self.writers = list(writers.values())
@@ -176,9 +177,6 @@ class Pipeline:
                 "batches": sum(w.spool_batches for w in self.writers),
                 "rows": sum(w.spool_rows for w in self.writers),
                 "bytes": sum(w.spool_bytes for w in self.writers)}
-
-    def set_capture(self, on: bool) -> None:
-        self.capture_flag.value = 1 if on else 0
 
     def flush(self) -> None:
         for w in self.writers:

@@ -72,11 +72,11 @@ import struct
 import termios
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from ..decode.hep import MAX_INFLATED, DecodeError, HepStream, decode_datagram
-from ..errors import ConfigError, CaptureError, StoreError
+from ..errors import CaptureError, ConfigError, StoreError
 from ..stats import Stats
 from .bpf import attach_filter
 
@@ -375,7 +375,6 @@ class HepCollector:
         self._wake_w.setblocking(False)
         self._logged: dict[tuple[str, str], float] = {}
         self._errs: list[DecodeError] = []
-        self._extra: list[tuple[object, Callable[[], None]]] = []
 
     # -- control ----------------------------------------------------------------------
     def stop(self, reason: str = "stopped") -> None:
@@ -399,10 +398,6 @@ class HepCollector:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
-    def add_reader(self, fileobj, callback: Callable[[], None]) -> None:
-        """Serve another readable file object (e.g. a control socket) from this loop."""
-        self._extra.append((fileobj, callback))
-
     @property
     def uptime(self) -> float:
         return time.monotonic() - self.started
@@ -414,8 +409,6 @@ class HepCollector:
             kind = "udp" if lst.spec.transport == "udp" else "accept"
             sel.register(sock, selectors.EVENT_READ, (kind, lst, sock))
         sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None, None))
-        for fileobj, cb in self._extra:
-            sel.register(fileobj, selectors.EVENT_READ, ("extra", cb, None))
         deadline = None if self.duration is None else self.started + self.duration
         next_tick = time.monotonic() + self.tick_interval
         stats = self.stats
@@ -438,13 +431,11 @@ class HepCollector:
                             self._touch(a)
                     elif kind == "accept":
                         self._accept(b, a)
-                    elif kind == "wake":
+                    else:  # "wake"
                         try:
                             self._wake_r.recv(4096)
                         except OSError:
                             pass
-                    else:
-                        a()
                     if self._stop:
                         break
                 got = stats["packets"] - before
@@ -652,7 +643,7 @@ class HepCollector:
                 pass
         try:
             self._sel.close()
-        except Exception:
+        except OSError:
             pass
         self._wake_r.close()
         self._wake_w.close()

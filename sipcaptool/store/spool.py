@@ -200,11 +200,6 @@ class Spool:
         with self._lock:
             return sum(self._disk.values())
 
-    @property
-    def pending_bytes(self) -> int:
-        with self._lock:
-            return sum(r.size for r in self._queue)
-
     # -- segments ----------------------------------------------------------------------
     def _segments(self) -> list[str]:
         try:
@@ -423,6 +418,3 @@ def status(root: str) -> list[dict]:
         out.append(info)
     return out
 
-
-def find_target(root: str, url: DbUrl) -> str:
-    return os.path.join(root, target_key(url))

@@ -79,11 +79,6 @@ class DbUrl:
             q = "?" + "&".join(f"{k}={v}" for k, v in self.options)
         return f"{self.dialect}://{auth}{host}:{self.port}/{self.database}{q}"
 
-    def with_database(self, database: str) -> "DbUrl":
-        """The same server and login with another database name."""
-        return DbUrl(self.dialect, database, self.host, self.port, self.user, self.password,
-                     self.options)
-
     def __str__(self) -> str:
         return self.redacted()
 
