@@ -25,21 +25,25 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from decode_builders import udp4_frame
+from store_helpers import connect, q, tables
+from test_hep_collector import ROOT, collectors, message, sip  # noqa: F401
 
 from sipcaptool.cli import cli
 from sipcaptool.config import Settings
 from sipcaptool.decode.hep import encode_hep3
 from sipcaptool.errors import ConfigError
 from sipcaptool.pipeline import Pipeline
-from sipcaptool.record import SIP_COLUMN_NAMES
 from sipcaptool.stats import Stats
-from sipcaptool.store.router import (CODE_WIDTHS, IDENT_LIMITS, Router, expand_table_name,
-                                     longest_expansion, validate_table_name)
+from sipcaptool.store.router import (
+    CODE_WIDTHS,
+    IDENT_LIMITS,
+    Router,
+    expand_table_name,
+    longest_expansion,
+    validate_table_name,
+)
 from sipcaptool.store.schema import init_db, sip_table_sql
-
-from decode_builders import udp4_frame
-from store_helpers import connect, q, tables
-from test_hep_collector import ROOT, collectors, message, sip  # noqa: F401
 
 DAY_US = 86_400_000_000
 
@@ -74,7 +78,7 @@ def _rows(url: str, table: str) -> list[dict]:
         cur = conn.cursor()
         cols = ("callid", "micro_ts", "date")
         cur.execute(f"SELECT {', '.join(q(url, c) for c in cols)} FROM {q(url, table)}")
-        return [dict(zip(cols, r)) for r in cur.fetchall()]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
     finally:
         conn.close()
 
@@ -84,7 +88,7 @@ def _rows(url: str, table: str) -> list[dict]:
 def _far_dates(n: int) -> list[int]:
     """n distinct whole-second times on n distinct days between 1975 and 2016, none
     within a day of now."""
-    base = dt.datetime(1975, 1, 1, 12, 0, 1, tzinfo=dt.timezone.utc)
+    base = dt.datetime(1975, 1, 1, 12, 0, 1, tzinfo=dt.UTC)
     return [int((base + dt.timedelta(days=5 * i)).timestamp()) * 1_000_000 for i in range(n)]
 
 
@@ -300,7 +304,7 @@ def test_db_init_and_router_agree(name, ok_sqlite, ok_mysql, ok_pg, dialect, tmp
         assert "not a valid table name" in output, output
 
 
-def test_db_init_percent_percent_no_longer_creates_aDec(tmp_path, capsys):
+def test_db_init_percent_percent_no_longer_creates_adec(tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'pp.db'}"
     code, output = _sipcaptool(["db", "init", "--db", url, "--table-name", "a%%b"], capsys)
     assert code == 2 and "'%%'" in output, output
@@ -312,7 +316,7 @@ def test_code_widths_are_the_longest_expansions():
     years) and the hours 0-23, never gives more characters than CODE_WIDTHS says, and
     reaches it (so the length check is neither loose nor too strict)."""
     seen = {c: 0 for c in CODE_WIDTHS}
-    start = int(dt.datetime(1996, 1, 1, tzinfo=dt.timezone.utc).timestamp())
+    start = int(dt.datetime(1996, 1, 1, tzinfo=dt.UTC).timestamp())
     for day in range(0, 366 * 28, 1):
         for hour in (0, 9, 12, 23):
             t = time.gmtime(start + day * 86400 + hour * 3600 + 59 * 61)

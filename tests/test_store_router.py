@@ -5,8 +5,7 @@ from collections import Counter
 import pytest
 
 from sipcaptool.errors import ConfigError
-from sipcaptool.store.router import (Router, expand_table_name, longest_expansion,
-                                     validate_table_name)
+from sipcaptool.store.router import Router, expand_table_name, longest_expansion, validate_table_name
 
 TS = 1_764_374_399_999_999  # 2025-11-28 23:59:59.999999 UTC
 

@@ -166,7 +166,7 @@ class _Namer:
         self.name = name
         codes = set(re.findall(r"%(.)", name))
         self.period = 86_400_000_000 if codes <= set(_DAY_CODES) else 1_000_000
-        self.last_key = None
+        self.last_key: int | None = None
         self.last = name
 
     def __call__(self, ts_us: int) -> str:
