@@ -355,7 +355,7 @@ def _peer_uid(sock: socket.socket) -> int | None:
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     except (AttributeError, OSError):
         return None
-    return struct.unpack("3i", raw)[1]
+    return int(struct.unpack("3i", raw)[1])
 
 
 def _prepare_path(path: str, default: bool = False) -> None:
@@ -704,6 +704,9 @@ class _SelectorServer:
                             self._read(conn, now)
                     except OSError:
                         self._close(conn)
+                    except Exception:  # a bug must not end the loop for every client
+                        log.exception("%s: a connection failed", self._describe())
+                        self._close(conn)
             if self._stop.is_set():
                 break
             if accept or (self._paused and now >= self._resume_at):
@@ -738,6 +741,10 @@ class _SelectorServer:
             try:
                 self._read(conn, now)
             except OSError:
+                self._close(conn)
+                continue
+            except Exception:  # a bug must not end the loop for every client
+                log.exception("%s: a connection failed", self._describe())
                 self._close(conn)
                 continue
             if sock in self._conns and len(self._conns) > self.max_connections:
