@@ -241,3 +241,12 @@ def _ws_handshake(n: int) -> list[bytes]:
 
 def test_ws_handshake_in_one_byte_segments_linear():
     _assert_linear(_ws_handshake, _feed, 6000)
+
+
+def test_defrag_end_before_bytes_already_received_is_an_overlap():
+    from sipcaptool.decode.defrag import Defragmenter
+    st = Stats()
+    df = Defragmenter(st)
+    assert df.add(0, "k", 80, True, b"b" * 80) is None
+    assert df.add(0, "k", 0, False, b"a" * 80) is None    # ends where bytes already are
+    assert st["malformed:fragment-overlap"] == 1 and len(df) == 0 and df.held_bytes == 0
