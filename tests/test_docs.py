@@ -134,7 +134,7 @@ def test_pages_are_valid_roff():
     for f in sorted(os.listdir(MAN)):
         if not f.endswith(".1"):
             continue
-        p = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", os.path.join(MAN, f)],
+        p = subprocess.run(["groff", "-t", "-man", "-Tutf8", "-ww", "-z", os.path.join(MAN, f)],
                            capture_output=True, text=True, timeout=60)
         errors = [ln for ln in p.stderr.splitlines() if "table wider" not in ln
                   and "around line" not in ln]
