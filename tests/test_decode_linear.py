@@ -11,6 +11,7 @@ import struct
 import time
 
 from decode_builders import eth, ip4, tcp
+
 from sipcaptool.decode.packet import PacketDecoder
 from sipcaptool.decode.sip import parse_sip
 from sipcaptool.stats import Stats
@@ -135,7 +136,7 @@ def test_sctp_fragments_without_begin_linear():
 def test_sctp_many_fragments_still_reassemble():
     frames = _sctp_frames(3000, 2)
     last = _sctp_data(100 + 3000, b"END", 1)
-    frames.append(eth(0x0800, ip4("10.0.0.1", "10.0.0.2", 132, struct.pack("!HHII", 5060, 5060, 1, 0) + last)))
+    frames.append(_sctp_frame(last))
     st = Stats()
     d = PacketDecoder(1, st)
     got = []
@@ -147,7 +148,8 @@ def test_sctp_many_fragments_still_reassemble():
 # ----------------------------------------------------------------- Digest parsing
 
 def _auth_message(n: int) -> bytes:
-    return (b"REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCall-ID: x\r\nCSeq: 1 REGISTER\r\n"
+    return (b"REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n"
+            b"Call-ID: x\r\nCSeq: 1 REGISTER\r\n"
             b"From: <sip:a@example.com>;tag=1\r\nTo: <sip:a@example.com>\r\n"
             b"Authorization: Digest " + b"username" * (n // 8) + b"\r\nContent-Length: 0\r\n\r\n")
 
@@ -157,7 +159,8 @@ def test_digest_username_scan_linear():
 
 
 def test_digest_username_still_found():
-    msg = (b"REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCall-ID: x\r\nCSeq: 1 REGISTER\r\n"
+    msg = (b"REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n"
+           b"Call-ID: x\r\nCSeq: 1 REGISTER\r\n"
            b"From: <sip:a@example.com>;tag=1\r\nTo: <sip:a@example.com>\r\n"
            b'Authorization: Digest realm="usernames", xusername="no", USERNAME = "bob@x", nonce="1"\r\n'
            b"Content-Length: 0\r\n\r\n")

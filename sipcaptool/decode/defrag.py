@@ -17,7 +17,7 @@ MAX_DATAGRAM = 65535 + 8  # IPv4/IPv6 payload limit, with room for an offset rou
 _ONES = b"\x01" * MAX_DATAGRAM
 
 
-def _agrees(dg: "_Datagram", offset: int, data: bytes, seen: int) -> bool:
+def _agrees(dg: _Datagram, offset: int, data: bytes, seen: int) -> bool:
     """Whether ``data`` at ``offset`` repeats the bytes of ``dg`` already received there
     (``seen`` of them)."""
     end = offset + len(data)
