@@ -800,7 +800,8 @@ def _digest_user(body: str) -> str:
             return ""   # unterminated quoted string
         value = q.group(1).replace('\\"', '"')
     else:
-        value = _DIGEST_TOKEN.match(params, j).group()
+        t = _DIGEST_TOKEN.match(params, j)     # always matches (maybe empty)
+        value = t.group() if t is not None else ""
     at = value.find("@")
     return value if at < 0 else value[:at]
 
