@@ -37,5 +37,6 @@ class Stats(Counter[str]):
         prefix = category + ":"
         return {k[len(prefix):]: v for k, v in sorted(self.items()) if k.startswith(prefix) and v}
 
-    def total(self, category: str) -> int:  # type: ignore[override]
+    def category_total(self, category: str) -> int:
+        """The sum of every ``category:*`` count (``Counter.total()`` sums them all)."""
         return sum(self.group(category).values())

@@ -60,7 +60,7 @@ def test_several_packets_in_one_segment():
     data = _hep(0) + _hep(1, OK200) + _hep(2)
     msgs = f.send(5, data)
     assert [_key(m) for m in msgs] == _expected((0, INVITE), (1, OK200), (2, INVITE))
-    assert f.stats.total("malformed") == 0
+    assert f.stats.category_total("malformed") == 0
 
 
 def test_one_packet_over_several_segments():
@@ -127,7 +127,7 @@ def test_bad_packet_inside_a_good_frame_does_not_stop_the_stream():
     bad = b"HEP3\x00\x0c" + b"\x00\x00\x00\x63\x00\x06"     # one empty vendor chunk, no payload
     msgs = f.send(1, _hep(0) + bad + _hep(1, OK200))
     assert [_key(m) for m in msgs] == _expected((0, INVITE), (1, OK200))
-    assert f.stats.total("malformed") == 1
+    assert f.stats.category_total("malformed") == 1
     assert f.stats["malformed:hep3-stream"] == 0
 
 

@@ -123,7 +123,7 @@ def test_init_starts_a_new_tsn_space():
 def test_control_chunks_are_ignored():
     a = Assoc()
     assert a.send(TS, _sack(9)) == []
-    assert a.stats.total("malformed") == 0
+    assert a.stats.category_total("malformed") == 0
 
 
 def test_tsn_window_and_flow_cap_bound_memory():
