@@ -131,16 +131,21 @@ class WorkerPool:
             loop stops on a signal of its own).
         close_in_child: called first thing in worker ``i`` (to close what belongs to
             the other workers).
+        keep_going: a worker that fails or dies after it was ready does not stop the
+            others (for workers that each serve a share the others take over, as
+            SO_REUSEPORT sockets do); one that fails during start-up always does.
     """
 
     def __init__(self, n: int, body: Body, *, name: str, stop_flag: Any = None,
                  signal_workers: bool = False,
-                 close_in_child: Callable[[int], None] | None = None) -> None:
+                 close_in_child: Callable[[int], None] | None = None,
+                 keep_going: bool = False) -> None:
         self.n = n
         self.body = body
         self.name = name
         self.stop_flag = stop_flag
         self.signal_workers = signal_workers
+        self.keep_going = keep_going
         self.close_in_child = close_in_child
         self.procs: list[Any] = []
         self.ready: set[int] = set()
@@ -207,7 +212,7 @@ class WorkerPool:
                     self.failures.append(Failed(i, SipcaptoolError(
                         f"{self.procs[i].name} {what} (exit code {self.procs[i].exitcode})"),
                         died=True))
-                    self.stop()
+                    self._stop_after_failure(i)
                 continue
             self._take(msg)
         return bool(self._conns)
@@ -225,7 +230,11 @@ class WorkerPool:
                 self.failures.append(msg)
                 if stats:
                     self.snapshots[i] = stats
-                self.stop()
+                self._stop_after_failure(i)
+
+    def _stop_after_failure(self, index: int) -> None:
+        if not (self.keep_going and index in self.ready):
+            self.stop()
 
     def join(self, timeout: float = 60.0) -> None:
         """Wait for the processes; one still alive after ``timeout`` is terminated."""

@@ -730,6 +730,13 @@ class Writer:
             self._timer.start()
 
     # -- writer process ----------------------------------------------------------------
+    @property
+    def process_ended(self) -> bool:
+        """True when this writer writes through a writer process and that process has
+        ended (it died, or close() stopped it): nothing more can be stored. False for a
+        writer that writes in this process, or stores nowhere (``db_url`` none)."""
+        return self.background and self.adapter is not None and self._proc is None
+
     def _start_process(self, queue_batches: int, partition_days, mp_context) -> None:
         ctx = multiprocessing.get_context(mp_context or "fork")
         self._jobs = ctx.Queue(maxsize=max(1, int(queue_batches)))
