@@ -387,7 +387,7 @@ def test_server_answers_no_client_of_another_user(tmp_path):
 
             def attack():
                 try:
-                    return 0 if send_command(srv.path, "status off", timeout=3) == "" else 3
+                    return 0 if send_command(srv.path, "status off", timeout=1) == "" else 3
                 except OSError:
                     return 4
             code, _o, e = as_user(ATTACKER, attack)
@@ -395,6 +395,8 @@ def test_server_answers_no_client_of_another_user(tmp_path):
             assert flag.value == 1
             doc = json.loads(send_command(srv.path, "stats"))
             assert set(doc["control"]) == {"peer-uid"} and doc["control"]["peer-uid"] >= 1
+            text = send_command(srv.path, "stats text")
+            assert "control connections closed:" in text and "peer-uid:" in text
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
