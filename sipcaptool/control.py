@@ -11,7 +11,8 @@ Protocol
 UTF-8 text, one command per line (``\\n`` or ``\\r\\n``); words are separated by
 blanks; command names and parameters are case-insensitive. The server answers each
 line in order and keeps the connection open until the client closes it (or half-closes
-it, as ``socat`` does at the end of its input).
+it, as ``socat`` does at the end of its input), or sends no whole line for
+``control_timeout`` seconds (see Limits).
 
 ==================  ==================================================================
 command             answer
