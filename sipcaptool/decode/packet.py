@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 from sipcaptool.decode import ip as _ip
 from sipcaptool.decode import link as _link
@@ -157,6 +157,20 @@ class PacketDecoder:
         except (ValueError, KeyError, OverflowError, RecursionError):  # pragma: no cover
             # not reached by any known input; kept so that one odd frame never stops a capture
             self.stats["malformed:decode-error"] += 1
+        return out
+
+    def decode_batch(self, data: bytes, meta: Sequence[int]) -> list[CapturedMessage]:
+        """Decode a batch of frames as libpcap's ``next_batch`` gives them (and
+        ``CaptureFile.batches``, ``PcapSource.batches``): ``meta`` holds uint32
+        quadruples (sec, usec, offset, caplen) slicing each frame out of ``data``.
+        The messages of every frame, in order; packets are not counted here either."""
+        out: list[CapturedMessage] = []
+        add = out.extend
+        decode = self.decode
+        # strided slices and zip: cheaper per frame than indexing meta four times
+        for sec, usec, off, caplen in zip(meta[0::4], meta[1::4], meta[2::4], meta[3::4],
+                                          strict=True):
+            add(decode(sec * 1000000 + usec, data[off:off + caplen]))
         return out
 
     def flush(self) -> list[CapturedMessage]:
