@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sipcaptool.decode.hep import encode_hep3  # noqa: E402
+from sipcaptool.encode.hep import encode_hep3  # noqa: E402
 from sipcaptool.record import AF_INET, PROTO_UDP, CapturedMessage  # noqa: E402
 from sipcaptool.store.url import parse_db_url  # noqa: E402
 from sipcaptool.testing.pcapgen import realistic_messages  # noqa: E402

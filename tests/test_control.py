@@ -427,7 +427,7 @@ class HepCollector:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
     def send(self, callids: list[str]) -> None:
-        from sipcaptool.decode.hep import encode_hep3
+        from sipcaptool.encode.hep import encode_hep3
         from sipcaptool.record import AF_INET, PROTO_UDP, CapturedMessage
 
         for cid in callids:

@@ -30,7 +30,7 @@ import time
 
 import pytest
 
-from sipcaptool.decode.hep import encode_hep3
+from sipcaptool.encode.hep import encode_hep3
 
 from test_hep_collector import ROOT, Collector, collectors, message  # noqa: F401
 

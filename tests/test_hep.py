@@ -1,4 +1,4 @@
-"""Unit tests for the HEP codec (sipcaptool.decode.hep)."""
+"""Unit tests for the HEP codec (sipcaptool.decode.hep, decode.hep_stream, encode.hep)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,9 @@ import zlib
 
 import pytest
 
-from sipcaptool.decode.hep import (
-    MAX_INFLATED,
-    HepPacket,
-    HepStream,
-    decode_datagram,
-    encode_hep1,
-    encode_hep2,
-    encode_hep3,
-    looks_like_hep,
-)
+from sipcaptool.decode.hep import MAX_INFLATED, HepPacket, decode_datagram, looks_like_hep
+from sipcaptool.decode.hep_stream import HepStream
+from sipcaptool.encode.hep import encode_hep1, encode_hep2, encode_hep3
 from sipcaptool.errors import DecodeError
 from sipcaptool.record import CapturedMessage
 

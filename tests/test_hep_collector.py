@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from sipcaptool.decode.hep import encode_hep1, encode_hep2, encode_hep3
+from sipcaptool.encode.hep import encode_hep1, encode_hep2, encode_hep3
 from sipcaptool.record import AF_INET, AF_INET6, PROTO_TCP, PROTO_UDP, CapturedMessage
 
 ROOT = Path(__file__).resolve().parents[1]

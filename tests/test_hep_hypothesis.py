@@ -13,16 +13,9 @@ import zlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipcaptool.decode.hep import (
-    HepPacket,
-    HepStream,
-    _ip6_str,
-    decode_datagram,
-    encode_hep1,
-    encode_hep2,
-    encode_hep3,
-    looks_like_hep,
-)
+from sipcaptool.decode.hep import HepPacket, _ip6_str, decode_datagram, looks_like_hep
+from sipcaptool.decode.hep_stream import HepStream
+from sipcaptool.encode.hep import encode_hep1, encode_hep2, encode_hep3
 from sipcaptool.errors import DecodeError
 from sipcaptool.record import CapturedMessage
 

@@ -7,10 +7,10 @@ import random
 
 from decode_builders import INVITE, OK200, eth, ip4, tcp
 
-from sipcaptool.decode.hep import encode_hep3
 from sipcaptool.decode.packet import PacketDecoder
 from sipcaptool.decode.sip import looks_like_sip
 from sipcaptool.decode.tcp import HEP_FRAME, TcpReassembler
+from sipcaptool.encode.hep import encode_hep3
 from sipcaptool.record import PROTO_TCP, PROTO_UDP, CapturedMessage
 from sipcaptool.stats import Stats
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from shared_data import SHARED, needs_shared  # noqa: E402
 
-from sipcaptool.decode.hep import HepStream, decode_datagram, looks_like_hep
+from sipcaptool.decode.hep import decode_datagram, looks_like_hep
+from sipcaptool.decode.hep_stream import HepStream
 from sipcaptool.errors import DecodeError
 
 REFERENCE = SHARED / "reference"

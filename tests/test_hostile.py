@@ -21,10 +21,12 @@ import zlib as _zlib
 import pytest
 from test_hep_collector import ROOT, collectors, message, rows_by_callid  # noqa: F401
 
-from sipcaptool.decode.hep import MAX_INFLATED, HepStream, decode_datagram, encode_hep3
+from sipcaptool.decode.hep import MAX_INFLATED, decode_datagram
+from sipcaptool.decode.hep_stream import HepStream
 from sipcaptool.decode.packet import PacketDecoder
 from sipcaptool.decode.sip import looks_like_sip
 from sipcaptool.decode.tcp import MAX_BODY_BYTES, TcpReassembler
+from sipcaptool.encode.hep import encode_hep3
 from sipcaptool.errors import DecodeError
 from sipcaptool.stats import Stats
 from sipcaptool.testing.pcapgen import PcapWriter, udp4_frame

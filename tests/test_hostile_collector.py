@@ -25,7 +25,7 @@ import time
 import pytest
 
 from sipcaptool.config import Settings
-from sipcaptool.decode.hep import encode_hep3
+from sipcaptool.encode.hep import encode_hep3
 
 from store_helpers import connect
 from test_hep_collector import ROOT, collectors, message, rows_by_callid  # noqa: F401

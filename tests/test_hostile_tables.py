@@ -31,7 +31,7 @@ from test_hep_collector import ROOT, collectors, message, sip  # noqa: F401
 
 from sipcaptool.cli import cli
 from sipcaptool.config import Settings
-from sipcaptool.decode.hep import encode_hep3
+from sipcaptool.encode.hep import encode_hep3
 from sipcaptool.errors import ConfigError
 from sipcaptool.pipeline import Pipeline
 from sipcaptool.stats import Stats

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import sipcaptool
 import sipcaptool.decode
+import sipcaptool.encode
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "sipcaptool"
@@ -21,7 +22,11 @@ FORBIDDEN = ("socket", "pcapy", "pymysql", "psycopg2", "sqlite3", "click", "tqdm
 # every module of the decode package, found by walking it (lazily imported ones too)
 DECODE_MODULES = sorted(m.name for m in pkgutil.walk_packages(sipcaptool.decode.__path__,
                                                               "sipcaptool.decode."))
-PURE = DECODE_MODULES + ["sipcaptool.record", "sipcaptool.row", "sipcaptool.errors"]
+# the encoders are held to the decoders' rules
+ENCODE_MODULES = sorted(m.name for m in pkgutil.walk_packages(sipcaptool.encode.__path__,
+                                                              "sipcaptool.encode."))
+PURE = (DECODE_MODULES + ["sipcaptool.encode"] + ENCODE_MODULES
+        + ["sipcaptool.record", "sipcaptool.row", "sipcaptool.errors"])
 
 
 def _all_modules() -> list[str]:

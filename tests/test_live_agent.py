@@ -66,7 +66,7 @@ class Collector:
 
 def _window_size(net: VethPair, node_name: str | None = "edge1") -> int:
     """A --size whose message makes a HEP packet too big for UDP but not for HEP."""
-    from sipcaptool.decode.hep import encode_hep3
+    from sipcaptool.encode.hep import encode_hep3
     from sipcaptool.record import CapturedMessage
 
     for size in range(65000, 65600):

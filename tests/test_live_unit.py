@@ -12,8 +12,8 @@ import pytest
 from sipcaptool.decode.hep import decode_datagram
 from sipcaptool.errors import ConfigError
 from sipcaptool.record import CapturedMessage
+from sipcaptool.senders.hep import HepSender, parse_target
 from sipcaptool.sources import bpf
-from sipcaptool.sources.hepout import HepSender, parse_target
 from sipcaptool.sources.live import Listen, LiveOptions, parse_listen
 from sipcaptool.stats import Stats
 from sipcaptool.testing.pcapgen import ipv4, ipv4_fragments, ipv6, ipv6_fragments, tcp, udp
@@ -205,7 +205,7 @@ def test_hep_sender_tcp_for_what_udp_cannot_carry():
         if not d:
             break
         data += d
-    from sipcaptool.decode.hep import HepStream
+    from sipcaptool.decode.hep_stream import HepStream
 
     frames = HepStream().feed(data)
     assert len(frames) == 1 and decode_datagram(frames[0], now_us=0)[0].payload == big

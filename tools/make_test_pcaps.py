@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sipcaptool.decode.hep import encode_hep3  # noqa: E402
+from sipcaptool.encode.hep import encode_hep3  # noqa: E402
 from sipcaptool.record import CapturedMessage  # noqa: E402
 from sipcaptool.testing import pcapgen as g  # noqa: E402
 

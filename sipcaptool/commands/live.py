@@ -162,7 +162,7 @@ def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children
         auth_key=auth_key, node_name=node_name, user=user, store=store)
     if hep_to:
         # check the targets before opening anything
-        from ..sources.hepout import parse_target
+        from ..senders.hep import parse_target
 
         for t in hep_to:
             parse_target(t)

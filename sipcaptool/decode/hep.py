@@ -1,6 +1,10 @@
-"""HEP (Homer Encapsulation Protocol) v1, v2 and v3: decode and encode.
+"""HEP (Homer Encapsulation Protocol) v1, v2 and v3: decoding, and the wire's names.
 
-Pure functions and one small state machine; standard library only, no I/O.
+Pure functions; standard library only, no I/O. The other HEP rooms: cutting a TCP
+stream into packets is :mod:`sipcaptool.decode.hep_stream`, encoding (for agent mode
+and the tests) :mod:`sipcaptool.encode.hep`, sending :mod:`sipcaptool.senders.hep`.
+The generic chunk types are named here, ``CHUNK_*`` (as dpkt names its families), for
+all the HEP rooms.
 
 Wire facts (see the project's HEP notes):
 
@@ -51,9 +55,7 @@ Errors are :class:`~sipcaptool.errors.DecodeError` with one of these stable reas
 
 from __future__ import annotations
 
-import functools
 import hmac
-import ipaddress
 import struct
 import zlib
 
@@ -71,15 +73,88 @@ from sipcaptool.record import (
 )
 
 __all__ = [
-    "HepPacket",
-    "HepStream",
-    "decode_datagram",
-    "encode_hep1",
-    "encode_hep2",
-    "encode_hep3",
-    "looks_like_hep",
+    "CHUNK_AUTH_KEY",
+    "CHUNK_CAPTURE_ID",
+    "CHUNK_COMPRESSED_PAYLOAD",
+    "CHUNK_CORRELATION_ID",
+    "CHUNK_DST_IP4",
+    "CHUNK_DST_IP6",
+    "CHUNK_DST_MAC",
+    "CHUNK_DST_PORT",
+    "CHUNK_ETH_TYPE",
+    "CHUNK_EVENT_TYPE",
+    "CHUNK_GEO_LOCATION",
+    "CHUNK_GROUP_ID",
+    "CHUNK_IP_FAMILY",
+    "CHUNK_IP_PROTO",
+    "CHUNK_IP_TOS",
+    "CHUNK_JITTER",
+    "CHUNK_KEEP_ALIVE",
+    "CHUNK_MOS",
+    "CHUNK_NODE_NAME",
+    "CHUNK_PAYLOAD",
+    "CHUNK_PAYLOAD_JSON_KEYS",
+    "CHUNK_PROTO_TYPE",
+    "CHUNK_R_FACTOR",
+    "CHUNK_SRC_IP4",
+    "CHUNK_SRC_IP6",
+    "CHUNK_SRC_MAC",
+    "CHUNK_SRC_PORT",
+    "CHUNK_TAG_TYPE",
+    "CHUNK_TAGS_VALUES",
+    "CHUNK_TCP_FLAGS",
+    "CHUNK_TIME_SEC",
+    "CHUNK_TIME_USEC",
+    "CHUNK_TRANSACTION_TYPE",
+    "CHUNK_VLAN_ID",
+    "HEP3_IDS",
+    "HEP3_MAX_LEN",
+    "IPPROTO_IDP",
+    "IPPROTO_SCTP",
+    "IPPROTO_TCP",
+    "IPPROTO_UDP",
     "MAX_INFLATED",
+    "HepPacket",
+    "decode_datagram",
+    "looks_like_hep",
 ]
+
+# Generic chunk types (vendor 0) of HEPv3, as the HEP specification (rev 37) numbers
+# them. A generic chunk of type 0 has no name: it invalidates the packet.
+CHUNK_IP_FAMILY = 0x0001           # uint8: 2 IPv4, 10 IPv6
+CHUNK_IP_PROTO = 0x0002            # uint8: 6 TCP, 17 UDP, 132 SCTP
+CHUNK_SRC_IP4 = 0x0003             # inet4-addr (some agents send ::ffff:a.b.c.d)
+CHUNK_DST_IP4 = 0x0004
+CHUNK_SRC_IP6 = 0x0005             # inet6-addr
+CHUNK_DST_IP6 = 0x0006
+CHUNK_SRC_PORT = 0x0007            # uint16
+CHUNK_DST_PORT = 0x0008
+CHUNK_TIME_SEC = 0x0009            # uint32: seconds since the epoch
+CHUNK_TIME_USEC = 0x000A           # uint32: microseconds
+CHUNK_PROTO_TYPE = 0x000B          # uint8: what the payload is (1 SIP, 5 RTCP, 100 log...)
+CHUNK_CAPTURE_ID = 0x000C          # uint32: the agent's id (the node column)
+CHUNK_KEEP_ALIVE = 0x000D          # uint16: keep-alive timer, seconds
+CHUNK_AUTH_KEY = 0x000E            # octet-string: authentication key
+CHUNK_PAYLOAD = 0x000F             # octet-string: the captured payload
+CHUNK_COMPRESSED_PAYLOAD = 0x0010  # octet-string: the payload, zlib or gzip
+CHUNK_CORRELATION_ID = 0x0011      # octet-string: internal correlation id
+CHUNK_VLAN_ID = 0x0012             # uint16
+CHUNK_NODE_NAME = 0x0013           # octet-string: the agent's name
+CHUNK_SRC_MAC = 0x0014             # uint64
+CHUNK_DST_MAC = 0x0015
+CHUNK_ETH_TYPE = 0x0016            # uint16
+CHUNK_TCP_FLAGS = 0x0017           # uint8
+CHUNK_IP_TOS = 0x0018              # uint8
+CHUNK_MOS = 0x0020                 # uint16: MOS x 100
+CHUNK_R_FACTOR = 0x0021            # uint16
+CHUNK_GEO_LOCATION = 0x0022        # octet-string
+CHUNK_JITTER = 0x0023              # uint32
+CHUNK_TRANSACTION_TYPE = 0x0024    # octet-string: call, registration
+CHUNK_PAYLOAD_JSON_KEYS = 0x0025   # octet-string
+CHUNK_TAGS_VALUES = 0x0026         # octet-string
+CHUNK_TAG_TYPE = 0x0027            # uint16
+CHUNK_EVENT_TYPE = 0x0028          # uint16: 1 recording, 2 recording LI
+CHUNK_GROUP_ID = 0x0029            # octet-string
 
 HEP3_IDS = (b"HEP3", b"EEP3")
 HEP3_MAX_LEN = 65535
@@ -100,18 +175,17 @@ IPPROTO_SCTP = 132
 # IP protocol -> Kamailio transport enum.
 # HEPv3: Kamailio 5.6.3 maps only 17 and 6 and leaves the variable uninitialised for
 # anything else (observed 0 for SCTP); we map SCTP to 4 as HEPv2 does (a fix).
-_PROTO_V3 = {IPPROTO_UDP: PROTO_UDP, IPPROTO_TCP: PROTO_TCP, IPPROTO_SCTP: PROTO_SCTP}
-_PROTO_V12 = {
+_PROTO_V3: dict[int | None, int] = {
+    IPPROTO_UDP: PROTO_UDP,
+    IPPROTO_TCP: PROTO_TCP,
+    IPPROTO_SCTP: PROTO_SCTP,
+}
+_PROTO_V12: dict[int | None, int] = {
     IPPROTO_UDP: PROTO_UDP,
     IPPROTO_TCP: PROTO_TCP,
     IPPROTO_IDP: PROTO_TLS,
     IPPROTO_SCTP: PROTO_SCTP,
 }
-# Transport enum -> IP protocol, for the encoders (TLS runs over TCP in HEPv3).
-_IPPROTO_OF_V3 = {PROTO_UDP: IPPROTO_UDP, PROTO_TCP: IPPROTO_TCP, PROTO_TLS: IPPROTO_TCP,
-                  PROTO_SCTP: IPPROTO_SCTP}
-_IPPROTO_OF_V12 = {PROTO_UDP: IPPROTO_UDP, PROTO_TCP: IPPROTO_TCP, PROTO_TLS: IPPROTO_IDP,
-                   PROTO_SCTP: IPPROTO_SCTP}
 
 _V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 
@@ -124,16 +198,17 @@ _ipv6_groups = struct.Struct("!8H").unpack
 
 # The ten chunks most agents send first, in this order: family, IP proto, IPv4 src and
 # dst, ports, time sec/usec, proto_type, capture id (chunk headers kept as 6s fields).
-# The IPv6 variant has chunks 5/6 of 16 bytes instead of 3/4.
-def _std_layout(alen: int, src_type: int) -> tuple[struct.Struct, tuple[bytes, ...]]:
+# The IPv6 variant has the IPv6 address chunks, of 16 bytes, instead of the IPv4 ones.
+def _std_layout(alen: int, src_type: int, dst_type: int) -> tuple[struct.Struct, tuple[bytes, ...]]:
     fmt = f"!6sB6sB6s{alen}s6s{alen}s6sH6sH6sI6sI6sB6sI"
-    sizes = ((1, 1), (2, 1), (src_type, alen), (src_type + 1, alen), (7, 2), (8, 2),
-             (9, 4), (10, 4), (11, 1), (12, 4))
+    sizes = ((CHUNK_IP_FAMILY, 1), (CHUNK_IP_PROTO, 1), (src_type, alen), (dst_type, alen),
+             (CHUNK_SRC_PORT, 2), (CHUNK_DST_PORT, 2), (CHUNK_TIME_SEC, 4),
+             (CHUNK_TIME_USEC, 4), (CHUNK_PROTO_TYPE, 1), (CHUNK_CAPTURE_ID, 4))
     return struct.Struct(fmt), tuple(struct.pack("!HHH", 0, t, 6 + n) for t, n in sizes)
 
 
-_STD4, _STD4_HEADERS = _std_layout(4, 3)
-_STD6, _STD6_HEADERS = _std_layout(16, 5)
+_STD4, _STD4_HEADERS = _std_layout(4, CHUNK_SRC_IP4, CHUNK_DST_IP4)
+_STD6, _STD6_HEADERS = _std_layout(16, CHUNK_SRC_IP6, CHUNK_DST_IP6)
 
 
 # --------------------------------------------------------------------------- addresses
@@ -145,7 +220,7 @@ _ADDR_CACHE_MAX = 8192
 def _ip4_str(raw: bytes) -> str:
     s = _ADDR_CACHE.get(raw)
     if s is None:
-        s = "%d.%d.%d.%d" % (raw[0], raw[1], raw[2], raw[3])
+        s = f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}"
         if len(_ADDR_CACHE) >= _ADDR_CACHE_MAX:
             _ADDR_CACHE.clear()
         _ADDR_CACHE[raw] = s
@@ -173,7 +248,7 @@ def _ip6_str(raw: bytes) -> str:
                 best_start, best_len = run_start, run_len
         else:
             run_len = 0
-    hexes = ["%x" % g for g in groups]
+    hexes = [f"{g:x}" for g in groups]
     if best_len > 1:
         s = ":".join(hexes[:best_start]) + "::" + ":".join(hexes[best_start + best_len:])
     else:
@@ -182,13 +257,6 @@ def _ip6_str(raw: bytes) -> str:
         _ADDR_CACHE.clear()
     _ADDR_CACHE[raw] = s
     return s
-
-
-@functools.lru_cache(maxsize=4096)
-def _parse_ip(text: str) -> tuple[int, bytes]:
-    """Printable address -> (family, packed bytes), for the encoders."""
-    addr = ipaddress.ip_address(text.strip("[]"))
-    return (AF_INET if addr.version == 4 else AF_INET6), addr.packed
 
 
 # --------------------------------------------------------------------------- packet
@@ -299,10 +367,10 @@ class HepPacket:
             ts_us = self.recv_us if now_us is None else now_us
             node_id = None
         if self.version == 3:
-            proto = _PROTO_V3.get(self.ip_proto, PROTO_NONE)  # type: ignore[arg-type]
+            proto = _PROTO_V3.get(self.ip_proto, PROTO_NONE)
             hep_family = self.family
         else:
-            proto = _PROTO_V12.get(self.ip_proto, PROTO_NONE)  # type: ignore[arg-type]
+            proto = _PROTO_V12.get(self.ip_proto, PROTO_NONE)
             hep_family = None
         return CapturedMessage(
             ts_us,
@@ -336,10 +404,10 @@ def looks_like_hep(data: bytes) -> bool:
         return False
     head = data[:4]
     if head == b"HEP3" or head == b"EEP3":
-        total = _u16(data, 4)[0]
+        total: int = _u16(data, 4)[0]
         if total < 12 or total > n:
             return False
-        clen = _u16(data, 10)[0]
+        clen: int = _u16(data, 10)[0]
         return 6 <= clen <= total - 6
     v = data[0]
     if v != 1 and v != 2:
@@ -428,10 +496,10 @@ def _decode_hep3(buf: bytes, start: int, end: int, recv_us: int,
     else:
         std, std_headers = _STD4, _STD4_HEADERS
     if end - i >= std.size:
-        v = std.unpack_from(buf, i)
-        if v[0::2] == std_headers:
+        fixed = std.unpack_from(buf, i)
+        if fixed[0::2] == std_headers:
             (family, ip_proto, src_raw, dst_raw, src_port, dst_port, ts_sec, ts_usec,
-             proto_type, capture_id) = v[1::2]
+             proto_type, capture_id) = fixed[1::2]
             i += std.size
     while i < end:
         if end - i < 6:
@@ -446,62 +514,62 @@ def _decode_hep3(buf: bytes, start: int, end: int, recv_us: int,
         j = i + 6
         if vendor:
             vendor_chunks += 1
-        elif ctype == 15:
+        elif ctype == CHUNK_PAYLOAD:
             payload = buf[j:nxt]
             compressed = False
-        elif 1 <= ctype <= 12:
-            if ctype <= 2 or ctype == 11:
+        elif CHUNK_IP_FAMILY <= ctype <= CHUNK_CAPTURE_ID:  # the fixed-size chunks
+            if ctype == CHUNK_IP_FAMILY or ctype == CHUNK_IP_PROTO or ctype == CHUNK_PROTO_TYPE:
                 if n != 1:
                     raise DecodeError("hep3-bad-chunk", f"chunk {ctype} of {n} bytes")
                 v = buf[j]
-                if ctype == 1:
+                if ctype == CHUNK_IP_FAMILY:
                     family = v
-                elif ctype == 2:
+                elif ctype == CHUNK_IP_PROTO:
                     ip_proto = v
                 else:
                     proto_type = v
-            elif ctype <= 4:
+            elif ctype == CHUNK_SRC_IP4 or ctype == CHUNK_DST_IP4:
                 if n == 4:
                     raw = buf[j:nxt]
                 elif n == 16 and buf.startswith(_V4_MAPPED_PREFIX, j):
                     raw = buf[j + 12:nxt]  # ::ffff:a.b.c.d sent in an IPv4 chunk
                 else:
                     raise DecodeError("hep3-bad-chunk", f"IPv4 chunk {ctype} of {n} bytes")
-                if ctype == 3:
+                if ctype == CHUNK_SRC_IP4:
                     src_raw = raw
                 else:
                     dst_raw = raw
-            elif ctype <= 6:
+            elif ctype == CHUNK_SRC_IP6 or ctype == CHUNK_DST_IP6:
                 if n != 16:
                     raise DecodeError("hep3-bad-chunk", f"IPv6 chunk {ctype} of {n} bytes")
-                if ctype == 5:
+                if ctype == CHUNK_SRC_IP6:
                     src_raw = buf[j:nxt]
                 else:
                     dst_raw = buf[j:nxt]
-            elif ctype <= 8:
+            elif ctype == CHUNK_SRC_PORT or ctype == CHUNK_DST_PORT:
                 if n != 2:
                     raise DecodeError("hep3-bad-chunk", f"port chunk {ctype} of {n} bytes")
-                if ctype == 7:
+                if ctype == CHUNK_SRC_PORT:
                     src_port = _u16(buf, j)[0]
                 else:
                     dst_port = _u16(buf, j)[0]
-            else:  # 9, 10, 12
+            else:  # CHUNK_TIME_SEC, CHUNK_TIME_USEC, CHUNK_CAPTURE_ID: uint32
                 if n != 4:
                     raise DecodeError("hep3-bad-chunk", f"chunk {ctype} of {n} bytes")
-                if ctype == 9:
+                if ctype == CHUNK_TIME_SEC:
                     ts_sec = _u32(buf, j)[0]
-                elif ctype == 10:
+                elif ctype == CHUNK_TIME_USEC:
                     ts_usec = _u32(buf, j)[0]
                 else:
                     capture_id = _u32(buf, j)[0]
-        elif ctype == 16:
+        elif ctype == CHUNK_COMPRESSED_PAYLOAD:
             payload = buf[j:nxt]
             compressed = True
-        elif ctype == 17:
+        elif ctype == CHUNK_CORRELATION_ID:
             corr = buf[j:nxt]
-        elif ctype == 14:
+        elif ctype == CHUNK_AUTH_KEY:
             auth_key = buf[j:nxt]
-        elif ctype == 19:
+        elif ctype == CHUNK_NODE_NAME:
             node = buf[j:nxt]
         elif ctype == 0:
             raise DecodeError("hep3-chunk-type0", f"generic chunk type 0 at offset {i}")
@@ -590,7 +658,8 @@ def decode_datagram(
     errors: list[DecodeError] | None = None,
     max_inflated: int = MAX_INFLATED,
 ) -> list[HepPacket]:
-    """Decode one UDP datagram (or one HEP3 packet framed by :class:`HepStream`).
+    """Decode one UDP datagram (or one HEP3 packet cut out of a TCP stream by
+    :class:`~sipcaptool.decode.hep_stream.HepStream`).
 
     Args:
         data: the datagram.
@@ -795,189 +864,3 @@ def _decode_gzipped(data: bytes, now_us: int, auth_key: bytes | None,
         for other in failed[1:]:
             _sized(other, 0)
     return _finish(out, failed, errors)
-
-
-# --------------------------------------------------------------------------- TCP framing
-
-class HepStream:
-    """Sans-IO framer for HEPv3 over a byte stream (TCP, TLS).
-
-    :meth:`feed` takes whatever the socket read and returns the complete HEP3 packets
-    (as bytes, to give to :func:`decode_datagram`): several per read, or one over many
-    reads. The stream cannot resynchronise: a header that is not ``HEP3``/``EEP3`` or a
-    total length < 6 raises ``DecodeError("hep3-stream-bad-length")`` and the caller
-    should close the connection. If complete packets came before the bad bytes in the
-    same read, they are returned first and the error is raised by the next call (it is
-    also available as :attr:`error` at once).
-
-    At most one incomplete packet (< 65535 bytes) is buffered between calls.
-    """
-
-    __slots__ = ("_buf", "_need", "error")
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._need = 0  # total length of the packet being collected, 0 = header unknown
-        self.error: DecodeError | None = None
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held for an incomplete packet."""
-        return len(self._buf)
-
-    def _fail(self, detail: str, out: list[bytes]) -> list[bytes]:
-        self.error = DecodeError("hep3-stream-bad-length", detail)
-        self._buf.clear()
-        if out:
-            return out
-        raise self.error
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add bytes read from the stream; return the packets completed by them."""
-        if self.error is not None:
-            raise self.error
-        out: list[bytes] = []
-        buf = self._buf
-        pos = 0
-        n = len(data)
-        while pos < n:
-            if not buf and not self._need and n - pos >= 6:
-                # Fast path: a header at a packet boundary inside this read.
-                if data[pos:pos + 4] not in HEP3_IDS:
-                    return self._fail(f"no HEP3 id at stream offset +{pos}", out)
-                total = _u16(data, pos + 4)[0]
-                if total < 6:
-                    return self._fail(f"HEP3 length {total}", out)
-                if n - pos >= total:
-                    out.append(bytes(data[pos:pos + total]))
-                    pos += total
-                    continue
-                self._need = total
-                buf += data[pos:]
-                break
-            if not self._need:
-                # Collect the 6-byte header, checking the id as soon as bytes arrive.
-                take = min(6 - len(buf), n - pos)
-                buf += data[pos:pos + take]
-                pos += take
-                k = min(len(buf), 4)
-                head = bytes(buf[:k])
-                if head != b"HEP3"[:k] and head != b"EEP3"[:k]:
-                    return self._fail("no HEP3 id", out)
-                if len(buf) < 6:
-                    break
-                total = _u16(buf, 4)[0]
-                if total < 6:
-                    return self._fail(f"HEP3 length {total}", out)
-                self._need = total
-            take = min(self._need - len(buf), n - pos)
-            buf += data[pos:pos + take]
-            pos += take
-            if len(buf) == self._need:
-                out.append(bytes(buf))
-                buf.clear()
-                self._need = 0
-        return out
-
-
-# --------------------------------------------------------------------------- encoding
-
-_c_u8 = struct.Struct("!HHHB").pack
-_c_u16 = struct.Struct("!HHHH").pack
-_c_u32 = struct.Struct("!HHHI").pack
-_c_hdr = struct.Struct("!HHH").pack
-
-
-def _chunk(ctype: int, value: bytes) -> bytes:
-    if len(value) > HEP3_MAX_LEN - 12:
-        raise ValueError(f"HEP3 chunk {ctype} of {len(value)} bytes does not fit a packet")
-    return _c_hdr(0, ctype, 6 + len(value)) + value
-
-
-def encode_hep3(
-    msg: CapturedMessage,
-    *,
-    capture_id: int = 0,
-    auth_key: bytes | None = None,
-    node_name: str | None = None,
-    compress: bool = False,
-    ip_proto: int | None = None,
-) -> bytes:
-    """Encode a message as one HEPv3 packet.
-
-    Chunks, in the usual agent order: family, IP protocol, addresses (IPv4 3/4 or IPv6
-    5/6, from the source address's family; the destination uses its own family's
-    chunk), ports, time (from ``msg.ts_us``), proto_type (``msg.hep_type``), capture
-    id, auth key, correlation id (``msg.correlation_id`` when not None), node name,
-    payload (0x000f, or zlib-compressed in 0x0010 with ``compress``).
-
-    ``ip_proto`` defaults from ``msg.proto`` (1 -> 17, 2 -> 6, 3 -> 6, 4 -> 132), else
-    ``msg.hep_ip_proto``, else 0.
-
-    Raises:
-        ValueError: bad address text, or the packet would exceed 65535 bytes.
-    """
-    if ip_proto is None:
-        ip_proto = _IPPROTO_OF_V3.get(msg.proto)
-        if ip_proto is None:
-            ip_proto = msg.hep_ip_proto or 0
-    sfam, sraw = _parse_ip(msg.src_ip)
-    dfam, draw = _parse_ip(msg.dst_ip)
-    sec, usec = divmod(msg.ts_us, 1_000_000)
-    parts = [
-        _c_u8(0, 1, 7, sfam),
-        _c_u8(0, 2, 7, ip_proto & 0xFF),
-        _chunk(3 if sfam == AF_INET else 5, sraw),
-        _chunk(4 if dfam == AF_INET else 6, draw),
-        _c_u16(0, 7, 8, msg.src_port),
-        _c_u16(0, 8, 8, msg.dst_port),
-        _c_u32(0, 9, 10, sec & 0xFFFFFFFF),
-        _c_u32(0, 10, 10, usec),
-        _c_u8(0, 11, 7, msg.hep_type & 0xFF),
-        _c_u32(0, 12, 10, capture_id & 0xFFFFFFFF),
-    ]
-    if auth_key is not None:
-        parts.append(_chunk(14, auth_key))
-    if msg.correlation_id is not None:
-        parts.append(_chunk(17, msg.correlation_id.encode()))
-    if node_name is not None:
-        parts.append(_chunk(19, node_name.encode()))
-    if compress:
-        parts.append(_chunk(16, zlib.compress(msg.payload)))
-    else:
-        parts.append(_chunk(15, msg.payload))
-    body = b"".join(parts)
-    total = 6 + len(body)
-    if total > HEP3_MAX_LEN:
-        raise ValueError(f"HEP3 packet of {total} bytes exceeds {HEP3_MAX_LEN}")
-    return b"HEP3" + struct.pack("!H", total) + body
-
-
-def _encode_hep12(msg: CapturedMessage, version: int, capture_id: int, ip_proto: int | None) -> bytes:
-    if ip_proto is None:
-        ip_proto = _IPPROTO_OF_V12.get(msg.proto)
-        if ip_proto is None:
-            ip_proto = msg.hep_ip_proto or 0
-    sfam, sraw = _parse_ip(msg.src_ip)
-    dfam, draw = _parse_ip(msg.dst_ip)
-    if sfam != dfam:
-        raise ValueError("HEPv1/v2 need both addresses of the same family")
-    hlen = 8 + 2 * len(sraw)  # 16 / 40, as captagent sets hp_l
-    head = struct.pack("!BBBBHH", version, hlen, sfam, ip_proto & 0xFF,
-                       msg.src_port, msg.dst_port) + sraw + draw
-    if version == 1:
-        return head + msg.payload
-    sec, usec = divmod(msg.ts_us, 1_000_000)
-    return head + struct.pack("<IIHxx", sec & 0xFFFFFFFF, usec, capture_id & 0xFFFF) + msg.payload
-
-
-def encode_hep2(msg: CapturedMessage, *, capture_id: int = 0, ip_proto: int | None = None) -> bytes:
-    """Encode a message as HEPv2: header, little-endian time header (12 bytes with the
-    2 padding bytes, captid u16 LE), payload. ``ip_proto`` defaults from ``msg.proto``
-    (1 -> 17, 2 -> 6, 3 -> 22, 4 -> 132)."""
-    return _encode_hep12(msg, 2, capture_id, ip_proto)
-
-
-def encode_hep1(msg: CapturedMessage, *, ip_proto: int | None = None) -> bytes:
-    """Encode a message as HEPv1: header then payload (no time, no capture id)."""
-    return _encode_hep12(msg, 1, 0, ip_proto)

@@ -25,13 +25,19 @@ import errno
 import logging
 import socket
 import time
+from typing import Any
 
-from ..decode.hep import encode_hep3
+from ..encode.hep import encode_hep3
 from ..errors import ConfigError
 from ..record import CapturedMessage
 from ..stats import Stats
 
+__all__ = ["HepSender", "parse_target"]
+
 log = logging.getLogger(__name__)
+
+#: a socket address as getaddrinfo gives it: (host, port) or (host, port, flow, scope)
+_Address = tuple[Any, ...]
 
 UDP_MAX = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
 RECONNECT_EVERY = 1.0  # seconds between TCP connection attempts while it is down
@@ -59,7 +65,7 @@ def parse_target(text: str) -> tuple[str, str, int]:
     return proto, host, port
 
 
-def _resolve(host: str, port: int, socktype: int) -> tuple[int, tuple]:
+def _resolve(host: str, port: int, socktype: int) -> tuple[socket.AddressFamily, _Address]:
     try:
         info = socket.getaddrinfo(host, port, 0, socktype)
     except socket.gaierror as e:
@@ -85,7 +91,7 @@ class HepSender:
         self.udp: socket.socket | None = None
         self.udp_max = 0
         self.tcp: socket.socket | None = None
-        self.tcp_addr: tuple | None = None
+        self.tcp_addr: _Address | None = None
         self.tcp_family = socket.AF_INET
         self._next_connect = 0.0
         self.warned_too_large = False
@@ -105,46 +111,52 @@ class HepSender:
         if self.tcp_addr is not None:
             self._connect()
 
-    def _connect(self) -> bool:
+    def _connect(self) -> socket.socket | None:
+        """Connect to the TCP target (at most once per RECONNECT_EVERY); the new
+        connection, now :attr:`tcp`, or None."""
         now = time.monotonic()
-        if now < self._next_connect:
-            return False
+        addr = self.tcp_addr
+        if addr is None or now < self._next_connect:
+            return None
         self._next_connect = now + RECONNECT_EVERY
         s = socket.socket(self.tcp_family, socket.SOCK_STREAM)
         s.settimeout(5.0)
         try:
-            s.connect(self.tcp_addr)
+            s.connect(addr)
         except OSError as e:
             s.close()
             log.warning("HEP target tcp %s: cannot connect (%s); retrying every %.0f s",
-                        self.tcp_addr, e.strerror or e, RECONNECT_EVERY)
-            return False
+                        addr, e.strerror or e, RECONNECT_EVERY)
+            return None
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.tcp is not None:
             self.stats["hep_out:reconnects"] += 1
         self.tcp = s
-        return True
+        return s
 
     def _send_tcp(self, pkt: bytes) -> None:
-        if self.tcp is None or self.tcp.fileno() < 0:
-            if not self._connect():
+        tcp = self.tcp
+        if tcp is None or tcp.fileno() < 0:
+            tcp = self._connect()
+            if tcp is None:
                 self.stats["dropped:hep-tcp-down"] += 1
                 return
         try:
-            self.tcp.sendall(pkt)  # type: ignore[union-attr]
+            tcp.sendall(pkt)
             self.stats["hep_out:sent_tcp"] += 1
         except OSError as e:
             log.warning("HEP target tcp %s: send failed (%s); reconnecting", self.tcp_addr,
                         e.strerror or e)
-            self.tcp.close()  # type: ignore[union-attr]
+            tcp.close()
             self._next_connect = 0.0
-            if self._connect():
+            tcp = self._connect()
+            if tcp is not None:
                 try:
-                    self.tcp.sendall(pkt)  # type: ignore[union-attr]
+                    tcp.sendall(pkt)
                     self.stats["hep_out:sent_tcp"] += 1
                     return
                 except OSError:
-                    self.tcp.close()  # type: ignore[union-attr]
+                    tcp.close()
             self.stats["dropped:hep-send-error"] += 1
 
     def _encode(self, msg: CapturedMessage, compress: bool) -> bytes | None:

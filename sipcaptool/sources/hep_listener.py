@@ -11,8 +11,8 @@ sockets the loop waits only when there is nothing to read, then drains each read
 socket with ``recvfrom_into`` into one preallocated buffer until ``EAGAIN`` (bounded per
 turn, so TCP connections and the stop request are served in between). TCP agents keep
 few long-lived connections; each is a non-blocking socket in the same selector, framed
-by :class:`~sipcaptool.decode.hep.HepStream`. Signals stay simple: the handler only sets
-a flag and writes one byte to a socketpair registered in the selector.
+by :class:`~sipcaptool.decode.hep_stream.HepStream`. Signals stay simple: the handler
+only sets a flag and writes one byte to a socketpair registered in the selector.
 
 The process running this loop never waits on the database: the Pipeline hands
 ready-made batches to its writer process. What absorbs bursts while the loop is busy is
@@ -75,8 +75,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ..decode.hep import MAX_INFLATED, DecodeError, HepStream, decode_datagram
-from ..errors import CaptureError, ConfigError, StoreError
+from ..decode.hep import MAX_INFLATED, decode_datagram
+from ..decode.hep_stream import HepStream
+from ..errors import CaptureError, ConfigError, DecodeError, StoreError
 from ..stats import Stats
 from .bpf import attach_filter
 

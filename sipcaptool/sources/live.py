@@ -598,24 +598,15 @@ class Worker:
 
     # the per-batch paths are kept flat: they carry every packet
     def _loop_pcap(self, decoder, deadline: float | None) -> None:
-        decode = decoder.decode
+        decode_batch = decoder.decode_batch
         stats = self.stats
         stop = self.shared.stop
         next_report = time.monotonic() + REPORT_EVERY
-        msgs: list = []
         drain_until = None  # set when stopping: read what the kernel already holds
         for data, m in self.source.batches():
             if m:
-                n = len(m)
-                stats["packets"] += n >> 2
-                for i in range(0, n, 4):
-                    off = m[i + 2]
-                    r = decode(m[i] * 1000000 + m[i + 1], data[off:off + m[i + 3]])
-                    if r:
-                        msgs.extend(r)
-                if msgs:
-                    self._deliver(msgs)
-                    msgs = []
+                stats["packets"] += len(m) >> 2
+                self._deliver(decode_batch(data, m))
             now = time.monotonic()
             if drain_until is not None:
                 if not m or now >= drain_until or self._count_reached():
