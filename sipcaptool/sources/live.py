@@ -471,7 +471,7 @@ _PRELOAD = ("queue", "threading", "multiprocessing.queues", "multiprocessing.syn
             "sipcaptool.decode.sip", "sipcaptool.decode.defrag", "sipcaptool.decode.tcp",
             "sipcaptool.decode.hep", "sipcaptool.decode.tunnel", "sipcaptool.store.writer",
             "sipcaptool.store.router", "sipcaptool.store.schema", "sipcaptool.store._text",
-            "sipcaptool.sources.hepout", "sipcaptool.commands.common")
+            "sipcaptool.senders.hep", "sipcaptool.commands.common")
 _PRELOAD_DB = {"sqlite": ("sqlite3", "sipcaptool.store.sqlite"),
                "mysql": ("pymysql", "sipcaptool.store.mysql"),
                "postgresql": ("psycopg2", "sipcaptool.store.postgres")}
@@ -567,7 +567,7 @@ class Worker:
                                      max_clock_skew=self.settings.max_clock_skew)
         try:
             if opts.hep_to:
-                from .hepout import HepSender
+                from ..senders.hep import HepSender
 
                 self.sender = HepSender(opts.hep_to, stats, capture_id=opts.capture_id,
                                         auth_key=opts.auth_key, node_name=opts.node_name)
