@@ -8,7 +8,31 @@ import zlib
 
 import pytest
 
-from sipcaptool.decode.hep import MAX_INFLATED, HepPacket, decode_datagram, looks_like_hep
+from sipcaptool.decode.hep import (
+    CHUNK_AUTH_KEY,
+    CHUNK_CAPTURE_ID,
+    CHUNK_COMPRESSED_PAYLOAD,
+    CHUNK_CORRELATION_ID,
+    CHUNK_DST_IP4,
+    CHUNK_DST_IP6,
+    CHUNK_DST_PORT,
+    CHUNK_GEO_LOCATION,
+    CHUNK_IP_FAMILY,
+    CHUNK_IP_PROTO,
+    CHUNK_KEEP_ALIVE,
+    CHUNK_PAYLOAD,
+    CHUNK_PROTO_TYPE,
+    CHUNK_SRC_IP4,
+    CHUNK_SRC_IP6,
+    CHUNK_SRC_PORT,
+    CHUNK_TIME_SEC,
+    CHUNK_TIME_USEC,
+    CHUNK_VLAN_ID,
+    MAX_INFLATED,
+    HepPacket,
+    decode_datagram,
+    looks_like_hep,
+)
 from sipcaptool.decode.hep_stream import HepStream
 from sipcaptool.encode.hep import encode_hep1, encode_hep2, encode_hep3
 from sipcaptool.errors import DecodeError
@@ -58,16 +82,16 @@ def std_chunks(
     """The usual agent chunk list (without payload), as a list so tests can drop some."""
     v6 = len(src) == 16
     return [
-        u8(1, 10 if v6 else 2),
-        u8(2, ip_proto),
-        chunk(5 if v6 else 3, src),
-        chunk(6 if v6 else 4, dst),
-        u16(7, 5060),
-        u16(8, 5080),
-        u32(9, sec),
-        u32(10, usec),
-        u8(11, ptype),
-        u32(12, captid),
+        u8(CHUNK_IP_FAMILY, 10 if v6 else 2),
+        u8(CHUNK_IP_PROTO, ip_proto),
+        chunk(CHUNK_SRC_IP6 if v6 else CHUNK_SRC_IP4, src),
+        chunk(CHUNK_DST_IP6 if v6 else CHUNK_DST_IP4, dst),
+        u16(CHUNK_SRC_PORT, 5060),
+        u16(CHUNK_DST_PORT, 5080),
+        u32(CHUNK_TIME_SEC, sec),
+        u32(CHUNK_TIME_USEC, usec),
+        u8(CHUNK_PROTO_TYPE, ptype),
+        u32(CHUNK_CAPTURE_ID, captid),
     ]
 
 
@@ -219,21 +243,21 @@ def test_encode_too_large_raises_value_error():
 
 @pytest.mark.parametrize("packer", [zlib.compress, gzip.compress], ids=["zlib", "gzip"])
 def test_compressed_payload_inflated(packer):
-    p = one(hep3(*std_chunks(), chunk(16, packer(SIP))))
+    p = one(hep3(*std_chunks(), chunk(CHUNK_COMPRESSED_PAYLOAD, packer(SIP))))
     assert p.payload == SIP and p.compressed
 
 
 def test_inflate_cap():
     bomb = zlib.compress(b"\0" * (MAX_INFLATED + 1))
     assert len(bomb) < 65000
-    assert reason(hep3(*std_chunks(), chunk(16, bomb))) == "hep-inflate"
+    assert reason(hep3(*std_chunks(), chunk(CHUNK_COMPRESSED_PAYLOAD, bomb))) == "hep-inflate"
     exact = zlib.compress(b"\0" * MAX_INFLATED)
-    assert len(one(hep3(*std_chunks(), chunk(16, exact))).payload) == MAX_INFLATED
+    assert len(one(hep3(*std_chunks(), chunk(CHUNK_COMPRESSED_PAYLOAD, exact))).payload) == MAX_INFLATED
 
 
 @pytest.mark.parametrize("blob", [b"not compressed", zlib.compress(SIP)[:-6], b""])
 def test_inflate_garbage_or_cut(blob):
-    assert reason(hep3(*std_chunks(), chunk(16, blob))) == "hep-inflate"
+    assert reason(hep3(*std_chunks(), chunk(CHUNK_COMPRESSED_PAYLOAD, blob))) == "hep-inflate"
 
 
 @pytest.mark.parametrize("encode", [encode_hep1, encode_hep2, encode_hep3])
@@ -256,7 +280,7 @@ def test_gzipped_datagram_with_two_hep3_packets_and_auth():
     (gzip.compress(b"\0" * (MAX_INFLATED + 1)), "hep-inflate"),      # a bomb
     (gzip.compress(SIP)[:-10], "hep-inflate"),                         # cut off
     (b"\x1f\x8b" + b"garbage" * 3, "hep-inflate"),                     # not gzip at all
-    (gzip.compress(gzip.compress(hep3(*std_chunks(), chunk(15, SIP)))), "hep-inflate"),
+    (gzip.compress(gzip.compress(hep3(*std_chunks(), chunk(CHUNK_PAYLOAD, SIP)))), "hep-inflate"),
     (gzip.compress(SIP), "hep-bad-version"),                           # gzip of plain SIP
     (gzip.compress(b"HEP3"), "hep-truncated"),
 ])
@@ -265,12 +289,14 @@ def test_gzipped_datagram_errors(blob, why):
 
 
 def test_last_payload_chunk_wins():
-    p = one(hep3(*std_chunks(), chunk(15, b"first"), chunk(16, zlib.compress(b"second"))))
+    p = one(hep3(*std_chunks(), chunk(CHUNK_PAYLOAD, b"first"),
+                 chunk(CHUNK_COMPRESSED_PAYLOAD, zlib.compress(b"second"))))
     assert (p.payload, p.compressed) == (b"second", True)
-    p = one(hep3(*std_chunks(), chunk(16, zlib.compress(b"first")), chunk(15, b"second")))
+    p = one(hep3(*std_chunks(), chunk(CHUNK_COMPRESSED_PAYLOAD, zlib.compress(b"first")),
+                 chunk(CHUNK_PAYLOAD, b"second")))
     assert (p.payload, p.compressed) == (b"second", False)
     # a broken compressed payload that lost to a later plain one is never inflated
-    p = one(hep3(*std_chunks(), chunk(16, b"junk"), chunk(15, b"plain")))
+    p = one(hep3(*std_chunks(), chunk(CHUNK_COMPRESSED_PAYLOAD, b"junk"), chunk(CHUNK_PAYLOAD, b"plain")))
     assert p.payload == b"plain"
 
 
@@ -279,57 +305,57 @@ def test_last_payload_chunk_wins():
 def test_vendor_chunks_skipped_and_counted():
     vend = chunk(1, b"\xff" * 9, vendor=3)
     vend0 = chunk(0, b"", vendor=2)  # type 0 is only fatal for the generic vendor
-    p = one(hep3(vend, *std_chunks(), vend0, chunk(15, SIP), vend))
+    p = one(hep3(vend, *std_chunks(), vend0, chunk(CHUNK_PAYLOAD, SIP), vend))
     assert p.vendor_chunks == 3 and p.payload == SIP
 
 
 def test_unknown_generic_chunks_skipped():
-    p = one(hep3(*std_chunks(), u16(13, 30), u16(18, 100), chunk(0x22, b"geo"),
-                 chunk(0x99, b"?"), chunk(15, SIP)))
+    p = one(hep3(*std_chunks(), u16(CHUNK_KEEP_ALIVE, 30), u16(CHUNK_VLAN_ID, 100),
+                 chunk(CHUNK_GEO_LOCATION, b"geo"), chunk(0x99, b"?"), chunk(CHUNK_PAYLOAD, SIP)))
     assert p.payload == SIP and p.vendor_chunks == 0
 
 
 def test_generic_chunk_type0_drops_packet():
-    assert reason(hep3(chunk(0, b"zz"), *std_chunks(), chunk(15, SIP))) == "hep3-chunk-type0"
+    assert reason(hep3(chunk(0, b"zz"), *std_chunks(), chunk(CHUNK_PAYLOAD, SIP))) == "hep3-chunk-type0"
 
 
 @pytest.mark.parametrize(
     "bad",
     [
-        struct.pack("!HHH", 0, 15, 0),  # zero length
-        struct.pack("!HHH", 0, 15, 5),  # shorter than its header
-        struct.pack("!HHH", 0, 15, 500) + b"xx",  # crosses the packet end
+        struct.pack("!HHH", 0, CHUNK_PAYLOAD, 0),  # zero length
+        struct.pack("!HHH", 0, CHUNK_PAYLOAD, 5),  # shorter than its header
+        struct.pack("!HHH", 0, CHUNK_PAYLOAD, 500) + b"xx",  # crosses the packet end
         b"\x00\x00\x00",  # stray bytes shorter than a chunk header
-        u16(1, 2),  # family must be 1 byte
-        chunk(3, b"\x01\x02\x03"),  # IPv4 of 3 bytes
-        chunk(3, b"\x20\x01" + b"\x00" * 14),  # 16 bytes but not IPv4-mapped
-        chunk(5, b"\x00" * 4),  # IPv6 of 4 bytes
-        u8(7, 1),  # port of 1 byte
-        u16(9, 1),  # time of 2 bytes
-        chunk(12, b"\x00" * 8),  # capture id of 8 bytes
+        u16(CHUNK_IP_FAMILY, 2),  # family must be 1 byte
+        chunk(CHUNK_SRC_IP4, b"\x01\x02\x03"),  # IPv4 of 3 bytes
+        chunk(CHUNK_SRC_IP4, b"\x20\x01" + b"\x00" * 14),  # 16 bytes but not IPv4-mapped
+        chunk(CHUNK_SRC_IP6, b"\x00" * 4),  # IPv6 of 4 bytes
+        u8(CHUNK_SRC_PORT, 1),  # port of 1 byte
+        u16(CHUNK_TIME_SEC, 1),  # time of 2 bytes
+        chunk(CHUNK_CAPTURE_ID, b"\x00" * 8),  # capture id of 8 bytes
     ],
 )
 def test_bad_chunks(bad):
-    assert reason(hep3(*std_chunks(), chunk(15, SIP), bad)) == "hep3-bad-chunk"
+    assert reason(hep3(*std_chunks(), chunk(CHUNK_PAYLOAD, SIP), bad)) == "hep3-bad-chunk"
 
 
 def test_ipv4_mapped_in_ipv4_chunks_prints_dotted_quad():
     mapped_src = b"\x00" * 10 + b"\xff\xff" + bytes([10, 0, 0, 1])
     mapped_dst = b"\x00" * 10 + b"\xff\xff" + bytes([10, 0, 0, 2])
     chunks = std_chunks()
-    chunks[2] = chunk(3, mapped_src)
-    chunks[3] = chunk(4, mapped_dst)
-    p = one(hep3(*chunks, chunk(15, SIP)))
+    chunks[2] = chunk(CHUNK_SRC_IP4, mapped_src)
+    chunks[3] = chunk(CHUNK_DST_IP4, mapped_dst)
+    p = one(hep3(*chunks, chunk(CHUNK_PAYLOAD, SIP)))
     assert (p.src_ip, p.dst_ip, p.src_family) == ("10.0.0.1", "10.0.0.2", 2)
     # the same value in an IPv6 chunk stays IPv6
-    p = one(hep3(*std_chunks(src=mapped_src, dst=mapped_dst), chunk(15, SIP)))
+    p = one(hep3(*std_chunks(src=mapped_src, dst=mapped_dst), chunk(CHUNK_PAYLOAD, SIP)))
     assert (p.src_ip, p.src_family) == ("::ffff:a00:1", 10)
 
 
 def test_ipv6_text_is_compressed_lower_case():
     src = bytes.fromhex("20010db8000000000000000000000001")
     dst = bytes.fromhex("FE800000000000000000ABCD00000000")
-    p = one(hep3(*std_chunks(src=src, dst=dst), chunk(15, SIP)))
+    p = one(hep3(*std_chunks(src=src, dst=dst), chunk(CHUNK_PAYLOAD, SIP)))
     assert (p.src_ip, p.dst_ip) == ("2001:db8::1", "fe80::abcd:0:0")
     m = p.to_message()
     assert (m.family, m.hep_family) == (10, 10)
@@ -337,14 +363,14 @@ def test_ipv6_text_is_compressed_lower_case():
 
 def test_family_is_of_source_address_not_family_chunk():
     chunks = std_chunks()
-    chunks[0] = u8(1, 10)  # lies
-    m = one(hep3(*chunks, chunk(15, SIP))).to_message()
+    chunks[0] = u8(CHUNK_IP_FAMILY, 10)  # lies
+    m = one(hep3(*chunks, chunk(CHUNK_PAYLOAD, SIP))).to_message()
     assert (m.family, m.hep_family) == (2, 10)
 
 
 def test_last_address_chunk_wins_between_v4_and_v6():
     v6 = bytes.fromhex("20010db8000000000000000000000009")
-    p = one(hep3(*std_chunks(), chunk(5, v6), chunk(15, SIP)))
+    p = one(hep3(*std_chunks(), chunk(CHUNK_SRC_IP6, v6), chunk(CHUNK_PAYLOAD, SIP)))
     assert (p.src_ip, p.src_family, p.dst_ip) == ("2001:db8::9", 10, "198.51.100.2")
 
 
@@ -352,7 +378,7 @@ def test_last_address_chunk_wins_between_v4_and_v6():
 def test_missing_address(drop):
     chunks = std_chunks()
     del chunks[drop]
-    assert reason(hep3(*chunks, chunk(15, SIP))) == "hep-no-address"
+    assert reason(hep3(*chunks, chunk(CHUNK_PAYLOAD, SIP))) == "hep-no-address"
 
 
 def test_missing_payload():
@@ -360,20 +386,20 @@ def test_missing_payload():
 
 
 def test_empty_payload_chunk_is_an_empty_payload():
-    assert one(hep3(*std_chunks(), chunk(15, b""))).payload == b""
+    assert one(hep3(*std_chunks(), chunk(CHUNK_PAYLOAD, b""))).payload == b""
 
 
 def test_missing_ports_are_zero():
     chunks = std_chunks()
     del chunks[4:6]
-    p = one(hep3(*chunks, chunk(15, SIP)))
+    p = one(hep3(*chunks, chunk(CHUNK_PAYLOAD, SIP)))
     assert (p.src_port, p.dst_port) == (0, 0)
 
 
 def test_missing_proto_type_is_sip():
     chunks = std_chunks()
     del chunks[8]
-    p = one(hep3(*chunks, chunk(15, SIP)))
+    p = one(hep3(*chunks, chunk(CHUNK_PAYLOAD, SIP)))
     assert p.proto_type is None
     assert p.to_message().hep_type == 1
 
@@ -381,44 +407,45 @@ def test_missing_proto_type_is_sip():
 def test_missing_ip_proto_chunk():
     chunks = std_chunks()
     del chunks[1]
-    m = one(hep3(*chunks, chunk(15, SIP))).to_message()
+    m = one(hep3(*chunks, chunk(CHUNK_PAYLOAD, SIP))).to_message()
     assert (m.proto, m.hep_ip_proto) == (0, None)
 
 
 def test_sctp_v3_is_proto_4():
-    assert one(hep3(*std_chunks(ip_proto=132), chunk(15, SIP))).to_message().proto == 4
+    assert one(hep3(*std_chunks(ip_proto=132), chunk(CHUNK_PAYLOAD, SIP))).to_message().proto == 4
 
 
 # --------------------------------------------------------------------------- time / node
 
 def test_usec_not_range_checked():
-    m = one(hep3(*std_chunks(sec=100, usec=2_500_000), chunk(15, SIP))).to_message()
+    m = one(hep3(*std_chunks(sec=100, usec=2_500_000), chunk(CHUNK_PAYLOAD, SIP))).to_message()
     assert m.ts_us == 102_500_000 and m.node_id == 7001
 
 
 @pytest.mark.parametrize("drop", [[6, 7], [6]])
 def test_no_time_is_now_and_plain_node(drop):
     chunks = [c for i, c in enumerate(std_chunks()) if i not in drop]
-    p = one(hep3(*chunks, chunk(15, SIP)))
+    p = one(hep3(*chunks, chunk(CHUNK_PAYLOAD, SIP)))
     m = p.to_message()
     assert m.ts_us == NOW and m.node_id is None
     assert p.to_message(now_us=42).ts_us == 42
 
 
 def test_zero_time_is_now():
-    m = one(hep3(*std_chunks(sec=0, usec=5), chunk(15, SIP))).to_message()
+    m = one(hep3(*std_chunks(sec=0, usec=5), chunk(CHUNK_PAYLOAD, SIP))).to_message()
     assert m.ts_us == NOW and m.node_id is None
 
 
 def test_missing_capture_id_is_node_0_when_timed():
     chunks = std_chunks()
     del chunks[9]
-    m = one(hep3(*chunks, chunk(15, SIP))).to_message()
+    m = one(hep3(*chunks, chunk(CHUNK_PAYLOAD, SIP))).to_message()
     assert m.node_id == 0
 
 
 def test_capture_id_is_u32():
-    assert one(hep3(*std_chunks(captid=0xFFFFFFFF), chunk(15, SIP))).to_message().node_id == 0xFFFFFFFF
+    p = one(hep3(*std_chunks(captid=0xFFFFFFFF), chunk(CHUNK_PAYLOAD, SIP)))
+    assert p.to_message().node_id == 0xFFFFFFFF
 
 
 # --------------------------------------------------------------------------- correlation id
@@ -429,30 +456,31 @@ def test_capture_id_is_u32():
      (b"bad\xff", "bad\ufffd")],
 )
 def test_correlation_id(raw, expected):
-    m = one(hep3(*std_chunks(), chunk(15, SIP), chunk(17, raw))).to_message()
+    m = one(hep3(*std_chunks(), chunk(CHUNK_PAYLOAD, SIP), chunk(CHUNK_CORRELATION_ID, raw))).to_message()
     assert m.correlation_id == expected
 
 
 def test_no_correlation_chunk_is_none():
-    assert one(hep3(*std_chunks(), chunk(15, SIP))).to_message().correlation_id is None
+    assert one(hep3(*std_chunks(), chunk(CHUNK_PAYLOAD, SIP))).to_message().correlation_id is None
 
 
 @pytest.mark.parametrize("ptype", [5, 32, 99, 100])
 def test_aux_types(ptype):
-    m = one(hep3(*std_chunks(ptype=ptype), chunk(17, b"c1"), chunk(15, b"{}"))).to_message()
+    m = one(hep3(*std_chunks(ptype=ptype), chunk(CHUNK_CORRELATION_ID, b"c1"),
+                 chunk(CHUNK_PAYLOAD, b"{}"))).to_message()
     assert (m.hep_type, m.correlation_id, m.hep_family, m.hep_ip_proto) == (ptype, "c1", 2, 17)
 
 
 # --------------------------------------------------------------------------- auth
 
 def test_auth():
-    good = hep3(*std_chunks(), chunk(14, b"s3cret"), chunk(15, SIP))
+    good = hep3(*std_chunks(), chunk(CHUNK_AUTH_KEY, b"s3cret"), chunk(CHUNK_PAYLOAD, SIP))
     assert one(good, auth_key=b"s3cret").auth_key == b"s3cret"
     assert one(good).auth_key == b"s3cret"  # no key required: accepted
     assert reason(good, auth_key=b"other") == "hep-auth"
-    assert reason(hep3(*std_chunks(), chunk(15, SIP)), auth_key=b"s3cret") == "hep-auth"
+    assert reason(hep3(*std_chunks(), chunk(CHUNK_PAYLOAD, SIP)), auth_key=b"s3cret") == "hep-auth"
     # C-string key with its terminating NUL
-    nul = hep3(*std_chunks(), chunk(14, b"s3cret\x00"), chunk(15, SIP))
+    nul = hep3(*std_chunks(), chunk(CHUNK_AUTH_KEY, b"s3cret\x00"), chunk(CHUNK_PAYLOAD, SIP))
     assert one(nul, auth_key=b"s3cret").auth_key == b"s3cret"
 
 
@@ -466,13 +494,13 @@ def test_auth_refuses_v1_v2(encoder):
 # --------------------------------------------------------------------------- datagrams
 
 def test_eep3_id_accepted():
-    assert one(hep3(*std_chunks(), chunk(15, SIP), ident=b"EEP3")).payload == SIP
+    assert one(hep3(*std_chunks(), chunk(CHUNK_PAYLOAD, SIP), ident=b"EEP3")).payload == SIP
 
 
 def test_concatenated_packets():
     a = encode_hep3(msg(payload=b"one"), capture_id=1)
     b = encode_hep3(msg(payload=b"two", src_ip="::1", dst_ip="::2", family=10), compress=True)
-    c = hep3(*std_chunks(), chunk(15, b"three"), ident=b"EEP3")
+    c = hep3(*std_chunks(), chunk(CHUNK_PAYLOAD, b"three"), ident=b"EEP3")
     pkts = decode_datagram(a + b + c, now_us=NOW)
     assert [p.payload for p in pkts] == [b"one", b"two", b"three"]
     assert pkts[1].src_ip == "::1"
@@ -480,7 +508,7 @@ def test_concatenated_packets():
 
 def test_bad_packet_among_good_ones():
     good = encode_hep3(msg(payload=b"ok"))
-    bad = hep3(chunk(0, b""), chunk(15, b"x"))
+    bad = hep3(chunk(0, b""), chunk(CHUNK_PAYLOAD, b"x"))
     errors: list[DecodeError] = []
     pkts = decode_datagram(good + bad + good, now_us=NOW, errors=errors)
     assert [p.payload for p in pkts] == [b"ok", b"ok"]
@@ -526,7 +554,7 @@ def test_nothing_decodes_raises_first_error_and_lists_the_others():
         (b"\x02\x10", "hep-truncated"),
         (b"HEP3\x00\x05", "hep3-bad-length"),
         (b"HEP3\x00\x00rest", "hep3-bad-length"),
-        (hep3(chunk(15, SIP), total=200), "hep3-bad-length"),
+        (hep3(chunk(CHUNK_PAYLOAD, SIP), total=200), "hep3-bad-length"),
         (b"INVITE sip:x SIP/2.0\r\n\r\n", "hep-bad-version"),
         (bytes([0x80, 0x00]) + b"\x00" * 40, "hep-bad-version"),  # RTP
         (bytes([2, 16, 7, 17]) + b"\x00" * 40, "hep-bad-family"),
@@ -574,7 +602,7 @@ def stream_packets() -> list[bytes]:
     return [
         encode_hep3(msg(payload=b"a")),
         encode_hep3(msg(payload=SIP * 20, src_ip="::1", dst_ip="::2", family=10)),
-        hep3(*std_chunks(), chunk(15, b"c"), ident=b"EEP3"),
+        hep3(*std_chunks(), chunk(CHUNK_PAYLOAD, b"c"), ident=b"EEP3"),
         hep3(),  # a bare 6-byte header is a (useless) complete packet
         encode_hep3(msg(payload=b"x" * 65000)),
     ]
