@@ -52,17 +52,20 @@ def _hep3(ts_us: int, src: str, sport: int, dst: str, dport: int, payload: bytes
     import ipaddress
     import struct
 
+    from sipcaptool.decode import hep as h
+
     def chunk(t: int, data: bytes) -> bytes:
         return struct.pack("!HHH", 0, t, 6 + len(data)) + data
 
-    body = (chunk(1, b"\x02") + chunk(2, b"\x11")
-            + chunk(3, ipaddress.IPv4Address(src).packed)
-            + chunk(4, ipaddress.IPv4Address(dst).packed)
-            + chunk(7, struct.pack("!H", sport)) + chunk(8, struct.pack("!H", dport))
-            + chunk(9, struct.pack("!I", ts_us // 1_000_000))
-            + chunk(10, struct.pack("!I", ts_us % 1_000_000))
-            + chunk(11, b"\x01") + chunk(12, struct.pack("!I", 2001))
-            + chunk(15, payload))
+    body = (chunk(h.CHUNK_IP_FAMILY, b"\x02") + chunk(h.CHUNK_IP_PROTO, b"\x11")
+            + chunk(h.CHUNK_SRC_IP4, ipaddress.IPv4Address(src).packed)
+            + chunk(h.CHUNK_DST_IP4, ipaddress.IPv4Address(dst).packed)
+            + chunk(h.CHUNK_SRC_PORT, struct.pack("!H", sport))
+            + chunk(h.CHUNK_DST_PORT, struct.pack("!H", dport))
+            + chunk(h.CHUNK_TIME_SEC, struct.pack("!I", ts_us // 1_000_000))
+            + chunk(h.CHUNK_TIME_USEC, struct.pack("!I", ts_us % 1_000_000))
+            + chunk(h.CHUNK_PROTO_TYPE, b"\x01") + chunk(h.CHUNK_CAPTURE_ID, struct.pack("!I", 2001))
+            + chunk(h.CHUNK_PAYLOAD, payload))
     return b"HEP3" + struct.pack("!H", 6 + len(body)) + body
 
 
