@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from operator import gt, itemgetter
 from typing import Any
 
-from .decode.sip import _COMPACT, SipMessage
+from .decode.sip import SipMessage, header_key
 from .errors import ConfigError
 from .record import (
     AUX_COLUMN_NAMES,
@@ -57,15 +57,9 @@ class RowOptions:
     _custom_keys: tuple[str, str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_aleg_keys", tuple(map(_header_key, self.callid_aleg_headers)))
-        custom = tuple(_header_key(n) if n else "" for n in self.custom_field_headers[:3])
+        object.__setattr__(self, "_aleg_keys", tuple(map(header_key, self.callid_aleg_headers)))
+        custom = tuple(header_key(n) if n else "" for n in self.custom_field_headers[:3])
         object.__setattr__(self, "_custom_keys", custom + ("",) * (3 - len(custom)))
-
-
-def _header_key(name: str) -> str:
-    """The key ``SipMessage.headers`` uses for a header name (as ``SipMessage.header``)."""
-    key = name.lower()
-    return _COMPACT.get(key, key)
 
 
 # The order sip_row builds its tuple in; checked against record.py at import so that a

@@ -80,6 +80,7 @@ def test_mutated_valid_message(pos, insert, cut):
 # --- the fast paths give what the general code gives ------------------------------------
 
 from sipcaptool.decode import sip as sipmod  # noqa: E402
+from sipcaptool.decode import sip_fields  # noqa: E402
 
 URI_ATOMS = st.sampled_from([
     "sip:", "SIPS:", "tel:", "a", "b", "1", "@", ":", ";", "?", "[", "]", "::", "=", " ",
@@ -112,16 +113,16 @@ def _outcome(fn, *args):
 @settings(max_examples=500, deadline=None)
 @given(URIISH)
 def test_uri_fast_path_matches_general(uri):
-    if sipmod._SIP_URI_RE.match(uri) is not None:
-        assert _outcome(sipmod._parse_uri, uri) == _outcome(sipmod._parse_uri_general, uri)
+    if sip_fields._SIP_URI_RE.match(uri) is not None:
+        assert _outcome(sip_fields.parse_uri, uri) == _outcome(sip_fields._parse_uri_general, uri)
 
 
 @settings(max_examples=500, deadline=None)
 @given(NAME_ADDRS, st.booleans())
 def test_name_addr_fast_path_matches_general(body, contact):
-    if sipmod._NAME_ADDR_RE.match(body) is not None:
-        assert (_outcome(sipmod._name_addr, body, contact)
-                == _outcome(sipmod._name_addr_general, body, contact))
+    if sip_fields._NAME_ADDR_RE.match(body) is not None:
+        assert (_outcome(sip_fields.name_addr, body, contact)
+                == _outcome(sip_fields._name_addr_general, body, contact))
 
 
 VIA_ATOMS = st.sampled_from([
@@ -169,8 +170,8 @@ def test_header_split_fast_path_matches_general(rest):
 @given(NAME_ADDRS, st.booleans())
 def test_address_fast_path_matches_general(body, contact):
     def general(body, contact):
-        uri, rest = sipmod._name_addr_general(body, contact)
-        return sipmod._parse_uri_general(uri) + (rest,)
+        uri, rest = sip_fields._name_addr_general(body, contact)
+        return sip_fields._parse_uri_general(uri) + (rest,)
 
-    if sipmod._SIP_NAME_ADDR_RE.match(body) is not None:
-        assert _outcome(sipmod._address, body, contact) == _outcome(general, body, contact)
+    if sip_fields._SIP_NAME_ADDR_RE.match(body) is not None:
+        assert _outcome(sip_fields.address, body, contact) == _outcome(general, body, contact)

@@ -4,14 +4,16 @@ Pure code, stdlib only. ``parse_sip`` is the hot path of every capture source, s
 written for speed: the header section (never the body) is decoded once, one compiled
 pattern splits it into ``(name, body)`` pairs in C, and only the handful of headers that
 feed a column (From, To, Contact, the identities, the credentials, the first Via) get any
-further parsing. From, To, Contact and Request-URI values are parsed once per distinct
+further parsing, by the functions of ``sip_fields.py`` (URIs, addresses, tags, digest
+usernames, X-OIP). From, To, Contact and Request-URI values are parsed once per distinct
 text (small bounded caches): the messages of a dialog repeat them.
 
-What is kept, and how, follows Kamailio's sipcapture module (see SCHEMA.md): a header
-"body" runs from the first non-blank character after ``Name:`` (line folding included) to
-the end of the line; trailing spaces and tabs are kept, only the line ending is removed;
-folded continuation lines stay inside the body. "First" means the first header of that
-name. Deliberate differences from Kamailio 5.6.3:
+What is kept, and how, follows Kamailio's sipcapture module (the deliberate differences
+are listed in tests/kamailio_differences.py too): a header "body" runs from the first
+non-blank character after ``Name:`` (line folding included) to the end of the line;
+trailing spaces and tabs are kept, only the line ending is removed; folded continuation
+lines stay inside the body. "First" means the first header of that name. Deliberate
+differences from Kamailio 5.6.3:
 
 * header names are compared case-insensitively everywhere (RFC 3261 section 7.3.1), also
   for the headers Kamailio looks up by name (Reason, X-OIP, RTP-stat names, configurable
@@ -29,13 +31,19 @@ CSeq or Request-URI, or a header line that is not ``name: value``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 
 from ..errors import DecodeError
+from .sip_fields import address, digest_user, name_addr, originator, parse_uri, tag_param
 
 __all__ = [
     "SipMessage",
+    "TYPE_UNKNOWN",
     "TYPE_REQUEST",
     "TYPE_REPLY",
+    "COMPACT_FORMS",
+    "RTP_STAT_HEADERS",
+    "header_key",
     "looks_like_sip",
     "parse_sip",
     "parse_sip_lenient",
@@ -47,8 +55,8 @@ TYPE_REQUEST = 1
 TYPE_REPLY = 2
 
 # RFC 3261 section 7.3.3 compact forms (and the later RFCs' ones), mapped to the full
-# lower-case names every lookup uses.
-_COMPACT = {
+# lower-case names every lookup uses (``header_key``). Read-only.
+COMPACT_FORMS: dict[str, str] = {
     "i": "call-id",
     "f": "from",
     "t": "to",
@@ -70,6 +78,14 @@ _COMPACT = {
     "y": "identity",
     "n": "identity-info",
 }
+
+
+
+def header_key(name: str) -> str:
+    """The key of header ``name`` in ``SipMessage.headers``: lower case, full name."""
+    key = name.lower()
+    return COMPACT_FORMS.get(key, key)
+
 
 # The RTP statistics headers, in the order sipcapture tries them.
 RTP_STAT_HEADERS = (
@@ -97,23 +113,8 @@ _HEADER_RE = re.compile(
     re.M,
 )
 
-_COMPACT_NAMES = frozenset(_COMPACT)
+_COMPACT_NAMES = frozenset(COMPACT_FORMS)
 
-# Fast paths for the common shapes; anything they do not match goes through the general
-# code below, which gives the same result (tests/test_sip_hypothesis.py checks that).
-# sip:/sips: URI without '@' after the host part: user, host, port.
-_SIP_URI_RE = re.compile(
-    r"(?i:sips?):(?:([^@:;?]*)(?::[^@;?]*)?@)?(\[[^\]@]*\]|[^:;?\[\]@]+)(?::(\d*))?(?:[;?][^@]*)?\Z",
-    re.S,
-)
-# [display-name] <uri> rest, display name without '<' (quoted: anything but '<' around).
-_NAME_ADDR_RE = re.compile(r'(?:[^"<]*|[^"<]*"(?:[^"\\]|\\.)*"[^<]*)<([^<>]*)>(.*)\Z', re.S)
-# Both in one: [display-name] <sip:user@host:port;params> rest -> user, host, port, rest.
-_SIP_NAME_ADDR_RE = re.compile(
-    r'(?:[^"<]*|[^"<]*"(?:[^"\\]|\\.)*"[^<]*)<[ \t]*(?i:sips?):(?:([^@:;?<>]*)(?::[^@;?<>]*)?@)?'
-    r"(\[[^\]@<>]*\]|[^:;?\[\]@<> \t]+)(?::(\d*))?(?:[;?][^@<>]*)?>(.*)\Z",
-    re.S,
-)
 # The first Via value, when it is "proto/version/transport host...;...;branch=value".
 _VIA_RE = re.compile(
     r"[^ \t/,]+/[^ \t/,]+/[^ \t/,]+ +[^ \t;,]+"
@@ -128,9 +129,6 @@ _TOKEN_CHARS = frozenset(
 )
 _TOKEN_BYTES = bytes(sorted(ord(c) for c in _TOKEN_CHARS))
 _DIGITS = frozenset("0123456789")
-
-_URI_SCHEMES_SIP = frozenset(("sip", "sips"))
-_URI_SCHEMES_TEL = frozenset(("tel", "tels"))
 
 
 class SipMessage:
@@ -225,9 +223,9 @@ class SipMessage:
     def header(self, name: str) -> str | None:
         """Body of the first header called ``name`` (any case, compact forms too), or None."""
         key = name.lower()
-        return self._headers.get(_COMPACT.get(key, key))
+        return self._headers.get(COMPACT_FORMS.get(key, key))
 
-    def first_header(self, names) -> str:
+    def first_header(self, names: Iterable[str]) -> str:
         """Body of the first header found trying ``names`` in order, else ''.
 
         This is how ``callid_aleg`` is chosen from the ``callid_aleg_header`` list.
@@ -235,7 +233,7 @@ class SipMessage:
         headers = self._headers
         for name in names:
             key = name.lower()
-            body = headers.get(_COMPACT.get(key, key))
+            body = headers.get(COMPACT_FORMS.get(key, key))
             if body is not None:
                 return body
         return ""
@@ -301,7 +299,7 @@ def parse_sip_lenient(payload: bytes) -> SipMessage:
     """
     try:
         return _parse(payload, False)
-    except Exception as exc:  # a bug must never stop a capture: keep an empty record
+    except Exception as exc:  # noqa: BLE001 - a bug must never stop a capture: keep an empty record
         msg = SipMessage()
         msg.error = getattr(exc, "reason", None) or "sip-internal-error"
         return msg
@@ -410,13 +408,13 @@ def _parse(payload: bytes, strict: bool) -> SipMessage:
             _fail(msg, strict, "sip-bad-to", r[3])
     body = get("contact")
     if body is not None:
-        r = _CONTACT_CACHE.get(body)
-        if r is None:
-            r = _contact_cached(body)
-        if r[3] is None:
-            msg.contact_user, msg.contact_ip, msg.contact_port = r[0], r[1], r[2]
+        c = _CONTACT_CACHE.get(body)
+        if c is None:
+            c = _contact_cached(body)
+        if c[3] is None:
+            msg.contact_user, msg.contact_ip, msg.contact_port = c[0], c[1], c[2]
         else:
-            _fail(msg, strict, "sip-bad-contact", r[3])
+            _fail(msg, strict, "sip-bad-contact", c[3])
 
     # --- less common headers -----------------------------------------------------------
     if _RARE_NAMES.isdisjoint(headers):
@@ -427,10 +425,10 @@ def _parse(payload: bytes, strict: bool) -> SipMessage:
         body = get("authorization")
     if body is not None:
         msg.auth = body
-        msg.auth_user = _digest_user(body)
+        msg.auth_user = digest_user(body)
     body = get("x-oip")
     if body is not None:
-        msg.originator_ip, msg.originator_port = _originator(body)
+        msg.originator_ip, msg.originator_port = originator(body)
     for name in RTP_STAT_HEADERS:
         body = get(name)
         if body is not None:
@@ -445,17 +443,21 @@ def _parse(payload: bytes, strict: bool) -> SipMessage:
 # Values: (user, host, tag, None) for From/To and (user, host, port, None) for Contact,
 # or ("", "", "", reason) when the value does not parse. Only values of up to
 # _CACHE_VALUE_MAX characters are kept, so the caches stay within a few MB whatever comes.
-_ADDR_CACHE: dict[str, tuple] = {}
-_CONTACT_CACHE: dict[str, tuple] = {}
-_RURI_CACHE: dict[str, tuple] = {}
+_FromTo = tuple[str, str, str, str | None]        # user, host, tag, error
+_Contact = tuple[str, str, int, str | None]       # user, host, port, error
+_Ruri = tuple[str, str, str | None]               # user, host, error
+_ADDR_CACHE: dict[str, _FromTo] = {}
+_CONTACT_CACHE: dict[str, _Contact] = {}
+_RURI_CACHE: dict[str, _Ruri] = {}
 _ADDR_CACHE_MAX = 8192
 _CACHE_VALUE_MAX = 256
 
 
-def _from_to_cached(body: str) -> tuple:
+def _from_to_cached(body: str) -> _FromTo:
+    r: _FromTo
     try:
-        user, host, _, params = _address(body)
-        r = (user, host, _tag(params), None)
+        user, host, _, params = address(body)
+        r = (user, host, tag_param(params), None)
     except ValueError as exc:
         r = ("", "", "", str(exc))
     if len(body) <= _CACHE_VALUE_MAX:
@@ -466,12 +468,13 @@ def _from_to_cached(body: str) -> tuple:
     return r
 
 
-def _contact_cached(body: str) -> tuple:
+def _contact_cached(body: str) -> _Contact:
+    r: _Contact
     if body.strip(" \t") == "*":
         r = ("*", "", 0, None)
     else:
         try:
-            user, host, port, _ = _address(body, True)
+            user, host, port, _ = address(body, True)
             r = (user, host, int(port) if port else 0, None)
         except ValueError as exc:
             r = ("", "", 0, str(exc))
@@ -483,9 +486,10 @@ def _contact_cached(body: str) -> tuple:
     return r
 
 
-def _ruri_cached(uri: str) -> tuple:
+def _ruri_cached(uri: str) -> _Ruri:
+    r: _Ruri
     try:
-        user, host, _ = _parse_uri(uri)
+        user, host, _ = parse_uri(uri)
         r = (user, host, None)
     except ValueError as exc:
         r = ("", "", str(exc))
@@ -534,7 +538,7 @@ def _split_headers(msg: SipMessage, rest: str, strict: bool) -> dict[str, str]:
     if len(pairs) != lines:
         _fail(msg, strict, "sip-bad-header", "a header line without 'name:'")
     pairs.reverse()  # so the first header of a name is the one left in the dict
-    compact = _COMPACT
+    compact = COMPACT_FORMS
     headers = {}
     for name, body in pairs:
         key = name.lower()
@@ -572,170 +576,6 @@ def _start_line(msg: SipMessage, line: str, strict: bool) -> None:
         _fail(msg, strict, "sip-bad-ruri", r[2])
 
 
-def _parse_uri(uri: str) -> tuple[str, str, str]:
-    """(user, host, port) of a sip:/sips:/tel: URI, as Kamailio's parse_uri splits it.
-
-    The host keeps the brackets of an IPv6 reference (``[2001:db8::1]``), as Kamailio
-    does; a ``tel:`` URI has the number as user and no host. Raises ValueError.
-    """
-    m = _SIP_URI_RE.match(uri)
-    if m is not None:
-        user, host, port = m.groups()
-        if port and (len(port) > 5 or int(port) > 65535):
-            raise ValueError(f"port out of range in {uri[:80]!r}")
-        return user or "", host, port or ""
-    return _parse_uri_general(uri)
-
-
-def _parse_uri_general(uri: str) -> tuple[str, str, str]:
-    colon = uri.find(":")
-    if colon <= 0:
-        raise ValueError(f"no URI scheme in {uri[:80]!r}")
-    scheme = uri[:colon].lower()
-    rest = uri[colon + 1 :]
-    if scheme in _URI_SCHEMES_SIP:
-        at = rest.find("@")
-        if at >= 0:
-            user = rest[:at]
-            pw = user.find(":")
-            if pw >= 0:
-                user = user[:pw]
-            hostport = rest[at + 1 :]
-        else:
-            user = ""
-            hostport = rest
-        if hostport[:1] == "[":
-            close = hostport.find("]")
-            if close < 0:
-                raise ValueError(f"unterminated IPv6 reference in {uri[:80]!r}")
-            host = hostport[: close + 1]
-            after = hostport[close + 1 :]
-            if after[:1] == ":":
-                port = after[1:]
-                for ch in ";?":
-                    i = port.find(ch)
-                    if i >= 0:
-                        port = port[:i]
-            elif after and after[0] not in ";?":
-                raise ValueError(f"junk after IPv6 reference in {uri[:80]!r}")
-            else:
-                port = ""
-        else:
-            end = len(hostport)
-            i = hostport.find(";")
-            if 0 <= i < end:
-                end = i
-            i = hostport.find("?")
-            if 0 <= i < end:
-                end = i
-            host = hostport[:end]
-            pc = host.find(":")
-            if pc >= 0:
-                port = host[pc + 1 :]
-                host = host[:pc]
-            else:
-                port = ""
-        if not host:
-            raise ValueError(f"no host in {uri[:80]!r}")
-        if port and not _DIGITS.issuperset(port):
-            raise ValueError(f"bad port in {uri[:80]!r}")
-        if port and (len(port) > 5 or int(port) > 65535):
-            raise ValueError(f"port out of range in {uri[:80]!r}")
-        return user, host, port
-    if scheme in _URI_SCHEMES_TEL:
-        semi = rest.find(";")
-        number = rest if semi < 0 else rest[:semi]
-        if not number:
-            raise ValueError(f"empty tel URI {uri[:80]!r}")
-        return number, "", ""
-    if scheme == "urn":
-        return "", rest, ""
-    raise ValueError(f"unsupported URI scheme {scheme[:20]!r}")
-
-
-def _address(body: str, contact: bool = False) -> tuple[str, str, str, str]:
-    """(user, host, port, rest) of a From/To/Contact-style value. Raises ValueError."""
-    m = _SIP_NAME_ADDR_RE.match(body)
-    if m is not None:
-        user, host, port, rest = m.groups()
-        if port and (len(port) > 5 or int(port) > 65535):
-            raise ValueError(f"port out of range in {body[:80]!r}")
-        return user or "", host, port or "", rest
-    uri, rest = _name_addr(body, contact)
-    user, host, port = _parse_uri(uri)
-    return user, host, port, rest
-
-
-def _skip_quoted(body: str, start: int) -> int:
-    """Index just past the closing quote of the quoted string opening at ``start``."""
-    i = start + 1
-    while True:
-        q = body.find('"', i)
-        if q < 0:
-            raise ValueError("unterminated quoted string")
-        b = q - 1
-        while b > start and body[b] == "\\":
-            b -= 1
-        if (q - 1 - b) % 2 == 0:  # an even number of backslashes: a real quote
-            return q + 1
-        i = q + 1
-
-
-def _name_addr(body: str, contact: bool = False) -> tuple[str, str]:
-    """(uri, rest) of ``[display-name] <uri> params`` or ``addr-spec params``.
-
-    ``rest`` is what follows the URI (header parameters, further Contact values).
-    Raises ValueError.
-    """
-    m = _NAME_ADDR_RE.match(body)
-    if m is not None:
-        uri, rest = m.groups()
-        return uri.strip(" \t"), rest
-    return _name_addr_general(body, contact)
-
-
-def _name_addr_general(body: str, contact: bool = False) -> tuple[str, str]:
-    lt = body.find("<")
-    if '"' in body[: lt if lt >= 0 else len(body)]:
-        q = body.find('"')
-        end = _skip_quoted(body, q)
-        lt = body.find("<", end)
-        if lt < 0:
-            raise ValueError("quoted display name without <uri>")
-    if lt >= 0:
-        gt = body.find(">", lt + 1)
-        if gt < 0:
-            raise ValueError("'<' without '>'")
-        uri = body[lt + 1 : gt].strip(" \t")
-        if "<" in uri:
-            raise ValueError("'<' inside <uri>")
-        return uri, body[gt + 1 :]
-    # addr-spec: the URI ends at the first ';' (parameters then belong to the header,
-    # RFC 3261 20.10), a blank, or a ',' between Contact values.
-    s = body.strip(" \t")
-    end = len(s)
-    for ch in (";", " ", "\t", ",") if contact else (";", " ", "\t"):
-        i = s.find(ch)
-        if 0 <= i < end:
-            end = i
-    if not s or end == 0:
-        raise ValueError("empty address")
-    return s[:end], s[end:]
-
-
-def _tag(params: str) -> str:
-    """Value of the ``tag`` parameter in ``;name=value`` header parameters."""
-    if ";" not in params:
-        return ""
-    if params[:5] == ";tag=" and ";" not in params[5:]:
-        return params[5:].strip(" \t\r\n")
-    for param in params.split(";")[1:]:
-        name, _, value = param.partition("=")
-        if name.strip(" \t").lower() == "tag":
-            return value.strip(" \t\r\n")
-    return ""
-
-
 def _via_branch(msg: SipMessage, via: str, strict: bool) -> None:
     """Check the first Via value and take its ``branch`` parameter."""
     m = _VIA_RE.match(via)
@@ -763,69 +603,15 @@ def _via_branch_general(msg: SipMessage, via: str, strict: bool) -> None:
             return
 
 
-def _identity(msg: SipMessage, get) -> None:
+def _identity(msg: SipMessage, get: Callable[[str], str | None]) -> None:
     """pid_user: first P-Asserted-Identity, else P-Preferred-Identity, else RPID."""
     for name in ("p-asserted-identity", "p-preferred-identity", "remote-party-id"):
         body = get(name)
         if body is None:
             continue
         try:
-            uri, _ = _name_addr(body, contact=True)
-            msg.pid_user = _parse_uri(uri)[0]
+            uri, _ = name_addr(body, contact=True)
+            msg.pid_user = parse_uri(uri)[0]
         except ValueError:
             msg.pid_user = ""
         return
-
-
-# searched in "," + params: a literal first character lets the regex engine skip ahead
-_DIGEST_USERNAME = re.compile(r",[ \t\r\n]*username[ \t\r\n]*=[ \t\r\n]*", re.I | re.A)
-_DIGEST_TOKEN = re.compile(r"[^, \t\r\n]*")
-_DIGEST_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"', re.S)
-
-
-def _digest_user(body: str) -> str:
-    """User part (before '@') of the digest ``username`` of a credentials body."""
-    s = body.lstrip(" \t")
-    scheme, _, params = s.partition(" ")
-    if scheme.lower() != "digest":
-        return ""
-    # the first ``username =`` that starts the parameter list or follows a comma
-    m = _DIGEST_USERNAME.search("," + params)
-    if m is None:
-        return ""
-    j = m.end() - 1
-    if params[j : j + 1] == '"':
-        q = _DIGEST_QUOTED.match(params, j)
-        if q is None:
-            return ""   # unterminated quoted string
-        value = q.group(1).replace('\\"', '"')
-    else:
-        t = _DIGEST_TOKEN.match(params, j)     # always matches (maybe empty)
-        value = t.group() if t is not None else ""
-    at = value.find("@")
-    return value if at < 0 else value[:at]
-
-
-def _originator(body: str) -> tuple[str, int]:
-    """``X-OIP: ip[:port]`` -> (ip, port); ``[IPv6]:port`` and bare IPv6 handled."""
-    s = body.strip(" \t")
-    port_s = ""
-    if s[:1] == "[":
-        close = s.find("]")
-        if close < 0:
-            return s, 0
-        ip = s[1:close]
-        if s[close + 1 : close + 2] == ":":
-            port_s = s[close + 2 :]
-    elif s.count(":") == 1:
-        ip, _, port_s = s.partition(":")
-    else:  # no port, or a bare IPv6 address
-        ip = s
-    ip = ip.strip(" \t")
-    n = 0
-    for ch in port_s.lstrip(" \t"):
-        if ch not in _DIGITS:
-            break
-        n += 1
-    port = int(port_s.lstrip(" \t")[:n]) if 0 < n <= 5 else 0
-    return ip, port if port <= 65535 else 0
