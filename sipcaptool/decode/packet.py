@@ -15,14 +15,15 @@ The plain Ethernet/IPv4/UDP path is kept short on purpose (offsets into the fram
 
 from __future__ import annotations
 
-import re
 import struct
 from collections.abc import Callable, Sequence
 
+from sipcaptool.decode import hep as _hep
 from sipcaptool.decode import ip as _ip
 from sipcaptool.decode import link as _link
 from sipcaptool.decode import tunnel as _tunnel
 from sipcaptool.decode.ip import addr_str
+from sipcaptool.decode.sip import looks_like_sip
 from sipcaptool.record import AF_INET, AF_INET6, PROTO_SCTP, PROTO_UDP, CapturedMessage
 from sipcaptool.stats import Stats
 
@@ -49,21 +50,6 @@ _unpack_tcp = _TCP.unpack_from
 # First byte of a start line: a token character (method) or the 'S' of "SIP/2.0".
 _TOKEN_START = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
 _KEEPALIVES = frozenset({b"\r\n\r\n", b"\r\n", b"\n", b"\r\n\r\n\r\n\r\n"})
-
-# A SIP start line: request line (token SP URI SP SIP/2.0) or status line.
-_START_LINE = re.compile(rb"(?:[!%'*+\-.0-9A-Z_`a-z~]+ [^ \r\n]+ SIP/2\.0\r?\n|SIP/2\.0 [0-9]{3}[ \r\n])")
-
-
-def _fallback_looks_like_sip(data: bytes) -> bool:
-    return _START_LINE.match(data) is not None
-
-
-def _sip_checker() -> Callable[[bytes], bool]:
-    try:
-        from sipcaptool.decode.sip import looks_like_sip
-    except ImportError:
-        return _fallback_looks_like_sip
-    return looks_like_sip
 
 
 class PacketDecoder:
@@ -113,7 +99,7 @@ class PacketDecoder:
         self.hep_ports = hep_ports
         self.now_us = now_us
         self._link_parser = _link.LINK_PARSERS[linktype]
-        self._looks_like_sip = _sip_checker()
+        self._looks_like_sip = looks_like_sip
         self._snapped = False
         #: a frame this long or longer may have been cut by the capture's snap length
         #: (for sources whose reads do not give each frame's length on the wire); 0: no
@@ -126,7 +112,6 @@ class PacketDecoder:
         self._tcp = None
         self._sctp = None
         self._sctp_tsns = _SctpTsns()
-        self._hep = None  # lazily imported HEP module, False when absent
         #: inflate budget of one HEP datagram in a frame (decode.hep.MAX_INFLATED)
         self.hep_max_inflated = hep_max_inflated
 
@@ -356,10 +341,8 @@ class PacketDecoder:
                 # is expected, since any gzip stream starts so
                 if (sport in _HEP_GZIP_PORTS or dport in _HEP_GZIP_PORTS) if hp is None \
                         else (sport in hp or dport in hp):
-                    hep = self._hep_mod()
-                    if hep is not False:
-                        self._decode_hep(hep, ts, data, out)
-                        return
+                    self._decode_hep(ts, data, out)
+                    return
         elif (b0 == 0x48 or b0 == 0x45) and (data[:4] == b"HEP3" or data[:4] == b"EEP3"):
             hp = self.hep_ports
             if (hp is None or sport in hp or dport in hp) and self._try_hep(ts, data, out):
@@ -375,46 +358,32 @@ class PacketDecoder:
 
     # ------------------------------------------------------------------ HEP
 
-    def _hep_mod(self):
-        """The HEP decoder module, or False when it is not available."""
-        hep = self._hep
-        if hep is None:
-            try:
-                from sipcaptool.decode import hep as hep_mod  # noqa: F401
-                hep = hep_mod if hasattr(hep_mod, "looks_like_hep") else False
-            except ImportError:
-                hep = False
-            self._hep = hep
-        return hep
-
-    def _try_hep(self, ts, data, out) -> bool:
+    def _try_hep(self, ts: int, data: bytes, out: list[CapturedMessage]) -> bool:
         """Decode ``data`` as HEP if it is HEP; True when it was (messages or malformed)."""
-        hep = self._hep_mod()
-        if hep is False or not hep.looks_like_hep(data):
+        if not _hep.looks_like_hep(data):
             return False
-        self._decode_hep(hep, ts, data, out)
+        self._decode_hep(ts, data, out)
         return True
 
-    def _hep_frame(self, ts, data, out) -> None:
+    def _hep_frame(self, ts: int, data: bytes, out: list[CapturedMessage]) -> None:
         """One HEP3 packet cut out of a TCP stream by its length."""
-        hep = self._hep_mod()
-        if hep is False or not hep.looks_like_hep(data):
+        if not _hep.looks_like_hep(data):
             self.stats["malformed:hep3-stream"] += 1
             return
-        self._decode_hep(hep, ts, data, out)
+        self._decode_hep(ts, data, out)
 
-    def _decode_hep(self, hep, ts, data, out) -> None:
+    def _decode_hep(self, ts: int, data: bytes, out: list[CapturedMessage]) -> None:
         """One HEP datagram (or TCP-framed packet) of a frame; what it inflates to is
         bounded by ``hep_max_inflated``; every refused part is counted with its bytes."""
         from sipcaptool.errors import DecodeError
-        errors: list = []
+        errors: list[DecodeError] = []
         stats = self.stats
+        pkts: list[_hep.HepPacket] = []
         try:
-            pkts = hep.decode_datagram(data, now_us=ts, errors=errors,
-                                       max_inflated=self.hep_max_inflated)
+            pkts = _hep.decode_datagram(data, now_us=ts, errors=errors,
+                                        max_inflated=self.hep_max_inflated)
         except DecodeError as e:
             errors.append(e)
-            pkts = ()
         for err in errors:
             stats["malformed:" + err.reason] += 1
             size = getattr(err, "size", 0)
@@ -468,7 +437,7 @@ class PacketDecoder:
             ms, msb, mtb, to = self._tcp_opts
             tcp = self._tcp = TcpReassembler(self.stats, self._looks_like_sip, max_streams=ms,
                                              max_stream_bytes=msb, max_total_bytes=mtb, timeout_us=to,
-                                             hep=self._hep_mod() is not False, hep_ports=self.hep_ports)
+                                             hep=True, hep_ports=self.hep_ports)
         data = buf[off + hl:end]
         if not data and not flags & 0x05:
             return  # a bare ACK or SYN: nothing to count
