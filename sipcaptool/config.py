@@ -2,7 +2,7 @@
 
 Sources, lowest precedence first:
 
-1. built-in defaults (``DEFAULTS``),
+1. built-in defaults (the fields of ``Settings``),
 2. a TOML file (``--config FILE``): ``name = value`` at top level, plus
    ``[capture_mode.NAME]`` tables with ``db_url``, ``table_name``, ``mt_mode``,
    ``hash_source``, and ``use = ["NAME", ...]`` under ``[capture_mode]`` to store into
@@ -10,9 +10,14 @@ Sources, lowest precedence first:
 3. the environment: ``SIPCAPTOOL_<NAME>`` (upper case, e.g. ``SIPCAPTOOL_DB_URL``),
 4. the command line (``--db-url`` ...).
 
-``Settings.origin`` remembers where each value came from (``config show``).
-Every value is validated here; a bad one raises ConfigError naming the setting, the
-value and what is allowed.
+The one parameter table is the list of fields of :class:`Settings` made with
+``_setting(default, allowed)``: each gives a setting's name, type, default and what is
+allowed. ``PARAMS`` (name -> ``Param(type, default, allowed)``) is derived from it for
+the code that walks every setting (``config show/check``, the man page). ``Settings`` is
+frozen: :meth:`Settings.load` builds it, :meth:`Settings.with_value` gives a copy with
+one more command-line value. ``Settings.origin`` remembers where each value came from
+(``config show``). Every value is validated here; a bad one raises ConfigError naming
+the setting, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -20,74 +25,27 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, NamedTuple, TypeVar, get_origin, get_type_hints
 
 from .errors import ConfigError
 
 MT_MODES = ("rand", "round_robin", "hash")
 HASH_SOURCES = ("call_id", "from_user", "to_user")
 
-# name -> (type, default, allowed) ; allowed is a (lo, hi) range for ints, a tuple of
-# choices for str, or None.
-PARAMS: dict[str, tuple[type, Any, Any]] = {
-    "db_url": (str, "sqlite:///sipcapture.db", None),
-    "table_name": (str, "sip_capture", None),
-    "mt_mode": (str, "rand", MT_MODES),
-    "hash_source": (str, "call_id", HASH_SOURCES),
-    "db_insert_mode": (int, 0, (0, 2)),
-    "capture_on": (int, 1, (0, 1)),
-    "capture_mode": (list, [], None),
-    "hep_capture_on": (int, 0, (0, 1)),
-    "raw_ipip_capture_on": (int, 0, (0, 1)),
-    "raw_moni_capture_on": (int, 0, (0, 1)),
-    "raw_socket_listen": (str, "", None),
-    "raw_interface": (str, "", None),
-    "raw_sock_children": (int, 1, (1, 64)),
-    "promiscuous_on": (int, 0, (0, 1)),
-    "raw_moni_bpf_on": (int, 1, (0, 1)),
-    "capture_node": (str, "homer01", None),
-    "insert_retries": (int, 0, (0, 500)),
-    "insert_retry_timeout": (int, 60, (0, 300)),
-    "callid_aleg_header": (str, "X-CID", None),
-    "capture_bad_msgs": (int, 0, (0, 1)),
-    "custom_field1_header": (str, "Mac", None),
-    "custom_field2_header": (str, "IP", None),
-    "custom_field3_header": (str, "Port", None),
-    # sipcaptool's own settings
-    "batch_size": (int, 2000, (1, 100000)),
-    "flush_interval": (float, 1.0, (0.01, 60.0)),
-    # a batch is written once its rows make this many bytes formatted, even with fewer
-    # than batch_size rows
-    "batch_max_bytes": (int, 8 << 20, (1 << 16, 1 << 30)),
-    # bytes that the compressed parts of one HEP datagram (whole-datagram gzip and every
-    # chunk 0x0010 in it), TCP-framed HEP packet or capture frame may inflate to, together
-    "hep_max_inflated": (int, 256 * 1024, (4096, 1 << 28)),
-    # where batches wait while the database is unreachable: '' = the default directory
-    # (sipcaptool.store.spool.default_spool_dir), 'none' = no spool
-    "spool_dir": (str, "", None),
-    "spool_max_bytes": (int, 1 << 30, (1 << 16, 1 << 50)),
-    # hep, live: the control socket and --metrics close a connection that has not sent a
-    # whole command or request within this many seconds (control:timeout), and hold at
-    # most this many connections each (control:evicted-idle, control:refused-full)
-    "control_timeout": (float, 5.0, (0.1, 3600.0)),
-    "control_max_connections": (int, 64, (1, 65536)),
-    # hep: close a TCP connection silent this many seconds (0: never); at most this many
-    # connections (past it the one silent longest is closed for a new agent); after a
-    # stop, store what the sockets held for at most this many seconds (0: no limit),
-    # then read and count the rest as dropped:shutdown
-    "tcp_idle_timeout": (float, 300.0, (0.0, 86400.0)),
-    "tcp_max_connections": (int, 4096, (1, 1 << 20)),
-    "stop_drain_timeout": (float, 30.0, (0.0, 86400.0)),
-    # hep, live: a message whose own time is further than this many seconds from the
-    # clock has its strftime table named by its arrival time (adjusted:clock-skew),
-    # so senders cannot choose how many tables exist; 0: always its own time (replay)
-    "max_clock_skew": (float, 86400.0, (0.0, 3650 * 86400.0)),
-}
-DEFAULTS = {k: v[1] for k, v in PARAMS.items()}
+#: what a setting allows: a (lo, hi) range for numbers, the choices for text, or None
+Allowed = tuple[float, float] | tuple[str, ...] | None
+
+_T = TypeVar("_T")
 
 
-@dataclass
+def _setting(default: _T, allowed: Allowed = None) -> _T:
+    """A field of :class:`Settings` that is a setting: its default and what is allowed."""
+    return field(default=default, metadata={"allowed": allowed})
+
+
+@dataclass(frozen=True)
 class CaptureMode:
     """Where and how messages are stored: one db_url, its tables and the table choice."""
 
@@ -98,50 +56,197 @@ class CaptureMode:
     hash_source: str = "call_id"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
-    values: dict[str, Any] = field(default_factory=lambda: dict(DEFAULTS))
-    origin: dict[str, str] = field(default_factory=lambda: {k: "default" for k in DEFAULTS})
+    """The effective settings: one typed attribute per setting, where each came from,
+    and the capture modes. Frozen; build with :meth:`load`."""
+
+    # -- the parameter table: name: type = _setting(default, allowed) ---------------
+    db_url: str = _setting("sqlite:///sipcapture.db")
+    table_name: str = _setting("sip_capture")
+    mt_mode: str = _setting("rand", MT_MODES)
+    hash_source: str = _setting("call_id", HASH_SOURCES)
+    db_insert_mode: int = _setting(0, (0, 2))
+    capture_on: int = _setting(1, (0, 1))
+    # mode names or 'name=>db_url=...;' definitions (a list in TOML, repeatable option)
+    capture_mode: tuple[str, ...] = _setting(())
+    hep_capture_on: int = _setting(0, (0, 1))
+    raw_ipip_capture_on: int = _setting(0, (0, 1))
+    raw_moni_capture_on: int = _setting(0, (0, 1))
+    raw_socket_listen: str = _setting("")
+    raw_interface: str = _setting("")
+    raw_sock_children: int = _setting(1, (1, 64))
+    promiscuous_on: int = _setting(0, (0, 1))
+    raw_moni_bpf_on: int = _setting(1, (0, 1))
+    capture_node: str = _setting("homer01")
+    insert_retries: int = _setting(0, (0, 500))
+    insert_retry_timeout: int = _setting(60, (0, 300))
+    callid_aleg_header: str = _setting("X-CID")
+    capture_bad_msgs: int = _setting(0, (0, 1))
+    custom_field1_header: str = _setting("Mac")
+    custom_field2_header: str = _setting("IP")
+    custom_field3_header: str = _setting("Port")
+    # sipcaptool's own settings
+    batch_size: int = _setting(2000, (1, 100000))
+    flush_interval: float = _setting(1.0, (0.01, 60.0))
+    # a batch is written once its rows make this many bytes formatted, even with fewer
+    # than batch_size rows
+    batch_max_bytes: int = _setting(8 << 20, (1 << 16, 1 << 30))
+    # bytes that the compressed parts of one HEP datagram (whole-datagram gzip and every
+    # chunk 0x0010 in it), TCP-framed HEP packet or capture frame may inflate to, together
+    hep_max_inflated: int = _setting(256 * 1024, (4096, 1 << 28))
+    # where batches wait while the database is unreachable: '' = the default directory
+    # (sipcaptool.store.spool.default_spool_dir), 'none' = no spool
+    spool_dir: str = _setting("")
+    spool_max_bytes: int = _setting(1 << 30, (1 << 16, 1 << 50))
+    # hep, live: the control socket and --metrics close a connection that has not sent a
+    # whole command or request within this many seconds (control:timeout), and hold at
+    # most this many connections each (control:evicted-idle, control:refused-full)
+    control_timeout: float = _setting(5.0, (0.1, 3600.0))
+    control_max_connections: int = _setting(64, (1, 65536))
+    # hep: close a TCP connection silent this many seconds (0: never); at most this many
+    # connections (past it the one silent longest is closed for a new agent); after a
+    # stop, store what the sockets held for at most this many seconds (0: no limit),
+    # then read and count the rest as dropped:shutdown
+    tcp_idle_timeout: float = _setting(300.0, (0.0, 86400.0))
+    tcp_max_connections: int = _setting(4096, (1, 1 << 20))
+    stop_drain_timeout: float = _setting(30.0, (0.0, 86400.0))
+    # hep, live: a message whose own time is further than this many seconds from the
+    # clock has its strftime table named by its arrival time (adjusted:clock-skew),
+    # so senders cannot choose how many tables exist; 0: always its own time (replay)
+    max_clock_skew: float = _setting(86400.0, (0.0, 3650 * 86400.0))
+
+    # -- not settings ------------------------------------------------------------------
+    # where each setting's value came from: "default", "file PATH", "environment
+    # SIPCAPTOOL_NAME", "command line"
+    origin: Mapping[str, str] = field(default_factory=lambda: dict.fromkeys(PARAMS, "default"))
     # capture modes defined in the config file's [capture_mode.NAME] tables or with
     # capture_mode definitions "name=>db_url=...;table_name=...;"
-    modes: dict[str, CaptureMode] = field(default_factory=dict)
+    modes: Mapping[str, CaptureMode] = field(default_factory=dict)
     # names of the capture modes to store into; empty = the default mode only
-    use_modes: list[str] = field(default_factory=list)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["values"][name]
-        except KeyError:
-            raise AttributeError(name) from None
+    use_modes: tuple[str, ...] = ()
 
     # -- building ------------------------------------------------------------------
     @classmethod
-    def load(cls, config_file: str | None = None, cli: dict[str, Any] | None = None,
-             env: dict[str, str] | None = None) -> "Settings":
-        s = cls()
+    def load(cls, config_file: str | None = None, cli: Mapping[str, object] | None = None,
+             env: Mapping[str, str] | None = None) -> Settings:
+        b = _Builder()
         if config_file:
-            s._apply_file(config_file)
-        s._apply_env(os.environ if env is None else env)
+            b.apply_file(config_file)
+        b.apply_env(os.environ if env is None else env)
         for name, value in (cli or {}).items():
             if value is None or (name == "capture_mode" and not value):
                 continue
-            s.set(name, value, "command line")
-        s._resolve_modes()
+            b.set(name, value, "command line")
+        b.resolve_modes()
+        s = cls(**b.values, origin=b.origin, modes=b.modes, use_modes=tuple(b.use_modes))
+        # validate the default mode's tables now so errors surface before any work
+        s.default_mode()
         return s
 
+    def with_value(self, name: str, value: object, origin: str) -> Settings:
+        """A copy with setting ``name`` set to ``value`` (validated as when loaded), which
+        came from ``origin``: for a command's own options that are settings."""
+        _check_known(name, origin)
+        if name == "capture_mode":
+            raise ValueError("capture modes are chosen when the settings are loaded")
+        # the value's type is the one of the field ``name``: coerce() checked it
+        coerced: dict[str, Any] = {name: coerce(name, value, origin)}
+        return replace(self, origin={**self.origin, name: origin}, **coerced)
+
+    @property
+    def values(self) -> dict[str, object]:
+        """``{name: value}`` of every setting, in the order of the parameter table."""
+        return {name: getattr(self, name) for name in PARAMS}
+
+    # -- derived -------------------------------------------------------------------
+    def default_mode(self) -> CaptureMode:
+        return CaptureMode("default", self.db_url,
+                           split_tables(self.table_name, "table_name", self.db_url),
+                           self.mt_mode, self.hash_source)
+
+    def active_modes(self) -> list[CaptureMode]:
+        """The capture modes every message is stored into (the default mode if none chosen)."""
+        if not self.use_modes:
+            return [self.default_mode()]
+        return [self.modes[n] for n in self.use_modes]
+
+    def aleg_headers(self) -> tuple[str, ...]:
+        names = tuple(h.strip() for h in self.callid_aleg_header.split(";") if h.strip())
+        return names[:16]
+
+    def custom_headers(self) -> tuple[str, str, str]:
+        return (self.custom_field1_header, self.custom_field2_header,
+                self.custom_field3_header)
+
+
+class Param(NamedTuple):
+    """One setting of the parameter table: the kind of value (``list`` for the names of
+    capture_mode), its default and what is allowed."""
+
+    kind: type
+    default: object
+    allowed: Allowed
+
+    def bounds(self) -> tuple[float, float]:
+        """The (lo, hi) range of a number setting (ints for an int setting)."""
+        if self.allowed is not None and len(self.allowed) == 2:
+            lo, hi = self.allowed
+            if not isinstance(lo, str) and not isinstance(hi, str):
+                return lo, hi
+        raise TypeError(f"not a number setting: {self!r}")
+
+
+def _params() -> dict[str, Param]:
+    hints = get_type_hints(Settings)
+    table: dict[str, Param] = {}
+    for f in fields(Settings):
+        if "allowed" not in f.metadata:
+            continue  # origin, modes, use_modes
+        hint = hints[f.name]
+        kind = {str: str, int: int, float: float}.get(hint)
+        if kind is None and get_origin(hint) is tuple:
+            kind = list
+        if kind is None:
+            raise TypeError(f"setting {f.name}: no parameter kind for {hint!r}")
+        default = list(f.default) if isinstance(f.default, tuple) else f.default
+        table[f.name] = Param(kind, default, f.metadata["allowed"])
+    return table
+
+
+#: name -> Param(type, default, allowed), in the order of the fields of Settings
+PARAMS: dict[str, Param] = _params()
+
+
+def _check_known(name: str, origin: str) -> None:
+    if name not in PARAMS:
+        raise ConfigError(f"unknown setting {name!r} (from {origin}); known settings: "
+                          + ", ".join(sorted(PARAMS)))
+
+
+class _Builder:
+    """The settings while they are loaded (file < environment < command line), then
+    frozen into a :class:`Settings`."""
+
+    def __init__(self) -> None:
+        # the coerced value of each setting; Settings(**values) gives each its type
+        self.values: dict[str, Any] = Settings().values
+        self.origin: dict[str, str] = dict.fromkeys(PARAMS, "default")
+        self.modes: dict[str, CaptureMode] = {}
+        self.use_modes: list[str] = []
+
     def set(self, name: str, value: Any, origin: str) -> None:
-        if name not in PARAMS:
-            raise ConfigError(f"unknown setting {name!r} (from {origin}); known settings: "
-                              + ", ".join(sorted(PARAMS)))
+        """``value`` as TOML, the environment or click gives it."""
+        _check_known(name, origin)
         if name == "capture_mode":
             vals = [value] if isinstance(value, str) else list(value)
-            self.values["capture_mode"] = list(self.values["capture_mode"]) + vals
+            self.values["capture_mode"] = (*self.values["capture_mode"], *vals)
             self.origin[name] = origin
             return
         self.values[name] = coerce(name, value, origin)
         self.origin[name] = origin
 
-    def _apply_file(self, path: str) -> None:
+    def apply_file(self, path: str) -> None:
         try:
             with open(path, "rb") as f:
                 data = tomllib.load(f)
@@ -161,7 +266,7 @@ class Settings:
                         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                             raise ConfigError(f"[capture_mode] use in {path} must be a list of "
                                               "mode names")
-                        self.values["capture_mode"] = list(self.values["capture_mode"]) + names
+                        self.values["capture_mode"] = (*self.values["capture_mode"], *names)
                         continue
                     if not isinstance(table, dict):
                         raise ConfigError(f"[capture_mode.{mode_name}] in {path} must be a table")
@@ -170,16 +275,16 @@ class Settings:
                 continue
             self.set(name, value, origin)
 
-    def _apply_env(self, env: Any) -> None:
+    def apply_env(self, env: Mapping[str, str]) -> None:
         for name in PARAMS:
             key = "SIPCAPTOOL_" + name.upper()
             if key in env and env[key] != "":
-                value = env[key]
+                value: str | list[str] = env[key]
                 if name == "capture_mode":
-                    value = [v for v in value.split("\n") if v.strip()]
+                    value = [v for v in env[key].split("\n") if v.strip()]
                 self.set(name, value, f"environment {key}")
 
-    def _resolve_modes(self) -> None:
+    def resolve_modes(self) -> None:
         for item in self.values["capture_mode"]:
             if "=>" in item:
                 mode = parse_capture_mode(item)
@@ -195,36 +300,14 @@ class Settings:
                                       "[capture_mode.NAME] table of the config file")
                 if name not in self.use_modes:
                     self.use_modes.append(name)
-        # validate the default mode's tables now so errors surface before any work
-        self.default_mode()
-
-    # -- derived -------------------------------------------------------------------
-    def default_mode(self) -> CaptureMode:
-        return CaptureMode("default", self.values["db_url"],
-                           split_tables(self.values["table_name"], "table_name",
-                                        self.values["db_url"]),
-                           self.values["mt_mode"], self.values["hash_source"])
-
-    def active_modes(self) -> list[CaptureMode]:
-        """The capture modes every message is stored into (the default mode if none chosen)."""
-        if not self.use_modes:
-            return [self.default_mode()]
-        return [self.modes[n] for n in self.use_modes]
-
-    def aleg_headers(self) -> tuple[str, ...]:
-        names = tuple(h.strip() for h in self.values["callid_aleg_header"].split(";") if h.strip())
-        return names[:16]
-
-    def custom_headers(self) -> tuple[str, str, str]:
-        return (self.values["custom_field1_header"], self.values["custom_field2_header"],
-                self.values["custom_field3_header"])
 
 
-def coerce(name: str, value: Any, origin: str = "") -> Any:
+def coerce(name: str, value: object, origin: str = "") -> str | int | float:
     """Convert and validate one setting; ConfigError names setting, value and what is allowed."""
     typ, _default, allowed = PARAMS[name]
     where = f" (from {origin})" if origin else ""
     if typ is int:
+        lo, hi = PARAMS[name].bounds()
         if isinstance(value, bool):
             value = int(value)
         if isinstance(value, str) and name in ("spool_max_bytes", "hep_max_inflated",
@@ -240,32 +323,33 @@ def coerce(name: str, value: Any, origin: str = "") -> Any:
                 value = int(v, 10)
             except ValueError:
                 raise ConfigError(f"{name} = {value!r}{where}: not a whole number; allowed: "
-                                  f"{allowed[0]}..{allowed[1]}") from None
+                                  f"{lo}..{hi}") from None
         if not isinstance(value, int):
             raise ConfigError(f"{name} = {value!r}{where}: not a whole number")
-        lo, hi = allowed
         if not lo <= value <= hi:
             raise ConfigError(f"{name} = {value}{where}: out of range; allowed: {lo}..{hi}")
         return value
     if typ is float:
+        lo, hi = PARAMS[name].bounds()
         try:
-            value = float(value)
+            if not isinstance(value, (str, int, float)):
+                raise TypeError(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name} = {value!r}{where}: not a number") from None
-        lo, hi = allowed
-        if not lo <= value <= hi:
-            raise ConfigError(f"{name} = {value}{where}: out of range; allowed: {lo}..{hi}")
-        return value
+        if not lo <= number <= hi:
+            raise ConfigError(f"{name} = {number}{where}: out of range; allowed: {lo}..{hi}")
+        return number
     if typ is str:
         if not isinstance(value, str):
             raise ConfigError(f"{name} = {value!r}{where}: must be a string")
         if allowed and value not in allowed:
             raise ConfigError(f"{name} = {value!r}{where}: allowed values are "
-                              + ", ".join(allowed))
+                              + ", ".join(str(a) for a in allowed))
         if name == "table_name":
             split_tables(value, name)
         return value
-    return value
+    raise TypeError(f"{name} is a list of names, added to by Settings.load")
 
 
 def _size_text(value: str, name: str, where: str) -> int:

@@ -220,7 +220,7 @@ def endpoint_options(f: Callable[..., Any]) -> Callable[..., Any]:
         for _names, name, _kw in ENDPOINT_OPTIONS:
             value = kwargs.pop(name, None)
             if value is not None:
-                settings.set(name, value, "command line")
+                kwargs["settings"] = settings = settings.with_value(name, value, "command line")
         configure_limits(settings)
         return f(*args, **kwargs)
 

@@ -1,8 +1,10 @@
 """Settings: precedence file < environment < command line, validation, capture modes."""
 
+import dataclasses
+
 import pytest
 
-from sipcaptool.config import Settings, parse_capture_mode
+from sipcaptool.config import PARAMS, Settings, parse_capture_mode
 from sipcaptool.errors import ConfigError
 
 
@@ -119,3 +121,37 @@ table_name = "sip_a|sip_b"
     bad = write(tmp_path, "[capture_mode]\nuse = [\"nope\"]\n")
     with pytest.raises(ConfigError, match="'nope' is not defined"):
         Settings.load(bad, {}, env={})
+
+
+def test_the_parameter_table_is_the_fields_of_settings():
+    # PARAMS is derived from the typed fields: same names, same order, and each
+    # default is of the field's type and within what is allowed
+    settings = [f.name for f in dataclasses.fields(Settings)
+                if f.name not in ("origin", "modes", "use_modes")]
+    assert list(PARAMS) == settings
+    s = Settings.load(None, {}, env={})
+    for name, (kind, default, allowed) in PARAMS.items():
+        value = getattr(s, name)
+        if kind is list:
+            assert value == () and default == [] and allowed is None, name
+            continue
+        assert type(value) is kind and value == default, name
+        if kind in (int, float):
+            lo, hi = allowed
+            assert type(lo) is kind and type(hi) is kind and lo <= value <= hi, name
+        elif allowed is not None:
+            assert value in allowed, name
+    assert s.values == {name: getattr(s, name) for name in PARAMS}
+
+
+def test_settings_are_frozen_and_with_value_gives_a_copy():
+    s = Settings.load(None, {}, env={})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.batch_size = 5
+    t = s.with_value("batch_size", "5", "command line")
+    assert (t.batch_size, t.origin["batch_size"]) == (5, "command line")
+    assert (s.batch_size, s.origin["batch_size"]) == (2000, "default")
+    with pytest.raises(ConfigError, match=r"batch_size = 0 \(from command line\): out of range"):
+        s.with_value("batch_size", 0, "command line")
+    with pytest.raises(ConfigError, match="unknown setting 'batch'"):
+        s.with_value("batch", 1, "command line")

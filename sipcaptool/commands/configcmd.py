@@ -6,7 +6,6 @@ import difflib
 import json
 import re
 import tomllib
-from typing import Any
 
 import click
 
@@ -24,10 +23,11 @@ def mask_secrets(text: str) -> str:
     return _PASSWORD_RE.sub(r"\1***@", text)
 
 
-def _masked(value: Any) -> Any:
+def _masked(value: object) -> object:
+    """``value`` with its passwords masked; a tuple of names (capture_mode) as a list."""
     if isinstance(value, str):
         return mask_secrets(value)
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_masked(v) for v in value]
     return value
 
@@ -162,10 +162,9 @@ def check_file(path: str) -> list[str]:
                                     + " (add a [capture_mode.NAME] table or a definition "
                                     "'name=>db_url=...;table_name=...;')")
             continue
-        typ = PARAMS[name][0]
-        if typ is float and isinstance(value, bool):
-            problems.append(f"{name} = {value!r}: not a number; allowed: "
-                            f"{PARAMS[name][2][0]}..{PARAMS[name][2][1]}")
+        if PARAMS[name].kind is float and isinstance(value, bool):
+            lo, hi = PARAMS[name].bounds()
+            problems.append(f"{name} = {value!r}: not a number; allowed: {lo}..{hi}")
             continue
         try:
             coerce(name, value)
@@ -180,10 +179,11 @@ def check_file(path: str) -> list[str]:
 def _allowed_hint(name: str, message: str) -> str:
     if "allowed" in message:
         return ""
-    typ, _default, allowed = PARAMS[name]
-    if isinstance(allowed, tuple) and len(allowed) == 2 and typ in (int, float):
+    typ = PARAMS[name].kind
+    if typ in (int, float):
+        lo, hi = PARAMS[name].bounds()
         kind = "whole number" if typ is int else "number"
-        return f"; allowed: a {kind} {allowed[0]}..{allowed[1]}"
+        return f"; allowed: a {kind} {lo}..{hi}"
     if typ is str:
         return "; allowed: text in quotes"
     return ""

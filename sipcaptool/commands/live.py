@@ -132,9 +132,9 @@ def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children
                "raw_moni_bpf_on": raw_moni_bpf_on, "max_clock_skew": max_clock_skew}
     for name, value in cli_raw.items():
         if value is not None:
-            settings.set(name, value, "command line")
+            settings = settings.with_value(name, value, "command line")
     if ipip:
-        settings.set("raw_ipip_capture_on", 1, "command line")
+        settings = settings.with_value("raw_ipip_capture_on", 1, "command line")
     ipip_mode = bool(settings.raw_ipip_capture_on)
     if ipip_mode and interface:
         raise ConfigError("--ipip reads a raw IP socket, not an interface: use "
