@@ -6,7 +6,8 @@ import struct
 
 from decode_builders import INVITE, OK200, eth, ip4
 
-from sipcaptool.decode.packet import PacketDecoder, _SctpTsns
+from sipcaptool.decode.packet import PacketDecoder
+from sipcaptool.decode.sctp import SctpTsns
 from sipcaptool.record import PROTO_SCTP
 from sipcaptool.stats import Stats
 
@@ -127,7 +128,7 @@ def test_control_chunks_are_ignored():
 
 
 def test_tsn_window_and_flow_cap_bound_memory():
-    t = _SctpTsns()
+    t = SctpTsns()
     assert not t.seen("f", 1_000)
     assert not t.seen("f", 1_000 + 10 * t.WINDOW)          # big jump: window restarts
     assert not t.seen("f", 1_000)                           # older than the window: new
