@@ -10,14 +10,16 @@ import sys
 import time
 
 import pytest
+from store_helpers import connect, q, sip_row
 
 from sipcaptool.errors import StoreError
 from sipcaptool.stats import Stats
 from sipcaptool.store import open_adapter
+from sipcaptool.store.outcomes import Drained, Spooled, Written
 from sipcaptool.store.spool import Spool, SpoolFull, scan_segment, status
 from sipcaptool.store.url import parse_db_url
-from sipcaptool.store.writer import Writer, _Core
-from store_helpers import connect, q, sip_row
+from sipcaptool.store.writer import Writer
+from sipcaptool.store.writer_process import WriterCore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 URL = parse_db_url("postgresql://u@127.0.0.1:5/x")
@@ -118,20 +120,21 @@ class _CommitThenFail:
 def test_uncertain_commit_is_not_written_twice(any_db_url, tmp_path):
     events = []
     a = open_adapter(any_db_url)
-    core = _Core(_CommitThenFail(a), 3, 10, None, events.append)
+    core = WriterCore(_CommitThenFail(a), 3, 10, None, events.append)
     core.start()
     core.batch("sip_capture", "sip", 3, a.format_batch("sip", [sip_row(i) for i in range(3)]),
                "batch-1")
-    assert events[-1][:2] == ("done", "sip_capture") and events[-1][4] is False  # found
+    assert isinstance(events[-1], Written) and events[-1].table == "sip_capture"
+    assert events[-1].written_now is False  # found
     # through the spool too: written, "connection lost", spooled, drained -> found
     sp = Spool(str(tmp_path), a.url)
-    core = _Core(_CommitThenFail(a), 0, 0, sp, events.append)
+    core = WriterCore(_CommitThenFail(a), 0, 0, sp, events.append)
     core.batch("sip_capture", "sip", 2, a.format_batch("sip", [sip_row(7), sip_row(8)]),
                "batch-2")
-    assert events[-1][0] == "spooled" or events[-2][0] == "spooled"
+    assert isinstance(events[-1], Spooled) or isinstance(events[-2], Spooled)
     core.next_probe = 0
     assert core.pump()
-    assert [e for e in events if e[0] == "drained"][-1][3] is False
+    assert [e for e in events if isinstance(e, Drained)][-1].written_now is False
     a.close()
     sp.close()
     assert count(any_db_url) == 5

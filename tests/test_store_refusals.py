@@ -9,20 +9,20 @@ LATIN1 and an SQL_ASCII PostgreSQL database.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 
 import pytest
+from store_helpers import connect, count, read_rows, sip_row
 
 from sipcaptool.errors import StoreError
 from sipcaptool.record import SIP_COLUMN_NAMES, SIP_COLUMNS
 from sipcaptool.stats import Stats
 from sipcaptool.store import open_adapter
+from sipcaptool.store.isolate import ISOLATE_MAX_WRITES
+from sipcaptool.store.outcomes import Split
 from sipcaptool.store.url import parse_db_url
-from sipcaptool.store.writer import ISOLATE_MAX_WRITES, Writer
-
-from store_helpers import connect, count, read_rows, sip_row
+from sipcaptool.store.writer import Writer
 
 METHOD = SIP_COLUMN_NAMES.index("method")
 UA = SIP_COLUMN_NAMES.index("user_agent")
@@ -188,7 +188,7 @@ def test_the_budget_still_bounds_the_halving(sqlite_url):
     _refusing(sqlite_url)
     calls = {"write": 0, "each": 0}
     from sipcaptool.store.sqlite import SqliteAdapter
-    from sipcaptool.store.writer import _Core
+    from sipcaptool.store.writer_process import WriterCore
 
     class Counting(SqliteAdapter):
         def write(self, *a, **kw):
@@ -201,12 +201,12 @@ def test_the_budget_still_bounds_the_halving(sqlite_url):
 
     a = Counting(parse_db_url(sqlite_url))
     events: list = []
-    core = _Core(a, 0, 0, None, events.append)
+    core = WriterCore(a, 0, 0, None, events.append)
     rows = _rows(600, set(range(0, 600, 2)))
     core.batch("t", "sip", 600, rows, "b1")
     a.close()
     (ev,) = events
-    assert ev[0] == "split" and ev[4] == 300 and ev[5] == 300, ev
+    assert isinstance(ev, Split) and ev.stored == 300 and ev.dropped == 300, ev
     assert calls["write"] == 1 + ISOLATE_MAX_WRITES and calls["each"] >= 1
     assert count(sqlite_url, "t") == 300
 
@@ -505,6 +505,6 @@ def test_mysql_error_codes_mean_what_they_say(code, kind):
 def test_postgresql_sqlstates_mean_what_they_say(sqlstate, kind):
     from sipcaptool.store.postgres import classify
 
-    class Err(Exception):  # psycopg2's errors carry the SQLSTATE as pgcode
+    class FakePgError(Exception):  # psycopg2's errors carry the SQLSTATE as pgcode
         pgcode = sqlstate
-    assert classify(Err()) == kind
+    assert classify(FakePgError()) == kind

@@ -3,6 +3,7 @@ retries, and no loss on SIGINT."""
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -10,13 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
+from store_helpers import aux_row, count, read_rows, sip_row
 
 from sipcaptool.errors import ConfigError, StoreError
 from sipcaptool.stats import Stats
 from sipcaptool.store import open_adapter
-from sipcaptool.store.writer import Writer, write_with_retries
-
-from store_helpers import aux_row, count, read_rows, sip_row
+from sipcaptool.store.outcomes import Drained, DroppedDbError, Split, Written
+from sipcaptool.store.retry import write_with_retries
+from sipcaptool.store.writer import Writer
+from sipcaptool.store.writer_process import WriterCore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +56,7 @@ def test_flush_by_time_without_more_rows(sqlite_url, background):
             try:
                 if count(sqlite_url, "sip_capture") == 3:
                     break
-            except Exception:  # table not there yet
+            except sqlite3.Error:  # table not there yet
                 pass
             time.sleep(0.05)
         assert count(sqlite_url, "sip_capture") == 3
@@ -337,7 +340,6 @@ def test_refused_rows_in_a_spooled_batch_and_a_connection_lost_midway(sqlite_url
     from sipcaptool.store.spool import Spool
     from sipcaptool.store.sqlite import SqliteAdapter
     from sipcaptool.store.url import parse_db_url
-    from sipcaptool.store.writer import _Core
 
     class Flaky(SqliteAdapter):
         """The real SQLite adapter; the 4th write fails as a lost connection would."""
@@ -356,12 +358,12 @@ def test_refused_rows_in_a_spooled_batch_and_a_connection_lost_midway(sqlite_url
     adapter = Flaky(url)
     spool = Spool(str(tmp_path / "spool"), url)
     events: list = []
-    core = _Core(adapter, 0, 0, spool, events.append)
+    core = WriterCore(adapter, 0, 0, spool, events.append)
     core.start()
     rows = _rows(16, bad={9})
     core.batch("narrow", "sip", 16, adapter.format_batch("sip", rows), "b1")
     # write 1: whole batch refused; 2: rows 0-7 stored; 3: rows 8-15 refused; 4: lost
-    assert events[-2][0] == "split" and events[-2][4] == 8 and spool.pending_rows == 8
+    assert isinstance(events[-2], Split) and events[-2].stored == 8 and spool.pending_rows == 8
     assert core.down
     core.down = False  # the database is back
     while spool.pending_batches:
@@ -369,18 +371,16 @@ def test_refused_rows_in_a_spooled_batch_and_a_connection_lost_midway(sqlite_url
     spool.close()
     adapter.close()
     assert read_rows(sqlite_url, "narrow") == [r for i, r in enumerate(rows) if i != 9]
-    split = [e for e in events if e[0] == "split"]
-    drained = [e for e in events if e[0] == "drained"]
-    assert sum(e[4] for e in split) + sum(e[2] for e in drained) == 15  # counted once each
-    assert sum(e[5] for e in split) == 1
+    split = [e for e in events if isinstance(e, Split)]
+    drained = [e for e in events if isinstance(e, Drained)]
+    assert sum(e.stored for e in split) + sum(e.rows for e in drained) == 15  # counted once each
+    assert sum(e.dropped for e in split) == 1
 
 
 @pytest.mark.services
 def test_mysql_inserts_refused_row_by_row_keep_the_rest(mysql_url):
     """MySQL without LOCAL INFILE writes multi-row INSERTs, which strict mode refuses
     whole for one value too long: the refused row is found, the others stored."""
-    from sipcaptool.store.writer import _Core
-
     a = open_adapter(mysql_url)
     a.connect()
     a.create_tables(["narrow"], aux=False)
@@ -388,13 +388,13 @@ def test_mysql_inserts_refused_row_by_row_keep_the_rest(mysql_url):
                    "SET SESSION sql_mode = 'STRICT_TRANS_TABLES'"])
     a.use_infile = False
     events: list = []
-    core = _Core(a, 0, 0, None, events.append)
+    core = WriterCore(a, 0, 0, None, events.append)
     rows = _rows(40, bad={0, 21})
     core.batch("narrow", "sip", 40, a.format_batch("sip", rows), "m1")
     a.close()
     (ev,) = events
-    assert ev[0] == "split" and ev[4] == 38 and ev[5] == 2, ev
-    assert "too long" in ev[8] or "Data too long" in ev[8]
+    assert isinstance(ev, Split) and ev.stored == 38 and ev.dropped == 2, ev
+    assert "too long" in ev.text or "Data too long" in ev.text
     assert read_rows(mysql_url, "narrow") == [r for i, r in enumerate(rows) if i not in (0, 21)]
 
 
@@ -403,7 +403,6 @@ def test_a_failing_search_for_refused_rows_drops_the_batch_as_before(sqlite_url)
     counted as it was before the search existed."""
     from sipcaptool.store.sqlite import SqliteAdapter
     from sipcaptool.store.url import parse_db_url
-    from sipcaptool.store.writer import _Core
 
     class Broken(SqliteAdapter):
         def split_batch(self, payload, rows):
@@ -412,9 +411,9 @@ def test_a_failing_search_for_refused_rows_drops_the_batch_as_before(sqlite_url)
     _narrow_table(sqlite_url)
     a = Broken(parse_db_url(sqlite_url))
     events: list = []
-    core = _Core(a, 0, 0, None, events.append)
+    core = WriterCore(a, 0, 0, None, events.append)
     core.batch("narrow", "sip", 4, _rows(4, bad={1}), "x1")
     core.batch("narrow", "sip", 2, _rows(2, bad=set()), "x2")  # the writer still works
     a.close()
-    assert [e[0] for e in events] == ["error", "done"]
-    assert events[0][2] == 4 and count(sqlite_url, "narrow") == 2
+    assert [type(e) for e in events] == [DroppedDbError, Written]
+    assert events[0].rows == 4 and count(sqlite_url, "narrow") == 2

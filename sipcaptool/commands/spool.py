@@ -99,9 +99,10 @@ def drain(db_url: str, spool_dir: str | None, as_json: bool) -> int:
       sipcaptool spool drain --db mysql://root@127.0.0.1/homer
     """
     from ..store import open_adapter
+    from ..store.outcomes import Drained, DroppedDbError, Outcome, Split, Warnings
     from ..store.spool import Spool
     from ..store.url import parse_db_url
-    from ..store.writer import _Core
+    from ..store.writer_process import WriterCore
 
     root = _spool_dir(spool_dir)
     url = parse_db_url(db_url)
@@ -109,8 +110,8 @@ def drain(db_url: str, spool_dir: str | None, as_json: bool) -> int:
     sp = Spool(root, url)
     before = (sp.pending_batches, sp.pending_rows)
     adapter = open_adapter(url)
-    events: list[tuple] = []
-    core = _Core(adapter, 0, 0, sp, events.append)
+    events: list[Outcome] = []
+    core = WriterCore(adapter, 0, 0, sp, events.append)
     error = None
     try:
         adapter.connect()
@@ -122,20 +123,21 @@ def drain(db_url: str, spool_dir: str | None, as_json: bool) -> int:
     finally:
         adapter.close()
     for ev in events:
-        if ev[0] == "drained":
-            stats["db:batches"] += 1
-            stats["stored:" + ev[1]] += ev[2]
-            if not ev[3]:
-                stats["db:already-written"] += 1
-        elif ev[0] == "error":
-            stats["dropped:db-error"] += ev[2]
-        elif ev[0] == "split":
-            stats["stored:" + ev[1]] += ev[4]
-            stats["dropped:db-error"] += ev[5]
-            if ev[8]:
+        match ev:
+            case Drained():
                 stats["db:batches"] += 1
-        elif ev[0] == "warnings":
-            stats["db:warnings"] += ev[2]
+                stats["stored:" + ev.table] += ev.rows
+                if not ev.written_now:
+                    stats["db:already-written"] += 1
+            case DroppedDbError():
+                stats["dropped:db-error"] += ev.rows
+            case Split():
+                stats["stored:" + ev.table] += ev.stored
+                stats["dropped:db-error"] += ev.dropped
+                if ev.finished:
+                    stats["db:batches"] += 1
+            case Warnings():
+                stats["db:warnings"] += ev.count
     left = (sp.pending_batches, sp.pending_rows)
     sp.close()
     if core.down and error is None:

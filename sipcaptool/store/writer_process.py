@@ -1,0 +1,416 @@
+"""The writer process: what happens to each formatted batch, and the process's main loop.
+
+:class:`WriterCore` decides the fate of a batch -- written (retried per
+:mod:`sipcaptool.store.retry`), spooled, drained from the spool, split to find the rows
+the database refuses (:mod:`sipcaptool.store.isolate`) -- and reports each outcome as
+one of :mod:`sipcaptool.store.outcomes`. It runs in the writer process
+(:func:`writer_main`), in the capturing process itself with ``background=False``, and in
+``sipcaptool spool drain``.
+
+With a spool, a batch whose retries end on a connection failure or an error a person
+must fix (privileges, a missing or altered table: logged with what to fix; see
+:class:`StoreError` for how errors are classified) -- or any batch while the database is
+known to be down or the spool is not empty -- is appended to the spool on disk and
+written when the database answers again, oldest first, in between new batches (which
+keep going behind the spool, so order is kept). A database unreachable at start is then
+not an error: batches are spooled from the first one. Without a spool, a batch that
+still fails is dropped.
+
+The writer process ignores SIGINT, SIGTERM and SIGHUP -- a Ctrl-C or a ``kill`` of the
+process group must not lose what is queued -- and ends on
+:class:`~sipcaptool.store.jobs.Close` (or when its parent has gone).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from ..errors import StoreError
+from . import Adapter, open_adapter
+from .intake import AsyncIntake
+from .isolate import can_isolate, isolate, isolation_text
+from .jobs import Batch, Close, Job, Sync
+from .outcomes import (
+    Closed,
+    Counts,
+    Drained,
+    DroppedDbError,
+    DroppedSpoolFull,
+    Outcome,
+    Ready,
+    Split,
+    Spooled,
+    SpoolStatus,
+    StartFailed,
+    Synced,
+    Warnings,
+    Written,
+)
+from .retry import BACKOFF_FIRST, BACKOFF_MAX, write_retrying
+from .url import DbUrl
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+
+    from .spool import Spool, SpoolRecord
+
+__all__ = ["CLOSE_DRAIN_SECONDS", "WriterCore", "writer_main"]
+
+CLOSE_DRAIN_SECONDS = 30.0  # at close, drain the spool this long if the database is up
+_PRUNE_EVERY = 3600.0       # seconds between prunes of old batch ids
+
+log = logging.getLogger("sipcaptool.store")
+
+Emit = Callable[[Outcome], object]
+
+
+class WriterCore:
+    """What happens to one formatted batch: written, retried, spooled, drained.
+
+    Reports each outcome through ``emit`` (see :mod:`sipcaptool.store.outcomes`).
+
+    * The spool is empty and the database answers: the batch is written (retried per
+      insert_retries / insert_retry_timeout).
+    * The retries are exhausted on a connection failure or an operator error (the
+      error's ``transient``), or the database was already
+      known to be down, or the spool holds batches: the batch is appended to the spool,
+      behind what is there (batches reach the database in the order they were made).
+    * While the spool holds batches, its oldest one is written whenever no new batch is
+      waiting; when the database is down it is tried with back-off (0.1 s doubling to
+      5 s) and the first success means the database is back.
+    * The database refuses a batch itself (not the connection): it cannot be written by
+      trying again. One bad row must not take the others with it: the batch is searched
+      for the refused rows (:func:`~sipcaptool.store.isolate.isolate`); those are counted
+      as ``dropped:db-error`` and logged, the others stored (``db:split`` counts such
+      batches). When not a single row can be written the batch is an error, as before
+      the search.
+    """
+
+    def __init__(self, adapter: Adapter, retries: int, retry_timeout: float,
+                 spool: Spool | None, emit: Emit) -> None:
+        self.adapter = adapter
+        self.retries = retries
+        self.retry_timeout = retry_timeout
+        self.spool = spool
+        self.emit = emit
+        self.down = False
+        self._down_kind = ""
+        self.next_probe = 0.0
+        self.probe_delay = BACKOFF_FIRST
+        self.last_prune = 0.0
+        self._last_status: tuple[int, int, int] | None = None
+        self._last_full_log = 0.0
+        self._full_since_log = 0
+        self._lock = threading.RLock()  # db_insert_mode 2: the intake thread spools too
+
+    # -- reporting -----------------------------------------------------------------------
+    def status(self) -> None:
+        sp = self.spool
+        if sp is None:
+            return
+        st = (sp.pending_batches, sp.disk_bytes, sp.pending_rows)
+        if st != self._last_status:
+            self._last_status = st
+            self.emit(SpoolStatus(*st))
+
+    def start(self, require_db: bool = False) -> bool:
+        """Connect; with a spool (and not ``require_db``), an unreachable database is not
+        fatal: returns False and batches are spooled."""
+        if self.adapter.insert_mode != 1:
+            log.info("%s", self.adapter.describe_insert_mode())
+        else:
+            log.warning("%s", self.adapter.describe_insert_mode())
+        try:
+            self.adapter.connect()
+        except StoreError as e:
+            if self.spool is None or require_db:
+                raise
+            self._mark_down(e, "at start")
+            self.status()
+            return False
+        if self.spool is not None and self.spool.pending_batches:
+            log.warning("%d batches (%d rows) wait in the spool %s; writing them first",
+                        self.spool.pending_batches, self.spool.pending_rows, self.spool.dir)
+        self.status()
+        return True
+
+    def _mark_down(self, err: StoreError, when: str = "") -> None:
+        if not self.down or err.kind != self._down_kind:
+            where = self.spool.dir if self.spool is not None else "-"
+            if err.kind == "operator":
+                log.error("the database refuses batches for a reason a person must fix%s: "
+                          "%s; to fix: %s. Batches go to the spool %s and are written "
+                          "once it is fixed", " " + when if when else "", err,
+                          err.hint or "check the table and the privileges", where)
+            else:
+                log.error("database unreachable%s: %s; batches go to the spool %s until "
+                          "it is back", " " + when if when else "", err, where)
+            self._down_kind = err.kind
+        self.down = True
+        self.adapter.close()
+        self.next_probe = time.monotonic() + self.probe_delay
+        self.probe_delay = min(self.probe_delay * 2, BACKOFF_MAX)
+
+    def _mark_up(self) -> None:
+        if self.down:
+            n = self.spool.pending_batches if self.spool is not None else 0
+            log.warning("database %s again; %d spooled batches to write",
+                        "takes batches" if self._down_kind == "operator" else
+                        "reachable", n)
+        self.down = False
+        self.probe_delay = BACKOFF_FIRST
+        now = time.monotonic()
+        if now - self.last_prune > _PRUNE_EVERY:
+            self.last_prune = now
+            self.adapter.prune_batches()
+
+    def _emit_warnings(self, table: str) -> None:
+        n = self.adapter.take_warnings()
+        if n:
+            self.emit(Warnings(table, n))
+        counts = self.adapter.take_counts()
+        if counts:
+            self.emit(Counts(counts))
+
+    # -- new batches ---------------------------------------------------------------------
+    def batch(self, table: str, kind: str, n: int, payload: object, batch_id: str) -> None:
+        with self._lock:
+            if self.spool is not None and (self.down or self.spool.pending_batches):
+                self.to_spool(table, kind, n, payload, batch_id, 0)
+                return
+        try:
+            used, err, written = write_retrying(self.adapter, table, kind, payload,
+                                                self.retries, self.retry_timeout,
+                                                batch_id=batch_id, rows=n)
+        except Exception as e:  # noqa: BLE001 - a bug must not kill the writer
+            used, written = 0, False
+            err = StoreError(f"{self.adapter.url.redacted()}: cannot write to {table}: "
+                             f"{type(e).__name__}: {e}")
+        with self._lock:
+            if err is None:
+                self._mark_up()
+                self.emit(Written(table, n, used, written))
+                self._emit_warnings(table)
+            elif self.spool is not None and err.transient:
+                self._mark_down(err)
+                self.to_spool(table, kind, n, payload, batch_id, used)
+            elif can_isolate(self.adapter, err, n, table):
+                self._isolate_new(table, kind, n, payload, batch_id, used, err)
+            else:
+                self.emit(DroppedDbError(table, n, used, str(err)))
+
+    def _isolate_new(self, table: str, kind: str, n: int, payload: object, batch_id: str,
+                     used: int, err: StoreError) -> None:
+        try:
+            res = isolate(self.adapter, table, kind, n, payload, batch_id,
+                          self._emit_warnings)
+        except Exception as bug:  # noqa: BLE001 - a bug must not kill the writer
+            log.error("cannot look for the refused rows of a batch for %s: %s: %s", table,
+                      type(bug).__name__, bug)
+            self.emit(DroppedDbError(table, n, used, str(err)))
+            return
+        spooled = full = lost = 0
+        if res.transient is not None:  # the connection failed: res.pending were not tried
+            self._mark_down(res.transient)
+            from .spool import SpoolFull
+            for p, k, piece_id in res.pending:
+                if self.spool is None:
+                    lost += k
+                    continue
+                try:
+                    self.spool.append(piece_id, table, kind, k, p)
+                    spooled += k
+                except SpoolFull:
+                    full += k
+        if res.written == 0 and res.already == 0 and not spooled:
+            self.emit(DroppedDbError(table, n, used, str(err)))
+            self.status()
+            return
+        text = isolation_text(n, res, err, lost)
+        self.emit(Split(table, n, used, res.written, res.refused + lost, spooled, full,
+                        text, True))
+        self.status()
+
+    def to_spool(self, table: str, kind: str, n: int, payload: object, batch_id: str,
+                 used: int) -> None:
+        from .spool import SpoolFull
+        assert self.spool is not None  # callers spool only with a spool
+        try:
+            self.spool.append(batch_id, table, kind, n, payload)
+        except SpoolFull as e:
+            self._full_since_log += n
+            now = time.monotonic()
+            if now - self._last_full_log >= 10.0:
+                log.critical("SPOOL FULL: %s; %d rows dropped (counted as dropped:spool-full)",
+                             e, self._full_since_log)
+                self._last_full_log, self._full_since_log = now, 0
+            self.emit(DroppedSpoolFull(table, n, used, str(e)))
+            return
+        self.emit(Spooled(table, n, used))
+        self.status()
+
+    # -- the spool -----------------------------------------------------------------------
+    def idle_wait(self) -> float:
+        """Seconds until :meth:`pump` has something to do (at most 1)."""
+        sp = self.spool
+        if sp is None or not sp.pending_batches:
+            return 1.0
+        if not self.down:
+            return 0.0
+        return max(0.0, min(1.0, self.next_probe - time.monotonic()))
+
+    def pump(self) -> bool:
+        """Write the oldest spooled batch if the database may be up; True if one was."""
+        sp = self.spool
+        if sp is None or not sp.pending_batches:
+            return False
+        if self.down and time.monotonic() < self.next_probe:
+            return False
+        with self._lock:
+            rec = sp.peek()
+            if rec is None:
+                self.status()
+                return False
+            try:
+                written = self.adapter.write(rec.table, rec.kind, rec.payload, rec.batch_id,
+                                             rec.rows)
+            except StoreError as e:
+                if e.transient:
+                    self._mark_down(e)
+                    return False
+                if can_isolate(self.adapter, e, rec.rows, rec.table):
+                    done = self._isolate_spooled(sp, rec, e)
+                    if done is not None:
+                        return done
+                log.error("spooled batch %s (%d rows for %s) refused by the database, "
+                          "dropped: %s", rec.batch_id, rec.rows, rec.table, e)
+                sp.pop()
+                self.emit(DroppedDbError(rec.table, rec.rows, 0, str(e), from_spool=True))
+                self.status()
+                return True
+            except Exception as e:  # noqa: BLE001 - a bug must not kill the writer
+                self._mark_down(StoreError(f"{type(e).__name__}: {e}"))
+                return False
+            sp.pop()
+            self._mark_up()
+            self.emit(Drained(rec.table, rec.rows, written is not False))
+            self._emit_warnings(rec.table)
+            self.status()
+            return True
+
+    def _isolate_spooled(self, sp: Spool, rec: SpoolRecord, err: StoreError) -> bool | None:
+        """A spooled batch the database refuses: keep its good rows (see
+        :mod:`~sipcaptool.store.isolate`). When the connection fails midway the batch
+        stays in the spool; the pieces already written are recognised by their ids when
+        it is tried again. None: the search itself failed (a bug), the caller drops the
+        batch as before."""
+        try:
+            res = isolate(self.adapter, rec.table, rec.kind, rec.rows, rec.payload,
+                          rec.batch_id, self._emit_warnings)
+        except Exception as bug:  # noqa: BLE001 - a bug must not kill the writer
+            log.error("cannot look for the refused rows of spooled batch %s: %s: %s",
+                      rec.batch_id, type(bug).__name__, bug)
+            return None
+        if res.transient is not None:  # the connection failed midway
+            self._mark_down(res.transient)
+            if res.written:
+                self.emit(Split(rec.table, rec.rows, 0, res.written, 0, 0, 0, "", False))
+            return False
+        sp.pop()
+        if res.written == 0 and res.already == 0:
+            log.error("spooled batch %s (%d rows for %s) refused by the database, "
+                      "dropped: %s", rec.batch_id, rec.rows, rec.table, err)
+            self.emit(DroppedDbError(rec.table, rec.rows, 0, str(err), from_spool=True))
+        else:
+            text = isolation_text(rec.rows, res, err)
+            self.emit(Split(rec.table, rec.rows, 0, res.written, res.refused, 0, 0, text,
+                            False))
+        self.status()
+        return True
+
+    def finish(self, budget: float = CLOSE_DRAIN_SECONDS) -> None:
+        """At close: write what the spool holds while the database answers (bounded)."""
+        sp = self.spool
+        if sp is None:
+            return
+        deadline = time.monotonic() + budget
+        if sp.pending_batches and self.down:
+            self.next_probe = 0.0  # one more try now
+        while sp.pending_batches and time.monotonic() < deadline:
+            if not self.pump():
+                if self.down:
+                    break
+        if sp.pending_batches:
+            log.warning("%d batches (%d rows) stay in the spool %s; they are written by the "
+                        "next run or by 'sipcaptool spool drain'", sp.pending_batches,
+                        sp.pending_rows, sp.dir)
+        self.status()
+        sp.close()
+
+
+class _JobSource(Protocol):
+    """Where the main loop takes its jobs: the jobs queue, or the mode-2 intake."""
+
+    def get(self, *, timeout: float) -> Job: ...
+
+    def get_nowait(self) -> Job: ...
+
+
+def writer_main(url: DbUrl, partition_days: int | None, jobs: Queue[Job],
+                results: Queue[Outcome], retries: int, retry_timeout: float,
+                parent_pid: int, spool_dir: str | None = None, spool_max_bytes: int = 0,
+                insert_mode: int = 0, require_db: bool = False) -> None:
+    """The writer process: execute ready-made batches until told to close."""
+    # Ctrl-C, a terminal hang-up or a stop of the whole process group must not end this
+    # process before the parent has handed over everything: it ends on Close (or when
+    # the parent is gone)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    adapter = open_adapter(url, partition_days=partition_days)
+    adapter.insert_mode = insert_mode
+    spool = None
+    try:
+        if spool_dir:
+            from .spool import Spool
+            spool = Spool(spool_dir, url, spool_max_bytes)
+        core = WriterCore(adapter, retries, retry_timeout, spool, results.put)
+        core.start(require_db)
+    except StoreError as e:
+        results.put(StartFailed(str(e)))
+        return
+    except Exception as e:  # noqa: BLE001 - reported to the parent
+        results.put(StartFailed(f"{url.redacted()}: {type(e).__name__}: {e}"))
+        return
+    results.put(Ready())
+    source: _JobSource = AsyncIntake(jobs, core) if insert_mode == 2 else jobs
+    try:
+        while True:
+            wait = core.idle_wait()
+            try:
+                job = source.get(timeout=wait) if wait > 0 else source.get_nowait()
+            except queue.Empty:
+                if core.pump():
+                    continue
+                if os.getppid() != parent_pid:  # the parent is gone: nothing more comes
+                    break
+                continue
+            match job:
+                case Batch(table=table, kind=kind, rows=n, payload=payload,
+                           batch_id=batch_id):
+                    core.batch(table, kind, n, payload, batch_id)
+                    core.pump()  # spooled batches drain while new ones keep coming
+                case Sync(token=token):
+                    results.put(Synced(token))
+                case Close():
+                    core.finish()
+                    break
+    finally:
+        adapter.close()
+        results.put(Closed())
