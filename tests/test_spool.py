@@ -196,3 +196,46 @@ def test_insert_mode_1_delayed_for_myisam_plain_for_innodb(mysql_url, caplog):
     assert "sip_innodb has engine InnoDB: INSERT DELAYED not supported" in text
     time.sleep(0.5)  # DELAYED rows are queued by the server
     assert count(mysql_url, "sip_innodb") == 25 and count(mysql_url, "sip_myisam") == 25
+
+
+def test_drain_shows_what_the_adapter_changed(tmp_path, monkeypatch):
+    """``spool drain`` counts what the adapter changed so that the database took the
+    rows (``db:unrepresentable``, ``truncated:<column>``), and shows it under the names
+    of the other commands' summaries."""
+    from collections import Counter
+
+    from click.testing import CliRunner
+
+    import sipcaptool.store
+    from sipcaptool.cli import cli
+    from sipcaptool.store.sqlite import SqliteAdapter
+
+    url = f"sqlite:///{tmp_path}/c.db"
+
+    class Changing(SqliteAdapter):
+        def write(self, *args, **kwargs):
+            written = super().write(*args, **kwargs)
+            self.counts = Counter({"db:unrepresentable": 2, "truncated:method": 1})
+            return written
+
+    def spool_one(batch_id: str) -> None:
+        sp = Spool(str(tmp_path / "sp"), parse_db_url(url))
+        sp.append(batch_id, "sip_capture", "sip", 2,
+                  open_adapter(url).format_batch("sip", [sip_row(1), sip_row(2)]))
+        sp.close()
+
+    monkeypatch.setattr(sipcaptool.store, "open_adapter", lambda u, **kw: Changing(u))
+    args = ["spool", "drain", "--db", url, "--spool-dir", str(tmp_path / "sp")]
+    spool_one("b1")
+    r = CliRunner().invoke(cli, args + ["--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["stored"] == {"sip_capture": 2} and doc["left"] == {"batches": 0, "rows": 0}
+    assert doc["truncated_values"] == {"method": 1}
+    assert doc["db"]["unrepresentable"] == 2 and doc["db"]["batches"] == 1
+    spool_one("b2")
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert "values cut to column width: 1\n  method: 1\n" in r.output
+    assert "encoding cannot hold (stored as ?): 2\n" in r.output
+    assert count(url) == 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Any
 
 import click
 
@@ -99,7 +100,7 @@ def drain(db_url: str, spool_dir: str | None, as_json: bool) -> int:
       sipcaptool spool drain --db mysql://root@127.0.0.1/homer
     """
     from ..store import open_adapter
-    from ..store.outcomes import Drained, DroppedDbError, Outcome, Split, Warnings
+    from ..store.outcomes import Counts, Drained, DroppedDbError, Outcome, Split, Warnings
     from ..store.spool import Spool
     from ..store.url import parse_db_url
     from ..store.writer_process import WriterCore
@@ -138,24 +139,38 @@ def drain(db_url: str, spool_dir: str | None, as_json: bool) -> int:
                     stats["db:batches"] += 1
             case Warnings():
                 stats["db:warnings"] += ev.count
+            case Counts():  # what the adapter changed so that the database took the rows
+                for k, v in ev.counts.items():
+                    stats[k] += v
     left = (sp.pending_batches, sp.pending_rows)
     sp.close()
     if core.down and error is None:
         error = StoreError(f"{url.redacted()}: the database could not be reached")
-    result = {"db_url": url.redacted(), "before": {"batches": before[0], "rows": before[1]},
-              "stored": stats.group("stored"), "already_written": stats["db:already-written"],
-              "dropped": stats.group("dropped"), "db_warnings": stats["db:warnings"],
-              "left": {"batches": left[0], "rows": left[1]},
-              "error": str(error) if error else None}
+    stored, dropped = stats.group("stored"), stats.group("dropped")
+    truncated, already = stats.group("truncated"), stats["db:already-written"]
+    result: dict[str, Any] = {
+        "db_url": url.redacted(), "before": {"batches": before[0], "rows": before[1]},
+        "stored": stored, "already_written": already,
+        "dropped": dropped, "db_warnings": stats["db:warnings"],
+        # the adapter's counters, under the names of the other commands' summaries
+        "truncated_values": truncated, "db": stats.group("db"),
+        "left": {"batches": left[0], "rows": left[1]},
+        "error": str(error) if error else None}
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
         click.echo(f"spooled batches for {url.redacted()}: {before[0]} ({before[1]} rows)")
-        click.echo(f"written: {sum(result['stored'].values())} rows"
-                   + (f" ({result['already_written']} batches were already in the database)"
-                      if result["already_written"] else ""))
-        if result["dropped"]:
-            click.echo(f"refused by the database and dropped: {sum(result['dropped'].values())} rows")
+        click.echo(f"written: {sum(stored.values())} rows"
+                   + (f" ({already} batches were already in the database)" if already else ""))
+        if dropped:
+            click.echo(f"refused by the database and dropped: {sum(dropped.values())} rows")
+        if truncated:
+            click.echo(f"{'values cut to column width:':<18} {sum(truncated.values())}")
+            for column, n in truncated.items():
+                click.echo(f"  {column}: {n}")
+        if stats["db:unrepresentable"]:
+            click.echo(f"values with characters the database's encoding cannot hold (stored "
+                       f"as ?): {stats['db:unrepresentable']}")
         if result["db_warnings"]:
             click.echo(f"database warnings: {result['db_warnings']} (the server changed or "
                        "left out values; the log names them)")
