@@ -10,12 +10,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+__all__ = [
+    "CapturedMessage",
+    "PROTO_NONE", "PROTO_UDP", "PROTO_TCP", "PROTO_TLS", "PROTO_SCTP", "PROTO_WS",
+    "AF_INET", "AF_INET6",
+    "HEP_TYPE_SIP", "HEP_TYPE_RTCP", "HEP_TYPE_REPORT", "HEP_TYPE_REPORT99", "HEP_TYPE_LOG",
+    "TEXT", "INT", "BIGINT", "DATETIME", "BLOB",
+    "SIP_COLUMNS", "SIP_COLUMN_NAMES", "AUX_COLUMNS", "AUX_COLUMN_NAMES", "AUX_TABLES",
+]
+
 # Kamailio's transport enum, used in the ``proto`` column.
 PROTO_NONE = 0
 PROTO_UDP = 1
 PROTO_TCP = 2
 PROTO_TLS = 3
 PROTO_SCTP = 4
+PROTO_WS = 5        # SIP over WebSocket (RFC 7118), framed out of TCP
 
 # Linux address families, used in the ``family`` column.
 AF_INET = 2
@@ -38,7 +48,8 @@ class CapturedMessage:
         src_ip, dst_ip: printable addresses (dotted quad, or compressed lower-case IPv6
             without brackets), as Kamailio's ``ip_addr2a`` prints them.
         src_port, dst_port: ports (0 when the transport has none).
-        proto: Kamailio transport enum (PROTO_UDP, PROTO_TCP, PROTO_TLS, PROTO_SCTP, 0).
+        proto: Kamailio transport enum (PROTO_UDP, PROTO_TCP, PROTO_TLS, PROTO_SCTP,
+            PROTO_WS, 0).
         family: address family of the source address (AF_INET=2 or AF_INET6=10).
         payload: the message bytes exactly as captured.
         node_id: the capture id that goes into ``node`` as "capture_node:node_id", or

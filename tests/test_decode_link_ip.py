@@ -7,9 +7,9 @@ import struct
 import pytest
 from decode_builders import INVITE, OK200, eth, ip4, ip6, sll, sll2, tcp, udp, udp4_frame
 
-from sipcaptool.decode.packet import PROTO_WS, PacketDecoder
+from sipcaptool.decode.packet import PacketDecoder
 from sipcaptool.errors import DecodeError
-from sipcaptool.record import AF_INET, AF_INET6, PROTO_SCTP, PROTO_UDP
+from sipcaptool.record import AF_INET, AF_INET6, PROTO_SCTP, PROTO_UDP, PROTO_WS
 from sipcaptool.stats import Stats
 
 TS = 1_700_000_000_123_456

@@ -11,8 +11,8 @@ import ipaddress
 
 import pytest
 
-from sipcaptool.decode.packet import PROTO_WS, PacketDecoder
-from sipcaptool.record import PROTO_TCP, PROTO_UDP
+from sipcaptool.decode.packet import PacketDecoder
+from sipcaptool.record import PROTO_TCP, PROTO_UDP, PROTO_WS
 from sipcaptool.stats import Stats
 
 pcapy = pytest.importorskip("pcapy")

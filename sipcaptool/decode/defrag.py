@@ -13,6 +13,13 @@ from collections import OrderedDict
 
 from sipcaptool.stats import Stats
 
+__all__ = ["Defragmenter", "FragmentKey", "MAX_DATAGRAM"]
+
+#: the datagram a fragment belongs to: (4, source, destination, identification, protocol)
+#: for IPv4 (RFC 791), (6, source, destination, identification) for IPv6 (RFC 8200);
+#: addresses as packed bytes
+FragmentKey = tuple[int, bytes, bytes, int, int] | tuple[int, bytes, bytes, int]
+
 MAX_DATAGRAM = 65535 + 8  # IPv4/IPv6 payload limit, with room for an offset rounding
 _ONES = b"\x01" * MAX_DATAGRAM
 
@@ -75,13 +82,13 @@ class Defragmenter:
         self.max_bytes = max_bytes
         self.max_entries = max_entries
         self.timeout_us = timeout_us
-        self._pending: OrderedDict[object, _Datagram] = OrderedDict()
+        self._pending: OrderedDict[FragmentKey, _Datagram] = OrderedDict()
         self.held_bytes = 0
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    def add(self, ts_us: int, key: object, offset: int, more: bool, data: bytes) -> bytes | None:
+    def add(self, ts_us: int, key: FragmentKey, offset: int, more: bool, data: bytes) -> bytes | None:
         """Add one fragment; return the whole payload when this fragment completes it."""
         self._expire(ts_us)
         end = offset + len(data)
@@ -138,14 +145,14 @@ class Defragmenter:
             return None
         return self._complete(key, dg)
 
-    def _complete(self, key: object, dg: _Datagram) -> bytes | None:
+    def _complete(self, key: FragmentKey, dg: _Datagram) -> bytes | None:
         if dg.total < 0 or dg.size != dg.total:
             return None
         del self._pending[key]
         self.held_bytes -= dg.held()
         return bytes(dg.buf[:dg.total])
 
-    def _drop(self, key: object) -> None:
+    def _drop(self, key: FragmentKey) -> None:
         dg = self._pending.pop(key, None)
         if dg is not None:
             self.held_bytes -= dg.held()

@@ -22,15 +22,16 @@ from sipcaptool.decode import hep as _hep
 from sipcaptool.decode import ip as _ip
 from sipcaptool.decode import link as _link
 from sipcaptool.decode import tunnel as _tunnel
+from sipcaptool.decode.defrag import Defragmenter, FragmentKey
 from sipcaptool.decode.ip import addr_str
 from sipcaptool.decode.sctp import SctpReassembler
 from sipcaptool.decode.sip import looks_like_sip
+from sipcaptool.decode.tcp import HEP_FRAME, TcpReassembler
+from sipcaptool.errors import DecodeError
 from sipcaptool.record import AF_INET, AF_INET6, PROTO_SCTP, PROTO_UDP, CapturedMessage
 from sipcaptool.stats import Stats
 
-# Kamailio's transport enum continues PROTO_SCTP=4 with PROTO_WS=5, PROTO_WSS=6.
-PROTO_WS = 5
-_HEP_FRAME = 256    # decode.tcp.HEP_FRAME: a HEP3 packet cut out of a TCP stream
+__all__ = ["PacketDecoder", "MAX_TUNNEL_DEPTH"]
 
 MAX_TUNNEL_DEPTH = 4
 _HEP_GZIP_PORTS = frozenset({9060, 9061})  # gzipped HEP without --hep-ports: these only
@@ -105,8 +106,8 @@ class PacketDecoder:
         self._frag_opts = (max_frag_bytes, max_frag_entries, frag_timeout_us)
         self._tcp_opts = (max_tcp_streams, max_tcp_stream_bytes, max_tcp_total_bytes, tcp_timeout_us)
         self._sctp_max = max_sctp_bytes
-        self._defrag = None
-        self._tcp = None
+        self._defrag: Defragmenter | None = None
+        self._tcp: TcpReassembler | None = None
         self._sctp: SctpReassembler | None = None
         #: inflate budget of one HEP datagram in a frame (decode.hep.MAX_INFLATED)
         self.hep_max_inflated = hep_max_inflated
@@ -119,7 +120,7 @@ class PacketDecoder:
         out: list[CapturedMessage] = []
         end = len(frame)
         snap = self.snaplen
-        self._snapped = (wirelen is not None and wirelen > end) or (snap and end >= snap)
+        self._snapped = (wirelen is not None and wirelen > end) or (snap > 0 and end >= snap)
         try:
             if self.linktype == 1:
                 if end < 14:
@@ -158,8 +159,7 @@ class PacketDecoder:
         """End of input: give back what reassembly still holds as complete messages."""
         out: list[CapturedMessage] = []
         if self._tcp is not None:
-            for ts, key, proto, payload in self._tcp.flush():
-                self._emit_stream(ts, key, proto, payload, out)
+            self._tcp.flush()       # gives nothing back: only whole messages are framed
         if self._defrag is not None:
             self._defrag.flush()
         if self._sctp is not None:
@@ -168,7 +168,8 @@ class PacketDecoder:
 
     # ------------------------------------------------------------------ layer 3
 
-    def _l3(self, ts, buf, off, end, et, depth, out) -> None:
+    def _l3(self, ts: int, buf: bytes, off: int, end: int, et: int, depth: int,
+            out: list[CapturedMessage]) -> None:
         if et == 0x0800:
             self._ipv4(ts, buf, off, end, depth, out)
         elif et == 0x86DD:
@@ -189,14 +190,15 @@ class PacketDecoder:
         else:
             self.stats["skipped:non-ip"] += 1
 
-    def _ether_inner(self, ts, buf, off, end, depth, out) -> None:
+    def _ether_inner(self, ts: int, buf: bytes, off: int, end: int, depth: int,
+                     out: list[CapturedMessage]) -> None:
         if end - off < 14:
             self.stats["malformed:link-truncated"] += 1
             return
         et, off = _link.ethernet(buf, off, end)
         self._l3(ts, buf, off, end, et, depth, out)
 
-    def _ipv4(self, ts, buf, off, end, depth, out) -> None:
+    def _ipv4(self, ts: int, buf: bytes, off: int, end: int, depth: int, out: list[CapturedMessage]) -> None:
         if end - off < 20:
             self.stats["malformed:ip-truncated"] += 1
             return
@@ -228,7 +230,7 @@ class PacketDecoder:
         else:
             self._l4(ts, proto, buf, off, end, src, dst, AF_INET, depth, out)
 
-    def _ipv6(self, ts, buf, off, end, depth, out) -> None:
+    def _ipv6(self, ts: int, buf: bytes, off: int, end: int, depth: int, out: list[CapturedMessage]) -> None:
         if end - off < 40:
             self.stats["malformed:ip-truncated"] += 1
             return
@@ -260,9 +262,9 @@ class PacketDecoder:
         else:
             self._l4(ts, proto, buf, off, end, src, dst, AF_INET6, depth, out)
 
-    def _fragment(self, ts, key, fo, more, data, proto, src, dst, fam, depth, out) -> None:
+    def _fragment(self, ts: int, key: FragmentKey, fo: int, more: int, data: bytes, proto: int,
+                  src: bytes, dst: bytes, fam: int, depth: int, out: list[CapturedMessage]) -> None:
         if self._defrag is None:
-            from sipcaptool.decode.defrag import Defragmenter
             mb, me, to = self._frag_opts
             self._defrag = Defragmenter(self.stats, max_bytes=mb, max_entries=me, timeout_us=to)
         whole = self._defrag.add(ts, key, fo, bool(more), data)
@@ -275,7 +277,8 @@ class PacketDecoder:
 
     # ------------------------------------------------------------------ layer 4
 
-    def _l4(self, ts, proto, buf, off, end, src, dst, fam, depth, out) -> None:
+    def _l4(self, ts: int, proto: int, buf: bytes, off: int, end: int, src: bytes, dst: bytes,
+            fam: int, depth: int, out: list[CapturedMessage]) -> None:
         if proto == 6:
             self._tcp_segment(ts, buf, off, end, src, dst, fam, depth, out)
         elif proto == 17:
@@ -296,7 +299,8 @@ class PacketDecoder:
         else:
             self.stats["skipped:non-sip"] += 1
 
-    def _udp(self, ts, buf, off, end, src, dst, fam, depth, out) -> None:
+    def _udp(self, ts: int, buf: bytes, off: int, end: int, src: bytes, dst: bytes, fam: int,
+             depth: int, out: list[CapturedMessage]) -> None:
         if end - off < 8:
             self.stats["malformed:udp-truncated"] += 1
             return
@@ -321,7 +325,8 @@ class PacketDecoder:
                 return
         self._payload(ts, src, sport, dst, dport, PROTO_UDP, fam, data, out)
 
-    def _payload(self, ts, src, sport, dst, dport, proto, fam, data, out) -> None:
+    def _payload(self, ts: int, src: bytes, sport: int, dst: bytes, dport: int, proto: int,
+                 fam: int, data: bytes, out: list[CapturedMessage]) -> None:
         """An unframed L4 payload (UDP datagram, SCTP message): HEP, SIP or skipped."""
         b0 = data[0]
         if b0 < 0x21:
@@ -371,7 +376,6 @@ class PacketDecoder:
     def _decode_hep(self, ts: int, data: bytes, out: list[CapturedMessage]) -> None:
         """One HEP datagram (or TCP-framed packet) of a frame; what it inflates to is
         bounded by ``hep_max_inflated``; every refused part is counted with its bytes."""
-        from sipcaptool.errors import DecodeError
         errors: list[DecodeError] = []
         stats = self.stats
         pkts: list[_hep.HepPacket] = []
@@ -390,7 +394,8 @@ class PacketDecoder:
 
     # ------------------------------------------------------------------ later layers
 
-    def _udp_tunnel(self, ts, sport, dport, data, depth, out) -> bool:
+    def _udp_tunnel(self, ts: int, sport: int, dport: int, data: bytes, depth: int,
+                    out: list[CapturedMessage]) -> bool:
         """VXLAN / GTP-U by port; False when the header does not fit (then it is payload)."""
         if depth >= MAX_TUNNEL_DEPTH:
             self.stats["malformed:tunnel-too-deep"] += 1
@@ -404,14 +409,15 @@ class PacketDecoder:
         self._l3(ts, data, off, len(data), et, depth + 1, out)
         return True
 
-    def _gre(self, ts, buf, off, end, depth, out) -> None:
+    def _gre(self, ts: int, buf: bytes, off: int, end: int, depth: int, out: list[CapturedMessage]) -> None:
         et, off = _tunnel.gre(buf, off, end)
         if et == _link.ETH_TYPE_NONE:
             self.stats["skipped:non-sip"] += 1
             return
         self._l3(ts, buf, off, end, et, depth, out)
 
-    def _tcp_segment(self, ts, buf, off, end, src, dst, fam, depth, out) -> None:
+    def _tcp_segment(self, ts: int, buf: bytes, off: int, end: int, src: bytes, dst: bytes,
+                     fam: int, depth: int, out: list[CapturedMessage]) -> None:
         if end - off < 20:
             self.stats["malformed:tcp-truncated"] += 1
             return
@@ -429,7 +435,6 @@ class PacketDecoder:
             return
         tcp = self._tcp
         if tcp is None:
-            from sipcaptool.decode.tcp import TcpReassembler
             ms, msb, mtb, to = self._tcp_opts
             tcp = self._tcp = TcpReassembler(self.stats, self._looks_like_sip, max_streams=ms,
                                              max_stream_bytes=msb, max_total_bytes=mtb, timeout_us=to,
@@ -438,7 +443,7 @@ class PacketDecoder:
         if not data and not flags & 0x05:
             return  # a bare ACK or SYN: nothing to count
         for mts, proto, msg in tcp.segment(ts, (src, sport, dst, dport), seq, flags, data, sip):
-            if proto == _HEP_FRAME:
+            if proto == HEP_FRAME:
                 self._hep_frame(mts, msg, out)
             else:
                 out.append(CapturedMessage(mts, addr_str(src), sport, addr_str(dst), dport, proto, fam, msg))
@@ -455,6 +460,3 @@ class PacketDecoder:
             self._payload(ts, src, sport, dst, dport, PROTO_SCTP, fam, data, out)
         for i in range(n0 + 1, len(out)):
             out[i].ts_us += i - n0
-
-    def _emit_stream(self, ts, key, proto, payload, out) -> None:
-        pass

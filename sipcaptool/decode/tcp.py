@@ -29,13 +29,21 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
+from sipcaptool.record import PROTO_TCP, PROTO_WS
 from sipcaptool.stats import Stats
 
-PROTO_TCP = 2
-PROTO_WS = 5
+__all__ = ["TcpReassembler", "FlowKey", "Framed", "PROTO_TCP", "PROTO_WS", "HEP_FRAME",
+           "MAX_HEADER_BYTES", "MAX_BODY_BYTES", "MAX_OOO_SEGMENTS", "MAX_WS_MESSAGE"]
+
 HEP_FRAME = 256     # not a transport: the message is one HEP3 packet to decode
+
+#: a direction of a TCP connection: (source address, source port, destination address,
+#: destination port); the addresses as packed bytes
+FlowKey = tuple[bytes, int, bytes, int]
+#: a message cut out of a stream: (timestamp in µs, PROTO_TCP / PROTO_WS / HEP_FRAME, bytes)
+Framed = tuple[int, int, bytes]
 
 _HEP3_IDS = (b"HEP3", b"EEP3")
 _HEP3_SEARCH = re.compile(rb"[HE]EP3")
@@ -112,8 +120,8 @@ class TcpReassembler:
         self.max_stream_bytes = max(max_stream_bytes, 16 * 1024)
         self.max_total_bytes = max_total_bytes
         self.timeout_us = timeout_us
-        self._streams: OrderedDict[object, _Stream] = OrderedDict()
-        self._ws_expected: OrderedDict[object, int] = OrderedDict()
+        self._streams: OrderedDict[FlowKey, _Stream] = OrderedDict()
+        self._ws_expected: OrderedDict[FlowKey, int] = OrderedDict()
         self.held_bytes = 0
         self._last_expire = 0
 
@@ -122,8 +130,8 @@ class TcpReassembler:
 
     # -------------------------------------------------------------------- input
 
-    def segment(self, ts: int, key: object, seq: int, flags: int, data: bytes,
-                sip: bool = True) -> list[tuple[int, int, bytes]]:
+    def segment(self, ts: int, key: FlowKey, seq: int, flags: int, data: bytes,
+                sip: bool = True) -> list[Framed]:
         """Feed one segment of flow ``key``; return ``[(ts_us, proto, message)]`` completed.
 
         ``proto`` is PROTO_TCP, PROTO_WS or HEP_FRAME.  ``sip=False`` (a port filter
@@ -143,7 +151,7 @@ class TcpReassembler:
             streams.move_to_end(key)
         st.last_ts = ts
         before = st.held()
-        out: list[tuple[int, int, bytes]] = []
+        out: list[Framed] = []
         if data:
             d = (seq - st.next_seq) % _MOD
             if d == 0:
@@ -188,16 +196,16 @@ class TcpReassembler:
             self._evict_lru()
         return out
 
-    def _hep_allowed(self, key: object) -> bool:
+    def _hep_allowed(self, key: FlowKey) -> bool:
         if not self.hep:
             return False
         hp = self.hep_ports
         if hp is None:
             return True
-        _src, sport, _dst, dport = key  # type: ignore[misc]
+        _src, sport, _dst, dport = key
         return sport in hp or dport in hp
 
-    def _open(self, ts: int, key: object, seq: int, data: bytes, sip: bool = True) -> _Stream | None:
+    def _open(self, ts: int, key: FlowKey, seq: int, data: bytes, sip: bool = True) -> _Stream | None:
         h = _hep3_start(data) if self._hep_allowed(key) else -1
         if h == 0:
             st = _Stream(seq, _MODE_HEP, ts)
@@ -212,7 +220,7 @@ class TcpReassembler:
             st = _Stream(seq, _MODE_WS_HANDSHAKE, ts)
         elif data[:4] == b"GET " and _WS_UPGRADE.search(data, 0, 8192):
             st = _Stream(seq, _MODE_WS_HANDSHAKE, ts)
-            src, sport, dst, dport = key  # type: ignore[misc]
+            src, sport, dst, dport = key
             rkey = (dst, dport, src, sport)
             self._ws_expected[rkey] = ts
             self._ws_expected.move_to_end(rkey)
@@ -239,7 +247,7 @@ class TcpReassembler:
             st.resync = True
         return st
 
-    def _hold(self, st: _Stream, seq: int, data: bytes, ts: int, out: list) -> None:
+    def _hold(self, st: _Stream, seq: int, data: bytes, ts: int, out: list[Framed]) -> None:
         old = st.ooo.get(seq)
         if old is not None and len(old) >= len(data):
             self.stats["skipped:tcp-retransmission"] += 1
@@ -284,23 +292,23 @@ class TcpReassembler:
 
     # -------------------------------------------------------------------- framing
 
-    def _frame(self, st: _Stream, ts: int, out: list) -> None:
-        n0 = len(out)
+    def _frame(self, st: _Stream, ts: int, out: list[Framed]) -> None:
+        """The messages the stream's data now completes, +1 µs each after the first."""
+        framed: list[tuple[int, bytes]] = []
         if st.mode == _MODE_SIP:
-            self._frame_sip(st, out)
+            self._frame_sip(st, framed)
         elif st.mode == _MODE_HEP:
-            self._frame_hep(st, out)
+            self._frame_hep(st, framed)
         elif st.mode == _MODE_WS_HANDSHAKE:
             self._ws_handshake(st)
             if st.mode == _MODE_WS:
-                self._frame_ws(st, out)
+                self._frame_ws(st, framed)
         else:
-            self._frame_ws(st, out)
-        for i in range(n0, len(out)):
-            proto, msg = out[i]
-            out[i] = (ts + (i - n0), proto, msg)
+            self._frame_ws(st, framed)
+        for i, (proto, msg) in enumerate(framed):
+            out.append((ts + i, proto, msg))
 
-    def _frame_sip(self, st: _Stream, out: list, proto: int = PROTO_TCP) -> None:
+    def _frame_sip(self, st: _Stream, out: list[tuple[int, bytes]], proto: int = PROTO_TCP) -> None:
         # Every byte is looked at a bounded number of times: ``scan_from`` remembers
         # where the search for the end of the header may resume (no header end starts
         # before it, whatever is cut from the front), ``need`` the length of a message
@@ -385,7 +393,7 @@ class TcpReassembler:
             st.need = hdr_end + sep + clen
             st.scan_from = 0
 
-    def _frame_hep(self, st: _Stream, out: list) -> None:
+    def _frame_hep(self, st: _Stream, out: list[tuple[int, bytes]]) -> None:
         """Cut HEP3 packets out of the stream by their total length (16 bits, so at most
         one incomplete packet of < 64 KB is held)."""
         buf = st.buf
@@ -433,7 +441,7 @@ class TcpReassembler:
             return
         st.mode = _MODE_WS
 
-    def _frame_ws(self, st: _Stream, out: list) -> None:
+    def _frame_ws(self, st: _Stream, out: list[tuple[int, bytes]]) -> None:
         buf = st.buf
         stats = self.stats
         while len(buf) >= 2:
@@ -491,7 +499,7 @@ class TcpReassembler:
 
     # -------------------------------------------------------------------- bounds
 
-    def _remove(self, key: object) -> None:
+    def _remove(self, key: FlowKey) -> None:
         st = self._streams.pop(key, None)
         if st is not None:
             self.held_bytes -= st.held()
@@ -513,15 +521,15 @@ class TcpReassembler:
                 self.stats["evicted:tcp-stream"] += 1
             self._remove(key)
 
-    def flush(self) -> list[tuple[int, object, int, bytes]]:
-        """End of input: drop all streams; incomplete messages are counted."""
+    def flush(self) -> None:
+        """End of input: drop all streams; incomplete messages are counted (a message
+        is only given when complete, so there is nothing to give back)."""
         for st in self._streams.values():
             if st.buf.strip(b"\r\n") or st.ooo:
                 self.stats["malformed:tcp-incomplete"] += 1
         self._streams.clear()
         self._ws_expected.clear()
         self.held_bytes = 0
-        return []
 
 
 def _hep3_start(data: bytes | bytearray, pos: int = 0) -> int:
