@@ -12,6 +12,17 @@ import struct
 
 from sipcaptool.errors import DecodeError
 
+__all__ = [
+    "DLT_NULL", "DLT_EN10MB", "DLT_PPP", "DLT_RAW_12", "DLT_RAW_14", "DLT_PPP_HDLC", "DLT_PPP_ETHER",
+    "DLT_RAW", "DLT_LOOP", "DLT_LINUX_SLL", "DLT_IPV4", "DLT_IPV6", "DLT_LINUX_SLL2", "SUPPORTED_LINKTYPES",
+    "ETH_TYPE_IPV4", "ETH_TYPE_ARP", "ETH_TYPE_TEB", "ETH_TYPE_8021Q", "ETH_TYPE_IPV6", "ETH_TYPE_PPP",
+    "ETH_TYPE_MPLS", "ETH_TYPE_MPLS_MC", "ETH_TYPE_PPPOE_DISC", "ETH_TYPE_PPPOE_SESS", "ETH_TYPE_8021AD",
+    "ETH_TYPE_ERSPAN2", "ETH_TYPE_ERSPAN3", "ETH_TYPE_QINQ_OLD", "ETH_TYPE_QINQ_OLD2", "ETH_TYPE_GUESS_IP",
+    "ETH_TYPE_NONE", "VLAN_TYPES", "MAX_VLAN_TAGS", "MAX_MPLS_LABELS", "PPP_IPV4", "PPP_IPV6",
+    "check_linktype", "ethernet", "after_ethertype", "mpls", "ppp_proto", "ppp", "sll", "sll2", "null",
+    "loop", "raw", "raw4", "raw6", "ppp_ether", "LINK_PARSERS",
+]
+
 # LINKTYPE_* values (pcap file header / pcap_datalink()).
 DLT_NULL = 0
 DLT_EN10MB = 1

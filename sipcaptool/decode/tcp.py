@@ -34,8 +34,8 @@ from collections.abc import Callable
 from sipcaptool.record import PROTO_TCP, PROTO_WS
 from sipcaptool.stats import Stats
 
-__all__ = ["TcpReassembler", "FlowKey", "Framed", "PROTO_TCP", "PROTO_WS", "HEP_FRAME",
-           "MAX_HEADER_BYTES", "MAX_BODY_BYTES", "MAX_OOO_SEGMENTS", "MAX_WS_MESSAGE"]
+__all__ = ["TcpReassembler", "FlowKey", "Framed", "HEP_FRAME", "MAX_HEADER_BYTES", "MAX_BODY_BYTES",
+           "MAX_OOO_SEGMENTS", "MAX_WS_MESSAGE"]
 
 HEP_FRAME = 256     # not a transport: the message is one HEP3 packet to decode
 

@@ -22,6 +22,10 @@ from sipcaptool.decode.link import (
     ETH_TYPE_TEB,
 )
 
+__all__ = [
+    "VXLAN_PORT", "GTPU_PORT", "MAX_GTP_EXT", "gre", "erspan", "vxlan", "gtpu",
+]
+
 VXLAN_PORT = 4789
 GTPU_PORT = 2152
 
