@@ -266,21 +266,23 @@ class HepPacket:
 
     Attributes:
         version: 1, 2 or 3.
-        family: HEPv1/v2 ``hp_f``; HEPv3 family chunk 0x0001 raw value (None if absent).
-        ip_proto: HEPv1/v2 ``hp_p``; HEPv3 chunk 0x0002 raw value (None if absent).
+        family: HEPv1/v2 ``hp_f``; HEPv3 ``CHUNK_IP_FAMILY`` raw value (None if absent).
+        ip_proto: HEPv1/v2 ``hp_p``; HEPv3 ``CHUNK_IP_PROTO`` raw value (None if absent).
         src_family: address family of the source address (2 or 10): the family the
             ``family`` column stores.
         src_ip, dst_ip: printable addresses (dotted quad; compressed lower-case IPv6).
         src_port, dst_port: ports (0 if the chunk is absent).
         ts_sec, ts_usec: HEP time (None if absent; v1 has none).
-        proto_type: HEPv3 chunk 0x000b raw value (None if absent); 1 for v1/v2.
-        capture_id: HEPv3 chunk 0x000c (u32), HEPv2 ``captid`` (u16 LE); None if absent.
-        auth_key: chunk 0x000e up to its first NUL, or None.
-        correlation_id: chunk 0x0011 up to its first NUL (UTF-8, invalid bytes
-            replaced), '' when empty, None when absent.
-        node_name: chunk 0x0013 (UTF-8, invalid bytes replaced) or None.
-        payload: the captured payload bytes (inflated if it came in chunk 0x0010).
-        compressed: True when the payload came from the compressed chunk 0x0010.
+        proto_type: HEPv3 ``CHUNK_PROTO_TYPE`` raw value (None if absent); 1 for v1/v2.
+        capture_id: HEPv3 ``CHUNK_CAPTURE_ID`` (u32), HEPv2 ``captid`` (u16 LE); None if
+            absent.
+        auth_key: ``CHUNK_AUTH_KEY`` up to its first NUL, or None.
+        correlation_id: ``CHUNK_CORRELATION_ID`` up to its first NUL (UTF-8, invalid
+            bytes replaced), '' when empty, None when absent.
+        node_name: ``CHUNK_NODE_NAME`` (UTF-8, invalid bytes replaced) or None.
+        payload: the captured payload bytes (inflated if it came in
+            ``CHUNK_COMPRESSED_PAYLOAD``).
+        compressed: True when the payload came from ``CHUNK_COMPRESSED_PAYLOAD``.
         vendor_chunks: number of vendor-specific (vendor id != 0) chunks skipped.
         recv_us: the ``now_us`` given to :func:`decode_datagram` (time of reception).
     """
