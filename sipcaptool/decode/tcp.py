@@ -23,6 +23,11 @@ and payload for a directional flow and returns the SIP messages it completes.
 * Streams are capped in number and in held bytes; the least recently used stream is
   evicted (``evicted:tcp-stream``).  Streams idle longer than ``timeout_us`` of capture
   time are dropped; those still holding data count as evicted too.
+
+Why one module of some 560 lines: the three framings (SIP by Content-Length, WebSocket,
+HEP3 by length) work on the same per-flow stream state, switch into one another (an
+upgrade, a lost frame boundary) and share its bounds; apart they would pass that state
+back and forth.
 """
 
 from __future__ import annotations
