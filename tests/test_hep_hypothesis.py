@@ -13,7 +13,29 @@ import zlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipcaptool.decode.hep import HepPacket, _ip6_str, decode_datagram, looks_like_hep
+from sipcaptool.decode.hep import (
+    CHUNK_AUTH_KEY,
+    CHUNK_CAPTURE_ID,
+    CHUNK_COMPRESSED_PAYLOAD,
+    CHUNK_CORRELATION_ID,
+    CHUNK_DST_IP4,
+    CHUNK_DST_IP6,
+    CHUNK_DST_PORT,
+    CHUNK_IP_FAMILY,
+    CHUNK_IP_PROTO,
+    CHUNK_NODE_NAME,
+    CHUNK_PAYLOAD,
+    CHUNK_PROTO_TYPE,
+    CHUNK_SRC_IP4,
+    CHUNK_SRC_IP6,
+    CHUNK_SRC_PORT,
+    CHUNK_TIME_SEC,
+    CHUNK_TIME_USEC,
+    HepPacket,
+    _ip6_str,
+    decode_datagram,
+    looks_like_hep,
+)
 from sipcaptool.decode.hep_stream import HepStream
 from sipcaptool.encode.hep import encode_hep1, encode_hep2, encode_hep3
 from sipcaptool.errors import DecodeError
@@ -44,15 +66,22 @@ def _chunk(vendor: int, ctype: int, value: bytes) -> bytes:
 # Chunk types the decoder interprets, with values of the right and of wrong sizes.
 chunk_values = st.one_of(
     st.tuples(st.just(0), st.integers(0, 0x30), st.binary(max_size=20)),
-    st.tuples(st.just(0), st.sampled_from([1, 2, 11]), st.binary(min_size=1, max_size=1)),
-    st.tuples(st.just(0), st.sampled_from([3, 4]), st.binary(min_size=4, max_size=4)),
-    st.tuples(st.just(0), st.sampled_from([3, 4]),
+    st.tuples(st.just(0), st.sampled_from([CHUNK_IP_FAMILY, CHUNK_IP_PROTO, CHUNK_PROTO_TYPE]),
+              st.binary(min_size=1, max_size=1)),
+    st.tuples(st.just(0), st.sampled_from([CHUNK_SRC_IP4, CHUNK_DST_IP4]),
+              st.binary(min_size=4, max_size=4)),
+    st.tuples(st.just(0), st.sampled_from([CHUNK_SRC_IP4, CHUNK_DST_IP4]),
               st.binary(min_size=4, max_size=4).map(lambda b: b"\0" * 10 + b"\xff\xff" + b)),
-    st.tuples(st.just(0), st.sampled_from([5, 6]), st.binary(min_size=16, max_size=16)),
-    st.tuples(st.just(0), st.sampled_from([7, 8]), st.binary(min_size=2, max_size=2)),
-    st.tuples(st.just(0), st.sampled_from([9, 10, 12]), st.binary(min_size=4, max_size=4)),
-    st.tuples(st.just(0), st.sampled_from([14, 15, 17, 19]), st.binary(max_size=40)),
-    st.tuples(st.just(0), st.just(16), st.binary(max_size=40).map(zlib.compress)),
+    st.tuples(st.just(0), st.sampled_from([CHUNK_SRC_IP6, CHUNK_DST_IP6]),
+              st.binary(min_size=16, max_size=16)),
+    st.tuples(st.just(0), st.sampled_from([CHUNK_SRC_PORT, CHUNK_DST_PORT]),
+              st.binary(min_size=2, max_size=2)),
+    st.tuples(st.just(0), st.sampled_from([CHUNK_TIME_SEC, CHUNK_TIME_USEC, CHUNK_CAPTURE_ID]),
+              st.binary(min_size=4, max_size=4)),
+    st.tuples(st.just(0), st.sampled_from([CHUNK_AUTH_KEY, CHUNK_PAYLOAD, CHUNK_CORRELATION_ID,
+                                           CHUNK_NODE_NAME]), st.binary(max_size=40)),
+    st.tuples(st.just(0), st.just(CHUNK_COMPRESSED_PAYLOAD),
+              st.binary(max_size=40).map(zlib.compress)),
     st.tuples(st.integers(1, 0xFFFF), st.integers(0, 0xFFFF), st.binary(max_size=10)),
 ).map(lambda t: _chunk(*t))
 
