@@ -21,11 +21,11 @@ from sipcaptool.control import (
     ControlServer,
     MetricsServer,
     default_control_path,
-    parse_hostport,
     send_command,
 )
 from sipcaptool.errors import CaptureError
 from sipcaptool.logs import RateLimitFilter, setup_logging
+from sipcaptool.net import parse_hostport
 from sipcaptool.stats import Stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -92,23 +92,11 @@ def storage_options(f: Callable) -> Callable:
 
 
 def summary_dict(stats: Stats, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    d: dict[str, Any] = {
-        "packets": stats["packets"],
-        "messages": stats["messages"],
-        "stored": stats.group("stored"),
-        "stored_total": stats.category_total("stored"),
-        "skipped": stats.group("skipped"),
-        "malformed": stats.group("malformed"),
-        "dropped": stats.group("dropped"),
-        "evicted": stats.group("evicted"),
-        "truncated_values": stats.group("truncated"),
-        "adjusted": stats.group("adjusted"),
-        "refused_bytes": stats.group("refused-bytes"),
-        "db": stats.group("db"),
-    }
-    if extra:
-        d.update(extra)
-    return d
+    """The end-of-run summary: the stats document's groups (``sipcaptool.control.document``),
+    then ``extra``."""
+    from ..control import summary_document
+
+    return summary_document(stats, extra)
 
 
 def print_summary(summary: dict[str, Any], as_json: bool) -> None:
@@ -177,4 +165,42 @@ def log_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True, help="text lines or JSON objects, one per line."),
     ]):
         wrapper = deco(wrapper)
+    return wrapper
+
+
+# the settings of the endpoints, as options of the commands that serve them (hep, live)
+ENDPOINT_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
+    (("--control-timeout",), "control_timeout",
+     {"type": float, "metavar": "S",
+      "help": "Close a control-socket or --metrics connection that has not sent a whole "
+              "command (or HTTP request) within S seconds of connecting or of its previous "
+              "answer, counted as control:timeout or metrics:timeout. [default: 5]"}),
+    (("--control-max-connections",), "control_max_connections",
+     {"type": int, "metavar": "N",
+      "help": "Connections the control socket and --metrics each hold at most; past it "
+              "the one idle longest is closed for the new one (control:evicted-idle), or, "
+              "when none is idle, the new one (control:refused-full). A request sent with "
+              "the connection is answered at once either way. [default: 64]"}),
+]
+
+
+def endpoint_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--control-timeout`` and ``--control-max-connections`` to a command serving
+    the control socket and ``--metrics``. Put it under ``@storage_options`` (nearer the
+    function): the values join ``settings`` (file < environment < command line) and
+    become the limits of the :class:`Endpoints` the command starts."""
+    from ..control import configure_limits
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        settings = kwargs["settings"]
+        for _names, name, _kw in ENDPOINT_OPTIONS:
+            value = kwargs.pop(name, None)
+            if value is not None:
+                kwargs["settings"] = settings = settings.with_value(name, value, "command line")
+        configure_limits(settings)
+        return f(*args, **kwargs)
+
+    for names, name, kw in reversed(ENDPOINT_OPTIONS):
+        wrapper = click.option(*names, name, default=None, **kw)(wrapper)
     return wrapper

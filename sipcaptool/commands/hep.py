@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..config import Settings
-from ..control import endpoint_options
 from ..errors import ConfigError
-from .common import print_summary, storage_options, summary_dict
+from .common import endpoint_options, print_summary, storage_options, summary_dict
 
 if TYPE_CHECKING:
     from ..collector import CollectorReport

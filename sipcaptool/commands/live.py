@@ -10,8 +10,7 @@ import click
 
 from ..config import Settings
 from ..errors import ConfigError, SipcaptoolError
-from ..control import endpoint_options
-from .common import print_summary, storage_options, summary_dict
+from .common import endpoint_options, print_summary, storage_options, summary_dict
 
 log = logging.getLogger("sipcaptool.live")
 
