@@ -21,7 +21,13 @@ import zlib as _zlib
 import pytest
 from test_hep_collector import ROOT, collectors, message, rows_by_callid  # noqa: F401
 
-from sipcaptool.decode.hep import MAX_INFLATED, decode_datagram
+from sipcaptool.decode.hep import (
+    CHUNK_AUTH_KEY,
+    CHUNK_COMPRESSED_PAYLOAD,
+    CHUNK_PAYLOAD,
+    MAX_INFLATED,
+    decode_datagram,
+)
 from sipcaptool.decode.hep_stream import HepStream
 from sipcaptool.decode.packet import PacketDecoder
 from sipcaptool.decode.sip import looks_like_sip
@@ -134,12 +140,12 @@ def test_hostile_sip_values_stored_safely_end_to_end(any_db_url, collectors):
 _STD = encode_hep3(message("std", payload=b"x"))[:-7]   # header + the usual chunks
 
 
-def _hep3_raw(payload: bytes, ctype: int = 15, key: bytes | None = None) -> bytes:
+def _hep3_raw(payload: bytes, ctype: int = CHUNK_PAYLOAD, key: bytes | None = None) -> bytes:
     """A HEPv3 packet with the usual chunks, an optional key and ``payload`` in chunk
-    ``ctype`` (15 plain, 16 compressed: given already compressed)."""
+    ``ctype`` (CHUNK_PAYLOAD plain, CHUNK_COMPRESSED_PAYLOAD given already compressed)."""
     body = _STD[6:]
     if key is not None:
-        body += struct.pack("!HHH", 0, 14, 6 + len(key)) + key
+        body += struct.pack("!HHH", 0, CHUNK_AUTH_KEY, 6 + len(key)) + key
     body += struct.pack("!HHH", 0, ctype, 6 + len(payload)) + payload
     return b"HEP3" + struct.pack("!H", 6 + len(body)) + body
 
@@ -151,7 +157,7 @@ def _zeros_bomb(n: int) -> bytes:
 def _bomb_datagram(packets: int, inner: int = 1 << 20, key: bytes | None = None) -> bytes:
     """The attack of the issue: one gzip stream of ``packets`` HEP packets, each with a
     chunk 0x0010 inflating to ``inner`` bytes."""
-    pkt = _hep3_raw(_zeros_bomb(inner), 16, key)
+    pkt = _hep3_raw(_zeros_bomb(inner), CHUNK_COMPRESSED_PAYLOAD, key)
     return _gzip.compress(pkt * packets, 9)
 
 
@@ -167,7 +173,7 @@ def _peak_alloc(fn) -> tuple[int, object]:
 def test_inflate_budget_is_per_datagram_not_per_chunk():
     """Five packets each inflating to 200 KB (each under any per-chunk cap) in one
     datagram: only what fits the datagram's budget is inflated; the rest is counted."""
-    pkt = _hep3_raw(_zeros_bomb(200_000), 16)
+    pkt = _hep3_raw(_zeros_bomb(200_000), CHUNK_COMPRESSED_PAYLOAD)
     errors: list[DecodeError] = []
     peak, pkts = _peak_alloc(lambda: decode_datagram(pkt * 5, now_us=NOW, errors=errors))
     assert sum(len(p.payload) for p in pkts) <= MAX_INFLATED
@@ -192,7 +198,7 @@ def test_gzipped_bomb_datagram_inflates_at_most_the_budget():
     assert peak < 4 * MAX_INFLATED, peak           # was about 1 GB
     assert took < 0.5, took                        # was 3.7 s in the collector
     # a smaller budget applies the same way, to both layers together
-    small = _gzip.compress(_hep3_raw(_zeros_bomb(3000), 16) * 4)
+    small = _gzip.compress(_hep3_raw(_zeros_bomb(3000), CHUNK_COMPRESSED_PAYLOAD) * 4)
     assert len(decode_datagram(small, now_us=NOW, max_inflated=64 * 1024)) == 4
     errors = []
     got = decode_datagram(small, now_us=NOW, max_inflated=8000, errors=errors)
@@ -210,14 +216,14 @@ def test_inflate_is_bounded_one_byte_at_a_time():
     """The budget holds to the byte: a payload of exactly the budget passes, one byte
     more is refused, whatever the layer it comes from."""
     for budget in (4096, 10_000, MAX_INFLATED):
-        exact = _hep3_raw(_zeros_bomb(budget), 16)
+        exact = _hep3_raw(_zeros_bomb(budget), CHUNK_COMPRESSED_PAYLOAD)
         assert len(decode_datagram(exact, now_us=NOW, max_inflated=budget)[0].payload) == budget
-        over = _hep3_raw(_zeros_bomb(budget + 1), 16)
+        over = _hep3_raw(_zeros_bomb(budget + 1), CHUNK_COMPRESSED_PAYLOAD)
         assert _decode_or_error(over, max_inflated=budget).reason == "hep-inflate"
         # the whole-datagram gzip takes from the same budget as the chunk inside it:
         # the packet it inflates to plus the payload that packet inflates to
         inner = budget // 2
-        pkt = _hep3_raw(_zeros_bomb(inner), 16)
+        pkt = _hep3_raw(_zeros_bomb(inner), CHUNK_COMPRESSED_PAYLOAD)
         packed = _gzip.compress(pkt)
         total = len(pkt) + inner
         assert len(decode_datagram(packed, now_us=NOW, max_inflated=total)) == 1
@@ -229,9 +235,9 @@ def test_auth_key_checked_before_the_payload_is_inflated():
     (a cut zlib stream, and a bomb) is refused for its key: nothing was inflated."""
     cut = _zlib.compress(b"INVITE sip:x SIP/2.0\r\n" * 50)[:-8]
     for key in (b"wrong", None):
-        e = _decode_or_error(_hep3_raw(cut, 16, key), auth_key=b"right")
+        e = _decode_or_error(_hep3_raw(cut, CHUNK_COMPRESSED_PAYLOAD, key), auth_key=b"right")
         assert e.reason == "hep-auth", e
-    bomb = _hep3_raw(_zeros_bomb(MAX_INFLATED * 4), 16, b"wrong")
+    bomb = _hep3_raw(_zeros_bomb(MAX_INFLATED * 4), CHUNK_COMPRESSED_PAYLOAD, b"wrong")
     peak, e = _peak_alloc(lambda: _decode_or_error(bomb * 20, auth_key=b"right"))
     assert e.reason == "hep-auth" and peak < 100_000, peak
 
@@ -239,7 +245,7 @@ def test_auth_key_checked_before_the_payload_is_inflated():
 def test_gzipped_datagram_stops_at_the_first_packet_without_the_key():
     """A sender without the key costs one packet of inflation: the rest of its gzipped
     datagram (here a stream that turns corrupt after the first 100 KB) is never read."""
-    first = _hep3_raw(b"INVITE sip:x SIP/2.0\r\n\r\n", 15, b"wrong")
+    first = _hep3_raw(b"INVITE sip:x SIP/2.0\r\n\r\n", CHUNK_PAYLOAD, b"wrong")
     z = _zlib.compressobj(9, _zlib.DEFLATED, 31)
     data = z.compress(first + b"\0" * 100_000) + z.flush(_zlib.Z_FULL_FLUSH)
     data += b"\xff" * 64          # not deflate: inflating this far fails
@@ -248,7 +254,7 @@ def test_gzipped_datagram_stops_at_the_first_packet_without_the_key():
     assert e.size == len(data)     # the datagram refused whole, counted as received
     # with the key, the same datagram decodes its first packet and reports the rest
     errors: list[DecodeError] = []
-    ok = _hep3_raw(b"INVITE sip:x SIP/2.0\r\n\r\n", 15, b"right")
+    ok = _hep3_raw(b"INVITE sip:x SIP/2.0\r\n\r\n", CHUNK_PAYLOAD, b"right")
     z = _zlib.compressobj(9, _zlib.DEFLATED, 31)
     good = z.compress(ok + ok) + z.flush()
     assert len(decode_datagram(good, now_us=NOW, auth_key=b"right", errors=errors)) == 2
@@ -257,7 +263,7 @@ def test_gzipped_datagram_stops_at_the_first_packet_without_the_key():
 def test_dropped_auth_counts_every_packet_in_one_unit():
     """Three packets without the key in one datagram are three refusals, as three
     datagrams of one packet are (was: one for the datagram)."""
-    unkeyed = _hep3_raw(b"INVITE sip:x SIP/2.0\r\n\r\n", 15)
+    unkeyed = _hep3_raw(b"INVITE sip:x SIP/2.0\r\n\r\n", CHUNK_PAYLOAD)
     errors: list[DecodeError] = []
     e = _decode_or_error(unkeyed * 3, auth_key=b"k", errors=errors)
     assert [x.reason for x in [e] + errors] == ["hep-auth"] * 3
@@ -286,9 +292,9 @@ def test_replay_of_a_hep_bomb_frame_stays_bounded():
     st2 = Stats()
     dec2 = PacketDecoder(1, st2, hep_max_inflated=4096)
     payload = b"INVITE sip:x SIP/2.0\r\n\r\n" + b"a" * 3000
-    ok = _udp_frame(_hep3_raw(_zlib.compress(payload), 16))
+    ok = _udp_frame(_hep3_raw(_zlib.compress(payload), CHUNK_COMPRESSED_PAYLOAD))
     assert [m.payload for m in dec2.decode(NOW, ok)] == [payload]
-    assert dec2.decode(NOW, _udp_frame(_hep3_raw(_zeros_bomb(5000), 16))) == []
+    assert dec2.decode(NOW, _udp_frame(_hep3_raw(_zeros_bomb(5000), CHUNK_COMPRESSED_PAYLOAD))) == []
     assert st2["malformed:hep-inflate"] == 1
 
 
@@ -346,7 +352,7 @@ def _sip_bomb_datagram(tag: str, packets: int = 40, body: int = 60_000) -> bytes
     raw = b""
     for i in range(packets):
         payload = sip_invite(f"bomb-{tag}-{i}", body)
-        raw += _hep3_raw(_zlib.compress(payload, 9), 16)
+        raw += _hep3_raw(_zlib.compress(payload, 9), CHUNK_COMPRESSED_PAYLOAD)
     return _gzip.compress(raw, 9)
 
 
