@@ -7,7 +7,6 @@ runs :func:`sipcaptool.collector.run_collector` (which receives, stores and, wit
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -16,21 +15,13 @@ import click
 
 from ..config import Settings
 from ..errors import ConfigError
+from ..net import parse_size
 from .common import endpoint_options, print_summary, storage_options, summary_dict
 
 if TYPE_CHECKING:
     from ..collector import CollectorReport
 
 DEFAULT_LISTEN = ("udp:0.0.0.0:9060",)
-
-
-def _parse_size(value: str) -> int:
-    """'67108864', '64M', '64MiB', '512k' -> bytes."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?\s*", value, re.IGNORECASE)
-    if not m:
-        raise ConfigError(f"--rcvbuf {value!r}: expected bytes, e.g. 67108864 or 64M")
-    mult = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}[m.group(2).lower()]
-    return int(float(m.group(1)) * mult)
 
 
 def _options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -144,7 +135,7 @@ def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf:
                         ("stop_drain_timeout", stop_drain_timeout),
                         ("max_clock_skew", max_clock_skew)):
         if value is not None:
-            settings.set(name, value, "command line")
+            settings = settings.with_value(name, value, "command line")
 
     specs = [parse_listen(x) for x in (listen or DEFAULT_LISTEN)]
     seen = set()
@@ -157,7 +148,7 @@ def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf:
     if auth is not None and not auth:
         raise ConfigError("--auth-key must not be empty")
     options = CollectorOptions.from_settings(
-        settings, listen=specs, rcvbuf=_parse_size(rcvbuf), workers=workers, auth_key=auth,
+        settings, listen=specs, rcvbuf=parse_size(rcvbuf, "--rcvbuf"), workers=workers, auth_key=auth,
         count=count, duration=duration, control_path=control_path, metrics_addr=metrics_addr,
         foreground_writer=foreground_writer)
     report = run_collector(options, settings, announce=None if quiet else _announce)
