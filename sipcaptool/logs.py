@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 __all__ = ["RateLimitFilter", "reopen_logs", "setup_logging", "level_for"]
 
@@ -106,10 +106,19 @@ def level_for(verbose: int = 0, quiet: int = 0, debug: bool = False) -> int:
             1: logging.INFO}.get(n, logging.DEBUG if n > 1 else logging.CRITICAL)
 
 
-def _open(path: str) -> logging.Handler:
+class _Handler(logging.StreamHandler[TextIO]):
+    """The handler :func:`setup_logging` installs; ``owns_stream`` when it opened its
+    stream (a log file, closed when the handler is replaced; stderr is not)."""
+
+    def __init__(self, stream: TextIO, owns_stream: bool) -> None:
+        super().__init__(stream)
+        self.owns_stream = owns_stream
+
+
+def _open(path: str) -> _Handler:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
     stream = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
-    return logging.StreamHandler(stream)
+    return _Handler(stream, owns_stream=True)
 
 
 def setup_logging(verbose: int = 0, quiet: int = 0, log_file: str | None = None,
@@ -124,8 +133,7 @@ def setup_logging(verbose: int = 0, quiet: int = 0, log_file: str | None = None,
     if log_format not in ("text", "json"):
         raise ValueError(f"log format {log_format!r}: allowed: text, json")
     root = logging.getLogger()
-    handler = _open(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    handler.owns_stream = bool(log_file)  # type: ignore[attr-defined]
+    handler = _open(log_file) if log_file else _Handler(sys.stderr, owns_stream=False)
     handler.name = _HANDLER_NAME
     handler.setFormatter(_JsonFormatter() if log_format == "json" else _TextFormatter())
     if rate_limit:
@@ -134,8 +142,8 @@ def setup_logging(verbose: int = 0, quiet: int = 0, log_file: str | None = None,
         root.removeHandler(h)
         if h.name == _HANDLER_NAME:
             h.close()
-            if getattr(h, "owns_stream", False):
-                h.stream.close()  # type: ignore[attr-defined]
+            if isinstance(h, _Handler) and h.owns_stream:
+                h.stream.close()
     root.addHandler(handler)
     root.setLevel(level_for(verbose, quiet, debug))
     _state["file"] = log_file

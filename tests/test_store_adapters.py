@@ -1,14 +1,13 @@
 """Round trips through each adapter against the real databases."""
 
 import pytest
+from store_helpers import AWKWARD, MSGS, aux_row, count, read_rows, sip_row, tables
 
 from sipcaptool.errors import StoreError
 from sipcaptool.record import AUX_COLUMN_NAMES, SIP_COLUMNS
 from sipcaptool.store import open_adapter
 from sipcaptool.store._text import TabFormatter, parse_tab_text
 from sipcaptool.store.schema import init_db
-
-from store_helpers import AWKWARD, MSGS, aux_row, count, read_rows, sip_row, tables
 
 
 def _write(url, table, kind, rows):
@@ -26,8 +25,8 @@ def test_round_trip_awkward_values(any_db_url):
     _write(any_db_url, "sip_capture", "sip", rows)
     got = read_rows(any_db_url, "sip_capture")
     assert len(got) == len(rows)
-    for want, have in zip(rows, got):
-        for (name, _, _), w, h in zip(SIP_COLUMNS, want, have):
+    for want, have in zip(rows, got, strict=True):
+        for (name, _, _), w, h in zip(SIP_COLUMNS, want, have, strict=True):
             assert h == w, name
 
 
@@ -35,7 +34,7 @@ def test_full_width_text_and_big_messages(any_db_url):
     """Values exactly at their column width, in 4-byte characters, are kept whole."""
     init_db(any_db_url, ["sip_capture"], aux=False)
     row = []
-    for name, kind, width in SIP_COLUMNS:
+    for _name, kind, width in SIP_COLUMNS:
         if kind == "text":
             row.append(("🙂" * width)[:width])
         elif kind == "datetime":
@@ -134,7 +133,7 @@ def test_tab_format_escapes_and_parses_back(dialect):
     fmt = TabFormatter(SIP_COLUMNS, dialect)
     parsed = parse_tab_text(fmt(rows))
     mi = [c[0] for c in SIP_COLUMNS].index("msg")
-    for want, got in zip(rows, parsed):
+    for want, got in zip(rows, parsed, strict=True):
         assert len(got) == len(SIP_COLUMNS)
         hexed = got[mi].decode()
         assert bytes.fromhex(hexed[2:] if dialect == "postgresql" else hexed) == want[mi]

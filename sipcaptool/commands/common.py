@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -30,7 +31,8 @@ STORAGE_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     (("--callid-aleg-header",), "callid_aleg_header",
      {"metavar": "H1;H2", "help": "Header(s) feeding callid_aleg, first match wins. [default: X-CID]"}),
     (("--capture-bad-msgs",), "capture_bad_msgs",
-     {"type": click.IntRange(0, 1), "help": "1: store SIP that does not parse (fields best effort). [default: 0]"}),
+     {"type": click.IntRange(0, 1),
+      "help": "1: store SIP that does not parse (fields best effort). [default: 0]"}),
     (("--capture-mode",), "capture_mode",
      {"multiple": True, "metavar": "NAME|DEF",
       "help": "Store into a capture mode: a NAME defined in the config file, or a definition "
@@ -73,7 +75,7 @@ STORAGE_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
 ]
 
 
-def storage_options(f: Callable) -> Callable:
+def storage_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Add --config and every storage setting; the command receives ``settings``."""
     for names, setting, kw in reversed(STORAGE_OPTIONS):
         f = click.option(*names, setting, default=None, **kw)(f)

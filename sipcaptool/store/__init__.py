@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Sequence
 
 from ..errors import StoreError
 from ..record import AUX_COLUMN_NAMES, AUX_COLUMNS, SIP_COLUMN_NAMES, SIP_COLUMNS
@@ -26,6 +27,37 @@ from .url import DbUrl, mask_password, parse_db_url
 KINDS = ("sip", "aux")
 COLUMNS = {"sip": SIP_COLUMNS, "aux": AUX_COLUMNS}
 COLUMN_NAMES = {"sip": SIP_COLUMN_NAMES, "aux": AUX_COLUMN_NAMES}
+
+#: one value of a row: text and dates as str, numbers as int, ``msg`` as bytes, NULL as None
+Value = str | int | bytes | None
+#: one row, in the column order of its kind
+Row = tuple[Value, ...]
+
+
+def payload_bytes(payload: object) -> bytes:
+    """A formatted TAB/LF batch (COPY text, LOAD DATA buffer) as bytes. Payloads are
+    opaque to the writer and the spool; the adapter that formatted one takes it back."""
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, (bytearray, memoryview)):
+        return bytes(payload)
+    raise TypeError(f"a {type(payload).__name__} is not a formatted TAB/LF batch")
+
+
+def payload_list(payload: object) -> Sequence[Row]:
+    """A formatted batch that is a list of rows (SQLite)."""
+    if isinstance(payload, (list, tuple)):
+        return payload
+    raise TypeError(f"a {type(payload).__name__} is not a formatted list of rows")
+
+
+def text_rows(data: bytes) -> list[bytes]:
+    """The rows of a TAB/LF payload: LF-ended lines (an LF inside a value is escaped),
+    each with its LF."""
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return [ln + b"\n" for ln in lines]
 
 
 def one_line(exc: BaseException) -> str:
@@ -60,6 +92,7 @@ class Adapter(ABC):
 
     def create_database(self) -> None:
         """Create the database itself if missing (MySQL/PostgreSQL); no-op for SQLite."""
+        return None  # SQLite creates the file when it connects
 
     # -- schema -----------------------------------------------------------------------
     def schema_sql(self, sip_tables: list[str], aux: bool = True,
@@ -89,7 +122,7 @@ class Adapter(ABC):
 
     # -- data -------------------------------------------------------------------------
     @abstractmethod
-    def format_batch(self, kind: str, rows: list[tuple]) -> object:
+    def format_batch(self, kind: str, rows: list[Row]) -> object:
         """Turn rows into the payload :meth:`write` sends (pure: no connection needed)."""
 
     @abstractmethod
@@ -121,18 +154,6 @@ class Adapter(ABC):
         stops the batch: then nothing of it is committed.
         """
         raise NotImplementedError
-
-    @staticmethod
-    def payload_rows(payload: object) -> list:
-        """The rows of a formatted batch: list items (SQLite) or LF-ended lines of
-        TAB/LF text (an LF inside a value is escaped), each with its LF."""
-        if isinstance(payload, list):
-            return payload
-        data = bytes(payload)  # type: ignore[arg-type]
-        lines = data.split(b"\n")
-        if lines and lines[-1] == b"":
-            lines.pop()
-        return [ln + b"\n" for ln in lines]
 
     def connect_for_write(self) -> None:
         """:meth:`connect` before a write: failing here is the connection's fault, never
@@ -176,7 +197,7 @@ class Adapter(ABC):
         k = rows // 2
         if isinstance(payload, list):
             return payload[:k], k, payload[k:], rows - k
-        data = bytes(payload)  # type: ignore[arg-type]
+        data = payload_bytes(payload)
         pos = -1
         for _ in range(k):
             pos = data.index(b"\n", pos + 1)
@@ -202,7 +223,7 @@ class Adapter(ABC):
     #: batches so that the database could take them (PostgreSQL in a database whose
     #: encoding is not UTF-8: ``db:unrepresentable``, ``truncated:<column>``); read and
     #: reset by :meth:`take_counts` after each write
-    counts: Counter | None = None
+    counts: Counter[str] | None = None
 
     def take_counts(self) -> dict[str, int]:
         c, self.counts = self.counts, None
@@ -251,4 +272,5 @@ def open_adapter(db_url: str | DbUrl, *, partition_days: int | None = None) -> A
     return adapter_class(url.dialect)(url, partition_days=partition_days)
 
 
-__all__ = ["Adapter", "DbUrl", "KINDS", "adapter_class", "open_adapter", "parse_db_url"]
+__all__ = ["Adapter", "DbUrl", "KINDS", "Row", "Value", "adapter_class", "open_adapter",
+           "parse_db_url"]

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import binascii
 import itertools
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, SupportsInt
 
 from ..record import BIGINT, BLOB, INT
 
@@ -37,16 +39,16 @@ def _esc_my(v: object) -> str:
             .replace("\r", "\\r").replace("\x00", "\\0"))
 
 
-def _num(v: object) -> str:
-    return "\\N" if v is None else str(int(v))  # type: ignore[call-overload]
+def _num(v: SupportsInt | str | None) -> str:
+    return "\\N" if v is None else str(int(v))
 
 
-def _blob_hex(v: object) -> str:
+def _blob_hex(v: str | bytes | bytearray | memoryview | None) -> str:
     if v is None:
         return "\\N"
     if isinstance(v, str):
         v = v.encode("utf-8", "surrogateescape")
-    return bytes(v).hex()  # type: ignore[arg-type]
+    return bytes(v).hex()
 
 
 class TabFormatter:
@@ -58,9 +60,10 @@ class TabFormatter:
             ``"mysql"`` (blob as plain hex for UNHEX, NUL as ``\\0``).
     """
 
-    def __init__(self, columns, dialect: str) -> None:
+    def __init__(self, columns: Sequence[tuple[str, str, int]], dialect: str) -> None:
         self.kinds = [k for _, k, _ in columns]
         self.ncols = len(columns)
+        self.esc: Callable[[object], str]
         if dialect == "postgresql":
             self.esc = _esc_pg
             self.blob_prefix = "\\\\x"
@@ -68,11 +71,13 @@ class TabFormatter:
             self.esc = _esc_my
             self.blob_prefix = ""
 
-    def __call__(self, rows: list[tuple]) -> bytes:
+    def __call__(self, rows: Sequence[tuple[Any, ...]]) -> bytes:
         n = len(rows)
         if not n:
             return b""
-        cols: list = list(zip(*rows))
+        # a column of values, then of the bytes each value becomes (Any: values are
+        # str, int, bytes or None by column kind, and each path below takes its own)
+        cols: list[Sequence[Any]] = list(zip(*rows, strict=False))
         if len(cols) != self.ncols or any(len(r) != self.ncols for r in rows):
             raise ValueError(f"rows must have {self.ncols} values")
         esc = self.esc
@@ -111,14 +116,14 @@ class TabFormatter:
                     cols[i] = s.encode("utf-8").split(b"\n")
                 except UnicodeEncodeError:  # lone surrogates in a value
                     cols[i] = [_utf8(v) for v in c]
-        parts: list = []
+        parts: list[Iterable[bytes]] = []
         for i in range(self.ncols):
             sep = (b"\t" if i else b"") + pre[i]
             if sep:
                 parts.append(itertools.repeat(sep))
             parts.append(cols[i])
         parts.append(itertools.repeat(b"\n"))
-        return b"".join(itertools.chain.from_iterable(zip(*parts)))
+        return b"".join(itertools.chain.from_iterable(zip(*parts, strict=False)))
 
 
 def _utf8(s: str) -> bytes:
@@ -150,7 +155,7 @@ def _unescape_field(b: bytes) -> bytes | None:
 
 def parse_tab_text(data: bytes) -> list[list[bytes | None]]:
     """Split a TAB/LF payload back into unescaped field values (bytes; None for ``\\N``)."""
-    rows = []
+    rows: list[list[bytes | None]] = []
     for line in data.split(b"\n"):
         if line:
             rows.append([_unescape_field(f) for f in line.split(b"\t")])

@@ -9,21 +9,33 @@ files). If this pymysql version does not have the internals we hook, or the serv
 ``local_infile`` off, the same buffer is turned into multi-row INSERT statements.
 """
 
+# pymysql ships no types: the connection and result classes hooked below subclass
+# classes mypy sees as Any
+# mypy: allow-subclassing-any
+
 from __future__ import annotations
 
 import itertools
 import logging
 import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeAlias, TypeVar
 
 import pymysql
 import pymysql.connections
 import pymysql.err
 
-from ..record import AUX_COLUMNS, BLOB, SIP_COLUMNS
 from ..errors import StoreError
-from . import COLUMN_NAMES, Adapter, one_line
+from ..record import AUX_COLUMNS, BLOB, SIP_COLUMNS
+from . import COLUMN_NAMES, Adapter, Row, one_line, payload_bytes, text_rows
 from ._text import TabFormatter, parse_tab_text
 from .schema import BATCHES_TABLE, batches_marker_sql, quote_ident
+from .url import DbUrl
+
+_R = TypeVar("_R")
+# a pymysql connection and one of its cursors (pymysql has no types)
+_Conn: TypeAlias = Any
+_Cursor: TypeAlias = Any
 
 _FORMATTERS = {"sip": TabFormatter(SIP_COLUMNS, "mysql"),
                "aux": TabFormatter(AUX_COLUMNS, "mysql")}
@@ -76,7 +88,8 @@ log = logging.getLogger("sipcaptool.store")
 
 
 def _code(e: BaseException) -> int:
-    return e.args[0] if e.args and isinstance(e.args[0], int) else 0
+    first = e.args[0] if e.args else None
+    return first if isinstance(first, int) else 0
 
 
 def classify(e: BaseException) -> str:
@@ -98,7 +111,7 @@ def classify(e: BaseException) -> str:
     return "refused"
 
 
-class _Skipped(Exception):
+class _SkippedRowsError(Exception):
     """LOAD DATA took fewer rows than it was sent (LOCAL means IGNORE: a CHECK or a
     trigger refusal skips the row with a warning)."""
 
@@ -117,8 +130,8 @@ except (ImportError, AttributeError):  # pragma: no cover
 
 
 if _HAVE_HOOK:
-    class _MemoryInfileResult(_MySQLResult):
-        def _read_load_local_packet(self, first_packet):
+    class _MemoryInfileResult(pymysql.connections.MySQLResult):
+        def _read_load_local_packet(self, first_packet: Any) -> None:
             conn = self.connection
             name = _LoadLocalPacketWrapper(first_packet).filename
             data = conn.infile_buffers.get(bytes(name))
@@ -140,11 +153,11 @@ if _HAVE_HOOK:
     class _Connection(pymysql.connections.Connection):
         """A pymysql connection whose LOCAL INFILE data comes from ``infile_buffers``."""
 
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
             self.infile_buffers: dict[bytes, bytes] = {}
             super().__init__(*args, **kwargs)
 
-        def _read_query_result(self, unbuffered=False):
+        def _read_query_result(self, unbuffered: bool = False) -> Any:
             if unbuffered:
                 return super()._read_query_result(unbuffered)
             self._result = None
@@ -154,8 +167,10 @@ if _HAVE_HOOK:
             if result.server_status is not None:
                 self.server_status = result.server_status
             return result.affected_rows
+
+    _CONNECTION_CLASS: type[_Conn] = _Connection
 else:  # pragma: no cover
-    _Connection = pymysql.connections.Connection
+    _CONNECTION_CLASS = pymysql.connections.Connection
 
 
 class MysqlAdapter(Adapter):
@@ -163,19 +178,19 @@ class MysqlAdapter(Adapter):
 
     dialect = "mysql"
 
-    def __init__(self, url, *, partition_days=None) -> None:
+    def __init__(self, url: DbUrl, *, partition_days: int | None = None) -> None:
         super().__init__(url, partition_days=partition_days)
-        self.conn = None
+        self.conn: _Conn | None = None
         self.use_infile = _HAVE_HOOK
         self._sql: dict[tuple[str, str], str] = {}
         self._delayed_tables: dict[str, bool] = {}
         self._last_warning_log = -_WARNING_LOG_EVERY
 
-    def _params(self, database: str | None) -> dict:
+    def _params(self, database: str | None) -> dict[str, object]:
         u = self.url
-        p = dict(host=u.host, port=u.port, user=u.user or "root", password=u.password,
-                 charset="utf8mb4", autocommit=False, connect_timeout=10,
-                 local_infile=self.use_infile)
+        p: dict[str, object] = dict(host=u.host, port=u.port, user=u.user or "root",
+                                    password=u.password, charset="utf8mb4", autocommit=False,
+                                    connect_timeout=10, local_infile=self.use_infile)
         if database:
             p["database"] = database
         for k, v in u.options:
@@ -184,9 +199,9 @@ class MysqlAdapter(Adapter):
                 p[k] = int(v) if k.endswith("timeout") else v
         return p
 
-    def _open(self, database: str | None):
+    def _open(self, database: str | None) -> _Conn:
         try:
-            return _Connection(**self._params(database))
+            return _CONNECTION_CLASS(**self._params(database))
         except pymysql.err.MySQLError as e:
             raise self.error("cannot connect", e, transient=True) from None
         except OSError as e:  # pragma: no cover - pymysql wraps most of these
@@ -203,10 +218,18 @@ class MysqlAdapter(Adapter):
         except (pymysql.err.MySQLError, OSError) as e:
             try:
                 conn.close()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - closing after a failed set-up
                 pass
             raise self.error("cannot set up the session", e, transient=True) from None
         self.conn = conn
+
+    def _db(self) -> _Conn:
+        """The connection :meth:`connect` opened (a transient StoreError when a failed
+        rollback closed it since)."""
+        if self.conn is None:
+            raise self.error("not connected", ConnectionError("the connection was closed"),
+                             transient=True)
+        return self.conn
 
     def close(self) -> None:
         conn, self.conn = self.conn, None
@@ -232,10 +255,11 @@ class MysqlAdapter(Adapter):
     def execute_ddl(self, statements: list[str]) -> None:
         self.connect()
         try:
-            with self.conn.cursor() as cur:
+            conn = self._db()
+            with conn.cursor() as cur:
                 for st in statements:
                     cur.execute(st)
-            self.conn.commit()
+            conn.commit()
         except pymysql.err.MySQLError as e:
             self._rollback()
             err = self.error("cannot create table", e)
@@ -256,10 +280,10 @@ class MysqlAdapter(Adapter):
         try:
             if self.conn is not None:
                 self.conn.rollback()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a rollback on a broken connection
             self.close()
 
-    def format_batch(self, kind: str, rows: list[tuple]) -> bytes:
+    def format_batch(self, kind: str, rows: list[Row]) -> bytes:
         return _FORMATTERS[kind](rows)
 
     def _load_sql(self, table: str, kind: str) -> str:
@@ -277,7 +301,7 @@ class MysqlAdapter(Adapter):
             self._sql[key] = sql
         return sql
 
-    def _insert_statements(self, table: str, kind: str, formatted: bytes):
+    def _insert_statements(self, table: str, kind: str, formatted: bytes) -> Iterator[str]:
         names = COLUMN_NAMES[kind]
         blob = set(_BLOB_INDEX[kind])
         head = (f"INSERT INTO {quote_ident('mysql', table)} "
@@ -305,12 +329,13 @@ class MysqlAdapter(Adapter):
 
     def _engine(self, table: str) -> str:
         """The storage engine of ``table`` ('' when it does not exist yet)."""
-        with self.conn.cursor() as cur:
+        conn = self._db()
+        with conn.cursor() as cur:
             cur.execute("SELECT ENGINE FROM information_schema.TABLES WHERE "
                         "TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s", (table,))
             row = cur.fetchone()
-        self.conn.commit()
-        return (row[0] or "") if row else ""
+        conn.commit()
+        return str(row[0] or "") if row else ""
 
     def describe_insert_mode(self) -> str:
         if self.insert_mode == 1:
@@ -335,18 +360,17 @@ class MysqlAdapter(Adapter):
                 return False  # created by this write (InnoDB); asked again next time
             known = engine.upper() in _DELAYED_ENGINES
             self._delayed_tables[table] = known
-            import logging
-            logging.getLogger("sipcaptool.store").warning(
+            log.warning(
                 "db_insert_mode 1: table %s has engine %s: %s", table, engine,
                 "INSERT DELAYED" if known else "INSERT DELAYED not supported, plain "
                 "batched writes")
         return known
 
-    def _warnings_of_last(self, cur, table: str) -> int:
+    def _warnings_of_last(self, cur: _Cursor, table: str) -> int:
         """The warning count of the statement just executed; the first few are logged
         (at most once a minute) so that an operator sees what the server changed."""
-        res = self.conn._result
-        n = getattr(res, "warning_count", 0) if res is not None else 0
+        res = self._db()._result
+        n = int(getattr(res, "warning_count", 0)) if res is not None else 0
         if n:
             now = time.monotonic()
             if now - self._last_warning_log >= _WARNING_LOG_EVERY:
@@ -358,9 +382,9 @@ class MysqlAdapter(Adapter):
                             self.url.redacted(), table, n, details)
         return n
 
-    def _write_rows(self, cur, table: str, kind: str, formatted: bytes) -> int:
-        """Send rows inside the open transaction; the warnings they raised. _Skipped when
-        LOAD DATA took fewer rows than it was sent."""
+    def _write_rows(self, cur: _Cursor, table: str, kind: str, formatted: bytes) -> int:
+        """Send rows inside the open transaction; the warnings they raised.
+        _SkippedRowsError when LOAD DATA took fewer rows than it was sent."""
         warnings = 0
         if self._delayed(table):
             # DELAYED rows are queued by the server outside the transaction
@@ -370,7 +394,7 @@ class MysqlAdapter(Adapter):
         elif self.use_infile:
             # LOCAL INFILE turns data errors into warnings (IGNORE): count them, and
             # check that every row was taken (a CHECK or a trigger skips a row)
-            conn = self.conn
+            conn = self._db()
             token = f"sipcaptool-batch-{next(_tokens)}"
             conn.infile_buffers[token.encode()] = formatted
             try:
@@ -379,7 +403,7 @@ class MysqlAdapter(Adapter):
                 conn.infile_buffers.pop(token.encode(), None)
             sent = formatted.count(b"\n")
             if taken < sent:
-                raise _Skipped(sent, taken, self._first_warning(cur))
+                raise _SkippedRowsError(sent, taken, self._first_warning(cur))
             warnings += self._warnings_of_last(cur, table)
         else:
             for st in self._insert_statements(table, kind, formatted):
@@ -388,7 +412,7 @@ class MysqlAdapter(Adapter):
         return warnings
 
     @staticmethod
-    def _first_warning(cur) -> str:
+    def _first_warning(cur: _Cursor) -> str:
         try:
             cur.execute("SHOW WARNINGS LIMIT 1")
             return "; ".join(f"{r[1]}: {r[2]}" for r in cur.fetchall())
@@ -397,7 +421,7 @@ class MysqlAdapter(Adapter):
 
     def _write_once(self, table: str, kind: str, formatted: bytes, batch_id: str | None,
                     rows: int) -> bool:
-        conn = self.conn
+        conn = self._db()
         with conn.cursor() as cur:
             if batch_id is not None:
                 if cur.execute(batches_marker_sql("mysql"), (batch_id, table, rows)) == 0:
@@ -409,8 +433,8 @@ class MysqlAdapter(Adapter):
         return True
 
     def _each_once(self, table: str, kind: str, formatted: bytes, batch_id: str | None,
-                   rows: int):
-        conn = self.conn
+                   rows: int) -> tuple[bool, list[tuple[int, str]]]:
+        conn = self._db()
         refused: list[tuple[int, str]] = []
         warnings = 0
         with conn.cursor() as cur:
@@ -424,16 +448,17 @@ class MysqlAdapter(Adapter):
             # LOAD DATA LOCAL is IGNORE: one row at a time, INSERT IGNORE does the same
             # in one round trip instead of three (a skipped row changes no row)
             ignore = self.use_infile and not self._delayed(table)
-            for i, line in enumerate(self.payload_rows(formatted)):
+            for i, line in enumerate(text_rows(formatted)):
                 try:
                     if ignore:
                         (st,) = self._insert_statements(table, kind, line)
                         if cur.execute("INSERT IGNORE " + st[len("INSERT "):]) == 0:
-                            raise _Skipped(1, 0, "" if refused else self._first_warning(cur))
+                            raise _SkippedRowsError(
+                                1, 0, "" if refused else self._first_warning(cur))
                         warnings += self._warnings_of_last(cur, table)
                     else:
                         warnings += self._write_rows(cur, table, kind, line)
-                except _Skipped as e:
+                except _SkippedRowsError as e:
                     refused.append((i, str(e)))
                 except pymysql.err.MySQLError as e:
                     if classify(e) != "refused":
@@ -443,26 +468,28 @@ class MysqlAdapter(Adapter):
         self.warnings += warnings
         return True, refused
 
-    def write(self, table: str, kind: str, formatted: bytes, batch_id: str | None = None,
+    def write(self, table: str, kind: str, formatted: object, batch_id: str | None = None,
               rows: int = 0) -> bool:
         if not formatted:
             return True
-        return self._run(self._write_once, table, kind, formatted, batch_id, rows)
+        return self._run(self._write_once, table, kind, payload_bytes(formatted), batch_id,
+                         rows)
 
-    def write_each(self, table: str, kind: str, formatted: bytes, batch_id: str,
+    def write_each(self, table: str, kind: str, formatted: object, batch_id: str,
                    rows: int) -> tuple[bool, list[tuple[int, str]]]:
         if not formatted:
             return True, []
-        return self._run(self._each_once, table, kind, formatted, batch_id, rows)
+        return self._run(self._each_once, table, kind, payload_bytes(formatted), batch_id,
+                         rows)
 
-    def _run(self, once, table: str, kind: str, formatted: bytes, batch_id: str | None,
-             rows: int):
+    def _run(self, once: Callable[[str, str, bytes, str | None, int], _R], table: str,
+             kind: str, formatted: bytes, batch_id: str | None, rows: int) -> _R:
         self.connect_for_write()
         created: set[str] = set()
         while True:
             try:
                 return once(table, kind, formatted, batch_id, rows)
-            except _Skipped as e:
+            except _SkippedRowsError as e:
                 self._rollback()
                 raise StoreError(f"{self.url.redacted()}: cannot write to {table}: {e}",
                                  kind="refused") from None

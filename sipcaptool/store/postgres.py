@@ -12,15 +12,22 @@ from __future__ import annotations
 import codecs
 import io
 from collections import Counter
+from collections.abc import Callable
+from typing import Any, TypeAlias, TypeVar
 
 import psycopg2
 import psycopg2.errors
 
-from ..record import AUX_COLUMNS, SIP_COLUMNS
-from ..record import BIGINT, BLOB, DATETIME, INT
-from . import COLUMN_NAMES, Adapter, one_line
+from ..record import AUX_COLUMNS, BIGINT, BLOB, DATETIME, INT, SIP_COLUMNS
+from . import COLUMN_NAMES, Adapter, Row, one_line, payload_bytes, text_rows
 from ._text import TabFormatter, _esc_pg, _unescape_field
 from .schema import BATCHES_TABLE, batches_marker_sql, quote_ident
+from .url import DbUrl
+
+_R = TypeVar("_R")
+# a psycopg2 connection and one of its cursors (psycopg2 has no types)
+_Conn: TypeAlias = Any
+_Cursor: TypeAlias = Any
 
 _FORMATTERS = {"sip": TabFormatter(SIP_COLUMNS, "postgresql"),
                "aux": TabFormatter(AUX_COLUMNS, "postgresql")}
@@ -85,7 +92,7 @@ def _codec(server_encoding: str) -> str | None:
 
 
 def fit_encoding(kind: str, payload: bytes, server_encoding: str,
-                 counts: Counter) -> bytes:
+                 counts: Counter[str]) -> bytes:
     """A COPY payload (UTF-8) that a database of ``server_encoding`` takes as meant:
     characters it cannot represent become ``?`` (``db:unrepresentable`` per value); in
     SQL_ASCII, values longer than their column in bytes are cut at a character
@@ -103,7 +110,7 @@ def fit_encoding(kind: str, payload: bytes, server_encoding: str,
         except UnicodeError:
             pass
     cols = _TEXT_COLS[kind]
-    out = []
+    out: list[bytes] = []
     for line in payload.split(b"\n"):
         if not line or line.isascii():
             out.append(line)
@@ -114,6 +121,8 @@ def fit_encoding(kind: str, payload: bytes, server_encoding: str,
             if f.isascii():
                 continue
             raw = _unescape_field(f)
+            if raw is None:  # NULL (\\N is ASCII: not reached)
+                continue
             text = raw.decode("utf-8", "replace")
             if codec is not None:
                 try:
@@ -139,15 +148,16 @@ class PostgresAdapter(Adapter):
 
     dialect = "postgresql"
 
-    def __init__(self, url, *, partition_days=None) -> None:
+    def __init__(self, url: DbUrl, *, partition_days: int | None = None) -> None:
         super().__init__(url, partition_days=partition_days)
-        self.conn = None
+        self.conn: _Conn | None = None
         self.server_encoding = "UTF8"
 
-    def _params(self, database: str) -> dict:
+    def _params(self, database: str) -> dict[str, object]:
         u = self.url
-        p = dict(host=u.host, port=u.port, dbname=database, user=u.user or "postgres",
-                 connect_timeout=10, application_name="sipcaptool")
+        p: dict[str, object] = dict(host=u.host, port=u.port, dbname=database,
+                                    user=u.user or "postgres", connect_timeout=10,
+                                    application_name="sipcaptool")
         if u.password:
             p["password"] = u.password
         p.update(dict(u.options))
@@ -157,22 +167,30 @@ class PostgresAdapter(Adapter):
         if self.conn is not None:
             return
         try:
-            self.conn = psycopg2.connect(**self._params(self.url.database))
+            conn = self.conn = psycopg2.connect(**self._params(self.url.database))
         except psycopg2.Error as e:
             raise self.error("cannot connect", e, transient=True) from None
         try:
-            self.conn.set_session(autocommit=False)
+            conn.set_session(autocommit=False)
             # batches are UTF-8 whatever the database's encoding (libpq's default is
             # the database's, which turned UTF-8 into mojibake in a LATIN1 database)
-            self.conn.set_client_encoding("UTF8")
-            with self.conn.cursor() as cur:
+            conn.set_client_encoding("UTF8")
+            with conn.cursor() as cur:
                 cur.execute("SET TIME ZONE 'UTC'")
                 cur.execute("SHOW server_encoding")
                 self.server_encoding = str(cur.fetchone()[0]).upper()
-            self.conn.commit()
+            conn.commit()
         except psycopg2.Error as e:
             self.close()
             raise self.error("cannot set up the session", e, transient=True) from None
+
+    def _db(self) -> _Conn:
+        """The connection :meth:`connect` opened (a transient StoreError when a failed
+        rollback closed it since)."""
+        if self.conn is None:
+            raise self.error("not connected", ConnectionError("the connection was closed"),
+                             transient=True)
+        return self.conn
 
     def close(self) -> None:
         conn, self.conn = self.conn, None
@@ -205,10 +223,11 @@ class PostgresAdapter(Adapter):
     def execute_ddl(self, statements: list[str]) -> None:
         self.connect()
         try:
-            with self.conn.cursor() as cur:
+            conn = self._db()
+            with conn.cursor() as cur:
                 for st in statements:
                     cur.execute(st)
-            self.conn.commit()
+            conn.commit()
         except psycopg2.Error as e:
             self._rollback()
             if isinstance(e, psycopg2.errors.UniqueViolation):
@@ -233,23 +252,25 @@ class PostgresAdapter(Adapter):
         except psycopg2.Error:
             self.close()
 
-    def format_batch(self, kind: str, rows: list[tuple]) -> bytes:
+    def format_batch(self, kind: str, rows: list[Row]) -> bytes:
         return _FORMATTERS[kind](rows)
 
-    def _fit(self, kind: str, formatted: bytes, counts: Counter) -> bytes:
+    def _fit(self, kind: str, formatted: bytes, counts: Counter[str]) -> bytes:
         return fit_encoding(kind, formatted, self.server_encoding, counts)
 
-    def _copy(self, cur, table: str, kind: str, data: bytes) -> None:
+    def _copy(self, cur: _Cursor, table: str, kind: str, data: bytes) -> None:
         sql = f"COPY {quote_ident('postgresql', table)} ({_COLS[kind]}) FROM STDIN"
         cur.copy_expert(sql, io.BytesIO(data), size=_COPY_CHUNK)
 
-    def _write_once(self, cur, table, kind, formatted, batch_id, rows, counts):
+    def _write_once(self, cur: _Cursor, table: str, kind: str, formatted: bytes,
+                    counts: Counter[str]) -> bool:
         self._copy(cur, table, kind, self._fit(kind, formatted, counts))
         return True
 
-    def _each_once(self, cur, table, kind, formatted, batch_id, rows, counts):
+    def _each_once(self, cur: _Cursor, table: str, kind: str, formatted: bytes,
+                   counts: Counter[str]) -> tuple[bool, list[tuple[int, str]]]:
         refused: list[tuple[int, str]] = []
-        for i, line in enumerate(self.payload_rows(formatted)):
+        for i, line in enumerate(text_rows(formatted)):
             cur.execute("SAVEPOINT sipcaptool_row")
             try:
                 self._copy(cur, table, kind, self._fit(kind, line, counts))
@@ -262,34 +283,40 @@ class PostgresAdapter(Adapter):
                 cur.execute("RELEASE SAVEPOINT sipcaptool_row")
         return True, refused
 
-    def write(self, table: str, kind: str, formatted: bytes, batch_id: str | None = None,
+    def write(self, table: str, kind: str, formatted: object, batch_id: str | None = None,
               rows: int = 0) -> bool:
         if not formatted:
             return True
-        return self._run(self._write_once, False, table, kind, formatted, batch_id, rows)
+        return self._run(self._write_once, False, table, kind, payload_bytes(formatted),
+                         batch_id, rows)
 
-    def write_each(self, table: str, kind: str, formatted: bytes, batch_id: str,
+    def write_each(self, table: str, kind: str, formatted: object, batch_id: str,
                    rows: int) -> tuple[bool, list[tuple[int, str]]]:
         if not formatted:
             return True, []
-        return self._run(self._each_once, (False, []), table, kind, formatted, batch_id,
-                         rows)
+        already: tuple[bool, list[tuple[int, str]]] = (False, [])
+        return self._run(self._each_once, already, table, kind, payload_bytes(formatted),
+                         batch_id, rows)
 
-    def _run(self, once, already, table, kind, formatted, batch_id, rows):
+    def _run(self, once: Callable[[_Cursor, str, str, bytes, Counter[str]], _R], already: _R,
+             table: str, kind: str, formatted: bytes, batch_id: str | None, rows: int) -> _R:
+        """``once(cursor, table, kind, payload, counts)`` in one transaction (after the
+        batch id, when given); ``already`` when the batch id was committed before."""
         self.connect_for_write()
         created: set[str] = set()
         while True:
-            counts: Counter = Counter()
+            counts: Counter[str] = Counter()
             try:
-                with self.conn.cursor() as cur:
+                conn = self._db()
+                with conn.cursor() as cur:
                     if batch_id is not None:
                         cur.execute(batches_marker_sql("postgresql"),
                                     (batch_id, table, rows or 0))
                         if cur.rowcount == 0:  # committed by an earlier attempt
-                            self.conn.rollback()
+                            conn.rollback()
                             return already
-                    result = once(cur, table, kind, formatted, batch_id, rows, counts)
-                self.conn.commit()
+                    result = once(cur, table, kind, formatted, counts)
+                conn.commit()
                 if counts:
                     self.counts = (self.counts or Counter()) + counts
                 return result

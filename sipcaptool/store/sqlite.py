@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
-from . import COLUMN_NAMES, Adapter, one_line
+from . import COLUMN_NAMES, Adapter, Row, one_line, payload_list
 from .schema import BATCHES_TABLE, batches_marker_sql, quote_ident
+from .url import DbUrl
 
+_R = TypeVar("_R")
 
 # what an error means (see StoreError): sqlite3 has few classes, so the words decide
 _TRANSIENT = ("locked", "busy", "disk i/o", "unable to open", "disk is full")
@@ -36,7 +40,7 @@ class SqliteAdapter(Adapter):
 
     dialect = "sqlite"
 
-    def __init__(self, url, *, partition_days=None) -> None:
+    def __init__(self, url: DbUrl, *, partition_days: int | None = None) -> None:
         super().__init__(url, partition_days=partition_days)
         self.conn: sqlite3.Connection | None = None
         self._sql: dict[tuple[str, str], str] = {}
@@ -59,6 +63,12 @@ class SqliteAdapter(Adapter):
             raise self.error("cannot open", e, transient=True) from None
         self.conn = conn
 
+    def _db(self) -> sqlite3.Connection:
+        """The connection :meth:`connect` opened."""
+        if self.conn is None:
+            raise sqlite3.OperationalError("unable to open: not connected")
+        return self.conn
+
     def close(self) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
@@ -70,10 +80,11 @@ class SqliteAdapter(Adapter):
     def execute_ddl(self, statements: list[str]) -> None:
         self.connect()
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
+            conn = self._db()
+            conn.execute("BEGIN IMMEDIATE")
             for st in statements:
-                self.conn.execute(st)
-            self.conn.execute("COMMIT")
+                conn.execute(st)
+            conn.execute("COMMIT")
         except sqlite3.Error as e:
             self._rollback()
             raise self.error("cannot create table", e) from None
@@ -98,7 +109,7 @@ class SqliteAdapter(Adapter):
         except sqlite3.Error:
             pass
 
-    def format_batch(self, kind: str, rows: list[tuple]) -> list[tuple]:
+    def format_batch(self, kind: str, rows: list[Row]) -> list[Row]:
         return rows
 
     def _insert_sql(self, table: str, kind: str) -> str:
@@ -112,25 +123,26 @@ class SqliteAdapter(Adapter):
             self._sql[key] = sql
         return sql
 
-    def write(self, table: str, kind: str, formatted: list[tuple], batch_id: str | None = None,
+    def write(self, table: str, kind: str, formatted: object, batch_id: str | None = None,
               rows: int = 0) -> bool:
         if not formatted:
             return True
+        batch = payload_list(formatted)
 
-        def once(sql):
-            self.conn.executemany(sql, formatted)
+        def once(conn: sqlite3.Connection, sql: str) -> bool:
+            conn.executemany(sql, batch)
             return True
-        return self._run(once, False, table, kind, formatted, batch_id, rows)
+        return self._run(once, False, table, kind, batch, batch_id, rows)
 
-    def write_each(self, table: str, kind: str, formatted: list[tuple], batch_id: str,
+    def write_each(self, table: str, kind: str, formatted: object, batch_id: str,
                    rows: int) -> tuple[bool, list[tuple[int, str]]]:
         if not formatted:
             return True, []
+        batch = payload_list(formatted)
 
-        def once(sql):
+        def once(conn: sqlite3.Connection, sql: str) -> tuple[bool, list[tuple[int, str]]]:
             refused: list[tuple[int, str]] = []
-            conn = self.conn
-            for i, row in enumerate(formatted):
+            for i, row in enumerate(batch):
                 conn.execute("SAVEPOINT sipcaptool_row")
                 try:
                     conn.execute(sql, row)
@@ -141,23 +153,28 @@ class SqliteAdapter(Adapter):
                     refused.append((i, one_line(e)))
                 conn.execute("RELEASE sipcaptool_row")
             return True, refused
-        return self._run(once, (False, []), table, kind, formatted, batch_id, rows)
+        already: tuple[bool, list[tuple[int, str]]] = (False, [])
+        return self._run(once, already, table, kind, batch, batch_id, rows)
 
-    def _run(self, once, already, table, kind, formatted, batch_id, rows):
+    def _run(self, once: Callable[[sqlite3.Connection, str], _R], already: _R, table: str,
+             kind: str, batch: Sequence[Row], batch_id: str | None, rows: int) -> _R:
+        """``once(connection, insert statement)`` in one transaction (after the batch
+        id, when given); ``already`` when the batch id was committed before."""
         self.connect_for_write()
         sql = self._insert_sql(table, kind)
         created: set[str] = set()
         while True:
             try:
-                self.conn.execute("BEGIN IMMEDIATE")
+                conn = self._db()
+                conn.execute("BEGIN IMMEDIATE")
                 if batch_id is not None:
-                    cur = self.conn.execute(batches_marker_sql("sqlite"),
-                                            (batch_id, table, rows or len(formatted)))
+                    cur = conn.execute(batches_marker_sql("sqlite"),
+                                       (batch_id, table, rows or len(batch)))
                     if cur.rowcount == 0:  # committed by an earlier attempt
                         self._rollback()
                         return already
-                result = once(sql)
-                self.conn.execute("COMMIT")
+                result = once(conn, sql)
+                conn.execute("COMMIT")
                 return result
             except sqlite3.Error as e:
                 self._rollback()
