@@ -23,16 +23,14 @@ the setting, the value and what is allowed.
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, NamedTuple, TypeVar, get_origin, get_type_hints
 
 from .errors import ConfigError
-
-MT_MODES = ("rand", "round_robin", "hash")
-HASH_SOURCES = ("call_id", "from_user", "to_user")
+from .net import parse_size
+from .record import HASH_SOURCES, MT_MODES
 
 #: what a setting allows: a (lo, hi) range for numbers, the choices for text, or None
 Allowed = tuple[float, float] | tuple[str, ...] | None
@@ -312,7 +310,7 @@ def coerce(name: str, value: object, origin: str = "") -> str | int | float:
             value = int(value)
         if isinstance(value, str) and name in ("spool_max_bytes", "hep_max_inflated",
                                               "batch_max_bytes"):
-            value = _size_text(value, name, where)
+            value = parse_size(value, f"{name} =", where)
         if isinstance(value, str):
             v = value.strip().lower()
             if v in ("on", "yes", "true"):
@@ -350,15 +348,6 @@ def coerce(name: str, value: object, origin: str = "") -> str | int | float:
             split_tables(value, name)
         return value
     raise TypeError(f"{name} is a list of names, added to by Settings.load")
-
-
-def _size_text(value: str, name: str, where: str) -> int:
-    """'1073741824', '512M', '2GiB', '64k' -> bytes."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", value, re.IGNORECASE)
-    if not m:
-        raise ConfigError(f"{name} = {value!r}{where}: expected bytes, e.g. 1073741824 or 1G")
-    mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
-    return int(float(m.group(1)) * mult)
 
 
 def split_tables(value: str, name: str = "table_name", db_url: str | None = None) -> list[str]:

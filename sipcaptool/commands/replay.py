@@ -12,32 +12,9 @@ from typing import Any
 import click
 
 from ..config import Settings
-from ..errors import ConfigError
+from ..net import parse_ports
 from ..replay import ReplayOptions, replay_files
 from .common import print_summary, storage_options, summary_dict
-
-
-def parse_ports(value: str | None, name: str = "--ports") -> frozenset[int] | None:
-    """'5060,5080-5090' -> frozenset; None/'' -> None (any port)."""
-    if not value:
-        return None
-    ports: set[int] = set()
-    for part in value.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo, sep, hi = part.partition("-")
-        try:
-            a = int(lo)
-            b = int(hi) if sep else a
-        except ValueError:
-            raise ConfigError(f"{name} {value!r}: {part!r} is not a port or a range "
-                              "like 5080-5090") from None
-        if not (0 < a <= 65535 and 0 < b <= 65535 and a <= b):
-            raise ConfigError(f"{name} {value!r}: {part!r} is out of range; ports are 1-65535, "
-                              "ranges low-high")
-        ports.update(range(a, b + 1))
-    return frozenset(ports)
 
 
 @click.command("replay")

@@ -29,6 +29,7 @@ from typing import Any
 
 from ..encode.hep import encode_hep3
 from ..errors import ConfigError
+from ..net import parse_endpoint
 from ..record import CapturedMessage
 from ..stats import Stats
 
@@ -44,25 +45,19 @@ RECONNECT_EVERY = 1.0  # seconds between TCP connection attempts while it is dow
 
 
 def parse_target(text: str) -> tuple[str, str, int]:
-    """``udp:HOST:PORT`` / ``tcp:HOST:PORT`` -> (transport, host, port)."""
-    proto, sep, rest = text.partition(":")
-    proto = proto.lower()
-    if not sep or proto not in ("udp", "tcp"):
-        raise ConfigError(f"--hep-to {text!r}: expected udp:HOST:PORT or tcp:HOST:PORT")
-    if rest.startswith("["):
-        host, sep2, port_s = rest[1:].partition("]:")
-    else:
-        host, sep2, port_s = rest.rpartition(":")
-    if not sep2 or not host:
-        raise ConfigError(f"--hep-to {text!r}: expected udp:HOST:PORT or tcp:HOST:PORT "
-                          "(IPv6 hosts in brackets: udp:[::1]:9060)")
-    try:
-        port = int(port_s)
-    except ValueError:
-        port = -1
-    if not 0 < port < 65536:
-        raise ConfigError(f"--hep-to {text!r}: port {port_s!r} is not 1-65535")
-    return proto, host, port
+    """``udp:HOST:PORT`` / ``tcp:HOST:PORT`` -> (transport, host, port).
+
+    The grammar of :mod:`sipcaptool.net`: a host name or an IP address (IPv6 in
+    brackets: ``udp:[::1]:9060``), a port 1-65535, both required.
+
+    Raises:
+        ConfigError: naming ``--hep-to``, the value and the forms allowed.
+    """
+    ep = parse_endpoint(text, "--hep-to", expected="udp:HOST:PORT or tcp:HOST:PORT, port "
+                        "1-65535 (IPv6 hosts in brackets: udp:[::1]:9060)",
+                        transports=("udp", "tcp"), need_host=True, need_port=True)
+    assert ep.port is not None  # need_port
+    return ep.transport, ep.host, ep.port
 
 
 def _resolve(host: str, port: int, socktype: int) -> tuple[socket.AddressFamily, _Address]:

@@ -77,7 +77,8 @@ from dataclasses import dataclass
 
 from ..decode.hep import MAX_INFLATED, decode_datagram
 from ..decode.hep_stream import HepStream
-from ..errors import CaptureError, ConfigError, DecodeError, StoreError
+from ..errors import CaptureError, DecodeError, StoreError
+from ..net import parse_endpoint, set_rcvbuf
 from ..stats import Stats
 from .bpf import attach_filter
 
@@ -85,7 +86,6 @@ log = logging.getLogger("sipcaptool.hep")
 
 __all__ = ["ListenSpec", "parse_listen", "open_listeners", "HepCollector", "Listener"]
 
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 UDP_BURST = 512          # datagrams read from one socket before looking at the others
 TCP_READ = 256 * 1024    # bytes per recv() on a TCP connection
 MAX_CONNECTIONS = 4096   # default of the tcp_max_connections setting
@@ -119,36 +119,19 @@ class ListenSpec:
 
 
 def parse_listen(text: str) -> ListenSpec:
-    """``udp:0.0.0.0:9060``, ``tcp:[::]:9061``, ``udp:9060`` (all IPv4 addresses)."""
-    value = text.strip()
-    transport, sep, rest = value.partition(":")
-    transport = transport.lower()
-    if not sep or transport not in ("udp", "tcp"):
-        raise ConfigError(f"--listen {text!r}: expected udp:HOST:PORT or tcp:HOST:PORT "
-                          "(IPv6 hosts in brackets: udp:[::]:9060)")
-    if rest.startswith("["):
-        host, bracket, tail = rest[1:].partition("]")
-        if not bracket or not tail.startswith(":"):
-            raise ConfigError(f"--listen {text!r}: IPv6 host must be written [ADDR]:PORT")
-        port_text = tail[1:]
-    elif ":" in rest:
-        host, _, port_text = rest.rpartition(":")
-        if ":" in host:
-            raise ConfigError(f"--listen {text!r}: write IPv6 hosts in brackets, e.g. udp:[::]:9060")
-    else:
-        host, port_text = "0.0.0.0", rest
-    host = host or "0.0.0.0"
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError(f"--listen {text!r}: {port_text!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"--listen {text!r}: port {port} out of range 0-65535")
-    try:
-        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-    except OSError:
-        raise ConfigError(f"--listen {text!r}: {host!r} is not an IP address") from None
-    return ListenSpec(transport, host, port)
+    """``udp:0.0.0.0:9060``, ``tcp:[::]:9061``, ``udp:9060`` (all IPv4 addresses).
+
+    The grammar of :mod:`sipcaptool.net`: an IP address (IPv6 in brackets), a port
+    0-65535 (0: one the system picks), the transport and the port required.
+
+    Raises:
+        ConfigError: naming ``--listen``, the value and the forms allowed.
+    """
+    ep = parse_endpoint(text, "--listen", expected="udp:HOST:PORT or tcp:HOST:PORT, port "
+                        "0-65535 (IPv6 hosts in brackets: udp:[::]:9060)",
+                        transports=("udp", "tcp"), min_port=0, ip_only=True, need_port=True)
+    assert ep.port is not None  # need_port
+    return ListenSpec(ep.transport, ep.host or "0.0.0.0", ep.port)
 
 
 @dataclass
@@ -173,25 +156,6 @@ class Listener:
             d["connections"] = self.connections
             d["closed_bad_stream"] = self.closed_bad
         return d
-
-
-def set_rcvbuf(sock: socket.socket, want: int) -> int:
-    """Ask for a ``want``-byte receive buffer; return what the kernel reports.
-
-    ``SO_RCVBUFFORCE`` (root / CAP_NET_ADMIN) ignores ``net.core.rmem_max``; without the
-    privilege we fall back to ``SO_RCVBUF``, which the kernel silently caps. Linux
-    reports double the requested value (its bookkeeping overhead).
-    """
-    if want <= 0:
-        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, want)
-    except OSError:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, want)
-        except OSError:
-            pass
-    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
 
 def _bind(spec: ListenSpec, port: int, rcvbuf: int, reuseport: bool,

@@ -28,6 +28,7 @@ import struct
 import time
 
 from ..errors import CaptureError
+from ..net import set_rcvbuf
 from . import bpf
 
 DLT_RAW = 101  # LINKTYPE_RAW: a packet starting with its IPv4 or IPv6 header
@@ -126,11 +127,7 @@ class IpipSource:
                     raise CaptureError(f"cannot attach the socket filter to the {what}: "
                                        f"{e.strerror}") from None
             s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
-            if rcvbuf:
-                try:
-                    s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), rcvbuf)
-                except OSError:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            set_rcvbuf(s, rcvbuf)
             s.setblocking(False)
         except BaseException:
             s.close()

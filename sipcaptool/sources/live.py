@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CaptureError, ConfigError, SipcaptoolError
+from ..net import parse_endpoint
 from ..stats import Stats
 from ..workers import WorkerLink, WorkerPool
 from . import bpf
@@ -82,44 +83,19 @@ def parse_listen(text: str, default_port: int = 5060) -> Listen:
     """Parse the module's ``raw_socket_listen``.
 
     Accepted: ``""`` (port 5060, any address), ``5060``, ``:5060``, ``10.0.0.1:5060``,
-    ``10.0.0.1:5060-5090``, ``[fd00::1]:5060``, ``10.0.0.1`` (port 5060).
-    """
-    t = text.strip()
-    if not t:
-        return Listen("", default_port, default_port)
-    if t.startswith("["):
-        addr, sep, ports = t[1:].partition("]")
-        ports = ports[1:] if ports.startswith(":") else ports
-        if not sep:
-            raise ConfigError(f"raw_socket_listen {text!r}: missing ']' after the IPv6 address")
-    elif t.count(":") > 1:  # bare IPv6 address, no port
-        addr, ports = t, ""
-    elif ":" in t:
-        addr, _, ports = t.rpartition(":")
-    elif "." in t:
-        addr, ports = t, ""
-    else:
-        addr, ports = "", t
-    if not ports:
-        lo = hi = default_port
-    else:
-        a, sep, b = ports.partition("-")
-        try:
-            lo = int(a)
-            hi = int(b) if sep else lo
-        except ValueError:
-            raise ConfigError(f"raw_socket_listen {text!r}: {ports!r} is not a port or a range "
-                              "like 5060-5090 (form: ip:port or ip:port1-port2)") from None
-        if not (0 < lo <= hi <= 65535):
-            raise ConfigError(f"raw_socket_listen {text!r}: ports are 1-65535, ranges low-high")
-    if addr:
-        import ipaddress
+    ``10.0.0.1:5060-5090``, ``[fd00::1]:5060``, ``10.0.0.1`` and ``fd00::1`` (port
+    5060): the grammar of :mod:`sipcaptool.net`, with an IP address, ports 1-65535 and
+    a range.
 
-        try:
-            ipaddress.ip_address(addr)
-        except ValueError:
-            raise ConfigError(f"raw_socket_listen {text!r}: {addr!r} is not an IP address") from None
-    return Listen(addr, lo, hi)
+    Raises:
+        ConfigError: naming ``raw_socket_listen``, the value and the forms allowed.
+    """
+    ep = parse_endpoint(text, "raw_socket_listen", expected="IP:PORT or IP:PORT1-PORT2 "
+                        "(ports 1-65535, either part optional; IPv6 in brackets: "
+                        "[fd00::1]:5060)", ranges=True, ip_only=True)
+    if ep.port is None or ep.port_hi is None:
+        return Listen(ep.host, default_port, default_port)
+    return Listen(ep.host, ep.port, ep.port_hi)
 
 
 @dataclass
