@@ -17,6 +17,7 @@ __all__ = [
     "HEP_TYPE_SIP", "HEP_TYPE_RTCP", "HEP_TYPE_REPORT", "HEP_TYPE_REPORT99", "HEP_TYPE_LOG",
     "TEXT", "INT", "BIGINT", "DATETIME", "BLOB",
     "SIP_COLUMNS", "SIP_COLUMN_NAMES", "AUX_COLUMNS", "AUX_COLUMN_NAMES", "AUX_TABLES",
+    "MT_MODES", "HASH_SOURCES",
 ]
 
 # Kamailio's transport enum, used in the ``proto`` column.
@@ -37,6 +38,11 @@ HEP_TYPE_RTCP = 5
 HEP_TYPE_REPORT = 32
 HEP_TYPE_REPORT99 = 99
 HEP_TYPE_LOG = 100
+
+# How one of several tables is chosen (the mt_mode setting), and what the hash mode
+# hashes (hash_source): the settings, the router and the row builder check these.
+MT_MODES = ("rand", "round_robin", "hash")
+HASH_SOURCES = ("call_id", "from_user", "to_user")
 
 
 @dataclass(slots=True)

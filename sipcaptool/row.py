@@ -23,6 +23,7 @@ from .record import (
     AUX_COLUMN_NAMES,
     AUX_COLUMNS,
     AUX_TABLES,
+    HASH_SOURCES,
     PROTO_NONE,
     PROTO_TCP,
     PROTO_UDP,
@@ -33,8 +34,6 @@ from .record import (
 )
 
 __all__ = ["RowOptions", "sip_row", "aux_row", "hash_key", "format_date", "HASH_SOURCES"]
-
-HASH_SOURCES = ("call_id", "from_user", "to_user")
 
 
 @dataclass(frozen=True, slots=True)

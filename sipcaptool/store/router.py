@@ -41,9 +41,7 @@ import time
 import zlib
 
 from ..errors import ConfigError
-
-MT_MODES = ("rand", "round_robin", "hash")
-HASH_SOURCES = ("call_id", "from_user", "to_user")
+from ..record import HASH_SOURCES, MT_MODES
 
 # strftime codes allowed in a table name -> the longest text each gives (C locale, years
 # 1..9999); every one produces only identifier characters [A-Za-z0-9_].
