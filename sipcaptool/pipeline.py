@@ -136,7 +136,7 @@ class Pipeline:
             if not self.capture_bad:
                 return
             sip = parse_sip_lenient(msg.payload)
-            stats["stored-bad"] += 1
+            stats["stored-bad:" + e.reason] += 1
         row = sip_row(msg, sip, self.opts, stats)
         ts = msg.ts_us
         skew = self.skew_us

@@ -1,6 +1,7 @@
 """Counters shared by every stage: what was read, stored, skipped, and why.
 
-Keys are plain strings with a category prefix so a summary can group them:
+Keys are plain strings with a category prefix so a summary can group them (the stats
+document, ``sipcaptool.control.document``, shows each category as one group):
 
 * ``packets``                frames/datagrams read from a source
 * ``messages``               application messages decoded (SIP, or HEP logs/RTCP/reports)
@@ -15,6 +16,9 @@ Keys are plain strings with a category prefix so a summary can group them:
 * ``adjusted:<reason>``      messages stored with something chosen for them (the row is
                              kept whole): ``clock-skew``, a time too far from the clock
                              to name a strftime table, which the arrival time names
+* ``refused-bytes:<reason>`` the bytes of what was refused (``auth``, ``hep-inflate`` ...)
+* ``stored-bad:<reason>``    malformed SIP stored anyway, fields best effort
+                             (``capture_bad_msgs``); also counted as ``malformed:<reason>``
 * ``db:<event>``             batches, retries, errors
 * ``control:<reason>``       control-socket connections closed or refused (``timeout``,
                              ``evicted-idle``, ``refused-full``, ``line-too-long``,

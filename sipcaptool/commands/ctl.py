@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Any
 
 import click
 
@@ -156,12 +157,15 @@ def stats(ctx: click.Context, as_json: bool, watch: float | None) -> None:
     path = _resolve_path(ctx.obj["control"])
     timeout = ctx.obj["timeout"]
 
-    def fetch() -> dict:
+    def fetch() -> dict[str, Any]:
         answer = _ask(path, "stats", timeout)
         try:
-            return json.loads(answer)
+            doc = json.loads(answer)
         except ValueError:
-            raise ControlError(f"control socket {path}: not a stats answer: {answer[:80]!r}") from None
+            doc = None
+        if not isinstance(doc, dict):
+            raise ControlError(f"control socket {path}: not a stats answer: {answer[:80]!r}")
+        return doc
 
     doc = fetch()
     _print_stats(doc, as_json)
@@ -184,7 +188,7 @@ def stats(ctx: click.Context, as_json: bool, watch: float | None) -> None:
         return
 
 
-def _print_stats(doc: dict, as_json: bool) -> None:
+def _print_stats(doc: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(doc, sort_keys=False))
     else:

@@ -166,7 +166,8 @@ def _print_report(report: CollectorReport, as_json: bool, quiet: bool) -> None:
     """The end-of-run summary: JSON, or the text lines (none with -q)."""
     stats = report.stats
     summary = summary_dict(stats, {
-        "uptime_seconds": report.uptime_seconds,
+        "uptime_s": report.uptime_seconds,
+        "uptime_seconds": report.uptime_seconds,  # the older name, for scripts that read it
         "workers": report.workers,
         "stop_reason": report.stop_reason,
         "kernel": stats.group("kernel"),
