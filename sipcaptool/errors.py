@@ -31,10 +31,13 @@ class DecodeError(SipcaptoolError):
     """Bytes that do not decode as what they claim to be.
 
     ``reason`` is a short, stable, machine-friendly token (``"sip-no-start-line"``,
-    ``"hep3-bad-length"``...) used to count skipped input by reason.
+    ``"hep3-bad-length"``...) used to count skipped input by reason. ``size`` is how many
+    bytes of input the error refuses where the decoder says so (the HEP decoder does,
+    counted as ``refused-bytes:<reason>``), else 0.
     """
 
     exit_code = EXIT_INPUT
+    size = 0
 
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason = reason

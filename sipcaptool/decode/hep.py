@@ -58,6 +58,7 @@ from __future__ import annotations
 import hmac
 import struct
 import zlib
+from dataclasses import dataclass
 
 from sipcaptool.errors import DecodeError
 from sipcaptool.record import (
@@ -261,8 +262,9 @@ def _ip6_str(raw: bytes) -> str:
 
 # --------------------------------------------------------------------------- packet
 
+@dataclass(slots=True, repr=False)
 class HepPacket:
-    """One decoded HEP packet.
+    """One decoded HEP packet (compared field by field; not hashable).
 
     Attributes:
         version: 1, 2 or 3.
@@ -287,53 +289,25 @@ class HepPacket:
         recv_us: the ``now_us`` given to :func:`decode_datagram` (time of reception).
     """
 
-    __slots__ = (
-        "version", "family", "ip_proto", "src_family", "src_ip", "dst_ip", "src_port",
-        "dst_port", "ts_sec", "ts_usec", "proto_type", "capture_id", "auth_key",
-        "correlation_id", "node_name", "payload", "compressed", "vendor_chunks", "recv_us",
-    )
-
-    def __init__(
-        self,
-        version: int,
-        family: int | None,
-        ip_proto: int | None,
-        src_family: int,
-        src_ip: str,
-        dst_ip: str,
-        src_port: int,
-        dst_port: int,
-        ts_sec: int | None,
-        ts_usec: int | None,
-        proto_type: int | None,
-        capture_id: int | None,
-        auth_key: bytes | None,
-        correlation_id: str | None,
-        node_name: str | None,
-        payload: bytes,
-        compressed: bool = False,
-        vendor_chunks: int = 0,
-        recv_us: int = 0,
-    ) -> None:
-        self.version = version
-        self.family = family
-        self.ip_proto = ip_proto
-        self.src_family = src_family
-        self.src_ip = src_ip
-        self.dst_ip = dst_ip
-        self.src_port = src_port
-        self.dst_port = dst_port
-        self.ts_sec = ts_sec
-        self.ts_usec = ts_usec
-        self.proto_type = proto_type
-        self.capture_id = capture_id
-        self.auth_key = auth_key
-        self.correlation_id = correlation_id
-        self.node_name = node_name
-        self.payload = payload
-        self.compressed = compressed
-        self.vendor_chunks = vendor_chunks
-        self.recv_us = recv_us
+    version: int
+    family: int | None
+    ip_proto: int | None
+    src_family: int
+    src_ip: str
+    dst_ip: str
+    src_port: int
+    dst_port: int
+    ts_sec: int | None
+    ts_usec: int | None
+    proto_type: int | None
+    capture_id: int | None
+    auth_key: bytes | None
+    correlation_id: str | None
+    node_name: str | None
+    payload: bytes
+    compressed: bool = False
+    vendor_chunks: int = 0
+    recv_us: int = 0
 
     def __repr__(self) -> str:
         return (
@@ -342,13 +316,6 @@ class HepPacket:
             f"type={self.proto_type} ts={self.ts_sec}.{self.ts_usec} "
             f"captid={self.capture_id} payload={len(self.payload)}B)"
         )
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, HepPacket):
-            return NotImplemented
-        return all(getattr(self, a) == getattr(other, a) for a in self.__slots__)
-
-    __hash__ = None  # type: ignore[assignment]
 
     def to_message(self, now_us: int | None = None) -> CapturedMessage:
         """Map this packet to a :class:`CapturedMessage` the way sipcapture does.
@@ -648,7 +615,7 @@ def _check_key(key: bytes | None, auth_key: bytes, version: int) -> None:
 
 def _sized(exc: DecodeError, size: int) -> DecodeError:
     """Note on ``exc`` how many bytes of input it refuses (``exc.size``)."""
-    exc.size = size  # type: ignore[attr-defined]
+    exc.size = size
     return exc
 
 
