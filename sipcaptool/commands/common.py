@@ -9,8 +9,9 @@ from typing import Any
 
 import click
 
-from ..config import HASH_SOURCES, MT_MODES, Settings
+from ..config import Settings
 from ..logs import setup_logging
+from ..record import HASH_SOURCES, MT_MODES
 from ..stats import Stats
 
 # option name -> setting name
