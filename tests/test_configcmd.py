@@ -78,6 +78,22 @@ def test_show_json(tmp_path):
                                              "table_name": "sip_a|sip_b", "mt_mode": "hash",
                                              "hash_source": "from_user"}
     assert doc["active_modes"] == ["calls"]
+
+
+def test_show_capture_mode_definitions_as_a_list_with_passwords_masked(tmp_path):
+    definition = "x=>db_url=mysql://u:pw@h/db;table_name=a|b;"
+    r = run("config", "show", "--json", "--capture-mode", "calls", "--capture-mode", definition,
+            "--config", write(tmp_path, GOOD))
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["settings"]["capture_mode"] == {
+        "value": ["calls", "x=>db_url=mysql://u:***@h/db;table_name=a|b;"],
+        "origin": "command line"}
+    assert doc["active_modes"] == ["calls", "x"]
+    r = run("config", "show", env={"SIPCAPTOOL_CAPTURE_MODE": definition})
+    assert r.exit_code == 0, r.output
+    (line,) = [ln for ln in r.output.splitlines() if ln.startswith("capture_mode ")]
+    assert '["x=>db_url=mysql://u:***@h/db;table_name=a|b;"]' in line and "pw" not in line
     assert "pgsecret" not in r.output
 
 
