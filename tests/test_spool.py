@@ -16,7 +16,7 @@ from sipcaptool.errors import StoreError
 from sipcaptool.stats import Stats
 from sipcaptool.store import open_adapter
 from sipcaptool.store.outcomes import Drained, Spooled, Written
-from sipcaptool.store.spool import Spool, SpoolFull, scan_segment, status
+from sipcaptool.store.spool import Spool, SpoolFullError, scan_segment, status
 from sipcaptool.store.url import parse_db_url
 from sipcaptool.store.writer import Writer
 from sipcaptool.store.writer_process import WriterCore
@@ -85,7 +85,7 @@ def test_max_bytes_refuses_and_status_reports(tmp_path):
     sp = Spool(str(tmp_path), URL, max_bytes=5000)
     sp.append("a", "t", "sip", 7, b"x" * 2000)
     sp.append("b", "t", "sip", 7, b"x" * 2000)
-    with pytest.raises(SpoolFull):
+    with pytest.raises(SpoolFullError):
         sp.append("c", "t", "sip", 7, b"x" * 2000)
     st = status(str(tmp_path))
     assert len(st) == 1 and st[0]["batches"] == 2 and st[0]["rows"] == 14

@@ -41,7 +41,9 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
+from typing import Any, cast
 
 from .url import DbUrl
 
@@ -98,7 +100,7 @@ def encode_record(rec: SpoolRecord) -> bytes:
     if isinstance(rec.payload, (bytes, bytearray, memoryview)):
         enc, data = "raw", bytes(rec.payload)
     else:
-        enc, data = "marshal", marshal.dumps(list(rec.payload), 4)
+        enc, data = "marshal", marshal.dumps(list(cast("Iterable[object]", rec.payload)), 4)
     head = json.dumps({"id": rec.batch_id, "table": rec.table, "kind": rec.kind,
                        "rows": rec.rows, "created": rec.created, "enc": enc},
                       separators=(",", ":")).encode()
@@ -117,7 +119,8 @@ def _decode_body(body: bytes, with_payload: bool) -> SpoolRecord:
                        payload)
 
 
-def scan_segment(path: str, start: int = 0, with_payload: bool = False):
+def scan_segment(path: str, start: int = 0,
+                 with_payload: bool = False) -> Generator[SpoolRecord, None, int]:
     """Yield the valid records of a segment from ``start``; stop at the first torn or
     corrupt one. Returns (via StopIteration value) the offset where reading stopped."""
     with open(path, "rb") as f:
@@ -158,7 +161,7 @@ def _write_ack(path: str, offset: int) -> None:
     os.replace(tmp, path + ".ack")
 
 
-class SpoolFull(Exception):
+class SpoolFullError(Exception):
     """The record did not fit (``spool_max_bytes`` or the disk is full)."""
 
 
@@ -283,20 +286,21 @@ class Spool:
 
     # -- append / drain ----------------------------------------------------------------
     def append(self, batch_id: str, table: str, kind: str, rows: int, payload: object) -> None:
-        """Write one batch durably at the end of the spool. SpoolFull when it does not fit."""
+        """Write one batch durably at the end of the spool. SpoolFullError when it does not fit."""
         rec = SpoolRecord(batch_id, table, kind, rows, time.time(), payload)
         data = encode_record(rec)
         with self._lock:
             if self.disk_bytes + len(data) > self.max_bytes:
-                raise SpoolFull(f"spool {self.dir} is full ({self.disk_bytes} of "
-                                f"{self.max_bytes} bytes used)")
+                raise SpoolFullError(f"spool {self.dir} is full ({self.disk_bytes} of "
+                                     f"{self.max_bytes} bytes used)")
             try:
                 if self._active is None or self._disk[self._active] >= SEGMENT_BYTES:
                     self._open_active()
             except OSError as e:
-                raise SpoolFull(f"spool {self.dir}: cannot create a segment: "
-                                f"{e.strerror}") from None
+                raise SpoolFullError(f"spool {self.dir}: cannot create a segment: "
+                                     f"{e.strerror}") from None
             path, fd = self._active, self._active_fd
+            assert path is not None and fd is not None  # (_open_active sets both)
             before = self._disk[path]
             try:
                 n = os.write(fd, data)
@@ -311,8 +315,8 @@ class Spool:
                     os.ftruncate(fd, before)
                 except OSError:
                     self._active = self._active_fd = None
-                raise SpoolFull(f"spool {self.dir}: cannot write: "
-                                f"{e.strerror or e}") from None
+                raise SpoolFullError(f"spool {self.dir}: cannot write: "
+                                     f"{e.strerror or e}") from None
             self._disk[path] = before + len(data)
             rec.payload = None  # read back from disk when drained (memory stays small)
             rec.size, rec.segment, rec.end = len(data), path, before + len(data)
@@ -372,9 +376,9 @@ class Spool:
 
 # --------------------------------------------------------------------------- status
 
-def status(root: str) -> list[dict]:
+def status(root: str) -> list[dict[str, Any]]:
     """What waits in a spool directory, per database (read-only; no locks taken)."""
-    out = []
+    out: list[dict[str, Any]] = []
     try:
         targets = sorted(os.listdir(root))
     except FileNotFoundError:
@@ -383,7 +387,7 @@ def status(root: str) -> list[dict]:
         d = os.path.join(root, name)
         if not os.path.isdir(d):
             continue
-        info: dict = {"target": name, "dir": d, "db_url": None, "batches": 0, "rows": 0,
+        info: dict[str, Any] = {"target": name, "dir": d, "db_url": None, "batches": 0, "rows": 0,
                       "bytes": 0, "oldest": None, "segments": 0, "held": 0}
         try:
             with open(os.path.join(d, "target.json")) as f:

@@ -219,7 +219,7 @@ class WriterCore:
         spooled = full = lost = 0
         if res.transient is not None:  # the connection failed: res.pending were not tried
             self._mark_down(res.transient)
-            from .spool import SpoolFull
+            from .spool import SpoolFullError
             for p, k, piece_id in res.pending:
                 if self.spool is None:
                     lost += k
@@ -227,7 +227,7 @@ class WriterCore:
                 try:
                     self.spool.append(piece_id, table, kind, k, p)
                     spooled += k
-                except SpoolFull:
+                except SpoolFullError:
                     full += k
         if res.written == 0 and res.already == 0 and not spooled:
             self.emit(DroppedDbError(table, n, used, str(err)))
@@ -240,11 +240,11 @@ class WriterCore:
 
     def to_spool(self, table: str, kind: str, n: int, payload: object, batch_id: str,
                  used: int) -> None:
-        from .spool import SpoolFull
+        from .spool import SpoolFullError
         assert self.spool is not None  # callers spool only with a spool
         try:
             self.spool.append(batch_id, table, kind, n, payload)
-        except SpoolFull as e:
+        except SpoolFullError as e:
             self._full_since_log += n
             now = time.monotonic()
             if now - self._last_full_log >= 10.0:
