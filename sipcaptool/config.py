@@ -12,7 +12,7 @@ Sources, lowest precedence first:
 
 The one parameter table is the list of fields of :class:`Settings` made with
 ``_setting(default, allowed)``: each gives a setting's name, type, default and what is
-allowed. ``PARAMS`` (name -> ``Param(type, default, allowed)``) is derived from it for
+allowed. ``PARAMS`` (name -> ``Param(kind, default, allowed)``) is derived from it for
 the code that walks every setting (``config show/check``, the man page). ``Settings`` is
 frozen: :meth:`Settings.load` builds it, :meth:`Settings.with_value` gives a copy with
 one more command-line value. ``Settings.origin`` remembers where each value came from
@@ -212,7 +212,7 @@ def _params() -> dict[str, Param]:
     return table
 
 
-#: name -> Param(type, default, allowed), in the order of the fields of Settings
+#: name -> Param(kind, default, allowed), in the order of the fields of Settings
 PARAMS: dict[str, Param] = _params()
 
 
