@@ -1,8 +1,8 @@
 """Batching writer: groups rows per table, formats them, and writes them in batches.
 
 (Somewhat over 500 lines: :class:`Writer` is one object whose buffers, timer thread and
-hand-over to the writer process share one lock and one set of gauges; everything that
-could leave it has, into the modules listed below.)
+hand-over to the writer process share one lock and one set of gauges; what could leave
+it has, into the modules listed below.)
 
 Rows are grouped per ``(table, kind)`` and a batch is written when it holds
 ``batch_size`` rows, or about ``batch_max_bytes`` bytes once formatted (a batch of
@@ -195,7 +195,7 @@ class Writer:
                 from .spool import Spool
                 spool = Spool(self.spool_dir, self.url, self.spool_max_bytes)
             self._core = WriterCore(self.adapter, self.retries, self.retry_timeout, spool,
-                               self._handle)
+                                    self._handle)
             self._core.start(self.require_db_at_start)
         # a program that ends without close() (an exception, a second Ctrl-C inside
         # close) still writes what it accepted and does not hang in multiprocessing's
