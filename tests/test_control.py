@@ -18,10 +18,16 @@ import pytest
 
 from sipcaptool.control import (
     BAD_PARAMETER,
+    NOT_ENOUGH_PARAMETERS,
     ControlServer,
     MetricsServer,
+    build_stats,
     default_control_path,
+    format_stats_text,
+    handle_command,
+    prometheus_text,
     send_command,
+    summary_document,
 )
 from sipcaptool.errors import CaptureError
 from sipcaptool.logs import RateLimitFilter, setup_logging
@@ -338,6 +344,53 @@ def test_parse_hostport():
     assert parse_hostport("9100") == ("127.0.0.1", 9100)
     with pytest.raises(ValueError):
         parse_hostport("host:port")
+
+
+# -- the protocol and the stats document, without sockets ------------------------------
+def test_protocol_lines_without_a_socket():
+    flag = Flag(1)
+    stats = Stats({"packets": 3, "messages": 2, "stored:sip_capture": 2})
+
+    def doc():
+        return build_stats(stats, capture_on=bool(flag.value), started=time.time())
+
+    assert handle_command("status off", flag, doc) == "Disabled" and flag.value == 0
+    assert handle_command("STATUS Check", flag, doc) == "Disabled"
+    assert handle_command("status on", flag, doc) == "Enabled" and flag.value == 1
+    assert handle_command("status onion", flag, doc) == BAD_PARAMETER and flag.value == 1
+    assert handle_command("status", flag, doc) == NOT_ENOUGH_PARAMETERS
+    assert json.loads(handle_command("stats", flag, doc))["stored_total"] == 2
+    assert handle_command("stats text", flag, doc).endswith("\n")
+    assert handle_command("stats xml", flag, doc).startswith("500 - ")
+    assert handle_command("ping", flag, doc) == "pong"
+    assert handle_command("   ", flag, doc) == ""
+    assert handle_command("frobnicate now", flag, doc) == \
+        "500 - Unknown command 'frobnicate' (try help)"
+
+
+def test_one_stats_document_for_summary_ctl_stats_and_metrics():
+    """The end-of-run summary, ``ctl stats`` and ``/metrics`` name each group after its
+    counter category; refused-bytes and stored-bad have groups of their own."""
+    stats = Stats({"packets": 10, "messages": 9, "stored:sip_capture": 7,
+                   "malformed:sip-no-cseq": 1, "stored-bad:sip-no-cseq": 1,
+                   "truncated:callid": 2, "adjusted:clock-skew": 1, "dropped:auth": 1,
+                   "refused-bytes:auth": 120, "db:batches": 2, "hep_out:sent_udp": 4})
+    summary = summary_document(stats)
+    doc = build_stats(stats, capture_on=True, started=time.time())
+    groups = ("stored", "malformed", "dropped", "truncated", "adjusted", "refused_bytes",
+              "stored_bad", "db")
+    assert {g: summary[g] for g in groups} == {g: doc[g] for g in groups}
+    assert doc["refused_bytes"] == {"auth": 120} and doc["stored_bad"] == {"sip-no-cseq": 1}
+    assert doc["adjusted"] == {"clock-skew": 1}
+    assert summary["truncated_values"] == summary["truncated"] == {"callid": 2}  # older name
+    assert summary["stored_total"] == doc["stored_total"] == 7
+    assert doc["other"] == {"hep_out:sent_udp": 4}  # a category without a group
+    assert "other" not in summary and "kernel" not in summary
+    text = prometheus_text(doc)
+    assert 'sipcaptool_refused_bytes_total{reason="auth"} 120' in text
+    assert 'sipcaptool_stored_bad_total{reason="sip-no-cseq"} 1' in text
+    table = format_stats_text(doc)
+    assert "bytes refused:" in table and "stored though malformed:" in table
 
 
 # -- logs ------------------------------------------------------------------------------
