@@ -153,7 +153,7 @@ def drain(db_url: str, spool_dir: str | None, as_json: bool) -> int:
         "stored": stored, "already_written": already,
         "dropped": dropped, "db_warnings": stats["db:warnings"],
         # the adapter's counters, under the names of the other commands' summaries
-        "truncated_values": truncated, "db": stats.group("db"),
+        "truncated": truncated, "truncated_values": truncated, "db": stats.group("db"),
         "left": {"batches": left[0], "rows": left[1]},
         "error": str(error) if error else None}
     if as_json:
