@@ -6,6 +6,12 @@ and the tests) :mod:`sipcaptool.encode.hep`, sending :mod:`sipcaptool.senders.he
 The generic chunk types are named here, ``CHUNK_*`` (as dpkt names its families), for
 all the HEP rooms.
 
+Why this module is longer than most (about 800 lines, a third of them this text and the
+names of the wire): what is left is one decoder, whose parts (HEPv1/v2, HEPv3 chunks,
+several packets per datagram, the whole-datagram gzip) share one inflate budget, one
+authentication check and one way of sizing their errors; split, each part would have
+to reach into the others' state.
+
 Wire facts (see the project's HEP notes):
 
 * HEPv1/v2 are fixed C structs without a magic number: version (1 or 2), a u8 header
