@@ -41,23 +41,25 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import CaptureError, ConfigError, SipcaptoolError
+from ..errors import CaptureError, SipcaptoolError
 from ..net import parse_endpoint
 from ..stats import Stats
 from ..workers import WorkerLink, WorkerPool
-from . import bpf
+from .pcaplive import POLL_MS, PcapSource, capture_filter
+from .privileges import drop_privileges, preload
+
+if TYPE_CHECKING:
+    from ..decode.packet import PacketDecoder
+    from ..pipeline import Pipeline
+    from ..record import CapturedMessage
+    from ..senders.hep import HepSender
 
 log = logging.getLogger(__name__)
 
-BATCH = 512
-POLL_MS = 100            # the longest a worker sleeps before looking at stop/duration
 REPORT_EVERY = 0.5       # seconds between worker -> parent counter reports
 DRAIN_SECONDS = 10.0     # at most this long reading what was captured before a stop
-LINK_RETRY = 1.0         # seconds between attempts to reopen an interface that went down
-LINK_GONE = "no such interface"  # what _link_state says of a removed interface
-FANOUT_PROBE = 64        # fanout group ids tried when joining again after a removal
 DEFAULT_SNAPLEN = 262144
 DEFAULT_BUFFER = 32 * 1024 * 1024
 FANOUT_FLAG_DEFRAG = 0x8000
@@ -137,279 +139,6 @@ class LiveOptions:
         return f"interface {self.interface}"
 
 
-# ----------------------------------------------------------------- capture handles
-
-
-def capture_filter(opts: LiveOptions, linktype: int | None = None) -> str | None:
-    """The libpcap expression for mirror mode (None: capture everything)."""
-    if opts.filter_expr:
-        return opts.filter_expr
-    if not opts.bpf_on:
-        return None
-    return bpf.mirror_filter(opts.listen.lo, opts.listen.hi)
-
-
-class PcapSource:
-    """One libpcap handle on a live interface."""
-
-    def __init__(self, opts: LiveOptions, fanout_group: int | None = None) -> None:
-        self.interface = opts.interface
-        self._opts = opts
-        self._fanout_group = fanout_group
-        self._stats_base = (0, 0, 0)   # kernel counters of handles closed before
-        self._last_stats = (0, 0, 0)
-        self.link_downs = 0
-        self._open()
-
-    def _open(self) -> None:
-        import pcapy
-
-        opts = self._opts
-        fanout_group = self._fanout_group
-        iface = opts.interface
-        try:
-            h = pcapy.create(iface)
-        except pcapy.PcapError as e:
-            raise _open_error(iface, str(e)) from None
-        try:
-            h.set_snaplen(opts.snaplen)
-            h.set_promisc(1 if opts.promisc else 0)
-            h.set_timeout(POLL_MS)
-            if opts.buffer_size:
-                h.set_buffer_size(opts.buffer_size)
-            status = h.activate()
-        except pcapy.PcapError as e:
-            raise _open_error(iface, str(e)) from None
-        if isinstance(status, int) and status < 0:
-            raise _open_error(iface, _ACTIVATE_ERRORS.get(status, f"error {status}"))
-        if isinstance(status, int) and status > 0:
-            log.warning("%s: %s", iface, _ACTIVATE_WARNINGS.get(status, f"warning {status}"))
-        self.handle = h
-        self.linktype = h.datalink()
-        expr = capture_filter(opts)
-        self.filter = expr
-        if expr:
-            try:
-                h.setfilter(expr)
-            except pcapy.PcapError as e:
-                if opts.filter_expr:
-                    raise ConfigError(f"--filter {expr!r}: {e}") from None
-                # no VLAN support on this link type (Linux cooked capture, "any"):
-                # the kernel has already removed the tags there
-                expr = bpf.mirror_filter(opts.listen.lo, opts.listen.hi, vlan=False)
-                try:
-                    h.setfilter(expr)
-                except pcapy.PcapError as e2:  # pragma: no cover - our own expression
-                    raise CaptureError(f"{iface}: cannot set the capture filter: {e2}") from None
-                self.filter = expr
-        if fanout_group is not None:
-            # After the interface was removed and created again, the workers' old
-            # sockets (kept alive by ring mappings other processes inherited) still hold
-            # the group, bound to the old device, and refuse new members: every worker
-            # then tries the next ids in the same order and they meet in the first one
-            # free or already on the new device.
-            tries = FANOUT_PROBE if self.link_downs else 1
-            for k in range(tries):
-                group = (fanout_group + k) & 0xFFFF
-                try:
-                    h.set_fanout(group, pcapy.PACKET_FANOUT_HASH)
-                    break
-                except (pcapy.PcapError, OSError) as e:
-                    if k == tries - 1:
-                        raise CaptureError(f"{iface}: cannot join PACKET_FANOUT group "
-                                           f"{group} for --raw-sock-children: {e}") from None
-        # non-blocking reads, waiting in poll(): next_batch on a quiet blocking handle
-        # does not return, and the worker must look at stop/duration regularly
-        h.setnonblock(1)
-        self._fd = h.getfd()
-
-    def batches(self):
-        """Yield ``(data, meta)`` batches; empty ``meta`` after a quiet poll interval."""
-        import select
-
-        import pcapy
-
-        def watch():  # the read function and poller of the current handle
-            p = select.poll()
-            p.register(self._fd, select.POLLIN)
-            return self.handle.next_batch, p
-
-        nb, poller = watch()
-        wait = True
-        down_since: float | None = None  # the link went down; the handle waits for it
-        next_look = 0.0
-        while True:
-            if wait:
-                try:
-                    poller.poll(POLL_MS)
-                except InterruptedError:
-                    pass
-            if down_since is not None:
-                now = time.monotonic()
-                if now >= next_look:
-                    next_look = now + LINK_RETRY
-                    state = _link_state(self.interface)
-                    if state == "up":
-                        log.warning("%s: capturing again after %.1fs down", self.interface,
-                                    now - down_since)
-                        down_since = None
-                    elif state == LINK_GONE:
-                        # the interface itself is gone: a new one of that name needs a
-                        # new handle
-                        down_since = None
-                        yield from self._wait_for_link("the interface was removed")
-                        nb, poller = watch()
-                        continue
-            try:
-                data, meta = nb(BATCH)
-            except pcapy.PcapError as e:
-                msg = str(e)
-                if "went down" in msg:
-                    # The socket stays bound to the interface and the kernel hands it
-                    # packets again once the link is up: keep the handle (a new one
-                    # would leave this socket behind in the workers' fanout group).
-                    if down_since is None:
-                        down_since = time.monotonic()
-                        next_look = down_since + LINK_RETRY
-                        self.link_downs += 1
-                        log.warning("%s: the interface went down (%s); waiting for it to "
-                                    "come back", self.interface, msg)
-                    wait = True
-                    yield b"", ()
-                    time.sleep(POLL_MS / 1000)  # poll() may keep reporting the error
-                    continue
-                if "No such device" in msg:
-                    self.link_downs += 1
-                    yield from self._wait_for_link(msg)
-                    nb, poller = watch()
-                    wait = True
-                    continue
-                raise CaptureError(f"{self.interface}: capture failed: {msg}") from None
-            if meta:
-                m = memoryview(meta).cast("I")
-                wait = len(m) < BATCH * 4  # a full batch: more is probably waiting
-                yield data, m
-            else:
-                wait = True
-                yield data, ()
-
-    def _wait_for_link(self, why: str):
-        """The interface is gone: open one of that name every LINK_RETRY seconds until
-        there is one again, yielding empty batches meanwhile so the worker still sees
-        stop and deadline. Without the privileges to open it (--user dropped them) the
-        capture ends at once. The caller has counted the loss of the link."""
-        self.kernel_stats()  # keep the last counters of the old handle
-        self._stats_base = tuple(b + c for b, c in zip(self._stats_base, self._last_stats, strict=True))
-        self._last_stats = (0, 0, 0)
-        self.close()
-        log.warning("%s: the interface is gone (%s); opening it again every %gs until "
-                    "it is back", self.interface, why, LINK_RETRY)
-        if not _can_capture():
-            raise CaptureError(f"{self.interface}: the interface is gone and cannot be "
-                               "opened again without the capture privileges (dropped with "
-                               "--user); restart the capture when it is back")
-        down_since = time.monotonic()
-        next_try = down_since + LINK_RETRY
-        last_error = ""
-        while True:
-            yield b"", ()
-            now = time.monotonic()
-            if now < next_try:
-                time.sleep(min(POLL_MS / 1000, next_try - now))
-                continue
-            next_try = now + LINK_RETRY
-            state = _link_state(self.interface)
-            if state != "up":
-                if state != last_error:
-                    log.info("%s: still down (%s)", self.interface, state)
-                    last_error = state
-                continue
-            try:
-                self._open()
-            except CaptureError as e:
-                text = str(e)
-                if "permission" in text.lower() or "privileges" in text.lower():
-                    raise CaptureError(f"{self.interface}: the interface went down and "
-                                       f"cannot be opened again: {text}") from None
-                if text != last_error:
-                    log.info("%s: still down: %s", self.interface, text)
-                    last_error = text
-                continue
-            log.warning("%s: capturing again after %.1fs down", self.interface,
-                        time.monotonic() - down_since)
-            return
-
-    def kernel_stats(self) -> tuple[int, int, int]:
-        if self.handle is not None:
-            try:
-                self._last_stats = tuple(self.handle.stats())  # type: ignore[assignment]
-            except Exception:  # noqa: BLE001 - statistics are best effort
-                pass
-        return tuple(b + c for b, c in zip(self._stats_base, self._last_stats, strict=True))  # type: ignore[return-value]
-
-    def close(self) -> None:
-        h, self.handle = self.handle, None
-        if h is not None:
-            try:
-                h.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
-                pass
-
-
-# pcap_activate() results (pcap/pcap.h)
-_ACTIVATE_ERRORS = {
-    -1: "generic error", -4: "already activated", -5: "no such device",
-    -6: "monitor mode not supported", -8: "permission denied", -9: "interface not up",
-    -11: "permission denied (promiscuous mode)", -12: "timestamp precision not supported",
-}
-_ACTIVATE_WARNINGS = {1: "pcap warning", 2: "promiscuous mode not supported",
-                      3: "timestamp type not supported"}
-
-
-def _can_capture() -> bool:
-    """Can this process open a capture handle (root, or CAP_NET_RAW effective)?"""
-    if os.geteuid() == 0:
-        return True
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) & (1 << 13))  # CAP_NET_RAW
-    except (OSError, ValueError):
-        pass
-    return True  # cannot tell: try, and the error says why
-
-
-def _link_state(iface: str) -> str:
-    """"up" when the interface exists and is administratively up (IFF_UP), else why not
-    (Linux: /sys/class/net; elsewhere "up", and opening it tells)."""
-    base = "/sys/class/net"
-    if not os.path.isdir(base):
-        return "up"
-    try:
-        with open(f"{base}/{iface}/flags") as f:
-            flags = int(f.read().strip(), 16)
-    except FileNotFoundError:
-        return LINK_GONE
-    except (OSError, ValueError):
-        return "up"
-    return "up" if flags & 1 else "administratively down"
-
-
-def _open_error(iface: str, msg: str) -> CaptureError:
-    low = msg.lower()
-    if "permission" in low or "operation not permitted" in low:
-        from .ipip import permission_hint
-
-        return CaptureError(permission_hint(f"cannot capture on {iface}"))
-    if "no such device" in low or "doesn't exist" in low or "no such" in low:
-        return CaptureError(f"cannot capture on {iface}: no such interface "
-                            "(see `ip link` for the names)")
-    if "not up" in low or "network is down" in low:
-        return CaptureError(f"cannot capture on {iface}: the interface is down")
-    return CaptureError(f"cannot capture on {iface}: {msg}")
-
-
 def open_sources(opts: LiveOptions) -> list[Any]:
     """Open every capture handle/socket (one per worker). Needs the privileges."""
     n = opts.workers
@@ -436,56 +165,6 @@ def open_sources(opts: LiveOptions) -> list[Any]:
     return sources
 
 
-# Imported before dropping privileges: after the switch the Python installation may
-# not be readable by the new user (e.g. under a private home directory).
-_PRELOAD = ("queue", "threading", "multiprocessing.queues", "multiprocessing.synchronize",
-            "multiprocessing.connection", "multiprocessing.popen_fork",
-            "multiprocessing.process", "multiprocessing.util", "multiprocessing.reduction",
-            "multiprocessing.context", "multiprocessing.sharedctypes", "json", "zlib",
-            "encodings.idna", "select", "sipcaptool.workers",
-            "sipcaptool.pipeline", "sipcaptool.row", "sipcaptool.decode.packet",
-            "sipcaptool.decode.sip", "sipcaptool.decode.defrag", "sipcaptool.decode.tcp",
-            "sipcaptool.decode.hep", "sipcaptool.decode.tunnel", "sipcaptool.store.writer",
-            "sipcaptool.store.router", "sipcaptool.store.schema", "sipcaptool.store._text",
-            "sipcaptool.senders.hep", "sipcaptool.commands.common")
-_PRELOAD_DB = {"sqlite": ("sqlite3", "sipcaptool.store.sqlite"),
-               "mysql": ("pymysql", "sipcaptool.store.mysql"),
-               "postgresql": ("psycopg2", "sipcaptool.store.postgres")}
-
-
-def preload(dialects: set[str]) -> None:
-    import importlib
-
-    names = list(_PRELOAD)
-    for d in dialects:
-        names.extend(_PRELOAD_DB.get(d, ()))
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError:  # pragma: no cover - an optional driver
-            log.debug("preload: %s not available", name)
-
-
-def drop_privileges(user: str) -> None:
-    """Become ``user`` (and its primary group, no supplementary groups)."""
-    import pwd
-
-    try:
-        pw = pwd.getpwnam(user)
-    except KeyError:
-        raise ConfigError(f"--user {user!r}: no such user") from None
-    if os.geteuid() == pw.pw_uid:
-        return
-    try:
-        os.setgroups([])
-        os.setgid(pw.pw_gid)
-        os.setuid(pw.pw_uid)
-    except PermissionError:
-        raise CaptureError(f"--user {user}: cannot switch to that user (only root can)") from None
-    os.environ["HOME"] = pw.pw_dir
-    os.environ["USER"] = os.environ["LOGNAME"] = user
-
-
 # ----------------------------------------------------------------- shared state
 
 
@@ -509,7 +188,7 @@ class Shared:
             self.counted.value += k
             if self.counted.value >= self.count_limit:
                 self.stop.value = 1
-            return k
+            return int(k)
 
 
 # ----------------------------------------------------------------- the worker
@@ -528,8 +207,8 @@ class Worker:
         self.stats = stats
         self.background = background
         self.report = report
-        self.pipeline = None
-        self.sender = None
+        self.pipeline: Pipeline | None = None
+        self.sender: HepSender | None = None
 
     def run(self, deadline: float | None) -> None:
         from ..decode.packet import PacketDecoder
@@ -573,7 +252,7 @@ class Worker:
                 raise err
 
     # the per-batch paths are kept flat: they carry every packet
-    def _loop_pcap(self, decoder, deadline: float | None) -> None:
+    def _loop_pcap(self, decoder: PacketDecoder, deadline: float | None) -> None:
         decode_batch = decoder.decode_batch
         stats = self.stats
         stop = self.shared.stop
@@ -603,14 +282,14 @@ class Worker:
         sh = self.shared
         return sh.count_limit is not None and sh.counted.value >= sh.count_limit
 
-    def _loop_ipip(self, decoder, deadline: float | None) -> None:
+    def _loop_ipip(self, decoder: PacketDecoder, deadline: float | None) -> None:
         decode = decoder.decode
         stats = self.stats
         stop = self.shared.stop
         read = self.source.read
         next_report = time.monotonic() + REPORT_EVERY
         batch: list[tuple[int, bytes]] = []
-        msgs: list = []
+        msgs: list[CapturedMessage] = []
         while not stop.value:
             n = read(POLL_MS, batch)
             if n:
@@ -631,7 +310,7 @@ class Worker:
             if deadline is not None and now >= deadline:
                 return
 
-    def _deliver(self, msgs: list) -> None:
+    def _deliver(self, msgs: list[CapturedMessage]) -> None:
         if not msgs:
             return
         shared = self.shared
