@@ -8,6 +8,7 @@ message gives the same row whichever way it arrived.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from .config import Settings
 from .decode.sip import parse_sip, parse_sip_lenient
@@ -68,7 +69,7 @@ class Pipeline:
     """
 
     def __init__(self, settings: Settings, stats: Stats, *, background: bool = True,
-                 capture_flag=None, use_spool: bool = True,
+                 capture_flag: Any = None, use_spool: bool = True,
                  require_db_at_start: bool = False, max_clock_skew: float = 0.0) -> None:
         self.settings = settings
         self.stats = stats
@@ -171,7 +172,7 @@ class Pipeline:
             return
         self.aux_writer.add(dest[0], "aux", aux_row(msg, self.opts, self.stats))
 
-    def spool_report(self) -> dict:
+    def spool_report(self) -> dict[str, Any]:
         """What the writers left in the spool (for the end-of-run summary)."""
         return {"dir": self.spool_dir,
                 "batches": sum(w.spool_batches for w in self.writers),

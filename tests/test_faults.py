@@ -23,16 +23,15 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import sys
+import tempfile
 import threading
 import time
 
 import pytest
+from test_hep_collector import ROOT, Collector, collectors, message  # noqa: F401
 
 from sipcaptool.encode.hep import encode_hep3
-
-from test_hep_collector import ROOT, Collector, collectors, message  # noqa: F401
 
 pytestmark = [pytest.mark.faults, pytest.mark.services]
 

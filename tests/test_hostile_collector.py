@@ -22,13 +22,11 @@ import subprocess
 import sys
 import time
 
-import pytest
+from store_helpers import connect
+from test_hep_collector import ROOT, collectors, message, rows_by_callid  # noqa: F401
 
 from sipcaptool.config import Settings
 from sipcaptool.encode.hep import encode_hep3
-
-from store_helpers import connect
-from test_hep_collector import ROOT, collectors, message, rows_by_callid  # noqa: F401
 
 
 def _report(**row) -> None:
@@ -229,7 +227,7 @@ def _closed_by_peer(sock: socket.socket, timeout: float = 5) -> bool:
         return sock.recv(10) == b""
     except ConnectionResetError:
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
 
 

@@ -3,13 +3,19 @@
 import datetime as dt
 
 import pytest
+from store_helpers import connect, count, sip_row, tables
 
 from sipcaptool.record import AUX_COLUMN_NAMES, SIP_COLUMN_NAMES
 from sipcaptool.store import open_adapter
-from sipcaptool.store.schema import (DIALECTS, generate_template, init_db, partition_clause,
-                                     schema_sql, sip_table_sql, template_path)
-
-from store_helpers import connect, count, sip_row, tables
+from sipcaptool.store.schema import (
+    DIALECTS,
+    generate_template,
+    init_db,
+    partition_clause,
+    schema_sql,
+    sip_table_sql,
+    template_path,
+)
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
@@ -69,7 +75,7 @@ def test_strftime_names_expanded_once():
 
 
 def test_strftime_names_expanded_for_today():
-    today = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d")
+    today = dt.datetime.now(dt.UTC).strftime("%Y%m%d")
     stmts = schema_sql("sqlite", ["sip_%Y%m%d", "sip_capture"], aux=False)
     assert any(f'"sip_{today}"' in s for s in stmts)
 
@@ -151,7 +157,7 @@ def test_mysql_partitioned_table(mysql_url):
 
 def test_partition_maintenance(mysql_url):
     from sipcaptool.store.schema import partition_maintenance_sql
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     init_db(mysql_url, ["sip_part"], aux=False, partition_days=2)
 
     def parts():

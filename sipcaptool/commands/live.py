@@ -5,11 +5,18 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..config import Settings
 from ..errors import ConfigError, SipcaptoolError
+
+if TYPE_CHECKING:
+    from ..control import Endpoints
+    from ..sources.live import LiveCapture, LiveOptions
+
 from .common import endpoint_options, print_summary, storage_options, summary_dict
 
 log = logging.getLogger("sipcaptool.live")
@@ -85,11 +92,15 @@ _ONOFF = click.IntRange(0, 1)
               help="Write from the capturing process (no writer process).")
 @storage_options
 @endpoint_options
-def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children,
-            promiscuous_on, raw_moni_bpf_on, filter_expr, snaplen, buffer_size, duration,
-            count, hep_to, capture_id, auth_key, node_name, user, control_path,
-            metrics_addr, quiet, verbose, log_file, log_format, as_json, foreground_writer,
-            max_clock_skew, settings: Settings) -> int:
+def command(interface: str | None, ipip: bool, raw_socket_listen: str | None,
+            raw_interface: str | None, raw_sock_children: int | None,
+            promiscuous_on: int | None, raw_moni_bpf_on: int | None, filter_expr: str | None,
+            snaplen: int, buffer_size: int, duration: float | None, count: int | None,
+            hep_to: tuple[str, ...], capture_id: int, auth_key: str | None,
+            node_name: str | None, user: str | None, control_path: str | None,
+            metrics_addr: str | None, quiet: bool, verbose: int, log_file: str | None,
+            log_format: str, as_json: bool, foreground_writer: bool,
+            max_clock_skew: float | None, settings: Settings) -> int:
     """Capture SIP live and store every message as one row (or forward it as HEP).
 
     \b
@@ -169,9 +180,9 @@ def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children
     cap = LiveCapture(opts, settings)
     cap.open()
     server = _start_control(control_path, metrics_addr, cap, opts, quiet)
-    stopping = {"signal": None}
+    stopping: dict[str, str | None] = {"signal": None}
 
-    def on_signal(signum, _frame):
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
         stopping["signal"] = signal.Signals(signum).name
         cap.stop()
 
@@ -196,7 +207,7 @@ def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children
     elapsed = time.monotonic() - started
     if cap.error is not None and error is None:
         error = cap.error
-    extra = {"seconds": round(elapsed, 3), "source": opts.describe(),
+    extra: dict[str, Any] = {"seconds": round(elapsed, 3), "source": opts.describe(),
              "workers": opts.workers, "errors": [str(error)] if error else []}
     if not ipip_mode:
         extra["kernel"] = kernel_summary(stats)
@@ -226,7 +237,8 @@ def command(interface, ipip, raw_socket_listen, raw_interface, raw_sock_children
     return 0
 
 
-def _start_control(path, metrics_addr, cap, opts, quiet):
+def _start_control(path: str | None, metrics_addr: str | None, cap: LiveCapture,
+                   opts: LiveOptions, quiet: bool) -> Endpoints:
     from ..control import Endpoints
 
     # CaptureError when an explicit path is in use or cannot be made

@@ -39,6 +39,7 @@ import re
 import sys
 import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..record import AUX_COLUMNS, BIGINT, BLOB, DATETIME, INT, SIP_COLUMNS, TEXT
@@ -95,8 +96,11 @@ def _col_type(dialect: str, kind: str, width: int) -> str:
     }[kind]
 
 
-def _create_table(dialect: str, table: str, columns, indexes) -> list[str]:
-    q = lambda n: quote_ident(dialect, n)  # noqa: E731
+def _create_table(dialect: str, table: str, columns: Sequence[tuple[str, str, int]],
+                  indexes: Sequence[str]) -> list[str]:
+    def q(name: str) -> str:
+        return quote_ident(dialect, name)
+
     lines = []
     if dialect == "mysql":
         lines.append(f"  {q('id')} BIGINT UNSIGNED NOT NULL AUTO_INCREMENT")
@@ -209,7 +213,8 @@ def _template_statements(dialect: str) -> tuple[list[str], list[str]]:
         text = path.read_text() if path.exists() else generate_template(dialect)
         q = _QUOTE[dialect]
         marker = re.compile(re.escape(q + TEMPLATE_TABLE) + r"(?:_\w+_idx)?" + re.escape(q))
-        sip, aux = [], []
+        sip: list[str] = []
+        aux: list[str] = []
         for st in _split(text):
             (sip if marker.search(st) else aux).append(st)
         got = _cache[dialect] = (sip, aux)
@@ -221,7 +226,7 @@ def partition_clause(days: int, today: _dt.date | None = None) -> str:
     if days < 1:
         raise ValueError("partition_days must be at least 1")
     if today is None:
-        today = _dt.datetime.now(_dt.timezone.utc).date()
+        today = _dt.datetime.now(_dt.UTC).date()
     parts = [f"  PARTITION p_old VALUES LESS THAN (TO_DAYS('{today.isoformat()}'))"]
     for i in range(days):
         d = today + _dt.timedelta(days=i)
@@ -242,7 +247,7 @@ def partition_maintenance_sql(table: str, existing: list[str], days_ahead: int,
     many days (``DROP PARTITION``: the cheap way to expire old messages).
     """
     if today is None:
-        today = _dt.datetime.now(_dt.timezone.utc).date()
+        today = _dt.datetime.now(_dt.UTC).date()
     q = quote_ident("mysql", table)
     have = {n for n in existing if re.fullmatch(r"p\d{8}", n or "")}
     out: list[str] = []
