@@ -29,7 +29,7 @@ from typing import Any, cast
 from .errors import SipcaptoolError
 from .stats import Stats
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sipcaptool.workers")
 
 __all__ = ["Done", "Failed", "Ready", "Snapshot", "WorkerLink", "WorkerPool"]
 

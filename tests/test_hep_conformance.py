@@ -7,7 +7,7 @@ too -- storing into SQLite, MariaDB and PostgreSQL. The stored rows are then com
 with the rows the module stored (``*.rows.mysql.jsonl``, ``*.rows.postgres.jsonl``,
 ``results.*/NAME.rows.jsonl``) column for column except ``id``.
 
-The only differences allowed are the deliberate ones listed at the top of SCHEMA.md,
+The only differences allowed are the deliberate ones listed at the top of ../shared/reference/SCHEMA.md,
 each spelled out in TOLERATED (kamailio_differences.py) with its reason and checked for what we store
 instead, plus ``date``/``micro_ts`` of packets without HEP time (both sides use the
 wall clock). SQLite is compared with the PostgreSQL reference (raw bytes kept, no

@@ -116,3 +116,22 @@ def test_architecture_names_every_module():
         if f"{rel}.py" not in text and f"{rel}/" not in text:
             missing.append(rel)
     assert missing == [], f"docs/architecture.md does not name: {missing}"
+
+
+# one logger per component, named for what an operator recognises in a log line (not the
+# module path, which changes when code moves)
+LOGGERS = {"sipcaptool.hep", "sipcaptool.live", "sipcaptool.store", "sipcaptool.spool",
+           "sipcaptool.control", "sipcaptool.workers"}
+
+
+def test_loggers_are_named_by_component():
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "getLogger" and node.args):
+                arg = node.args[0]
+                name = arg.value if isinstance(arg, ast.Constant) else ast.unparse(arg)
+                found[f"{path.relative_to(PACKAGE)}:{node.lineno}"] = name
+    assert found and {k: v for k, v in found.items() if v not in LOGGERS} == {}

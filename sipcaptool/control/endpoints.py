@@ -75,7 +75,7 @@ class Endpoints:
                     # asked for explicitly, or a directory someone else may have made
                     # to steer the collector: refuse to run
                     raise
-                logging.getLogger("sipcaptool").warning(
+                logging.getLogger("sipcaptool.control").warning(
                     "no control socket: %s (give --control PATH, or --control none)", e)
         if self.metrics_arg:
             try:

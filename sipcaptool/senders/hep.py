@@ -35,7 +35,7 @@ from ..stats import Stats
 
 __all__ = ["HepSender", "parse_target"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sipcaptool.live")
 
 #: a socket address as getaddrinfo gives it: (host, port) or (host, port, flow, scope)
 _Address = tuple[Any, ...]

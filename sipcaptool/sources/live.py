@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from ..record import CapturedMessage
     from ..senders.hep import HepSender
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sipcaptool.live")
 
 REPORT_EVERY = 0.5       # seconds between worker -> parent counter reports
 DRAIN_SECONDS = 10.0     # at most this long reading what was captured before a stop

@@ -23,7 +23,7 @@ from .privileges import can_capture
 if TYPE_CHECKING:
     from .live import LiveOptions
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sipcaptool.live")
 
 BATCH = 512
 POLL_MS = 100            # the longest a reader sleeps before looking at stop/duration

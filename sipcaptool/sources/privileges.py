@@ -12,7 +12,7 @@ import os
 
 from ..errors import CaptureError, ConfigError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sipcaptool.live")
 
 
 def can_capture() -> bool:
