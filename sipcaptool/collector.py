@@ -90,12 +90,19 @@ class CollectorOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, listen: Sequence[ListenSpec],
-                      **options: Any) -> CollectorOptions:
-        """The options with the collector's settings taken from ``settings``."""
-        return cls(listen=tuple(listen), max_inflated=settings.hep_max_inflated,
+                      rcvbuf: int = 64 * 1024 * 1024, workers: int = 1,
+                      auth_key: bytes | None = None, count: int | None = None,
+                      duration: float | None = None, control_path: str | None = None,
+                      metrics_addr: str | None = None,
+                      foreground_writer: bool = False) -> CollectorOptions:
+        """The options given, with the collector's settings taken from ``settings``."""
+        return cls(listen=tuple(listen), rcvbuf=rcvbuf, workers=workers, auth_key=auth_key,
+                   max_inflated=settings.hep_max_inflated, count=count, duration=duration,
+                   control_path=control_path, metrics_addr=metrics_addr,
                    tcp_idle_timeout=settings.tcp_idle_timeout,
                    tcp_max_connections=settings.tcp_max_connections,
-                   stop_drain_timeout=settings.stop_drain_timeout, **options)
+                   stop_drain_timeout=settings.stop_drain_timeout,
+                   foreground_writer=foreground_writer)
 
 
 @dataclass(frozen=True)
