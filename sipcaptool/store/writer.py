@@ -68,7 +68,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, assert_never, cast
 
 from ..errors import StoreError
 from ..record import AUX_COLUMN_NAMES, SIP_COLUMN_NAMES
@@ -343,6 +343,8 @@ class Writer:
                 self._synced.add(msg.token)
             case Ready() | StartFailed() | Closed():
                 pass
+            case _:  # a new kind of outcome must be handled here (mypy checks)
+                assert_never(msg)
 
     def _drain(self) -> None:
         res = self._results

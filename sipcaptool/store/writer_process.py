@@ -30,7 +30,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, assert_never
 
 from ..errors import StoreError
 from . import Adapter, open_adapter
@@ -411,6 +411,8 @@ def writer_main(url: DbUrl, partition_days: int | None, jobs: Queue[Job],
                 case Close():
                     core.finish()
                     break
+                case _:  # a new kind of job must be handled here (mypy checks)
+                    assert_never(job)
     finally:
         adapter.close()
         results.put(Closed())
