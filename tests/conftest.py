@@ -160,3 +160,20 @@ def any_db_url(request):
     """Each database in turn (server databases skip when the server is down)."""
     name = {"sqlite": "sqlite_url", "mysql": "mysql_url", "postgresql": "pg_url"}[request.param]
     return request.getfixturevalue(name)
+
+
+@pytest.fixture
+def collectors():
+    """Start ``sipcaptool hep`` processes (``test_hep_collector.Collector``); those still
+    running at the end of the test are killed."""
+    from test_hep_collector import Collector
+
+    started: list[Collector] = []
+
+    def start(*args, **kw) -> Collector:
+        c = Collector(*args, **kw)
+        started.append(c)
+        return c
+    yield start
+    for c in started:
+        c.kill()

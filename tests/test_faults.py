@@ -29,7 +29,7 @@ import threading
 import time
 
 import pytest
-from test_hep_collector import ROOT, Collector, collectors, message  # noqa: F401
+from test_hep_collector import ROOT, Collector, message
 
 from sipcaptool.encode.hep import encode_hep3
 

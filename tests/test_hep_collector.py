@@ -92,7 +92,8 @@ class Collector:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, _ = self.proc.communicate()
-            raise AssertionError("collector did not stop:\n" + "\n".join(self.err_lines))
+            raise AssertionError("collector did not stop:\n"
+                                 + "\n".join(self.err_lines)) from None
         self._reader.join(5)
         self.udp_sock.close()
         try:
@@ -107,18 +108,8 @@ class Collector:
             self.proc.wait()
 
 
-@pytest.fixture
-def collectors():
-    """Collectors started by a test are killed at its end if still running."""
-    started: list[Collector] = []
-
-    def start(*args, **kw) -> Collector:
-        c = Collector(*args, **kw)
-        started.append(c)
-        return c
-    yield start
-    for c in started:
-        c.kill()
+# the ``collectors`` fixture (start Collector objects, killed at the test's end) is in
+# conftest.py, for every module that starts collectors
 
 
 def sip(callid: str, method: str = "INVITE", extra: str = "", body: str = "") -> bytes:
@@ -142,17 +133,19 @@ def message(callid: str, *, ts: int = TS, src: str = "192.0.2.1", dst: str = "19
 
 def rows_by_callid(db_url: str, table: str = "sip_capture") -> dict[str, dict]:
     from store_helpers import read_rows
+
     from sipcaptool.record import SIP_COLUMN_NAMES
 
-    return {r["callid"]: r for r in (dict(zip(SIP_COLUMN_NAMES, t))
+    return {r["callid"]: r for r in (dict(zip(SIP_COLUMN_NAMES, t, strict=True))
                                      for t in read_rows(db_url, table))}
 
 
 def aux_rows(db_url: str, table: str) -> list[dict]:
     from store_helpers import read_rows
+
     from sipcaptool.record import AUX_COLUMN_NAMES
 
-    return [dict(zip(AUX_COLUMN_NAMES, t)) for t in read_rows(db_url, table, AUX_COLUMN_NAMES)]
+    return [dict(zip(AUX_COLUMN_NAMES, t, strict=True)) for t in read_rows(db_url, table, AUX_COLUMN_NAMES)]
 
 
 def wait_packets(c: Collector, n: int, timeout: float = 20) -> None:
@@ -347,9 +340,14 @@ def _cpu_seconds(pid: int) -> float:
 def test_tcp_connections_get_keepalive():
     """Accepted connections carry TCP keepalive with short timers, so agents that vanish
     without a FIN do not hold connections for ever."""
-    from sipcaptool.sources.hep_listener import (KEEPALIVE_COUNT, KEEPALIVE_IDLE,
-                                                 KEEPALIVE_INTERVAL, HepCollector,
-                                                 open_listeners, parse_listen)
+    from sipcaptool.sources.hep_listener import (
+        KEEPALIVE_COUNT,
+        KEEPALIVE_IDLE,
+        KEEPALIVE_INTERVAL,
+        HepCollector,
+        open_listeners,
+        parse_listen,
+    )
     from sipcaptool.stats import Stats
 
     ((pair,),) = open_listeners([parse_listen("tcp:127.0.0.1:0")], rcvbuf=0)

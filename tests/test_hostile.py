@@ -19,7 +19,7 @@ import tracemalloc
 import zlib as _zlib
 
 import pytest
-from test_hep_collector import ROOT, collectors, message, rows_by_callid  # noqa: F401
+from test_hep_collector import ROOT, message, rows_by_callid
 
 from sipcaptool.decode.hep import (
     CHUNK_AUTH_KEY,

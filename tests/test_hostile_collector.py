@@ -23,7 +23,7 @@ import sys
 import time
 
 from store_helpers import connect
-from test_hep_collector import ROOT, collectors, message, rows_by_callid  # noqa: F401
+from test_hep_collector import ROOT, message, rows_by_callid
 
 from sipcaptool.config import Settings
 from sipcaptool.encode.hep import encode_hep3

@@ -27,7 +27,7 @@ import pytest
 from click.testing import CliRunner
 from decode_builders import udp4_frame
 from store_helpers import connect, q, tables
-from test_hep_collector import ROOT, collectors, message, sip  # noqa: F401
+from test_hep_collector import ROOT, message, sip
 
 from sipcaptool.cli import cli
 from sipcaptool.config import Settings

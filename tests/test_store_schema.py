@@ -84,7 +84,8 @@ def _columns(url, table):
     conn = connect(url)
     try:
         cur = conn.cursor()
-        cur.execute(f"SELECT * FROM {'`' + table + '`' if url.startswith('mysql') else chr(34) + table + chr(34)} WHERE 1=0")
+        quoted = f"`{table}`" if url.startswith("mysql") else f'"{table}"'
+        cur.execute(f"SELECT * FROM {quoted} WHERE 1=0")
         return tuple(d[0] for d in cur.description)
     finally:
         conn.close()
