@@ -74,15 +74,22 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from types import FrameType
+from typing import Any
 
-from ..decode.hep import MAX_INFLATED, decode_datagram
+from ..decode.hep import MAX_INFLATED, HepPacket, decode_datagram
 from ..decode.hep_stream import HepStream
 from ..errors import CaptureError, DecodeError, StoreError
 from ..net import parse_endpoint, set_rcvbuf
+from ..record import CapturedMessage
 from ..stats import Stats
 from .bpf import attach_filter
 
 log = logging.getLogger("sipcaptool.hep")
+
+Address = tuple[Any, ...] | str  # a peer as the socket module gives it
+# a listening socket resting after accept() failed: (until, socket, its selector data)
+_Paused = tuple[float, socket.socket, tuple[str, "Listener", socket.socket]]
 
 __all__ = ["ListenSpec", "parse_listen", "open_listeners", "HepCollector", "Listener"]
 
@@ -150,8 +157,8 @@ class Listener:
     def label(self) -> str:
         return self.spec.label(self.port)
 
-    def report(self) -> dict:
-        d = {"listen": self.label, "packets": self.packets, "bytes": self.bytes}
+    def report(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"listen": self.label, "packets": self.packets, "bytes": self.bytes}
         if self.spec.transport == "tcp":
             d["connections"] = self.connections
             d["closed_bad_stream"] = self.closed_bad
@@ -251,7 +258,7 @@ def set_keepalive(sock: socket.socket) -> None:
 def _queued(sock: socket.socket) -> int:
     """Bytes waiting in a socket's receive queue (FIONREAD); 0 if unknown."""
     try:
-        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0])
     except OSError:
         return 0
 
@@ -259,7 +266,7 @@ def _queued(sock: socket.socket) -> int:
 class _Conn:
     __slots__ = ("sock", "listener", "stream", "peer", "last")
 
-    def __init__(self, sock: socket.socket, listener: Listener, peer) -> None:
+    def __init__(self, sock: socket.socket, listener: Listener, peer: Address) -> None:
         self.sock = sock
         self.listener = listener
         self.stream = HepStream()
@@ -299,7 +306,7 @@ class HepCollector:
     """
 
     def __init__(self, listeners: list[tuple[Listener, socket.socket]],
-                 submit: Callable, stats: Stats, *, auth_key: bytes | None = None,
+                 submit: Callable[[CapturedMessage], None], stats: Stats, *, auth_key: bytes | None = None,
                  max_inflated: int = MAX_INFLATED,
                  count: int | None = None, duration: float | None = None,
                  tick: Callable[[], None] | None = None, tick_interval: float = 0.25,
@@ -322,7 +329,7 @@ class HepCollector:
         self.drain_limit = drain_limit
         self.tcp_idle_timeout = tcp_idle_timeout or None
         self._next_sweep = 0.0
-        self._paused: list[tuple[float, socket.socket, tuple]] = []  # listeners resting
+        self._paused: list[_Paused] = []  # listeners resting
         self._last_accept_log = -LOG_INTERVAL
         self.started = time.monotonic()
         self.stop_reason: str | None = None
@@ -356,7 +363,7 @@ class HepCollector:
         """SIGTERM and SIGINT request a graceful stop (main thread only); a second one
         while the sockets are drained ends the drain's storing at once (what is left is
         read and counted, see :meth:`_drain`)."""
-        def handler(signum, _frame):
+        def handler(signum: int, _frame: FrameType | None) -> None:
             if self._stop:
                 self._hurry = True
             self.stop(signal.Signals(signum).name)
@@ -645,7 +652,7 @@ class HepCollector:
         lst.bytes += nbytes_total
         return n
 
-    def _handle(self, data: bytes, addr) -> None:
+    def _handle(self, data: bytes, addr: Address) -> None:
         """Decode one datagram (or one TCP-framed packet) and submit its packets.
 
         Every HEP packet of it is either submitted or counted: a refused packet once
@@ -654,20 +661,20 @@ class HepCollector:
         packet was submitted does not keep the packets after it from being submitted.
         """
         errs = self._errs
+        pkts: list[HepPacket] = []
         try:
             pkts = decode_datagram(data, now_us=time.time_ns() // 1000,
                                    auth_key=self.auth_key, errors=errs,
                                    max_inflated=self.max_inflated)
         except DecodeError as e:
             self._reject(e, addr)
-            pkts = ()
         except Exception as e:  # noqa: BLE001 - a decoder bug must not stop the collector
             errs.clear()
             self._internal_error(e, addr)
             return
         if errs:
-            for e in errs:
-                self._reject(e, addr)
+            for err in errs:
+                self._reject(err, addr)
             errs.clear()
         submit = self.submit
         store_error: StoreError | None = None
@@ -684,12 +691,12 @@ class HepCollector:
                 raise store_error
             self.on_store_error(store_error)
 
-    def _internal_error(self, e: Exception, addr) -> None:
+    def _internal_error(self, e: Exception, addr: Address) -> None:
         self.stats["malformed:internal-error"] += 1
         self._log_sender(addr, "internal", "%s: %s: %s", type(e).__name__, e, "input dropped",
                          level=logging.ERROR)
 
-    def _reject(self, e: DecodeError, addr) -> None:
+    def _reject(self, e: DecodeError, addr: Address) -> None:
         """Count one refused part of a datagram/packet: one HEP packet, or the bytes
         that could not be cut into packets."""
         size = getattr(e, "size", 0)
@@ -705,7 +712,8 @@ class HepCollector:
                 self.stats["refused-bytes:" + e.reason] += size
             self._log_sender(addr, e.reason, "HEP input dropped: %s", e, level=logging.DEBUG)
 
-    def _log_sender(self, addr, what: str, fmt: str, *args, level: int = logging.WARNING) -> None:
+    def _log_sender(self, addr: Address, what: str, fmt: str, *args: object,
+                    level: int = logging.WARNING) -> None:
         """Log at most one line per sender address and kind per LOG_INTERVAL seconds."""
         if not log.isEnabledFor(level):
             return
@@ -810,7 +818,7 @@ class HepCollector:
 
     def _resume_accepting(self) -> None:
         now = time.monotonic()
-        keep = []
+        keep: list[_Paused] = []
         for when, lsock, data in self._paused:
             if when > now:
                 keep.append((when, lsock, data))
