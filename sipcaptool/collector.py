@@ -40,7 +40,8 @@ from .workers import WorkerLink, WorkerPool
 if TYPE_CHECKING:
     from .control import Endpoints
     from .pipeline import Pipeline
-    from .sources.hep_listener import HepCollector, Listener, ListenSpec
+    from .sources.hep_listener import HepCollector
+    from .sources.hep_sockets import Listener, ListenSpec
 
 log = logging.getLogger("sipcaptool.hep")
 
@@ -147,7 +148,7 @@ def run_collector(options: CollectorOptions, settings: Settings, *,
     ``stop_drain_timeout`` what was received before the stop (``dropped:shutdown``), a
     StoreError saying so.
     """
-    from .sources.hep_listener import open_listeners, raise_open_file_limit
+    from .sources.hep_sockets import open_listeners, raise_open_file_limit
 
     raise_open_file_limit(options.tcp_max_connections + 512)
     copies = open_listeners(options.listen, options.rcvbuf, options.workers)

@@ -22,8 +22,8 @@ from sipcaptool.net import (
     size_bytes,
 )
 from sipcaptool.senders.hep import parse_target
-from sipcaptool.sources.hep_listener import ListenSpec
-from sipcaptool.sources.hep_listener import parse_listen as parse_hep_listen
+from sipcaptool.sources.hep_sockets import ListenSpec
+from sipcaptool.sources.hep_sockets import parse_listen as parse_hep_listen
 from sipcaptool.sources.live import Listen
 from sipcaptool.sources.live import parse_listen as parse_raw_listen
 

@@ -324,7 +324,7 @@ def test_open_file_limit_raised_towards_the_connection_limit():
     raises its soft limit (never past the hard one)."""
     code = ("import resource\n"
             "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 3000))\n"
-            "from sipcaptool.sources.hep_listener import raise_open_file_limit\n"
+            "from sipcaptool.sources.hep_sockets import raise_open_file_limit\n"
             "print(raise_open_file_limit(), resource.getrlimit(resource.RLIMIT_NOFILE))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, timeout=60)
@@ -340,11 +340,11 @@ def _cpu_seconds(pid: int) -> float:
 def test_tcp_connections_get_keepalive():
     """Accepted connections carry TCP keepalive with short timers, so agents that vanish
     without a FIN do not hold connections for ever."""
-    from sipcaptool.sources.hep_listener import (
+    from sipcaptool.sources.hep_listener import HepCollector
+    from sipcaptool.sources.hep_sockets import (
         KEEPALIVE_COUNT,
         KEEPALIVE_IDLE,
         KEEPALIVE_INTERVAL,
-        HepCollector,
         open_listeners,
         parse_listen,
     )
@@ -605,7 +605,7 @@ def test_bad_listen_and_busy_port(sqlite_url):
 
 
 def test_listen_parsing():
-    from sipcaptool.sources.hep_listener import parse_listen
+    from sipcaptool.sources.hep_sockets import parse_listen
 
     assert parse_listen("udp:0.0.0.0:9060").label() == "udp:0.0.0.0:9060"
     s = parse_listen("tcp:[::]:9061")

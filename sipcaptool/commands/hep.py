@@ -126,7 +126,7 @@ def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf:
       sipcaptool hep --listen udp:[::]:9060 --auth-key s3cret --capture-node homer02 --workers 2
     """
     from ..collector import CollectorOptions, run_collector
-    from ..sources.hep_listener import parse_listen
+    from ..sources.hep_sockets import parse_listen
     from .common import setup_command_logging
 
     setup_command_logging(verbose, quiet, log_file, log_format)

@@ -1,5 +1,10 @@
 """HEP listener: UDP and TCP sockets feeding decoded HEP packets to a Pipeline.
 
+One module of about 700 lines (a third of it this text): the receive loop, the table of
+TCP connections (idle eviction, the limit) and the drain at a stop share one selector,
+one receive buffer and one set of counters, and are read together when a packet is lost.
+The sockets themselves are opened by :mod:`sipcaptool.sources.hep_sockets`.
+
 Why ``selectors`` and not ``asyncio``
 -------------------------------------
 The hot path is UDP: one HEP packet per datagram, tens of thousands per second, in a
@@ -62,28 +67,24 @@ limit the longest-silent one is closed for a new agent anyway (``evicted:tcp-lim
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import selectors
 import signal
 import socket
-import struct
-import termios
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 from ..decode.hep import MAX_INFLATED, HepPacket, decode_datagram
 from ..decode.hep_stream import HepStream
-from ..errors import CaptureError, DecodeError, StoreError
-from ..net import parse_endpoint, set_rcvbuf
+from ..errors import DecodeError, StoreError
 from ..record import CapturedMessage
 from ..stats import Stats
 from .bpf import attach_filter
+from .hep_sockets import MAX_CONNECTIONS, Listener, queued_bytes, set_keepalive
 
 log = logging.getLogger("sipcaptool.hep")
 
@@ -91,176 +92,17 @@ Address = tuple[Any, ...] | str  # a peer as the socket module gives it
 # a listening socket resting after accept() failed: (until, socket, its selector data)
 _Paused = tuple[float, socket.socket, tuple[str, "Listener", socket.socket]]
 
-__all__ = ["ListenSpec", "parse_listen", "open_listeners", "HepCollector", "Listener"]
+__all__ = ["HepCollector"]
 
 UDP_BURST = 512          # datagrams read from one socket before looking at the others
 TCP_READ = 256 * 1024    # bytes per recv() on a TCP connection
-MAX_CONNECTIONS = 4096   # default of the tcp_max_connections setting
 DRAIN_LIMIT = 30.0       # default of the stop_drain_timeout setting, seconds
 DRAIN_STEP = 256         # datagrams read per socket between two looks at the drain clock
 _DROP_ALL = [(0x06, 0, 0, 0)]  # classic BPF "ret #0": the socket takes no new datagram
 LOG_INTERVAL = 10.0      # seconds between two log lines about the same sender
-KEEPALIVE_IDLE = 60      # TCP keepalive: seconds of silence before the first probe
-KEEPALIVE_INTERVAL = 10  # seconds between probes
-KEEPALIVE_COUNT = 6      # unanswered probes before the kernel gives up
 _IDLE_SWEEP = 1.0        # seconds between two looks for idle connections
 ACCEPT_PAUSE = 1.0       # seconds a listener waits after accept() ran out of descriptors
 _LOG_SENDERS_MAX = 10000
-
-
-@dataclass(frozen=True)
-class ListenSpec:
-    """One ``--listen`` value: ``udp:HOST:PORT`` / ``tcp:HOST:PORT`` (IPv6 in brackets)."""
-
-    transport: str
-    host: str
-    port: int
-
-    @property
-    def family(self) -> int:
-        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
-
-    def label(self, port: int | None = None) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.transport}:{host}:{self.port if port is None else port}"
-
-
-def parse_listen(text: str) -> ListenSpec:
-    """``udp:0.0.0.0:9060``, ``tcp:[::]:9061``, ``udp:9060`` (all IPv4 addresses).
-
-    The grammar of :mod:`sipcaptool.net`: an IP address (IPv6 in brackets), a port
-    0-65535 (0: one the system picks), the transport and the port required.
-
-    Raises:
-        ConfigError: naming ``--listen``, the value and the forms allowed.
-    """
-    ep = parse_endpoint(text, "--listen", expected="udp:HOST:PORT or tcp:HOST:PORT, port "
-                        "0-65535 (IPv6 hosts in brackets: udp:[::]:9060)",
-                        transports=("udp", "tcp"), min_port=0, ip_only=True, need_port=True)
-    assert ep.port is not None  # need_port
-    return ListenSpec(ep.transport, ep.host or "0.0.0.0", ep.port)
-
-
-@dataclass
-class Listener:
-    """Per-listener counters, reported in the summary."""
-
-    spec: ListenSpec
-    port: int = 0                 # the bound port (resolves port 0)
-    rcvbuf: int = 0               # effective receive buffer, bytes (as the kernel reports it)
-    packets: int = 0
-    bytes: int = 0
-    connections: int = 0          # TCP: accepted connections
-    closed_bad: int = 0           # TCP: connections closed because of a bad stream
-
-    @property
-    def label(self) -> str:
-        return self.spec.label(self.port)
-
-    def report(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"listen": self.label, "packets": self.packets, "bytes": self.bytes}
-        if self.spec.transport == "tcp":
-            d["connections"] = self.connections
-            d["closed_bad_stream"] = self.closed_bad
-        return d
-
-
-def _bind(spec: ListenSpec, port: int, rcvbuf: int, reuseport: bool,
-          v6only: bool) -> tuple[socket.socket, int]:
-    kind = socket.SOCK_DGRAM if spec.transport == "udp" else socket.SOCK_STREAM
-    sock = socket.socket(spec.family, kind)
-    try:
-        if spec.transport == "tcp":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuseport:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if spec.family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only else 0)
-        got = set_rcvbuf(sock, rcvbuf) if spec.transport == "udp" else 0
-        sock.bind((spec.host, port))
-        if spec.transport == "tcp":
-            sock.listen(128)
-        sock.setblocking(False)
-    except OSError as e:
-        sock.close()
-        raise CaptureError(f"cannot listen on {spec.label(port)}: {e.strerror or e}") from None
-    return sock, got
-
-
-def open_listeners(specs: Iterable[ListenSpec], rcvbuf: int, copies: int = 1,
-                   ) -> list[list[tuple[Listener, socket.socket]]]:
-    """Bind every spec ``copies`` times (SO_REUSEPORT when copies > 1).
-
-    Returns one list of (Listener, socket) per copy, so each worker process gets its own
-    socket for every address and the kernel spreads datagrams/connections among them.
-    Port 0 is resolved by the first copy and reused by the others. A capped receive
-    buffer is logged as a warning once per listener.
-
-    An IPv6 listener is dual-stack unless an IPv4 listener of the same transport and
-    port is also given (then it is IPv6-only so both can bind).
-    """
-    specs = list(specs)
-    out: list[list[tuple[Listener, socket.socket]]] = [[] for _ in range(copies)]
-    try:
-        for spec in specs:
-            v6only = spec.family == socket.AF_INET6 and any(
-                s.transport == spec.transport and s.port == spec.port and s.family == socket.AF_INET
-                for s in specs)
-            port = spec.port
-            for c in range(copies):
-                sock, got = _bind(spec, port, rcvbuf, copies > 1, v6only)
-                port = sock.getsockname()[1]
-                out[c].append((Listener(spec, port, got), sock))
-            if spec.transport == "udp" and rcvbuf > 0 and got < rcvbuf:
-                log.warning("%s: receive buffer is %d bytes, %d asked: the kernel caps it at "
-                            "net.core.rmem_max (raise it with sysctl -w net.core.rmem_max=%d, "
-                            "or run as root so SO_RCVBUFFORCE applies); bursts may be lost",
-                            spec.label(port), got // 2, rcvbuf, rcvbuf)
-    except BaseException:
-        for row in out:
-            for _l, s in row:
-                s.close()
-        raise
-    return out
-
-
-def raise_open_file_limit(want: int = MAX_CONNECTIONS + 512) -> int:
-    """Raise the soft limit of open files towards ``want`` (never past the hard limit):
-    every TCP agent holds a descriptor, and a shell's usual 1024 is less than the
-    connections the collector takes. Returns the soft limit now in force."""
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-        if soft != resource.RLIM_INFINITY and soft < target:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            return target
-        return soft
-    except (ImportError, ValueError, OSError):  # pragma: no cover - not on this platform
-        return -1
-
-
-def set_keepalive(sock: socket.socket) -> None:
-    """TCP keepalive with short timers (see the module doc); best effort."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE),
-                            ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
-                            ("TCP_KEEPCNT", KEEPALIVE_COUNT)):
-            opt = getattr(socket, name, None)
-            if opt is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, opt, value)
-    except OSError:  # pragma: no cover - not every platform has every option
-        pass
-
-
-def _queued(sock: socket.socket) -> int:
-    """Bytes waiting in a socket's receive queue (FIONREAD); 0 if unknown."""
-    try:
-        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0])
-    except OSError:
-        return 0
 
 
 class _Conn:
@@ -511,7 +353,7 @@ class HepCollector:
                 pass
             sock.close()
         for fd, conn in self._conns.items():
-            self._budgets[fd] = _queued(conn.sock)
+            self._budgets[fd] = queued_bytes(conn.sock)
 
     def _discard_udp(self, sock: socket.socket, lst: Listener) -> int:
         """Read what is left in a sealed UDP socket, counting it as dropped:shutdown."""
@@ -769,7 +611,7 @@ class HepCollector:
             if len(self._conns) < self.max_connections:
                 return
             conn = next(iter(self._conns.values()))
-            if attempt < 7 and _queued(conn.sock) > 0:
+            if attempt < 7 and queued_bytes(conn.sock) > 0:
                 if self._read_tcp(conn):
                     self._touch(conn)
                 continue  # read, or closed by its peer: either way look again
