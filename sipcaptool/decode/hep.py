@@ -66,6 +66,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from sipcaptool.decode.ip import IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
 from sipcaptool.errors import DecodeError
 from sipcaptool.record import (
     AF_INET,
@@ -174,10 +175,7 @@ HEP3_MAX_LEN = 65535
 MAX_INFLATED = 256 * 1024
 _INFLATE_STEP = 4096    # whole-datagram gzip: inflated at least this much at a time
 
-IPPROTO_TCP = 6
-IPPROTO_UDP = 17
 IPPROTO_IDP = 22  # Kamailio's "fake TLS" marker in HEPv1/v2
-IPPROTO_SCTP = 132
 
 # IP protocol -> Kamailio transport enum.
 # HEPv3: Kamailio 5.6.3 maps only 17 and 6 and leaves the variable uninitialised for

@@ -39,6 +39,7 @@ import re
 from collections.abc import Callable, Iterable
 
 from ..errors import DecodeError
+from .sip_fields import DIGITS as _DIGITS
 from .sip_fields import address, digest_user, name_addr, originator, parse_uri, tag_param
 
 __all__ = [
@@ -133,7 +134,6 @@ _TOKEN_CHARS = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
 )
 _TOKEN_BYTES = bytes(sorted(ord(c) for c in _TOKEN_CHARS))
-_DIGITS = frozenset("0123456789")
 
 
 class SipMessage:

@@ -39,7 +39,7 @@ _SIP_NAME_ADDR_RE = re.compile(
     re.S,
 )
 
-_DIGITS = frozenset("0123456789")
+DIGITS = frozenset("0123456789")
 
 _URI_SCHEMES_SIP = frozenset(("sip", "sips"))
 _URI_SCHEMES_TEL = frozenset(("tel", "tels"))
@@ -110,7 +110,7 @@ def _parse_uri_general(uri: str) -> tuple[str, str, str]:
                 port = ""
         if not host:
             raise ValueError(f"no host in {uri[:80]!r}")
-        if port and not _DIGITS.issuperset(port):
+        if port and not DIGITS.issuperset(port):
             raise ValueError(f"bad port in {uri[:80]!r}")
         if port and (len(port) > 5 or int(port) > 65535):
             raise ValueError(f"port out of range in {uri[:80]!r}")
@@ -257,7 +257,7 @@ def originator(body: str) -> tuple[str, int]:
     ip = ip.strip(" \t")
     n = 0
     for ch in port_s.lstrip(" \t"):
-        if ch not in _DIGITS:
+        if ch not in DIGITS:
             break
         n += 1
     port = int(port_s.lstrip(" \t")[:n]) if 0 < n <= 5 else 0

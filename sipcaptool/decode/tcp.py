@@ -36,6 +36,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable
 
+from sipcaptool.decode.hep import HEP3_IDS
 from sipcaptool.record import PROTO_TCP, PROTO_WS
 from sipcaptool.stats import Stats
 
@@ -50,7 +51,6 @@ FlowKey = tuple[bytes, int, bytes, int]
 #: a message cut out of a stream: (timestamp in µs, PROTO_TCP / PROTO_WS / HEP_FRAME, bytes)
 Framed = tuple[int, int, bytes]
 
-_HEP3_IDS = (b"HEP3", b"EEP3")
 _HEP3_SEARCH = re.compile(rb"[HE]EP3")
 _HEP3_PREFIXES = {k: (b"HEP3"[:k], b"EEP3"[:k]) for k in (1, 2, 3)}
 
@@ -403,7 +403,7 @@ class TcpReassembler:
         one incomplete packet of < 64 KB is held)."""
         buf = st.buf
         while len(buf) >= 6:
-            if buf[:4] not in _HEP3_IDS or (buf[4] << 8 | buf[5]) < 6:
+            if buf[:4] not in HEP3_IDS or (buf[4] << 8 | buf[5]) < 6:
                 # not at a packet boundary (joined mid-way, or garbage between packets);
                 # scan_from marks a run of skipped bytes already counted
                 if not st.scan_from:
@@ -546,7 +546,7 @@ def _hep3_start(data: bytes | bytearray, pos: int = 0) -> int:
     header."""
     if pos == 0:
         n = len(data)
-        if (n >= 6 and data[:4] in _HEP3_IDS) or (0 < n < 4 and bytes(data) in _HEP3_PREFIXES[n]):
+        if (n >= 6 and data[:4] in HEP3_IDS) or (0 < n < 4 and bytes(data) in _HEP3_PREFIXES[n]):
             return 0    # a stream's first bytes: the id (or its start) is enough
     n = len(data)
     while True:

@@ -35,10 +35,8 @@ from sipcaptool.decode.hep import (
     CHUNK_TIME_USEC,
     HEP3_MAX_LEN,
     IPPROTO_IDP,
-    IPPROTO_SCTP,
-    IPPROTO_TCP,
-    IPPROTO_UDP,
 )
+from sipcaptool.decode.ip import IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
 from sipcaptool.record import (
     AF_INET,
     AF_INET6,

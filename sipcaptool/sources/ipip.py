@@ -27,14 +27,12 @@ import socket
 import struct
 import time
 
+from ..decode.ip import IPPROTO_IPIP, IPPROTO_IPV6
+from ..decode.link import DLT_RAW  # a packet starting with its IPv4 or IPv6 header
 from ..errors import CaptureError
 from ..net import set_rcvbuf
 from . import bpf
 
-DLT_RAW = 101  # LINKTYPE_RAW: a packet starting with its IPv4 or IPv6 header
-
-IPPROTO_IPIP = 4
-IPPROTO_IPV6 = 41
 SO_TIMESTAMP = getattr(socket, "SO_TIMESTAMP", 29)
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 RECV_BUF = 65535 + 64
