@@ -6,77 +6,24 @@ Nothing here is used by the capture path itself.
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO
 
-LINKTYPE_ETHERNET = 1
-LINKTYPE_RAW = 101
-LINKTYPE_LINUX_SLL = 113
+# the writer and the frame builders live in the library (``sipcaptool export`` writes
+# capture files with them); their names stay importable from here
+from sipcaptool.export.frames import ether, ipv4, ipv6, tcp, udp
+from sipcaptool.export.pcap import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_RAW,
+    PcapngWriter,
+    PcapWriter,
+)
 
-
-class PcapWriter:
-    """Classic pcap (little-endian, µs or ns timestamps)."""
-
-    def __init__(self, f: BinaryIO, linktype: int = LINKTYPE_ETHERNET, snaplen: int = 262144,
-                 nano: bool = False) -> None:
-        self.f = f
-        self.nano = nano
-        magic = 0xA1B23C4D if nano else 0xA1B2C3D4
-        f.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype))
-
-    def write(self, ts_us: int, frame: bytes, wirelen: int | None = None) -> None:
-        sec, usec = divmod(ts_us, 1_000_000)
-        frac = usec * 1000 if self.nano else usec
-        self.f.write(struct.pack("<IIII", sec, frac, len(frame), wirelen or len(frame)))
-        self.f.write(frame)
-
-
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return int(~s & 0xFFFF)
-
-
-def ether(payload: bytes, ethertype: int = 0x0800, vlans: Iterable[int] = (),
-          src: bytes = b"\x02\0\0\0\0\x01", dst: bytes = b"\x02\0\0\0\0\x02",
-          qinq: bool = False) -> bytes:
-    tags = b""
-    vl = list(vlans)
-    for i, vid in enumerate(vl):
-        tpid = 0x88A8 if (qinq and i == 0 and len(vl) > 1) else 0x8100
-        tags += struct.pack("!HH", tpid, vid & 0x0FFF)
-    return dst + src + tags + struct.pack("!H", ethertype) + payload
-
-
-def ipv4(src: str, dst: str, proto: int, payload: bytes, ident: int = 1,
-         frag_offset: int = 0, more_fragments: bool = False, ttl: int = 64,
-         total_length: int | None = None) -> bytes:
-    flags = (0x2000 if more_fragments else 0) | (frag_offset // 8)
-    length = 20 + len(payload) if total_length is None else total_length
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, length, ident,
-                      flags, ttl, proto, 0, ipaddress.IPv4Address(src).packed,
-                      ipaddress.IPv4Address(dst).packed)
-    hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
-    return hdr + payload
-
-
-def ipv6(src: str, dst: str, next_header: int, payload: bytes, hop_limit: int = 64) -> bytes:
-    return (struct.pack("!IHBB", 0x60000000, len(payload), next_header, hop_limit)
-            + ipaddress.IPv6Address(src).packed + ipaddress.IPv6Address(dst).packed + payload)
-
-
-def udp(sport: int, dport: int, payload: bytes) -> bytes:
-    return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-
-
-def tcp(sport: int, dport: int, seq: int, payload: bytes, ack: int = 0, flags: int = 0x18) -> bytes:
-    return struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack, 5 << 4, flags,
-                       65535, 0, 0) + payload
+__all__ = ["LINKTYPE_ETHERNET", "LINKTYPE_LINUX_SLL", "LINKTYPE_RAW", "PcapWriter",
+           "PcapngWriter", "ether", "ipv4", "ipv6", "tcp", "udp", "ipv4_fragments",
+           "ipv6_fragments", "udp4_frame", "sip_call", "sip_register", "sip_options",
+           "realistic_messages"]
 
 
 def ipv4_fragments(src: str, dst: str, proto: int, payload: bytes, mtu: int = 1500,
