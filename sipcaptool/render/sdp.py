@@ -113,8 +113,10 @@ def parse_sdp(body: bytes) -> tuple[Media, ...]:
         assert isinstance(rtpmap, dict) and isinstance(fmts, list)
         codecs: list[str] = []
         for f in fmts:
-            name = rtpmap.get(f) or (STATIC_PT.get(int(f), f) if f.isdigit() else f)
-            codecs.append(str(name))
+            mapped = rtpmap.get(f)
+            if not isinstance(mapped, str) or not mapped:
+                mapped = STATIC_PT.get(int(f), f) if f.isdigit() else str(f)
+            codecs.append(mapped)
         port = m["port"]
         assert isinstance(port, int)
         out.append(Media(kind=str(m["kind"]), address=str(m["address"] or session_addr),
