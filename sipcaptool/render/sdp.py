@@ -115,7 +115,7 @@ def parse_sdp(body: bytes) -> tuple[Media, ...]:
         for f in fmts:
             mapped = rtpmap.get(f)
             if not isinstance(mapped, str) or not mapped:
-                mapped = STATIC_PT.get(int(f), f) if f.isdigit() else str(f)
+                mapped = str(STATIC_PT.get(int(f), f)) if f.isdigit() else str(f)
             codecs.append(mapped)
         port = m["port"]
         assert isinstance(port, int)
