@@ -74,7 +74,10 @@ class StoredMessage:
                 continue
             v = row.pop(f.name, None)
             if f.name == "msg":
-                v = bytes(v) if v is not None else b""
+                # bytes, memoryview (PostgreSQL); str from a text column (Kamailio's
+                # varchar msg) is encoded back
+                v = b"" if v is None else (
+                    v.encode("utf-8", "surrogateescape") if isinstance(v, str) else bytes(v))
             elif f.type == "int":
                 v = int(v) if v is not None else 0
             else:

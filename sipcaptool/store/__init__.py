@@ -19,6 +19,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 from ..errors import StoreError
 from ..record import AUX_COLUMN_NAMES, AUX_COLUMNS, SIP_COLUMN_NAMES, SIP_COLUMNS
@@ -239,6 +240,29 @@ class Adapter(ABC):
             return (f"db_insert_mode 1: {self.dialect} has no INSERT DELAYED; batches are "
                     "written with plain statements")
         return f"db_insert_mode {self.insert_mode}: batches are written with plain statements"
+
+    # -- reading (search, flow, export) -------------------------------------------------
+    #: the driver's parameter marker in :meth:`select` statements
+    placeholder: str = "?"
+
+    def connect_readonly(self) -> None:
+        """Open the connection for reading only, where the database can say so (SQLite:
+        a missing file is an error, never created; MySQL/PostgreSQL: read-only
+        transactions). Same errors as :meth:`connect`."""
+        self.connect()
+
+    def select(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """Run one read statement (parameters marked with :attr:`placeholder`) and return
+        its rows; the read transaction ends with it. StoreError on failure."""
+        raise NotImplementedError
+
+    def existing_tables(self) -> set[str]:
+        """The names of the tables in the database (its current schema)."""
+        raise NotImplementedError
+
+    def table_columns(self, table: str) -> list[str]:
+        """The column names of ``table`` in order (empty when it does not exist)."""
+        raise NotImplementedError
 
     def create_batches_table(self) -> None:
         from .schema import batches_table_sql

@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 import pymysql
@@ -222,6 +222,41 @@ class MysqlAdapter(Adapter):
                 pass
             raise self.error("cannot set up the session", e, transient=True) from None
         self.conn = conn
+
+    placeholder = "%s"
+
+    def connect_readonly(self) -> None:
+        self.connect()
+        try:
+            with self._db().cursor() as cur:
+                cur.execute("SET SESSION TRANSACTION READ ONLY")
+        except (pymysql.err.MySQLError, OSError) as e:
+            self.close()
+            raise self.error("cannot set up the session", e, transient=True) from None
+
+    def select(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        try:
+            conn = self._db()
+            with conn.cursor() as cur:
+                cur.execute(sql, tuple(params))
+                rows = list(cur.fetchall())
+            conn.rollback()  # end the read snapshot
+            return rows
+        except (pymysql.err.MySQLError, OSError, RuntimeError) as e:
+            err = self.error("cannot read", e)
+            if err.kind == "connection":
+                self.close()
+            raise err from None
+
+    def existing_tables(self) -> set[str]:
+        return {str(r[0]) for r in self.select(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = DATABASE()")}
+
+    def table_columns(self, table: str) -> list[str]:
+        return [str(r[0]) for r in self.select(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+            "DATABASE() AND table_name = %s ORDER BY ordinal_position", (table,))]
 
     def _db(self) -> _Conn:
         """The connection :meth:`connect` opened (a transient StoreError when a failed

@@ -12,7 +12,7 @@ from __future__ import annotations
 import codecs
 import io
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 import psycopg2
@@ -183,6 +183,41 @@ class PostgresAdapter(Adapter):
         except psycopg2.Error as e:
             self.close()
             raise self.error("cannot set up the session", e, transient=True) from None
+
+    placeholder = "%s"
+
+    def connect_readonly(self) -> None:
+        self.connect()
+        try:
+            self._db().set_session(readonly=True)
+        except psycopg2.Error as e:
+            self.close()
+            raise self.error("cannot set up the session", e, transient=True) from None
+
+    def select(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        try:
+            conn = self._db()
+            with conn.cursor() as cur:
+                cur.execute(sql, tuple(params))
+                rows = list(cur.fetchall())
+            conn.rollback()  # end the read transaction
+            return rows
+        except psycopg2.Error as e:
+            self._rollback()
+            err = self.error("cannot read", e)
+            if err.kind == "connection":
+                self.close()
+            raise err from None
+
+    def existing_tables(self) -> set[str]:
+        return {str(r[0]) for r in self.select(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = current_schema()")}
+
+    def table_columns(self, table: str) -> list[str]:
+        return [str(r[0]) for r in self.select(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+            "current_schema() AND table_name = %s ORDER BY ordinal_position", (table,))]
 
     def _db(self) -> _Conn:
         """The connection :meth:`connect` opened (a transient StoreError when a failed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from . import COLUMN_NAMES, Adapter, Row, one_line, payload_list
 from .schema import BATCHES_TABLE, batches_marker_sql, quote_ident
@@ -62,6 +62,38 @@ class SqliteAdapter(Adapter):
         except sqlite3.Error as e:
             raise self.error("cannot open", e, transient=True) from None
         self.conn = conn
+
+    def connect_readonly(self) -> None:
+        """Open the file read-only (``mode=ro``): a missing file is an error, not a new
+        empty database."""
+        if self.conn is not None:
+            return
+        path = self.url.database
+        if path == ":memory:":
+            self.connect()
+            return
+        from urllib.parse import quote
+        try:
+            if not os.path.exists(path):
+                raise sqlite3.OperationalError(f"unable to open: {path!r} does not exist")
+            self.conn = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=30,
+                                        isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise self.error("cannot open", e, transient=True) from None
+
+    def select(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._db().execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error as e:
+            raise self.error("cannot read", e) from None
+
+    def existing_tables(self) -> set[str]:
+        return {str(r[0]) for r in self.select(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def table_columns(self, table: str) -> list[str]:
+        return [str(r[1]) for r in self.select(
+            f"PRAGMA table_info({quote_ident('sqlite', table)})")]
 
     def _db(self) -> sqlite3.Connection:
         """The connection :meth:`connect` opened."""
