@@ -18,6 +18,7 @@ STATIC_PT = {
     12: "QCELP/8000", 13: "CN/8000", 14: "MPA/90000", 15: "G728/8000", 18: "G729/8000",
     25: "CelB/90000", 26: "JPEG/90000", 31: "H261/90000", 32: "MPV/90000", 34: "H263/90000",
 }
+SHORT = {"telephone-event": "DTMF"}  # names shortened in a summary
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 
 
@@ -38,7 +39,7 @@ class Media:
         return f"{host}:{self.port}"
 
     def summary(self, max_codecs: int = 3) -> str:
-        codecs = [c.split("/")[0] for c in self.codecs]
+        codecs = [SHORT.get(c.split("/")[0].lower(), c.split("/")[0]) for c in self.codecs]
         shown = ",".join(codecs[:max_codecs]) + ("…" if len(codecs) > max_codecs else "")
         text = f"{self.kind} {self.endpoint} {shown}".rstrip()
         if self.port == 0:
