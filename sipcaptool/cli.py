@@ -28,6 +28,7 @@ COMMANDS = {
     "ctl": "ctl",
     "config": "configcmd",
     "spool": "spool",
+    "search": "search",
 }
 
 
