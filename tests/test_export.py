@@ -1,0 +1,342 @@
+"""`sipcaptool export`: stored messages written as pcap, pcapng and text, checked with the
+real tools -- tshark reads every file without errors or expert warnings and decodes the
+same SIP messages, sngrep sees the same dialogs -- and replayed back: ``sipcaptool
+replay`` of an exported file stores the same messages again (Call-ID, method/status,
+CSeq, addresses, ports, µs time, msg bytes)."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from shared_data import CORPUS, needs_shared
+from store_helpers import read_rows
+
+from sipcaptool.errors import ConfigError
+from sipcaptool.export import (
+    ExportReport,
+    OutputExistsError,
+    export_messages,
+    format_for,
+    message_packets,
+    write_export,
+)
+from sipcaptool.export.frames import checksum
+from sipcaptool.export.text import header_line
+from sipcaptool.query.model import STORED_COLUMNS, StoredMessage
+
+ROOT = Path(__file__).resolve().parents[1]
+PCAPS = ROOT / "tests" / "pcaps"
+EXAMPLE = ROOT / "examples" / "call.pcap"
+PROJECT_CAPTURES = [EXAMPLE, *sorted(p for p in PCAPS.iterdir()
+                                     if p.suffix in (".pcap", ".pcapng"))]
+CORPUS_FILES = ["sip-tcp-port6060-segmented-calls.pcap", "sip-tcp-64k-invite-null-linktype.pcap",
+                "sip-ipv6-udp-fragmented-sll.pcap", "sip-sctp-multipart-sll.pcap",
+                "sip-websocket-and-udp.pcap", "hep3-udp.pcap", "sip-tcp-msg-split-2-segments.pcap",
+                "sip-sll-tcp-udp-retransmissions.pcap"]
+
+needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+needs_sngrep = pytest.mark.skipif(shutil.which("sngrep") is None, reason="sngrep not installed")
+
+
+# ---------------------------------------------------------------- helpers
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "sipcaptool", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=300)
+
+
+def replay(url: str, *files: Path | str) -> None:
+    p = cli("replay", "--db", url, "-q", "--json", *map(str, files))
+    assert p.returncode == 0, p.stderr
+
+
+def stored(url: str, table: str = "sip_capture") -> list[StoredMessage]:
+    return [StoredMessage.from_row(STORED_COLUMNS, r, table)
+            for r in read_rows(url, table, STORED_COLUMNS)]
+
+
+def key(m: StoredMessage) -> tuple:
+    """What a round trip keeps."""
+    return (m.micro_ts, m.callid, m.method, m.reply_reason, m.cseq, m.source_ip, m.source_port,
+            m.destination_ip, m.destination_port, m.msg)
+
+
+def tshark(path: Path, *args: str) -> str:
+    p = subprocess.run(["tshark", "-n", "-r", str(path), *args], capture_output=True,
+                       text=True, timeout=120)
+    err = "\n".join(ln for ln in p.stderr.splitlines() if "Running as user" not in ln)
+    assert p.returncode == 0 and not err.strip(), err
+    return p.stdout
+
+
+def decode_as(msgs: list[StoredMessage]) -> list[str]:
+    """tshark takes SIP on 5060 by itself; other ports are told (6060 would be X11)."""
+    args = []
+    for transport, ports in (("tcp", {p for m in msgs if m.proto != 1 and m.proto != 4
+                                      for p in (m.source_port, m.destination_port)}),
+                             ("udp", {p for m in msgs if m.proto in (0, 1)
+                                      for p in (m.source_port, m.destination_port)})):
+        for port in sorted(ports - {5060}):
+            args += ["-d", f"{transport}.port=={port},sip"]
+    return args
+
+
+def expert_problems(path: Path, msgs: list[StoredMessage]) -> list[str]:
+    """tshark's expert information above Note level (errors, warnings: malformed packets,
+    previous segment not captured, bad checksums...)."""
+    text = tshark(path, "-q", "-z", "expert", *decode_as(msgs))
+    return re.findall(r"^(?:Errors|Warns) \(\d+\).*?(?=^\S|\Z)", text, re.M | re.S)
+
+
+def tshark_messages(path: Path, msgs: list[StoredMessage]) -> list[tuple]:
+    """The SIP messages tshark decodes: (µs, src, sport, dst, dport, Call-ID, method or
+    status, CSeq), in file order."""
+    fields = ["frame.time_epoch", "ip.src", "ipv6.src", "ip.dst", "ipv6.dst", "udp.srcport",
+              "tcp.srcport", "sctp.srcport", "udp.dstport", "tcp.dstport", "sctp.dstport",
+              "sip.Call-ID", "sip.Method", "sip.Status-Code", "sip.CSeq"]
+    args = ["-Y", "sip", "-T", "fields", "-E", "separator=\t", "-E", "occurrence=f",
+            *[a for f in fields for a in ("-e", f)], *decode_as(msgs)]
+    out = []
+    for line in tshark(path, *args).splitlines():
+        (t, ip4s, ip6s, ip4d, ip6d, us, ts_, ss, ud, td, sd, cid, meth, status, cseq) = \
+            line.split("\t")
+        sec, frac = t.split(".")
+        out.append((int(sec) * 1_000_000 + int(frac[:6]), ip4s or ip6s, int(us or ts_ or ss),
+                    ip4d or ip6d, int(ud or td or sd), cid, meth or status, cseq))
+    return out
+
+
+def expected_tshark(msgs: list[StoredMessage]) -> list[tuple]:
+    import ipaddress
+
+    def norm(ip: str) -> str:
+        return str(ipaddress.ip_address(ip))
+    return [(m.micro_ts, norm(m.source_ip), m.source_port, norm(m.destination_ip),
+             m.destination_port, m.callid, m.method, m.cseq)
+            for m in sorted(msgs, key=lambda m: m.micro_ts)]
+
+
+def check_with_tshark(path: Path, msgs: list[StoredMessage]) -> None:
+    assert expert_problems(path, msgs) == []
+    got = tshark_messages(path, msgs)
+    assert sorted(got) == sorted(expected_tshark(msgs))
+
+
+def round_trip(src_url: str, out: Path, work: Path) -> tuple[list[StoredMessage],
+                                                            list[StoredMessage]]:
+    """Export everything of ``src_url`` to ``out``, replay it into a new SQLite file;
+    the messages before and after."""
+    before = stored(src_url)
+    export_messages(before, str(out))
+    url2 = f"sqlite:///{work / (out.name + '.db')}"
+    replay(url2, out)
+    return before, stored(url2)
+
+
+# ---------------------------------------------------------------- writers, by hand
+
+def msg(**kw) -> StoredMessage:
+    row = dict.fromkeys(STORED_COLUMNS, "")
+    row.update(micro_ts=1_764_000_000_123_456, source_port=5060, destination_port=5060,
+               proto=1, family=2, source_ip="192.0.2.1", destination_ip="192.0.2.2",
+               node="homer01", callid="abc@h", method="OPTIONS", cseq="1 OPTIONS",
+               msg=b"OPTIONS sip:b SIP/2.0\r\nCall-ID: abc@h\r\nCSeq: 1 OPTIONS\r\n"
+                   b"Content-Length: 0\r\n\r\n")
+    row.update(kw)
+    return StoredMessage.from_row(list(row), list(row.values()))
+
+
+def test_format_from_name_or_option():
+    assert format_for("x.pcap") == "pcap"
+    assert format_for("X.PCAPNG") == "pcapng"
+    assert format_for("call.txt") == "txt"
+    assert format_for("x.bin", "pcap") == "pcap"
+    with pytest.raises(ConfigError, match="--format"):
+        format_for("x.bin")
+    with pytest.raises(ConfigError, match="--format"):
+        format_for("x.pcap", "json")
+
+
+def test_checksums_are_right():
+    """IPv4 header, UDP and TCP over IPv4 and IPv6: the checksum over each (with its
+    pseudo-header) folds to zero."""
+    m4 = msg()
+    m6 = msg(source_ip="2001:db8::1", destination_ip="2001:db8::2", family=10)
+    for m in (m4, m6, msg(proto=2), msg(proto=2, source_ip="2001:db8::1",
+                                        destination_ip="2001:db8::2", family=10)):
+        for p in message_packets([m]):
+            f = p.frame
+            if f[12:14] == b"\x08\x00":
+                ip = f[14:34]
+                assert checksum(ip) == 0
+                src, dst, l4 = ip[12:16], ip[16:20], f[34:]
+                proto = ip[9]
+                pseudo = src + dst + struct.pack("!BBH", 0, proto, len(l4))
+            else:
+                ip = f[14:54]
+                src, dst, l4 = ip[8:24], ip[24:40], f[54:]
+                proto = ip[6]
+                pseudo = src + dst + struct.pack("!IxxxB", len(l4), proto)
+            assert checksum(pseudo + l4) == 0, (m.proto, m.family)
+
+
+def test_tcp_message_split_at_mss_and_sequence_numbers_follow():
+    big = b"MESSAGE sip:b SIP/2.0\r\nCall-ID: big@h\r\nCSeq: 1 MESSAGE\r\nContent-Length: 5000\r\n\r\n" \
+        + b"x" * 5000
+    packets = message_packets([msg(proto=2, msg=big, method="MESSAGE", callid="big@h")], mss=1000)
+    tcp_payloads = []
+    seqs = []
+    for p in packets:
+        seg = p.frame[34:]
+        hlen = (seg[12] >> 4) * 4
+        flags = seg[13]
+        seqs.append((struct.unpack("!I", seg[4:8])[0], flags, len(seg) - hlen))
+        if len(seg) > hlen:
+            tcp_payloads.append(seg[hlen:])
+        assert p.ts_us == 1_764_000_000_123_456
+    assert seqs[0][1] == 0x02 and seqs[1][1] == 0x12        # SYN, SYN/ACK
+    assert all(len(x) <= 1000 for x in tcp_payloads)
+    assert b"".join(tcp_payloads) == big
+    data = [s for s in seqs if s[2]]
+    for (s1, _f1, n1), (s2, _f2, _n2) in zip(data, data[1:], strict=False):
+        assert s2 == (s1 + n1) & 0xFFFFFFFF
+
+
+def test_text_export_header_and_message(tmp_path):
+    m = msg(source_ip="2001:db8::1", destination_ip="2001:db8::2", family=10, proto=2)
+    assert header_line(m) == ("2025/11/24 16:00:00.123456 [2001:db8::1]:5060 -> "
+                              "[2001:db8::2]:5060 TCP homer01")
+    out = tmp_path / "x.txt"
+    r = export_messages([m, msg(micro_ts=1_764_000_000_000_001)], str(out))
+    assert r == ExportReport(str(out), "txt", 2, 2)
+    text = out.read_bytes()
+    assert text.startswith(b"2025/11/24 16:00:00.000001 192.0.2.1:5060 -> 192.0.2.2:5060 UDP "
+                           b"homer01\nOPTIONS sip:b")        # time order
+    assert text.count(m.msg) == 2
+
+
+def test_existing_file_is_kept_without_force(tmp_path):
+    out = tmp_path / "x.pcap"
+    out.write_bytes(b"keep")
+    with pytest.raises(OutputExistsError) as e:
+        export_messages([msg()], str(out))
+    assert e.value.exit_code == 2
+    assert out.read_bytes() == b"keep"
+    export_messages([msg()], str(out), force=True)
+    assert out.read_bytes()[:4] == b"\xd4\xc3\xb2\xa1"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pcap"]     # no temporary file left
+
+
+def test_same_row_twice_is_written_once():
+    buf = io.BytesIO()
+    assert write_export(buf, [msg(), msg()], "pcap") == (1, 1)
+
+
+@needs_tshark
+def test_pcapng_carries_node_and_microseconds(tmp_path):
+    msgs = [msg(node="edge-1"), msg(micro_ts=1_764_000_000_999_999, node="core:2001",
+                                    proto=2, source_port=40000)]
+    out = tmp_path / "n.pcapng"
+    export_messages(msgs, str(out))
+    text = tshark(out, "-Y", "sip", "-T", "fields", "-e", "frame.time_epoch", "-e",
+                  "frame.comment")
+    assert text.splitlines() == ["1764000000.123456000\tedge-1",
+                                 "1764000000.999999000\tcore:2001"]
+    check_with_tshark(out, msgs)
+
+
+# ---------------------------------------------------------------- real captures
+
+@needs_tshark
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+@pytest.mark.parametrize("capture", PROJECT_CAPTURES, ids=lambda p: p.name)
+def test_project_capture_round_trip(capture, fmt, tmp_path, sqlite_url):
+    replay(sqlite_url, capture)
+    out = tmp_path / f"export.{fmt}"
+    before, after = round_trip(sqlite_url, out, tmp_path)
+    assert before
+    assert sorted(map(key, after)) == sorted(map(key, before))
+    check_with_tshark(out, before)
+
+
+@needs_shared("corpus")
+@needs_tshark
+@pytest.mark.parametrize("name", CORPUS_FILES)
+def test_corpus_round_trip(name, tmp_path, sqlite_url):
+    replay(sqlite_url, CORPUS / name)
+    out = tmp_path / "export.pcapng"
+    before, after = round_trip(sqlite_url, out, tmp_path)
+    assert before
+    assert sorted(map(key, after)) == sorted(map(key, before))
+    check_with_tshark(out, before)
+
+
+@needs_tshark
+def test_tcp_reassembled_by_tshark_equals_stored_bytes(tmp_path, sqlite_url):
+    replay(sqlite_url, PCAPS / "tcp-streams.pcap")
+    msgs = [m for m in stored(sqlite_url) if m.proto == 2]
+    assert msgs
+    big = msgs[0]
+    # one message made large so that it spans several segments
+    body = b"v=0\r\n" + b"a=x-filler:" + b"y" * 6000 + b"\r\n"
+    head, _sep, _rest = big.msg.partition(b"\r\n\r\n")
+    head = re.sub(rb"(?im)^content-length:[^\r\n]*", b"Content-Length: %d" % len(body), head)
+    msgs[0] = msg(**{c: getattr(big, c) for c in STORED_COLUMNS if c != "msg"},
+                  msg=head + b"\r\n\r\n" + body)
+    out = tmp_path / "tcp.pcap"
+    export_messages(msgs, str(out))
+    text = tshark(out, "-Y", "sip", "-T", "fields", "-e", "tcp.reassembled.data", "-e",
+                  "tcp.payload", *decode_as(msgs))
+    got = [bytes.fromhex((reasm or payload).replace(":", ""))
+           for reasm, payload in (ln.split("\t") for ln in text.splitlines())]
+    assert got == [m.msg for m in sorted(msgs, key=lambda m: m.micro_ts)]
+    assert any(len(m.msg) > 1460 for m in msgs)
+    assert expert_problems(out, msgs) == []
+
+
+@needs_sngrep
+@needs_shared("corpus")
+@pytest.mark.parametrize("capture", [EXAMPLE, PCAPS / "tcp-streams.pcap", PCAPS / "ipv6-udp.pcap",
+                                     CORPUS / "sip-tcp-call-with-rtp.pcap"],
+                         ids=lambda p: p.name)
+def test_sngrep_sees_the_same_dialogs(capture, tmp_path, sqlite_url):
+    """sngrep (no interface) counts the same dialogs in the export as in the original
+    capture, and writes out the same number of SIP messages."""
+    replay(sqlite_url, capture)
+    msgs = stored(sqlite_url)
+    out = tmp_path / "export.pcap"
+    export_messages(msgs, str(out))
+
+    def dialogs(path: Path) -> tuple[int, int]:
+        dump = tmp_path / f"sngrep-{path.name}"
+        p = subprocess.run(["sngrep", "-N", "-I", str(path), "-O", str(dump)],
+                           capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL)
+        assert p.returncode == 0, p.stderr
+        counts = re.findall(r"Dialog count: (\d+)", p.stdout)
+        n = int(counts[-1]) if counts else 0
+        sip = len(tshark(dump, "-Y", "sip", "-T", "fields", "-e", "sip.Call-ID").split())
+        return n, sip
+
+    n_export, sip_export = dialogs(out)
+    n_orig, _ = dialogs(capture)
+    assert n_export == n_orig == len({m.callid for m in msgs})
+    assert sip_export == len(msgs)
+
+
+def test_any_db_round_trip(any_db_url, tmp_path):
+    """Rows read back from SQLite, MariaDB and PostgreSQL export to the same file."""
+    replay(any_db_url, EXAMPLE, PCAPS / "tcp-streams.pcap", PCAPS / "ipv6-udp.pcap")
+    out = tmp_path / "all.pcapng"
+    before, after = round_trip(any_db_url, out, tmp_path)
+    assert len(before) == 41
+    assert sorted(map(key, after)) == sorted(map(key, before))
