@@ -29,6 +29,7 @@ COMMANDS = {
     "config": "configcmd",
     "spool": "spool",
     "search": "search",
+    "flow": "flow",
 }
 
 

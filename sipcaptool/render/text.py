@@ -107,8 +107,8 @@ def render_text(ladder: Ladder, *, width: int | None = None, colour: bool = Fals
     gutter = max(len(s) for s in gut1 + gut2) + 2
     labels = [_label(a, g) for a in arrows]
     ncols = len(ladder.columns)
-    spacing = max(MIN_SPACING, min(MAX_SPACING, max(len(s) for s in labels) + 6,
-                                   max(len(c.label) for c in ladder.columns) + 3))
+    spacing = max(MIN_SPACING, min(MAX_SPACING, max(max(len(s) for s in labels) + 6,
+                                                    max(len(c.label) for c in ladder.columns) + 3)))
     half = (spacing - 1) // 2
     notes = [" ".join(x for x in (a.proto if a.message.proto != 1 else "", a.media_summary) if x)
              for a in arrows]
@@ -145,6 +145,13 @@ def render_text(ladder: Ladder, *, width: int | None = None, colour: bool = Fals
     out.append(rows[0].render(colour))
     if "".join(rows[1].chars).strip():
         out.append(rows[1].render(colour))
+    if any(c.label != c.key for c in ladder.columns[:lanes]):  # aliases: the address below
+        keys = _Line(total)
+        for k, c in enumerate(ladder.columns[:lanes]):
+            if c.label != c.key and not (folded and k == lanes - 1):
+                key = _cut(c.key, spacing - 1, g.ell)
+                keys.put(max(0, xs[k] - len(key) // 2), key, "dim")
+        out.append(keys.render(colour))
     lanes_line = _Line(total)
     for x in xs:
         lanes_line.put(x, g.v, "dim")
