@@ -30,6 +30,7 @@ COMMANDS = {
     "spool": "spool",
     "search": "search",
     "flow": "flow",
+    "export": "export",
 }
 
 
