@@ -7,6 +7,7 @@ CSeq, addresses, ports, µs time, msg bytes)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -31,6 +32,7 @@ from sipcaptool.export import (
 from sipcaptool.export.frames import checksum
 from sipcaptool.export.text import header_line
 from sipcaptool.query.model import STORED_COLUMNS, StoredMessage
+from sipcaptool.testing.pcapgen import PcapWriter, sip_call, udp4_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 PCAPS = ROOT / "tests" / "pcaps"
@@ -334,9 +336,93 @@ def test_sngrep_sees_the_same_dialogs(capture, tmp_path, sqlite_url):
 
 
 def test_any_db_round_trip(any_db_url, tmp_path):
-    """Rows read back from SQLite, MariaDB and PostgreSQL export to the same file."""
+    """`sipcaptool export` reads the calls back from SQLite, MariaDB and PostgreSQL; the
+    exported file replays to the same messages."""
     replay(any_db_url, EXAMPLE, PCAPS / "tcp-streams.pcap", PCAPS / "ipv6-udp.pcap")
-    out = tmp_path / "all.pcapng"
-    before, after = round_trip(any_db_url, out, tmp_path)
+    before = stored(any_db_url)
     assert len(before) == 41
-    assert sorted(map(key, after)) == sorted(map(key, before))
+    out = tmp_path / "all.pcapng"
+    p = cli("export", "--db", any_db_url, "--since", "2000-01-01", "-o", str(out), "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["messages"] == 41
+    url2 = f"sqlite:///{tmp_path / 'again.db'}"
+    replay(url2, out)
+    assert sorted(map(key, stored(url2))) == sorted(map(key, before))
+
+
+# ---------------------------------------------------------------- the command
+
+def leg_capture(path: Path) -> None:
+    """Two calls of a B2BUA: the B leg carries X-CID: <A leg's Call-ID>; and a third,
+    unrelated call."""
+    a = sip_call(1, "10.0.0.1", "10.0.0.2")
+    b = [(s, sp, d, dp, m.replace(b"call-1@10.0.0.2", b"bleg-1@10.0.0.2").replace(
+            b"Call-ID:", b"X-CID: call-1@10.0.0.1\r\nCall-ID:", 1))
+         for s, sp, d, dp, m in sip_call(1, "10.0.0.2", "10.0.0.3")]
+    c = sip_call(7, "10.0.0.5", "10.0.0.2")
+    ts = 1_764_000_000_000_000
+    with path.open("wb") as f:
+        w = PcapWriter(f)
+        for i, (s, sp, d, dp, m) in enumerate(a + b + c):
+            w.write(ts + i * 1000, udp4_frame(s, sp, d, dp, m))
+
+
+@pytest.fixture
+def legs_db(tmp_path):
+    cap = tmp_path / "legs.pcap"
+    leg_capture(cap)
+    url = f"sqlite:///{tmp_path / 'legs.db'}"
+    replay(url, cap)
+    return url
+
+
+def test_command_exports_a_call_and_its_legs(legs_db, tmp_path):
+    one = tmp_path / "one.pcapng"
+    p = cli("export", "--db", legs_db, "call-1@10.0.0.1", "-o", str(one))
+    assert p.returncode == 0, p.stderr
+    assert "7 messages of 1 call" in p.stdout
+    both = tmp_path / "both.pcap"
+    p = cli("export", "--db", legs_db, "call-1@10.0.0.1", "--legs", "-o", str(both), "--json")
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    assert report["call_ids"] == ["call-1@10.0.0.1", "bleg-1@10.0.0.2"]
+    assert report["messages"] == 14
+    url2 = f"sqlite:///{tmp_path / 'again.db'}"
+    replay(url2, both)
+    want = [m for m in stored(legs_db) if m.callid in report["call_ids"]]
+    assert sorted(map(key, stored(url2))) == sorted(map(key, want))
+
+
+def test_command_with_filters_and_text_format(legs_db, tmp_path):
+    out = tmp_path / "calls.out"
+    p = cli("export", "--db", legs_db, "--from-user", "+15550000007", "--since",
+            "2025-11-24", "--format", "txt", "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    text = out.read_bytes()
+    assert text.count(b" -> ") == 7 and b"call-7@10.0.0.5" in text
+    assert b"call-1@" not in text
+    assert text.startswith(b"2025/11/24 16:00:00.014000 10.0.0.5:5060 -> 10.0.0.2:5060 UDP")
+
+
+def test_command_bad_input(legs_db, tmp_path):
+    out = tmp_path / "x.pcap"
+    p = cli("export", "--db", legs_db, "no-such-call", "-o", str(out))
+    assert p.returncode == 3 and "no call found" in p.stderr
+    assert not out.exists()
+    out.write_bytes(b"keep")
+    p = cli("export", "--db", legs_db, "call-1@10.0.0.1", "-o", str(out))
+    assert p.returncode == 2 and "--force" in p.stderr
+    assert out.read_bytes() == b"keep"
+    p = cli("export", "--db", legs_db, "call-1@10.0.0.1", "-o", str(out), "--force")
+    assert p.returncode == 0 and out.read_bytes() != b"keep"
+    p = cli("export", "--db", legs_db, "--since", "yesterday", "-o", str(tmp_path / "y.pcap"))
+    assert p.returncode == 2 and "--since" in p.stderr
+    p = cli("export", "--db", legs_db, "call-1@10.0.0.1", "-o", str(tmp_path / "y.bin"))
+    assert p.returncode == 2 and "--format" in p.stderr
+    p = cli("export", "--db", legs_db, "-o", str(tmp_path / "y.pcap"))
+    assert p.returncode == 2
+    p = cli("export", "--db", "mysql://root@127.0.0.1:1/none", "x", "-o",
+            str(tmp_path / "z.pcap"))
+    assert p.returncode == 4 and "cannot connect" in p.stderr
+    assert sorted(f.name for f in tmp_path.iterdir() if ".db" not in f.name) == [
+        "legs.pcap", "x.pcap"]
