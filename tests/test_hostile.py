@@ -503,14 +503,21 @@ def _replay_peak(pcap: str, root=None) -> tuple[int, dict, int]:
 
     root = root or ROOT
     env = dict(_os.environ, PYTHONPATH=str(root))
-    p = subprocess.Popen([sys.executable, "-m", "sipcaptool", "replay", "--db", "none",
-                          "--json", "-q", pcap], cwd=root, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    with p.stdout:
-        out = p.stdout.read()
-    _pid, status, usage = _os.wait4(p.pid, 0)
-    p.returncode = _os.waitstatus_to_exitcode(status)
-    return p.returncode, _json.loads(out), usage.ru_maxrss // 1024
+    # The replay is started by a small parent of its own that reports the largest
+    # resident set of its children: Linux keeps a process's ru_maxrss across exec, so a
+    # replay forked straight from this (large, long-running) test process would report
+    # this process's size rather than its own.
+    parent = ("import resource, subprocess, sys\n"
+              "p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE,"
+              " stderr=subprocess.DEVNULL, text=True)\n"
+              "sys.stdout.write(p.stdout)\n"
+              "print('\\nMAXRSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+              "sys.exit(p.returncode)\n")
+    p = subprocess.run([sys.executable, "-c", parent, sys.executable, "-m", "sipcaptool",
+                        "replay", "--db", "none", "--json", "-q", pcap], cwd=root, env=env,
+                       capture_output=True, text=True, check=False)
+    out, _, rss = p.stdout.rpartition("\nMAXRSS_KB ")
+    return p.returncode, _json.loads(out), int(rss) // 1024
 
 
 def test_replay_of_a_pcap_with_hep_bombs_stays_bounded(tmp_path):
