@@ -68,7 +68,7 @@ def parse_tz(value: str | None, option: str = "--tz") -> _dt.tzinfo:
     if m:
         minutes = int(m.group(2)) * 60 + int(m.group(3))
         if minutes >= 24 * 60:
-            raise _bad(option, value, "an offset is less than 24 hours")
+            raise _bad(option, value, "allowed: an offset under 24 hours (+02:00)")
         sign = -1 if m.group(1) == "-" else 1
         return _dt.timezone(sign * _dt.timedelta(minutes=minutes))
     try:
@@ -122,9 +122,9 @@ def split_values(value: str | Sequence[str] | None, option: str) -> tuple[str, .
         for p in v.split(","):
             p = p.strip()
             if not p:
-                raise _bad(option, v, "a comma-separated list of non-empty values")
+                raise _bad(option, v, "allowed: a comma-separated list of non-empty values")
             if "\x00" in p:
-                raise _bad(option, v, "values without NUL characters")
+                raise _bad(option, v, "allowed: values without NUL characters")
             parts.append(p)
     return tuple(parts)
 
@@ -216,7 +216,7 @@ def build_query(*, call_id: str | Sequence[str] | None = None,
     methods = split_values(method, "--method")
     for m in methods:
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.!~*'-]*", m):
-            raise _bad("--method", m, "a SIP method name (INVITE, REGISTER, ...)")
+            raise _bad("--method", m, "allowed: a SIP method name (INVITE, REGISTER, ...)")
     return Query(
         callids=split_values(call_id, "--call-id"),
         users=split_values(user, "--user"),
@@ -281,10 +281,13 @@ class SqlBuilder:
         return terms[0] if len(terms) == 1 else "(" + " OR ".join(terms) + ")"
 
     def contains(self, column: str, values: Sequence[str]) -> str:
+        """``column`` contains any of ``values``, ignoring case (the same in every
+        database, whatever the column's collation)."""
+        esc = "" if self.dialect == "mysql" else " ESCAPE '\\'"
         terms = []
         for v in values:
-            body = v.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%")
-            terms.append(self.like(column, f"%{body}%"))
+            body = v.lower().replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%")
+            terms.append(f"LOWER({self.col(column)}) LIKE {self.p(f'%{body}%')}{esc}")
         return terms[0] if len(terms) == 1 else "(" + " OR ".join(terms) + ")"
 
     def addresses(self, ip_col: str, port_col: str, addrs: Sequence[Address]) -> str:

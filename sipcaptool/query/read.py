@@ -149,13 +149,15 @@ class Reader:
             for table in db.tables:
                 b = SqlBuilder(db.dialect)
                 msg = db.q("msg")
-                find = {"sqlite": f"instr({msg}, {b.p(needle)}) > 0",
-                        "mysql": f"LOCATE({b.p(needle)}, {msg}) > 0",
-                        "postgresql": f"position({b.p(needle)}::bytea in {msg}) > 0",
-                        }.get(db.dialect)
-                if find is None:
+                terms = time_terms(b, since_us, until_us)
+                if db.dialect == "sqlite":
+                    terms.append(f"instr({msg}, {b.p(needle)}) > 0")
+                elif db.dialect == "mysql":
+                    terms.append(f"LOCATE({b.p(needle)}, {msg}) > 0")
+                elif db.dialect == "postgresql":
+                    terms.append(f"position({b.p(needle)}::bytea in {msg}) > 0")
+                else:
                     continue
-                terms = [*time_terms(b, since_us, until_us), find]
                 sql = (f"SELECT DISTINCT {db.q('callid')} FROM {db.q(table)} "
                        f"WHERE {' AND '.join(terms)}")
                 out.update(str(r[0]) for r in db.adapter.select(sql, b.params))
