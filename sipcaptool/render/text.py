@@ -129,7 +129,9 @@ def render_text(ladder: Ladder, *, width: int | None = None, colour: bool = Fals
     lane_of = [min(i, lanes - 1) for i in range(ncols)]
     xs = [gutter + half + k * spacing for k in range(lanes)]
     note_x = xs[-1] + 3
-    total = note_x + note_w + 1
+    loops = [xs[lane_of[a.src]] + 8 + len(labels[i]) + len(notes[i])
+             for i, a in enumerate(arrows) if lane_of[a.src] == lane_of[a.dst]]
+    total = max([note_x + note_w + 1, *loops])
     if width is not None:
         total = min(total, width)
 
@@ -146,12 +148,12 @@ def render_text(ladder: Ladder, *, width: int | None = None, colour: bool = Fals
     if "".join(rows[1].chars).strip():
         out.append(rows[1].render(colour))
     if any(c.label != c.key for c in ladder.columns[:lanes]):  # aliases: the address below
-        keys = _Line(total)
+        addresses = _Line(total)
         for k, c in enumerate(ladder.columns[:lanes]):
             if c.label != c.key and not (folded and k == lanes - 1):
                 key = _cut(c.key, spacing - 1, g.ell)
-                keys.put(max(0, xs[k] - len(key) // 2), key, "dim")
-        out.append(keys.render(colour))
+                addresses.put(max(0, xs[k] - len(key) // 2), key, "dim")
+        out.append(addresses.render(colour))
     lanes_line = _Line(total)
     for x in xs:
         lanes_line.put(x, g.v, "dim")
@@ -176,7 +178,9 @@ def render_text(ladder: Ladder, *, width: int | None = None, colour: bool = Fals
             x = xs[s]
             l1.put(x + 1, g.h * 2 + "┐" if g is UNICODE else "--.", line_style)
             l2.put(x + 1, g.left + g.h + ("┘" if g is UNICODE else "'"), line_style)
-            l1.put(x + 5, _cut(label, total - x - 5, g.ell), style)
+            text = _cut(label, total - x - 5, g.ell)
+            l1.put(x + 5, text, style)
+            nx = x + 5 + len(text) + 2
         else:
             lo, hi = sorted((xs[s], xs[d]))
             span = hi - lo - 1
@@ -185,8 +189,9 @@ def render_text(ladder: Ladder, *, width: int | None = None, colour: bool = Fals
             l2.put(lo + 1, body, line_style)
             text = _cut(label, span - 1, g.ell)
             l1.put(lo + 1 + (span - len(text)) // 2, text, style)
-        if notes[i] and total - note_x >= 16:
-            l1.put(note_x, _cut(notes[i], total - note_x, g.ell), "dim")
+            nx = note_x
+        if notes[i] and total - nx >= 16:
+            l1.put(nx, _cut(notes[i], total - nx, g.ell), "dim")
         out.append(l1.render(colour))
         out.append(l2.render(colour))
     out.append(lanes_line.render(colour))
