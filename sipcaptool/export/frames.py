@@ -10,7 +10,9 @@
   its last, so that Wireshark reassembles every message and reports nothing missing.
 * SCTP messages become one SCTP packet with one DATA chunk each (CRC32c checksum).
 * Any other transport (0: not known) is written as UDP; a message too big for one UDP
-  datagram is written as TCP.
+  datagram is written as TCP. A message stored as TCP that a stream could not frame by
+  itself (its Content-Length does not match its body, as a HEP agent may send) is
+  written as UDP, so that it does not swallow the messages after it.
 
 Every packet of a message carries the message's own time (µs), so replaying the file
 stores the same time again; handshake and closing packets take the time of the message
@@ -20,6 +22,7 @@ they open or close.
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 import zlib
 from collections.abc import Iterable, Sequence
@@ -29,7 +32,7 @@ from ..query.model import StoredMessage
 from ..record import PROTO_SCTP, PROTO_TCP, PROTO_TLS, PROTO_WS
 
 __all__ = ["Packet", "message_packets", "ether", "ipv4", "ipv6", "udp", "tcp", "sctp_data",
-           "checksum", "ETH_IPV4", "ETH_IPV6", "TCP_FIN", "TCP_SYN", "TCP_PSH", "TCP_ACK",
+           "checksum", "frames_on_tcp", "ETH_IPV4", "ETH_IPV6", "TCP_FIN", "TCP_SYN", "TCP_PSH", "TCP_ACK",
            "DEFAULT_MSS"]
 
 ETH_IPV4 = 0x0800
@@ -50,6 +53,26 @@ _MAX_UDP4 = 65535 - 20 - 8      # the largest UDP payload one IPv4 datagram carr
 _MAX_UDP6 = 65535 - 8
 PROTO_WSS = 6                   # Kamailio's enum: secure WebSocket
 _STREAMED = (PROTO_TCP, PROTO_TLS, PROTO_WS, PROTO_WSS)
+
+
+_CONTENT_LENGTH = re.compile(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)")
+
+
+def frames_on_tcp(msg: bytes) -> bool:
+    """Whether ``msg`` alone on a TCP stream is cut back into exactly itself by SIP's
+    stream framing (RFC 3261 §18.3: the header, then Content-Length bytes of body)."""
+    if not msg or msg[:1] in (b"\r", b"\n"):
+        return False
+    end = msg.find(b"\r\n\r\n")
+    sep = 4
+    lf = msg.find(b"\n\n", 0, end if end >= 0 else len(msg))
+    if lf >= 0 and (end < 0 or lf < end):
+        end, sep = lf, 2
+    if end < 0:
+        return False
+    m = _CONTENT_LENGTH.search(msg, 0, end)
+    value = m.group(1).strip() if m else b"0"
+    return value.isdigit() and int(value) == len(msg) - end - sep
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,8 +330,9 @@ def message_packets(messages: Sequence[StoredMessage] | Iterable[StoredMessage],
     last_of: dict[tuple[tuple[str, int], ...], int] = {}
     for m in msgs:
         src, dst, v = _endpoints(m)
-        as_tcp = m.proto in _STREAMED or (
-            m.proto != PROTO_SCTP and len(m.msg) > (_MAX_UDP4 if v == 4 else _MAX_UDP6))
+        too_big = len(m.msg) > (_MAX_UDP4 if v == 4 else _MAX_UDP6)
+        as_tcp = ((m.proto in _STREAMED and frames_on_tcp(m.msg)) or too_big) and (
+            (src, m.source_port) != (dst, m.destination_port))   # not a connection to itself
         if as_tcp:
             last_of[_conn_key(m, src, dst)] = len(plan)
         plan.append((m, src, dst, v, as_tcp))
@@ -316,7 +340,7 @@ def message_packets(messages: Sequence[StoredMessage] | Iterable[StoredMessage],
     for i, (m, src, dst, v, as_tcp) in enumerate(plan):
         if as_tcp:
             fr.tcp_msg(m, src, dst, v, last_of[_conn_key(m, src, dst)] == i)
-        elif m.proto == PROTO_SCTP:
+        elif m.proto == PROTO_SCTP and len(m.msg) <= 65535 - 20 - 28 - 40:
             fr.sctp(m, src, dst, v)
         else:
             fr.udp(m, src, dst, v)
