@@ -82,8 +82,10 @@ def command(callids: tuple[str, ...], limit: int, legs: bool, legs_depth: int | 
     segments of at most 1460 bytes, consistent sequence numbers, closed after its last
     message), so Wireshark reassembles them. Messages stored as TLS, WebSocket (WS,
     WSS) were captured after TLS or WebSocket were taken off: they are written as plain
-    SIP over TCP. SCTP messages become SCTP DATA chunks. Replaying the file
-    (`sipcaptool replay`) stores the same messages again.
+    SIP over TCP. A TCP message a stream cannot frame (its Content-Length does not
+    match its body) is written as UDP, as is any other transport; SCTP messages become
+    SCTP DATA chunks. Replaying the file (`sipcaptool replay`) stores the same
+    messages again.
 
     Exit status: 0 written; 2 bad option, or the -o file exists (use --force);
     3 no call found (nothing is written); 4 database error.
