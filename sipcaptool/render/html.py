@@ -28,7 +28,7 @@ main { display: flex; align-items: flex-start; gap: 12px; padding: 12px; }
 #ladder { flex: 1 1 auto; overflow: auto; background: #fff; border: 1px solid #d0d7de;
           border-radius: 6px; max-height: calc(100vh - 110px); }
 #ladder .arrow { cursor: pointer; }
-aside { flex: 0 0 min(40%, 600px); position: sticky; top: 12px; background: #fff;
+aside { flex: 0 0 min(38%, 560px); position: sticky; top: 12px; background: #fff;
         border: 1px solid #d0d7de; border-radius: 6px; max-height: calc(100vh - 110px);
         display: flex; flex-direction: column; }
 aside .meta { padding: 8px 12px; border-bottom: 1px solid #d0d7de; font-size: 12.5px; }
@@ -107,10 +107,22 @@ JS = r"""
       });
     meta.appendChild(t);
     showMessage(m.msg);
-    var box = document.getElementById("ladder");
     var r = a.getBoundingClientRect(), b = box.getBoundingClientRect();
     if (r.top < b.top || r.bottom > b.bottom) { a.scrollIntoView({block: "nearest"}); }
   }
+
+  // a ladder a little wider than its box is scaled to fit; a much wider one scrolls
+  var box = document.getElementById("ladder");
+  var svg = box.querySelector("svg");
+  function fit() {
+    if (!svg) { return; }
+    var natural = svg.width.baseVal.value, room = box.clientWidth - 2;
+    var scale = natural > room && room / natural >= 0.7 ? room / natural : 1;
+    svg.style.width = (natural * scale) + "px";
+    svg.style.height = (svg.height.baseVal.value * scale) + "px";
+  }
+  fit();
+  window.addEventListener("resize", fit);
 
   arrows.forEach(function (a, i) {
     a.addEventListener("click", function () { select(i); });
@@ -120,7 +132,12 @@ JS = r"""
     if (ev.key === "ArrowUp" || ev.key === "k") { select(Math.max(0, current - 1)); ev.preventDefault(); }
   });
   document.body.setAttribute("data-arrows", String(arrows.length));
-  if (arrows.length) { select(0); }
+  var linked = /^#msg-(\d+)$/.exec(window.location.hash);
+  if (arrows.length) { select(linked ? Math.min(Math.max(+linked[1] - 1, 0), arrows.length - 1) : 0); }
+  window.addEventListener("hashchange", function () {
+    var h = /^#msg-(\d+)$/.exec(window.location.hash);
+    if (h) { select(+h[1] - 1); }
+  });
   document.body.setAttribute("data-ready", "1");
 })();
 """
@@ -173,7 +190,8 @@ def render_html(ladder: Ladder, *, title: str | None = None) -> str:
 <div id="ladder">
 {svg}</div>
 <aside><div class="meta" id="sc-meta"></div>
-<div class="hint">click an arrow, or use ↑ ↓ (j k), to read its message</div>
+<div class="hint">click an arrow, or use ↑ ↓ (j k), to read its message;
+#msg-N in the address opens message N</div>
 <pre id="sc-msg"></pre></aside>
 </main>
 <footer>{first}{len(ladder.arrows)} messages · {len(ladder.columns)} columns ·

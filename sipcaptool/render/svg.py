@@ -137,19 +137,23 @@ def render_svg(ladder: Ladder, *, standalone: bool = True) -> str:
         out.append(_text(12, top - 8, f"{fmt_time(ladder.first_us, date=True)[:10]} UTC",
                          "delta"))
 
+    day = fmt_time(ladder.first_us, date=True)[:10]
     for a in ladder.arrows:
+        stamp = fmt_time(a.time_us, date=True)
         out.append(_arrow(a, top + a.index * ROW_H, spacing, width, len(ladder.calls) > 1,
-                          standalone))
+                          standalone, stamp if stamp[:10] != day else stamp[11:]))
+        day = stamp[:10]
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
 
 def _arrow(a: Arrow, y0: float, spacing: float, width: float, many_calls: bool,
-           with_title: bool) -> str:
+           with_title: bool, stamp: str) -> str:
+    """One message row; ``stamp`` is its time (with the date when the day changed)."""
     colour = _colour(a)
     marker = "retrans" if a.retransmission else a.kind
     cls = "arrow" + (" retrans" if a.retransmission else "") + (" sdp" if a.sdp else "")
-    parts = [f'<g class="{cls}" id="msg-{a.index}" data-i="{a.index}" data-kind="{a.kind}">']
+    parts = [f'<g class="{cls}" id="msg-{a.index + 1}" data-i="{a.index}" data-kind="{a.kind}">']
     if with_title:
         parts.append(f"<title>{escape(arrow_title(a))}</title>")
     parts.append(f'<rect class="hit" x="0" y="{y0:.0f}" width="{width:.0f}" height="{ROW_H}"/>')
@@ -157,7 +161,7 @@ def _arrow(a: Arrow, y0: float, spacing: float, width: float, many_calls: bool,
         parts.append(f'<rect class="callbar" x="2" y="{y0 + 4:.0f}" width="4" height="{ROW_H - 8}" '
                      f'fill="{CALL_COLOURS[a.call_index % len(CALL_COLOURS)]}"/>')
     parts.append(_text(12 + 3 * CHAR_W, y0 + 17, str(a.index + 1), "delta", anchor="end"))
-    parts.append(_text(12 + 4 * CHAR_W, y0 + 17, fmt_time(a.time_us), "time"))
+    parts.append(_text(12 + 4 * CHAR_W, y0 + 17, stamp, "time"))
     parts.append(_text(12 + 4 * CHAR_W, y0 + 32,
                        f"{fmt_delta(a.delta_first_us)} ({fmt_delta(a.delta_prev_us)})", "delta"))
     ya = y0 + 24
