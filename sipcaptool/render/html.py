@@ -25,10 +25,10 @@ header h1 { font-size: 15px; margin: 0 0 4px 0; font-weight: 600; }
 header .call { font-size: 12.5px; margin: 2px 0; font-family: "DejaVu Sans Mono", Menlo, monospace; }
 header .dot { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 6px; }
 main { display: flex; align-items: flex-start; gap: 12px; padding: 12px; }
-#ladder { flex: 1 1 auto; overflow: auto; background: #fff; border: 1px solid #d0d7de;
+#ladder { flex: 0 1 auto; overflow: auto; background: #fff; border: 1px solid #d0d7de;
           border-radius: 6px; max-height: calc(100vh - 110px); }
 #ladder .arrow { cursor: pointer; }
-aside { flex: 0 0 min(38%, 560px); position: sticky; top: 12px; background: #fff;
+aside { flex: 1 1 min(38%, 560px); min-width: 320px; position: sticky; top: 12px; background: #fff;
         border: 1px solid #d0d7de; border-radius: 6px; max-height: calc(100vh - 110px);
         display: flex; flex-direction: column; }
 aside .meta { padding: 8px 12px; border-bottom: 1px solid #d0d7de; font-size: 12.5px; }
