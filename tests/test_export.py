@@ -97,10 +97,15 @@ def decode_as(msgs: list[StoredMessage]) -> list[str]:
     return args
 
 
+# tshark checks no checksum unless asked; a bad one is then an error
+CHECKSUMS = ["-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE",
+             "-o", "udp.check_checksum:TRUE", "-o", "sctp.checksum:CRC-32C"]
+
+
 def expert_problems(path: Path, msgs: list[StoredMessage]) -> list[str]:
     """tshark's expert information above Note level (errors, warnings: malformed packets,
-    previous segment not captured, bad checksums...)."""
-    text = tshark(path, "-q", "-z", "expert", *decode_as(msgs))
+    previous segment not captured, bad checksums of IP, UDP, TCP, SCTP...)."""
+    text = tshark(path, "-q", "-z", "expert", *CHECKSUMS, *decode_as(msgs))
     return re.findall(r"^(?:Errors|Warns) \(\d+\).*?(?=^\S|\Z)", text, re.M | re.S)
 
 
@@ -330,6 +335,18 @@ def test_any_messages_decode_back_to_themselves(msgs, mss):
     """Whatever the addresses, ports, transports, sizes and times: sipcaptool's decoder
     takes back from the frames exactly the messages written, with their times."""
     assert sorted(decoded(message_packets(msgs, mss=mss))) == sorted(map(expected, msgs))
+
+
+@needs_tshark
+def test_the_tshark_check_sees_a_bad_checksum(tmp_path):
+    """The expert check is not blind: one flipped checksum bit is reported."""
+    m = msg()
+    frame = bytearray(message_packets([m])[0].frame)
+    frame[14 + 20 + 6] ^= 1                       # the UDP checksum
+    out = tmp_path / "bad.pcap"
+    with out.open("wb") as f:
+        PcapWriter(f).write(m.micro_ts, bytes(frame))
+    assert any("Bad checksum" in p for p in expert_problems(out, [m]))
 
 
 # ---------------------------------------------------------------- real captures
