@@ -108,6 +108,7 @@ def test_build_query_parses_or_raises_config_error(call_id, user, status, src, m
 def test_values_statuses_addresses():
     assert split_values("a, b,c", "--user") == ("a", "b", "c")
     assert split_values(("a", "b,c"), "--user") == ("a", "b", "c")
+    assert split_values("x\\,y@h,z", "--call-id") == ("x,y@h", "z")
     with pytest.raises(ConfigError, match="--node"):
         split_values("a,", "--node")
     assert [parse_status(s) for s in ("200", "4xx", "18x", "5XX")] == \

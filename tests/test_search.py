@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from shared_data import CORPUS, needs_shared
 
 from sipcaptool.cli import cli
 from sipcaptool.config import Settings
@@ -458,3 +459,33 @@ CREATE TABLE IF NOT EXISTS `sip_capture` (
   KEY `callid` (`callid`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8
 """
+
+
+# -- the shared corpus: real captures from elsewhere ----------------------------------
+
+@needs_shared("corpus")
+def test_corpus_calls_found_again(any_db_url):
+    files = sorted(p for p in CORPUS.iterdir() if p.suffix in (".pcap", ".pcapng"))
+    p = subprocess.run([sys.executable, "-m", "sipcaptool", "replay", "--json", "-q",
+                        "--db", any_db_url, *map(str, files)],
+                       capture_output=True, text=True, timeout=300)
+    stored = json.loads(p.stdout)["stored"]["sip_capture"]   # (HEP logs go elsewhere)
+    assert stored > 900, p.stderr
+    s = settings(any_db_url)
+    calls = find_calls(s, build_query())
+    assert sum(len(c.messages) for c in calls) == stored
+    assert len({m.callid for c in calls for m in c.messages}) == len(calls)
+    for c in calls:
+        assert all(m.callid == c.callid for m in c.messages)
+        assert [m.micro_ts for m in c.messages] == sorted(m.micro_ts for m in c.messages)
+    # each call is found by its Call-ID, and by a user of its first request in its second
+    for c in calls[:: max(1, len(calls) // 40)]:
+        (again,) = find_calls(s, build_query(call_id=c.callid.replace(",", "\\,")))
+        assert again.callid == c.callid and len(again.messages) == len(c.messages)
+        req = next((m for m in c.messages if m.is_request and m.from_user), None)
+        if req is None:
+            continue
+        sec = req.micro_ts // 1_000_000
+        hits = find_calls(s, build_query(user=req.from_user.replace(",", "\\,"), since=f"@{sec}",
+                                         until=f"@{sec + 1}"))
+        assert c.callid in {h.callid for h in hits}

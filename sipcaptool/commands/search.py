@@ -100,7 +100,8 @@ def render_csv(records: list[dict[str, Any]], tz: _dt.tzinfo) -> str:
 
 
 @click.command("search")
-@click.option("--call-id", metavar="ID[,ID...]", help="Call-ID(s); % is a wildcard.")
+@click.option("--call-id", metavar="ID[,ID...]",
+              help="Call-ID(s); % is a wildcard; write a comma inside one as \\,")
 @click.option("--user", metavar="U[,U...]",
               help="User in From, To, request URI, P-Asserted-Identity or Authorization "
                    "(caller or callee); % is a wildcard ('10%' uses an index).")

@@ -7,7 +7,8 @@
 
 Rules:
 
-* several values per filter, comma-separated; they are alternatives (OR);
+* several values per filter, comma-separated (``\\,`` is a comma inside a value); they
+  are alternatives (OR);
   different filters must all hold (AND);
 * ``%`` is a wildcard (SQL ``LIKE``); a value that only ends with ``%`` is a prefix,
   which a database can look up in an index; ``_`` and ``\\`` are literal;
@@ -119,8 +120,9 @@ def split_values(value: str | Sequence[str] | None, option: str) -> tuple[str, .
         return ()
     parts: list[str] = []
     for v in [value] if isinstance(value, str) else value:
-        for p in v.split(","):
-            p = p.strip()
+        # "\," is a comma inside a value (Call-IDs may hold one)
+        for p in re.split(r"(?<!\\),", v):
+            p = p.replace("\\,", ",").strip()
             if not p:
                 raise _bad(option, v, "allowed: a comma-separated list of non-empty values")
             if "\x00" in p:
