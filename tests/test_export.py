@@ -106,7 +106,7 @@ def expert_problems(path: Path, msgs: list[StoredMessage]) -> list[str]:
     """tshark's expert information above Note level (errors, warnings: malformed packets,
     previous segment not captured, bad checksums of IP, UDP, TCP, SCTP...)."""
     text = tshark(path, "-q", "-z", "expert", *CHECKSUMS, *decode_as(msgs))
-    return re.findall(r"^(?:Errors|Warns) \(\d+\).*?(?=^\S|\Z)", text, re.M | re.S)
+    return re.findall(r"^(?:Errors|Warns) \(\d+\)\n=+\n.*?(?=\n\s*\n|\Z)", text, re.M | re.S)
 
 
 def tshark_messages(path: Path, msgs: list[StoredMessage]) -> list[tuple]:
