@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shared_data import CORPUS, needs_shared
 from store_helpers import read_rows
 
 from sipcaptool.config import Settings
@@ -169,6 +170,37 @@ def test_several_calls_merge_in_time_order_with_ipv6_and_tcp(db: str) -> None:
     text = render_text(ladder)
     for cid in ids:
         assert cid in text
+
+
+@needs_shared("corpus")
+def test_every_call_of_the_corpus_draws_in_every_format(tmp_path: Path) -> None:
+    """The public captures (TCP, SCTP, WebSocket, IPv6, fax, fuzzed...): every call's
+    ladder has its rows' arrows, SDP marks where the rows say SDP, and renders."""
+    url = "sqlite:///" + str(tmp_path / "corpus.db")
+    replay(url, *sorted(str(p) for p in CORPUS.iterdir() if ".pcap" in p.name))
+    rows = rows_by_call(url)
+    calls = calls_of(url, *rows)
+    assert {c.callid for c in calls} == set(rows) and len(rows) > 50
+    retransmissions = 0
+    for call in calls:
+        msgs = rows[call.callid]
+        ladder = build_ladder([call])
+        assert [(a.time_us, a.label) for a in ladder.arrows] == \
+            [(m.micro_ts, label_of(m)) for m in msgs]
+        # the rows' own word: Content-Type names SDP (a multipart body: SDP among its parts)
+        assert [a.sdp for a in ladder.arrows] == \
+            [(m.content_type.lower().startswith("application/sdp")
+              and bool(m.msg.partition(b"\r\n\r\n")[2].strip()))   # (one INVITE says SDP, has none)
+             or (m.content_type.lower().startswith("multipart/")
+                 and b"application/sdp" in m.msg.lower()) for m in msgs]
+        assert all(a.media for a in ladder.arrows if a.sdp and b"m=" in body_of(a.message.msg))
+        retransmissions += sum(a.retransmission for a in ladder.arrows)
+        assert render_html(ladder).count('<g class="arrow') == len(msgs)
+        assert render_svg(ladder).count('<g class="arrow') == len(msgs)
+        text = render_text(ladder, width=100)
+        assert max(len(ln) for ln in text.splitlines() if "│" in ln) <= 100
+        assert len(ladder_dict(ladder)["arrows"]) == len(msgs)
+    assert retransmissions > 10   # sip-sll-tcp-udp-retransmissions.pcap and others
 
 
 # -- a capture made here: a proxied call with X-CID legs and retransmissions --------------
