@@ -22,7 +22,7 @@ STYLES = {
     "call4": "\x1b[32m", "head": "\x1b[1;4m",
 }
 MIN_SPACING = 14
-MAX_SPACING = 34
+MAX_SPACING = 28
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,8 @@ def render_text(ladder: Ladder, *, width: int | None = None, colour: bool = Fals
     note_x = xs[-1] + 3
     loops = [xs[lane_of[a.src]] + 8 + len(labels[i]) + len(notes[i])
              for i, a in enumerate(arrows) if lane_of[a.src] == lane_of[a.dst]]
-    total = max([note_x + note_w + 1, *loops])
+    title_end = max(xs[k] + (len(c.label) + 1) // 2 + 1 for k, c in enumerate(ladder.columns[:lanes]))
+    total = max([note_x + note_w + 1, title_end, *loops])
     if width is not None:
         total = min(total, width)
 
