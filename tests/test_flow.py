@@ -286,9 +286,9 @@ def test_text_is_plain_when_piped_and_fits_a_width(db: str) -> None:
     assert folded and re.match(r"\d+ columns folded into the last lane to fit 80", folded[0])
     # every message still has its arrow
     # (the sipp call is a year after the others: its first line carries the date)
-    assert any(re.match(r"\s+\d+ 2026-11-29 11:00:17\.160415", ln) for ln in lines)
+    assert any(re.match(r"\s+\d+ \[6\] 2026-11-29 11:00:17\.160415", ln) for ln in lines)
     assert sum(1 for ln in lines
-               if re.match(r"\s+\d+ (\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d\.\d{6}", ln)) == \
+               if re.match(r"\s+\d+ \[\d\] (\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d\.\d{6}", ln)) == \
         sum(len(rows_by_call(db)[c]) for c in many)
 
 

@@ -104,8 +104,10 @@ def render_text(ladder: Ladder, *, width: int | None = None, colour: bool = Fals
     arrows = ladder.arrows
     # the time of each message, with the date when it differs from the one before
     days = [fmt_time(first, date=True)[:10]] + [fmt_time(a.time_us, date=True)[:10] for a in arrows]
-    gut1 = [f"{a.index + 1:>3} " + fmt_time(a.time_us, date=days[i + 1] != days[i])
-            for i, a in enumerate(arrows)]
+    # and, with several calls, the number of the call it belongs to (as in the header)
+    many = len(ladder.calls) > 1
+    gut1 = [f"{a.index + 1:>3} " + (f"[{a.call_index + 1}] " if many else "")
+            + fmt_time(a.time_us, date=days[i + 1] != days[i]) for i, a in enumerate(arrows)]
     gut2 = [f"    {fmt_delta(a.delta_first_us)} ({fmt_delta(a.delta_prev_us)})" for a in arrows]
     gutter = max(len(s) for s in gut1 + gut2) + 2
     labels = [_label(a, g) for a in arrows]
