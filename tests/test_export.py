@@ -410,14 +410,25 @@ def test_tcp_reassembled_by_tshark_equals_stored_bytes(tmp_path, sqlite_url):
     assert expert_problems(out, msgs) == []
 
 
+# (capture, what sngrep sees in the export): "all" its dialogs; "original" as many as
+# in the original capture (sngrep 1.6 leaves some of the port 6060 trunk's dialogs out
+# of both). sngrep does not read the GTP-U tunnel of the IMS capture (0 dialogs), but
+# reads the export of what was stored from it.
+SNGREP_CASES = [(EXAMPLE, "all"), (PCAPS / "tcp-streams.pcap", "all"),
+                (PCAPS / "ipv6-udp.pcap", "all"), (CORPUS / "sip-tcp-call-with-rtp.pcap", "all"),
+                (CORPUS / "sip-websocket-and-udp.pcap", "all"),
+                (CORPUS / "sip-gtpu-ipv6-ims-sll.pcap", "all"),
+                (CORPUS / "sip-tcp-port6060-segmented-calls.pcap", "original")]
+
+
 @needs_sngrep
+@needs_tshark
 @needs_shared("corpus")
-@pytest.mark.parametrize("capture", [EXAMPLE, PCAPS / "tcp-streams.pcap", PCAPS / "ipv6-udp.pcap",
-                                     CORPUS / "sip-tcp-call-with-rtp.pcap"],
-                         ids=lambda p: p.name)
-def test_sngrep_sees_the_same_dialogs(capture, tmp_path, sqlite_url):
-    """sngrep (no interface) counts the same dialogs in the export as in the original
-    capture, and writes out the same number of SIP messages."""
+@pytest.mark.parametrize("capture,sees", SNGREP_CASES, ids=lambda c: getattr(c, "name", c))
+def test_sngrep_sees_the_same_dialogs(capture, sees, tmp_path, sqlite_url):
+    """sngrep, without its interface, reads the export and counts its dialogs: those of
+    the stored messages (and writes all their SIP messages out again with -O), and at
+    least as many as in the original capture."""
     replay(sqlite_url, capture)
     msgs = stored(sqlite_url)
     out = tmp_path / "export.pcap"
@@ -431,13 +442,18 @@ def test_sngrep_sees_the_same_dialogs(capture, tmp_path, sqlite_url):
         assert p.returncode == 0, p.stderr
         counts = re.findall(r"Dialog count: (\d+)", p.stdout)
         n = int(counts[-1]) if counts else 0
-        sip = len(tshark(dump, "-Y", "sip", "-T", "fields", "-e", "sip.Call-ID").split())
+        sip = len(tshark(dump, "-Y", "sip", "-T", "fields", "-e", "sip.Call-ID",
+                         *decode_as(msgs)).split())
         return n, sip
 
     n_export, sip_export = dialogs(out)
     n_orig, _ = dialogs(capture)
-    assert n_export == n_orig == len({m.callid for m in msgs})
-    assert sip_export == len(msgs)
+    if sees == "all":
+        assert n_export == len({m.callid for m in msgs})
+        assert sip_export == len(msgs)
+        assert n_export >= n_orig
+    else:
+        assert n_export == n_orig > 0
 
 
 def test_any_db_round_trip(any_db_url, tmp_path):
