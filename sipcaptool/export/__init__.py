@@ -55,7 +55,7 @@ def format_for(path: str, fmt: str | None = None) -> str:
 
 def write_export(f: BinaryIO, messages: Iterable[StoredMessage], fmt: str, *,
                  mss: int = DEFAULT_MSS) -> tuple[int, int]:
-    """Write ``messages`` (in time order, each row once) to ``f`` in format ``fmt``;
+    """Write ``messages`` (in time order) to ``f`` in format ``fmt``;
     return (messages, packets) written."""
     msgs = ordered(messages)
     if fmt == "txt":

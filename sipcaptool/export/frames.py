@@ -306,16 +306,11 @@ class _Frames:
 
 
 def ordered(messages: Iterable[StoredMessage]) -> list[StoredMessage]:
-    """The messages in time order, each row once (a message read twice, e.g. as part of a
-    call and of its leg, is written once)."""
-    seen: set[StoredMessage] = set()
-    out: list[StoredMessage] = []
-    for m in messages:
-        if m not in seen:
-            seen.add(m)
-            out.append(m)
-    out.sort(key=lambda m: m.micro_ts)
-    return out
+    """The messages in time order (stable: rows of the same µs keep their order). Rows
+    that are alike are all kept: a message captured several times (by several nodes,
+    or a HEP agent sending it twice) was stored as several rows and is written as
+    several packets, as it was seen."""
+    return sorted(messages, key=lambda m: m.micro_ts)
 
 
 def _conn_key(m: StoredMessage, src: str, dst: str) -> tuple[tuple[str, int], ...]:
