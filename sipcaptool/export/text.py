@@ -1,7 +1,8 @@
 """``--format txt``: the messages as text, like sngrep's text export.
 
-Each message is a header line -- date and time (UTC, µs), source -> destination,
-transport, node -- then the message exactly as stored, then a blank line::
+Each message is a header line -- date and time (UTC, µs), source -> destination, as
+sngrep writes them, then the transport and the node -- then the message exactly as
+stored and two newlines (as sngrep)::
 
     2026/12/07 04:28:55.123456 10.0.0.1:5060 -> 10.0.0.2:5060 UDP homer01
     INVITE sip:1001@example.com SIP/2.0
@@ -41,8 +42,6 @@ def write_text(f: BinaryIO, messages: Iterable[StoredMessage]) -> int:
     for m in messages:
         f.write(header_line(m).encode() + b"\n")
         f.write(m.msg)
-        if not m.msg.endswith(b"\n"):
-            f.write(b"\n")
-        f.write(b"\n")
+        f.write(b"\n\n")
         n += 1
     return n
