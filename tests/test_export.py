@@ -525,6 +525,18 @@ def test_command_with_filters_and_text_format(legs_db, tmp_path):
     assert text.startswith(b"2025/11/24 16:00:00.014000 10.0.0.5:5060 -> 10.0.0.2:5060 UDP")
 
 
+@needs_tshark
+def test_command_writes_to_standard_output(legs_db, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-m", "sipcaptool", "export", "--db", legs_db,
+                        "call-7@10.0.0.5", "-o", "-"], capture_output=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert b"standard output: 7 messages of 1 call" in p.stderr
+    out = tmp_path / "piped.pcap"
+    out.write_bytes(p.stdout)
+    check_with_tshark(out, [m for m in stored(legs_db) if m.callid == "call-7@10.0.0.5"])
+
+
 def test_command_bad_input(legs_db, tmp_path):
     out = tmp_path / "x.pcap"
     p = cli("export", "--db", legs_db, "no-such-call", "-o", str(out))

@@ -59,7 +59,9 @@ def _filter_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--legs-depth", type=click.IntRange(1, 10), default=None, metavar="N",
               help="Follow the correlation N steps (implies --legs). [default: 1]")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
-              metavar="FILE", help="The file to write (.pcap, .pcapng or .txt).")
+              metavar="FILE", help="The file to write (.pcap, .pcapng or .txt); - writes "
+              "to standard output (pcap unless --format), e.g. for tshark -r - or "
+              "wireshark -k -i -.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="pcap, pcapng (each packet's comment names the capture node) or txt "
               "(each message under a header line, like sngrep's text export). "
@@ -97,13 +99,22 @@ def command(callids: tuple[str, ...], limit: int, legs: bool, legs_depth: int | 
       sipcaptool export --status 5xx --since "2026-12-01 08:00" --until "2026-12-01 09:00" \\
           --db mysql://root@127.0.0.1/homer -o errors.pcapng
       sipcaptool export 1-12284@127.0.0.1 --format txt -o call.txt --force
+      sipcaptool export --user 1001 --since 10m -o - | wireshark -k -i -
     """
-    from ..export import OutputExistsError, export_messages, format_for
+    from ..export import (
+        ExportReport,
+        OutputExistsError,
+        export_messages,
+        format_for,
+        write_export,
+    )
     from ..query.calls import find_calls, load_calls
     from ..query.filters import build_query
 
-    out_fmt = format_for(output, fmt)          # a bad name fails before the database is read
-    if os.path.lexists(output) and not force:
+    to_stdout = output == "-"
+    # a bad name fails before the database is read
+    out_fmt = (fmt or "pcap") if to_stdout else format_for(output, fmt)
+    if not to_stdout and os.path.lexists(output) and not force:
         raise OutputExistsError(f"-o {output}: the file exists; --force overwrites it")
     depth = legs_depth if legs_depth is not None else (1 if legs else 0)
     if any(v is not None for k, v in filters.items() if k != "tz"):
@@ -128,15 +139,24 @@ def command(callids: tuple[str, ...], limit: int, legs: bool, legs_depth: int | 
                                "--since 1h (see sipcaptool export --help)")
     if not calls:
         raise InputError(what)
-    report = export_messages([m for c in calls for m in c.messages], output, out_fmt,
-                             force=force)
+    messages = [m for c in calls for m in c.messages]
+    if to_stdout:
+        stdout = click.get_binary_stream("stdout")
+        n_msgs, n_packets = write_export(stdout, messages, out_fmt)
+        stdout.flush()
+        report = ExportReport("-", out_fmt, n_msgs, n_packets)
+    else:
+        report = export_messages(messages, output, out_fmt, force=force)
     if as_json:
         click.echo(json.dumps({"file": report.path, "format": report.format,
                                "calls": len(calls), "messages": report.messages,
                                "packets": report.packets,
-                               "call_ids": [c.callid for c in calls]}, indent=2))
+                               "call_ids": [c.callid for c in calls]}, indent=2),
+                   err=to_stdout)
     else:
-        click.echo(f"{report.path}: {report.messages} messages of {len(calls)} "
+        where = "standard output" if to_stdout else report.path
+        click.echo(f"{where}: {report.messages} messages of {len(calls)} "
                    f"call{'s' if len(calls) != 1 else ''} ({report.format}"
-                   + (f", {report.packets} packets)" if report.format != "txt" else ")"))
+                   + (f", {report.packets} packets)" if report.format != "txt" else ")"),
+                   err=to_stdout)
     return 0
