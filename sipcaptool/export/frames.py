@@ -5,9 +5,10 @@
   whose capture saw them after the TLS or WebSocket layer -- become plain SIP over TCP:
   one well-formed connection per pair of endpoints (the first message's sender is the
   client): a three-way handshake before its first message, every message in segments of
-  at most ``mss`` bytes with sequence and acknowledgement numbers consistent in both
-  directions, an acknowledgement from the receiver after each message, and FIN/ACK after
-  its last, so that Wireshark reassembles every message and reports nothing missing.
+  at most ``mss`` bytes (20 fewer over IPv6, whose header is 20 bytes longer) with
+  sequence and acknowledgement numbers consistent in both directions, an
+  acknowledgement from the receiver after each message, and FIN/ACK after its last, so
+  that Wireshark reassembles every message and reports nothing missing.
 * SCTP messages become one SCTP packet with one DATA chunk each (CRC32c checksum).
 * Any other transport (0: not known) is written as UDP; a message too big for one UDP
   datagram is written as TCP. A message stored as TCP that a stream could not frame by
