@@ -388,6 +388,14 @@ def test_corpus_round_trip(name, tmp_path, sqlite_url):
 
 
 @needs_tshark
+def tshark_tcp_messages(path: Path, msgs: list[StoredMessage]) -> list[bytes]:
+    """The bytes of each SIP message tshark reassembles out of the TCP streams."""
+    text = tshark(path, "-Y", "sip && tcp", "-T", "fields", "-e", "tcp.reassembled.data",
+                  "-e", "tcp.payload", *decode_as(msgs))
+    return [bytes.fromhex((reasm or payload).replace(":", ""))
+            for reasm, payload in (ln.split("\t") for ln in text.splitlines())]
+
+
 def test_tcp_reassembled_by_tshark_equals_stored_bytes(tmp_path, sqlite_url):
     replay(sqlite_url, PCAPS / "tcp-streams.pcap")
     msgs = [m for m in stored(sqlite_url) if m.proto == 2]
@@ -401,13 +409,26 @@ def test_tcp_reassembled_by_tshark_equals_stored_bytes(tmp_path, sqlite_url):
                   msg=head + b"\r\n\r\n" + body)
     out = tmp_path / "tcp.pcap"
     export_messages(msgs, str(out))
-    text = tshark(out, "-Y", "sip", "-T", "fields", "-e", "tcp.reassembled.data", "-e",
-                  "tcp.payload", *decode_as(msgs))
-    got = [bytes.fromhex((reasm or payload).replace(":", ""))
-           for reasm, payload in (ln.split("\t") for ln in text.splitlines())]
-    assert got == [m.msg for m in sorted(msgs, key=lambda m: m.micro_ts)]
+    assert tshark_tcp_messages(out, msgs) == [m.msg for m in sorted(msgs, key=lambda m: m.micro_ts)]
     assert any(len(m.msg) > 1460 for m in msgs)
     assert expert_problems(out, msgs) == []
+
+
+@needs_shared("corpus")
+@needs_tshark
+@pytest.mark.parametrize("name", ["sip-tcp-64k-invite-null-linktype.pcap",
+                                  "sip-tcp-port6060-segmented-calls.pcap",
+                                  "sip-gtpu-ipv6-ims-sll.pcap"])
+def test_corpus_tcp_reassembled_by_tshark_equals_stored_bytes(name, tmp_path, sqlite_url):
+    """Real TCP captures (a 64 KB INVITE, 46 segments in the export; a trunk of 406 messages, most
+    of them over several segments; SIP over TCP over IPv6): tshark's reassembled
+    messages are the stored bytes, in order."""
+    replay(sqlite_url, CORPUS / name)
+    msgs = [m for m in stored(sqlite_url) if m.proto == 2]
+    assert msgs
+    out = tmp_path / "tcp.pcapng"
+    export_messages(msgs, str(out))
+    assert tshark_tcp_messages(out, msgs) == [m.msg for m in sorted(msgs, key=lambda m: m.micro_ts)]
 
 
 # (capture, what sngrep sees in the export): "all" its dialogs; "original" as many as
