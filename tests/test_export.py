@@ -558,6 +558,17 @@ def test_command_writes_to_standard_output(legs_db, tmp_path):
     check_with_tshark(out, [m for m in stored(legs_db) if m.callid == "call-7@10.0.0.5"])
 
 
+def test_command_with_filters_follows_legs(legs_db, tmp_path):
+    def call_ids(*args: str) -> list[str]:
+        out = tmp_path / f"f{len(args)}.pcap"
+        p = cli("export", "--db", legs_db, "--src", "10.0.0.1", "--since", "2025-11-24",
+                *args, "-o", str(out), "--json")
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)["call_ids"]
+    assert call_ids() == ["call-1@10.0.0.1"]
+    assert call_ids("--legs") == ["call-1@10.0.0.1", "bleg-1@10.0.0.2"]
+
+
 def test_command_bad_input(legs_db, tmp_path):
     out = tmp_path / "x.pcap"
     p = cli("export", "--db", legs_db, "no-such-call", "-o", str(out))
