@@ -16,12 +16,12 @@ from typing import BinaryIO
 
 from ..errors import ConfigError
 from ..query.model import StoredMessage
-from .frames import DEFAULT_MSS, Packet, message_packets, ordered
+from .frames import DEFAULT_MSS, Packet, iter_packets, message_packets, ordered
 from .pcap import write_pcap, write_pcapng
 from .text import write_text
 
 __all__ = ["FORMATS", "ExportReport", "OutputExistsError", "Packet", "export_messages",
-           "format_for", "message_packets", "write_export"]
+           "format_for", "iter_packets", "message_packets", "write_export"]
 
 FORMATS = ("pcap", "pcapng", "txt")
 _SUFFIXES = {".pcap": "pcap", ".cap": "pcap", ".pcapng": "pcapng", ".ntar": "pcapng",
@@ -61,7 +61,7 @@ def write_export(f: BinaryIO, messages: Iterable[StoredMessage], fmt: str, *,
     if fmt == "txt":
         n = write_text(f, msgs)
         return n, n
-    packets = message_packets(msgs, mss=mss)
+    packets = iter_packets(msgs, mss=mss)
     n = write_pcapng(f, packets) if fmt == "pcapng" else write_pcap(f, packets)
     return len(msgs), n
 

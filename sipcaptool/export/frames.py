@@ -26,13 +26,13 @@ import ipaddress
 import re
 import struct
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ..query.model import StoredMessage
 from ..record import PROTO_SCTP, PROTO_TCP, PROTO_TLS, PROTO_WS
 
-__all__ = ["Packet", "message_packets", "ether", "ipv4", "ipv6", "udp", "tcp", "sctp_data",
+__all__ = ["Packet", "iter_packets", "message_packets", "ether", "ipv4", "ipv6", "udp", "tcp", "sctp_data",
            "checksum", "frames_on_tcp", "ETH_IPV4", "ETH_IPV6", "TCP_FIN", "TCP_SYN", "TCP_PSH", "TCP_ACK",
            "DEFAULT_MSS"]
 
@@ -318,11 +318,12 @@ def _conn_key(m: StoredMessage, src: str, dst: str) -> tuple[tuple[str, int], ..
     return tuple(sorted(((src, m.source_port), (dst, m.destination_port))))
 
 
-def message_packets(messages: Sequence[StoredMessage] | Iterable[StoredMessage], *,
-                    mss: int = DEFAULT_MSS) -> list[Packet]:
-    """The frames (Ethernet) of ``messages``, in time order: see the module's doc."""
+def iter_packets(messages: Iterable[StoredMessage], *, mss: int = DEFAULT_MSS
+                 ) -> Iterator[Packet]:
+    """The frames (Ethernet) of ``messages``, in time order, one message's at a time (a
+    big export is not held twice in memory): see the module's doc."""
     msgs = ordered(messages)
-    plan: list[tuple[StoredMessage, str, str, int, bool]] = []
+    plan: list[tuple[str, str, int, bool]] = []
     last_of: dict[tuple[tuple[str, int], ...], int] = {}
     for m in msgs:
         src, dst, v = _endpoints(m)
@@ -331,13 +332,20 @@ def message_packets(messages: Sequence[StoredMessage] | Iterable[StoredMessage],
             (src, m.source_port) != (dst, m.destination_port))   # not a connection to itself
         if as_tcp:
             last_of[_conn_key(m, src, dst)] = len(plan)
-        plan.append((m, src, dst, v, as_tcp))
+        plan.append((src, dst, v, as_tcp))
     fr = _Frames(mss)
-    for i, (m, src, dst, v, as_tcp) in enumerate(plan):
+    for i, (m, (src, dst, v, as_tcp)) in enumerate(zip(msgs, plan, strict=True)):
         if as_tcp:
             fr.tcp_msg(m, src, dst, v, last_of[_conn_key(m, src, dst)] == i)
         elif m.proto == PROTO_SCTP and len(m.msg) <= 65535 - 20 - 28 - 40:
             fr.sctp(m, src, dst, v)
         else:
             fr.udp(m, src, dst, v)
-    return fr.out
+        yield from fr.out
+        fr.out.clear()
+
+
+def message_packets(messages: Iterable[StoredMessage], *, mss: int = DEFAULT_MSS
+                    ) -> list[Packet]:
+    """The frames of ``messages`` as a list (:func:`iter_packets`)."""
+    return list(iter_packets(messages, mss=mss))
