@@ -141,6 +141,30 @@ def test_tab_format_escapes_and_parses_back(dialect):
         assert got[1].decode() == str(want[1])
 
 
+@pytest.mark.parametrize("dialect", ["postgresql", "mysql"])
+def test_tab_format_is_the_same_bytes_with_and_without_a_large_message(dialect):
+    """A batch holding a message of LARGE_VALUE bytes or more is built as bytes (fewer
+    copies of the large value); every other batch as one str. Both give the same bytes."""
+    from sipcaptool.store._text import LARGE_VALUE
+
+    mi = [c[0] for c in SIP_COLUMNS].index("msg")
+    rows = [r for r in (sip_row(i) for i in range(len(AWKWARD) * len(MSGS)))
+            if len(r[mi]) < LARGE_VALUE]
+    rows.append(sip_row(99, text="a\x00b\tc"))
+    fmt = TabFormatter(SIP_COLUMNS, dialect)
+    cols = list(zip(*rows, strict=True))
+    assert len(rows) > 10 and not fmt._has_large_blob(cols)
+    as_text = fmt._as_text(list(cols), len(rows))
+    as_bytes = fmt._as_bytes(list(cols), len(rows))
+    assert as_text == as_bytes == fmt(rows)
+    big = list(rows[0])
+    big[mi] = b"INVITE " + b"x" * LARGE_VALUE
+    with_big = [*rows, tuple(big)]
+    cols = list(zip(*with_big, strict=True))
+    assert fmt._has_large_blob(cols)
+    assert fmt(with_big) == fmt._as_text(list(cols), len(with_big))
+
+
 def test_mysql_local_infile_refused_falls_back_to_insert(mysql_url, monkeypatch):
     """When the server refuses LOCAL INFILE (here: the client flag is off, as when the
     server has local_infile=OFF) the batch is written with INSERTs instead, and so are
