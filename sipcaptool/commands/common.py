@@ -207,3 +207,33 @@ def endpoint_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for names, name, kw in reversed(ENDPOINT_OPTIONS):
         wrapper = click.option(*names, name, default=None, **kw)(wrapper)
     return wrapper
+
+
+# the filters of `sipcaptool search` (and `export`): which calls
+FILTERS: list[tuple[str, str, str]] = [
+    ("--call-id", "ID[,ID...]", "Call-ID(s); % is a wildcard; write a comma inside one as \\,"),
+    ("--user", "U[,U...]", "User in From, To, request URI, P-Asserted-Identity or "
+     "Authorization (caller or callee); % is a wildcard ('10%' uses an index)."),
+    ("--from-user", "U[,U...]", "From user only."),
+    ("--to-user", "U[,U...]", "To user only."),
+    ("--method", "M[,M...]", "Calls with a request of this method (INVITE, REGISTER, ...)."),
+    ("--status", "S[,S...]", "Calls whose final status is this: a code (486) or a class "
+     "(4xx, 18x)."),
+    ("--src", "IP[:PORT][,...]", "A message sent from this address."),
+    ("--dst", "IP[:PORT][,...]", "A message sent to this address."),
+    ("--node", "NAME[,...]", "Captured by this node (node column)."),
+    ("--ua", "TEXT[,...]", "User-Agent contains TEXT."),
+    ("--since", "TIME", "From this time: 2h, 30m, 1d (ago), 'YYYY-MM-DD HH:MM[:SS]', an ISO "
+     "time with Z or +HH:MM, @EPOCH. Absolute times without an offset are in --tz (UTC by "
+     "default)."),
+    ("--until", "TIME", "Up to this time (same forms). [default: now]"),
+    ("--tz", "ZONE", "Read absolute --since/--until (and show times) in this zone: local, "
+     "an IANA name (Europe/Paris) or an offset (+02:00). [default: UTC]"),
+]
+
+
+def filter_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the call filters of ``search`` and ``export`` (``--call-id`` … ``--tz``)."""
+    for name, metavar, text in reversed(FILTERS):
+        f = click.option(name, metavar=metavar, default=None, help=text)(f)
+    return f

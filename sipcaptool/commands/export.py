@@ -9,48 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
-from typing import Any
 
 import click
 
 from ..config import Settings
 from ..errors import InputError
 from ..export import FORMATS
-from .common import storage_options
-
-# the filters of `sipcaptool search`, the same names and meaning
-FILTERS: list[tuple[str, str, str]] = [
-    ("--call-id", "ID[,ID...]", "Call-ID(s); % is a wildcard."),
-    ("--user", "U[,U...]", "User in From, To, request URI, P-Asserted-Identity or "
-     "Authorization (caller or callee); % is a wildcard ('10%' uses an index)."),
-    ("--from-user", "U[,U...]", "From user only."),
-    ("--to-user", "U[,U...]", "To user only."),
-    ("--method", "M[,M...]", "Calls with a request of this method (INVITE, REGISTER, ...)."),
-    ("--status", "S[,S...]", "Calls whose final status is this: a code (486) or a class "
-     "(4xx, 18x)."),
-    ("--src", "IP[:PORT][,...]", "A message sent from this address."),
-    ("--dst", "IP[:PORT][,...]", "A message sent to this address."),
-    ("--node", "NAME[,...]", "Captured by this node (node column)."),
-    ("--ua", "TEXT[,...]", "User-Agent contains TEXT."),
-    ("--since", "TIME", "From this time: 2h, 30m, 1d (ago), 'YYYY-MM-DD HH:MM[:SS]', an ISO "
-     "time with Z or +HH:MM, @EPOCH. Absolute times without an offset are in --tz (UTC by "
-     "default)."),
-    ("--until", "TIME", "Up to this time (same forms). [default: now]"),
-    ("--tz", "ZONE", "Read absolute --since/--until in this zone: local, an IANA name "
-     "(Europe/Paris) or an offset (+02:00). [default: UTC]"),
-]
-
-
-def _filter_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    for name, metavar, text in reversed(FILTERS):
-        f = click.option(name, metavar=metavar, default=None, help=text)(f)
-    return f
+from .common import filter_options, storage_options
 
 
 @click.command("export")
 @click.argument("callids", nargs=-1, metavar="[CALLID]...")
-@_filter_options
+@filter_options
 @click.option("--limit", type=click.IntRange(0), default=0, show_default=True,
               help="With filters: at most N calls (the most recent); 0: every call found.")
 @click.option("--legs", is_flag=True,

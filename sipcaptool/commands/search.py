@@ -18,7 +18,7 @@ from ..config import Settings
 from ..query.calls import find_calls, load_calls
 from ..query.filters import build_query, parse_tz
 from ..query.model import Call
-from .common import storage_options
+from .common import filter_options, storage_options
 
 DEFAULT_LIMIT = 100
 COLUMNS = ("time", "duration", "from", "to", "method", "status", "outcome", "msgs",
@@ -100,29 +100,7 @@ def render_csv(records: list[dict[str, Any]], tz: _dt.tzinfo) -> str:
 
 
 @click.command("search")
-@click.option("--call-id", metavar="ID[,ID...]",
-              help="Call-ID(s); % is a wildcard; write a comma inside one as \\,")
-@click.option("--user", metavar="U[,U...]",
-              help="User in From, To, request URI, P-Asserted-Identity or Authorization "
-                   "(caller or callee); % is a wildcard ('10%' uses an index).")
-@click.option("--from-user", metavar="U[,U...]", help="From user only.")
-@click.option("--to-user", metavar="U[,U...]", help="To user only.")
-@click.option("--method", metavar="M[,M...]",
-              help="Calls with a request of this method (INVITE, REGISTER, ...).")
-@click.option("--status", metavar="S[,S...]",
-              help="Calls whose final status is this: a code (486) or a class (4xx, 18x).")
-@click.option("--src", metavar="IP[:PORT][,...]", help="A message sent from this address.")
-@click.option("--dst", metavar="IP[:PORT][,...]", help="A message sent to this address.")
-@click.option("--node", metavar="NAME[,...]", help="Captured by this node (node column).")
-@click.option("--ua", metavar="TEXT[,...]", help="User-Agent contains TEXT.")
-@click.option("--since", metavar="TIME",
-              help="From this time: 2h, 30m, 1d (ago), 'YYYY-MM-DD HH:MM[:SS]', "
-                   "an ISO time with Z or +HH:MM, @EPOCH. Absolute times without an "
-                   "offset are in --tz (UTC by default).")
-@click.option("--until", metavar="TIME", help="Up to this time (same forms). [default: now]")
-@click.option("--tz", metavar="ZONE",
-              help="Show times (and read absolute --since/--until) in this zone: local, "
-                   "an IANA name (Europe/Paris) or an offset (+02:00). [default: UTC]")
+@filter_options
 @click.option("--limit", type=click.IntRange(0), default=DEFAULT_LIMIT, show_default=True,
               help="At most N calls (the most recent); 0: no limit.")
 @click.option("--legs-depth", type=click.IntRange(0, 10), default=1, show_default=True,
