@@ -7,6 +7,10 @@ token (``sipcaptool-batch-N``) and the buffer registered under that token is sen
 packets; a request for any other name is refused (so a hostile server cannot read local
 files). If this pymysql version does not have the internals we hook, or the server has
 ``local_infile`` off, the same buffer is turned into multi-row INSERT statements.
+
+About 550 lines, one module: the LOAD DATA hook, the INSERT fallback, the rows LOAD DATA
+skipped and the error codes that say what a failure means (connection, operator,
+refused rows) are one adapter's answers to one question -- what happened to this batch.
 """
 
 # pymysql ships no types: the connection and result classes hooked below subclass
