@@ -9,9 +9,10 @@ Servers: ``SIPCAPTOOL_TEST_MYSQL`` (default ``mysql://root@127.0.0.1:3306``) and
 Tests are marked by what they use, automatically: ``services`` (a fixture that needs the
 MariaDB or PostgreSQL server), ``netns`` (the ``netns`` fixture: root and network
 namespaces), ``faults`` (private servers with injected faults, marked by their module).
-The fast loop for a change in the library is therefore::
+``e2e`` marks tests that run the command, a collector or a real tool as processes. The
+fast loop for a change in the library is therefore::
 
-    python -m pytest -m "not services and not netns and not faults"
+    python -m pytest -m "not services and not netns and not faults and not e2e"
 
 Shared reference data (``tests/shared_data.py``) is found in one place too: a test
 marked ``needs_shared(...)`` skips without it, and fails with
@@ -53,13 +54,29 @@ def _uses_services(item: pytest.Item) -> bool:
         and callspec.params.get("any_db_url") != "sqlite"
 
 
+# Modules whose tests drive the sipcaptool command, a collector or a real tool (tshark,
+# sngrep, Chromium) as processes: end to end, seconds each. A test that uses the
+# ``collectors`` fixture is end to end wherever it is.
+E2E_MODULES = frozenset({
+    "test_control", "test_corpus_replay", "test_export", "test_flow", "test_flow_browser",
+    "test_hep_collector", "test_hep_conformance", "test_hostile", "test_hostile_collector",
+    "test_hostile_control", "test_hostile_tables", "test_replay_e2e", "test_search",
+    "test_store_refusals",
+})
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test by the fixtures it uses, so ``-m`` can select the fast ones."""
+    """Mark each test by what it uses, so ``-m`` can select the fast ones."""
     for item in items:
+        names = getattr(item, "fixturenames", ())
         if _uses_services(item):
             item.add_marker(pytest.mark.services)
-        if "netns" in getattr(item, "fixturenames", ()):
+        if "netns" in names:
             item.add_marker(pytest.mark.netns)
+        module = getattr(item, "module", None)
+        if "collectors" in names or (module is not None
+                                     and module.__name__.rsplit(".", 1)[-1] in E2E_MODULES):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.hookimpl(tryfirst=True)
