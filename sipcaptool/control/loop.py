@@ -26,6 +26,7 @@ import selectors
 import socket
 import threading
 import time
+from typing import cast
 
 from ..stats import Stats
 
@@ -168,7 +169,7 @@ class SelectorServer:
                     accept = True
                 elif key.data == "wake":
                     try:
-                        key.fileobj.recv(64)  # type: ignore[union-attr]
+                        cast(socket.socket, key.fileobj).recv(64)
                     except OSError:
                         pass
                 else:

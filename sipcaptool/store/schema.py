@@ -293,7 +293,8 @@ def sip_table_sql(dialect: str, table: str, partition_days: int | None = None) -
     sip, _ = _template_statements(dialect)
     q = _QUOTE[dialect]
     pat = re.compile(re.escape(q + TEMPLATE_TABLE) + r"((?:_\w+_idx)?)" + re.escape(q))
-    repl = lambda m: quote_ident(dialect, index_name(dialect, table, m.group(1)))  # noqa: E731
+    def repl(m: re.Match[str]) -> str:
+        return quote_ident(dialect, index_name(dialect, table, m.group(1)))
     out = [pat.sub(repl, st) for st in sip]
     if partition_days and dialect == "mysql":
         out[0] = out[0] + "\n" + partition_clause(partition_days)
