@@ -256,13 +256,22 @@ class Adapter(ABC):
         its rows; the read transaction ends with it. StoreError on failure."""
         raise NotImplementedError
 
+    #: the SQL naming the current schema, for the ``information_schema`` look-ups below
+    #: (a database without ``information_schema`` overrides them instead)
+    current_schema_sql: str = ""
+
     def existing_tables(self) -> set[str]:
         """The names of the tables in the database (its current schema)."""
-        raise NotImplementedError
+        return {str(r[0]) for r in self.select(
+            "SELECT table_name FROM information_schema.tables "
+            f"WHERE table_schema = {self.current_schema_sql}")}
 
     def table_columns(self, table: str) -> list[str]:
         """The column names of ``table`` in order (empty when it does not exist)."""
-        raise NotImplementedError
+        return [str(r[0]) for r in self.select(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+            f"{self.current_schema_sql} AND table_name = {self.placeholder} "
+            "ORDER BY ordinal_position", (table,))]
 
     def create_batches_table(self) -> None:
         from .schema import batches_table_sql

@@ -228,6 +228,7 @@ class MysqlAdapter(Adapter):
         self.conn = conn
 
     placeholder = "%s"
+    current_schema_sql = "DATABASE()"
 
     def connect_readonly(self) -> None:
         self.connect()
@@ -251,16 +252,6 @@ class MysqlAdapter(Adapter):
             if err.kind == "connection":
                 self.close()
             raise err from None
-
-    def existing_tables(self) -> set[str]:
-        return {str(r[0]) for r in self.select(
-            "SELECT table_name FROM information_schema.tables "
-            "WHERE table_schema = DATABASE()")}
-
-    def table_columns(self, table: str) -> list[str]:
-        return [str(r[0]) for r in self.select(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = "
-            "DATABASE() AND table_name = %s ORDER BY ordinal_position", (table,))]
 
     def _db(self) -> _Conn:
         """The connection :meth:`connect` opened (a transient StoreError when a failed

@@ -185,6 +185,7 @@ class PostgresAdapter(Adapter):
             raise self.error("cannot set up the session", e, transient=True) from None
 
     placeholder = "%s"
+    current_schema_sql = "current_schema()"
 
     def connect_readonly(self) -> None:
         self.connect()
@@ -208,16 +209,6 @@ class PostgresAdapter(Adapter):
             if err.kind == "connection":
                 self.close()
             raise err from None
-
-    def existing_tables(self) -> set[str]:
-        return {str(r[0]) for r in self.select(
-            "SELECT table_name FROM information_schema.tables "
-            "WHERE table_schema = current_schema()")}
-
-    def table_columns(self, table: str) -> list[str]:
-        return [str(r[0]) for r in self.select(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = "
-            "current_schema() AND table_name = %s ORDER BY ordinal_position", (table,))]
 
     def _db(self) -> _Conn:
         """The connection :meth:`connect` opened (a transient StoreError when a failed
