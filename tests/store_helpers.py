@@ -50,6 +50,19 @@ def sip_row(i: int, text: str | None = None, msg: bytes | None = None,
     return tuple(vals)
 
 
+def rows_refusable_by_method(n: int, bad: set[int]) -> list[tuple]:
+    """``n`` sip rows whose method is INVITE for the indexes in ``bad`` and BYE for the
+    others: a table that allows 3 characters (or a CHECK/trigger on INVITE) refuses
+    exactly the ``bad`` ones."""
+    method = SIP_COLUMN_NAMES.index("method")
+    out = []
+    for i in range(n):
+        r = list(sip_row(i))
+        r[method] = "INVITE" if i in bad else "BYE"
+        out.append(tuple(r))
+    return out
+
+
 def aux_row(i: int, msg: bytes = b'{"json": "log \\u0000"}\x00\xff') -> tuple:
     vals = []
     for name, kind, width in AUX_COLUMNS:

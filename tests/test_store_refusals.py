@@ -13,7 +13,7 @@ import time
 import uuid
 
 import pytest
-from store_helpers import connect, count, read_rows, sip_row
+from store_helpers import connect, count, read_rows, rows_refusable_by_method, sip_row
 
 from sipcaptool.errors import StoreError
 from sipcaptool.record import SIP_COLUMN_NAMES, SIP_COLUMNS
@@ -24,18 +24,11 @@ from sipcaptool.store.outcomes import Split
 from sipcaptool.store.url import parse_db_url
 from sipcaptool.store.writer import Writer
 
-METHOD = SIP_COLUMN_NAMES.index("method")
 UA = SIP_COLUMN_NAMES.index("user_agent")
 FROM_USER = SIP_COLUMN_NAMES.index("from_user")
 
 
-def _rows(n: int, bad) -> list[tuple]:
-    out = []
-    for i in range(n):
-        r = list(sip_row(i))
-        r[METHOD] = "INVITE" if i in bad else "BYE"
-        out.append(tuple(r))
-    return out
+_rows = rows_refusable_by_method
 
 
 def _table(url: str, table: str = "t") -> None:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from store_helpers import aux_row, count, read_rows, sip_row
+from store_helpers import aux_row, count, read_rows, rows_refusable_by_method, sip_row
 
 from sipcaptool.errors import ConfigError, StoreError
 from sipcaptool.stats import Stats
@@ -269,7 +269,6 @@ def test_program_ending_without_close_writes_everything(sqlite_url, tmp_path, ho
 
 # ------------------------------------------------ rows the database refuses: keep the rest
 
-_METHOD = __import__("sipcaptool.record", fromlist=["SIP_COLUMN_NAMES"]).SIP_COLUMN_NAMES.index("method")
 
 
 def _narrow_table(url: str, table: str = "narrow") -> None:
@@ -287,13 +286,7 @@ def _narrow_table(url: str, table: str = "narrow") -> None:
     a.close()
 
 
-def _rows(n: int, bad: set[int]) -> list[tuple]:
-    out = []
-    for i in range(n):
-        r = list(sip_row(i))
-        r[_METHOD] = "INVITE" if i in bad else "BYE"
-        out.append(tuple(r))
-    return out
+_rows = rows_refusable_by_method
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
