@@ -38,9 +38,18 @@ Allowed = tuple[float, float] | tuple[str, ...] | None
 _T = TypeVar("_T")
 
 
-def _setting(default: _T, allowed: Allowed = None) -> _T:
-    """A field of :class:`Settings` that is a setting: its default and what is allowed."""
-    return field(default=default, metadata={"allowed": allowed})
+def _setting(default: _T, allowed: Allowed = None, *, secret: bool = False,
+             size: bool = False) -> _T:
+    """A field of :class:`Settings` that is a setting: its default and what is allowed.
+
+    ``secret``: never printed (``config show`` masks it, errors leave its value out; a
+    config file holding it and readable by others gets a warning). ``size``: a number of
+    bytes that may be written with K/M/G suffixes (``64M``). A ``tuple[str, ...]`` field
+    is a list setting: a TOML array, a repeatable option, and in the environment a TOML
+    array (``["a", "b"]``) or items separated by blanks (``capture_mode``: by newlines).
+    """
+    return field(default=default,
+                 metadata={"allowed": allowed, "secret": secret, "size": size})
 
 
 @dataclass(frozen=True)
@@ -89,14 +98,14 @@ class Settings:
     flush_interval: float = _setting(1.0, (0.01, 60.0))
     # a batch is written once its rows make this many bytes formatted, even with fewer
     # than batch_size rows
-    batch_max_bytes: int = _setting(8 << 20, (1 << 16, 1 << 30))
+    batch_max_bytes: int = _setting(8 << 20, (1 << 16, 1 << 30), size=True)
     # bytes that the compressed parts of one HEP datagram (whole-datagram gzip and every
     # chunk 0x0010 in it), TCP-framed HEP packet or capture frame may inflate to, together
-    hep_max_inflated: int = _setting(256 * 1024, (4096, 1 << 28))
+    hep_max_inflated: int = _setting(256 * 1024, (4096, 1 << 28), size=True)
     # where batches wait while the database is unreachable: '' = the default directory
     # (sipcaptool.store.spool.default_spool_dir), 'none' = no spool
     spool_dir: str = _setting("")
-    spool_max_bytes: int = _setting(1 << 30, (1 << 16, 1 << 50))
+    spool_max_bytes: int = _setting(1 << 30, (1 << 16, 1 << 50), size=True)
     # hep, live: the control socket and --metrics close a connection that has not sent a
     # whole command or request within this many seconds (control:timeout), and hold at
     # most this many connections each (control:evicted-idle, control:refused-full)
@@ -113,6 +122,68 @@ class Settings:
     # clock has its strftime table named by its arrival time (adjusted:clock-skew),
     # so senders cannot choose how many tables exist; 0: always its own time (replay)
     max_clock_skew: float = _setting(86400.0, (0.0, 3650 * 86400.0))
+    # hep, live, replay: a message whose bytes and addresses equal those of a message
+    # stored within this many milliseconds (by its own time), seen by another capture
+    # point (HEP node and agent, or link-level path), is counted as dedup:<node> and not
+    # stored again; a retransmission (the same capture point) is stored. 0: off, as the
+    # module. See sipcaptool.dedup
+    dedup_window: int = _setting(0, (0, 3_600_000))
+    # messages the dedup window remembers at most; past it the oldest leave early
+    # (evicted:dedup-full, logged): a later copy of one of them is stored twice
+    dedup_max_entries: int = _setting(100_000, (1, 10_000_000))
+    # table by SIP method (HOMER 5's per-method tables), for every capture mode:
+    # 'METHOD[,METHOD...]=TABLE[|TABLE...]' rules, a reply by its CSeq method, '*' the
+    # methods no rule names (else table_name); see sipcaptool.store.router
+    route: tuple[str, ...] = _setting(())
+    # ClickHouse: store into the cluster of this name (the server's remote_servers): db
+    # init creates local tables on every shard and a Distributed table; applies to every
+    # clickhouse:// db_url that does not name its own (?cluster=); '' = one server
+    cluster: str = _setting("")
+
+    # -- the commands' own settings: each is also an option of the commands named ------
+    # every command that logs: -v info, -vv debug, -q error, -qq critical; the file logs
+    # are appended to ('' = stderr; reopened on SIGHUP); text or JSON lines
+    log_level: str = _setting("warning", ("debug", "info", "warning", "error", "critical"))
+    log_file: str = _setting("")
+    log_format: str = _setting("text", ("text", "json"))
+    # the database password, read from this file (one line; a bare name is looked up in
+    # $CREDENTIALS_DIRECTORY first, as systemd's LoadCredential= puts it), for db_url and
+    # every capture mode's URL that names a user without a password
+    db_password_file: str = _setting("")
+    # hep: where HEP is received (udp|tcp:HOST:PORT, IPv6 in brackets)
+    listen: tuple[str, ...] = _setting(("udp:0.0.0.0:9060",))
+    # hep: only packets carrying this key (chunk 0x000e) are taken; live --hep-to: the key
+    # sent. Never printed; better read from auth_key_file (same form as db_password_file)
+    auth_key: str = _setting("", secret=True)
+    auth_key_file: str = _setting("")
+    # hep: receiving processes (SO_REUSEPORT), each with its own writer process
+    workers: int = _setting(1, (1, 64))
+    # hep: the UDP receive buffer asked for per socket, bytes (0: the system's)
+    rcvbuf: int = _setting(64 << 20, (0, 1 << 31), size=True)
+    # hep, live: the control socket ('' = the command's default path under
+    # $XDG_RUNTIME_DIR/sipcaptool or /run/sipcaptool, 'none' = no socket); ctl's socket
+    control: str = _setting("")
+    # hep, live: serve the counters for Prometheus at http://HOST:PORT/metrics ('' = not)
+    metrics: str = _setting("")
+    # live: a libpcap filter instead of the one built from raw_socket_listen's ports;
+    # bytes kept per packet; the kernel buffer per worker in MiB
+    filter: str = _setting("")
+    snaplen: int = _setting(262144, (256, 262144))
+    buffer_size: int = _setting(32, (1, 2048))
+    # live in agent mode (--hep-to): the HEP capture id and node name sent
+    capture_id: int = _setting(2001, (0, 0xFFFFFFFF))
+    node_name: str = _setting("")
+    # live: the user to switch to once the capture sockets are open ('' = stay)
+    user: str = _setting("")
+    # replay: only SIP / only HEP on these ports ('' = any port, recognised by content)
+    ports: str = _setting("")
+    hep_ports: str = _setting("")
+    # search, flow, export: the zone of times read and shown (UTC, local, Europe/Paris,
+    # +02:00)
+    tz: str = _setting("UTC")
+    # flow: one column per address:port or per host; IP=NAME names for the columns
+    by: str = _setting("port", ("port", "host"))
+    alias: tuple[str, ...] = _setting(())
 
     # -- not settings ------------------------------------------------------------------
     # where each setting's value came from: "default", "file PATH", "environment
@@ -123,28 +194,47 @@ class Settings:
     modes: Mapping[str, CaptureMode] = field(default_factory=dict)
     # names of the capture modes to store into; empty = the default mode only
     use_modes: tuple[str, ...] = ()
+    # what the operator should know about the settings (a config file holding a secret
+    # readable by others, a secret given on the command line); the command logs them
+    warnings: tuple[str, ...] = ()
 
     # -- building ------------------------------------------------------------------
     @classmethod
     def load(cls, config_file: str | None = None, cli: Mapping[str, object] | None = None,
-             env: Mapping[str, str] | None = None) -> Settings:
+             env: Mapping[str, str] | None = None, command: str | None = None) -> Settings:
+        """The settings from the defaults, ``config_file`` (its top level, then its
+        ``[command]`` table), ``env`` (``os.environ`` by default) and ``cli`` (setting
+        name -> value given on the command line; None = not given), in that order.
+        Secrets named by ``*_file`` settings are read here; settings that contradict
+        each other raise ConfigError."""
+        env = os.environ if env is None else env
         b = _Builder()
         if config_file:
-            b.apply_file(config_file)
-        b.apply_env(os.environ if env is None else env)
+            b.apply_file(config_file, command)
+        b.apply_env(env)
         for name, value in (cli or {}).items():
-            if value is None or (name == "capture_mode" and not value):
+            if value is None or (name in ("capture_mode", "route") and not value):
                 continue
             b.set(name, value, "command line")
         b.resolve_modes()
-        s = cls(**b.values, origin=b.origin, modes=b.modes, use_modes=tuple(b.use_modes))
+        b.read_secrets(env)
+        b.check_conflicts()
+        modes = b.modes
+        if b.values.get("cluster"):
+            from .store.clickhouse import with_cluster
+            cluster = str(b.values["cluster"])
+            modes = {n: replace(m, db_url=with_cluster(m.db_url, cluster))
+                     for n, m in modes.items()}
+        s = cls(**b.values, origin=b.origin, modes=modes, use_modes=tuple(b.use_modes),
+                warnings=tuple(b.warnings))
         # validate the default mode's tables now so errors surface before any work
         s.default_mode()
         return s
 
     def with_value(self, name: str, value: object, origin: str) -> Settings:
         """A copy with setting ``name`` set to ``value`` (validated as when loaded), which
-        came from ``origin``: for a command's own options that are settings."""
+        came from ``origin`` (for tests and library callers; a command's options that are
+        settings go through :meth:`load`, see ``commands.common.setting_option``)."""
         _check_known(name, origin)
         if name == "capture_mode":
             raise ValueError("capture modes are chosen when the settings are loaded")
@@ -159,7 +249,11 @@ class Settings:
 
     # -- derived -------------------------------------------------------------------
     def default_mode(self) -> CaptureMode:
-        return CaptureMode("default", self.db_url,
+        db_url = self.db_url
+        if self.cluster:
+            from .store.clickhouse import with_cluster
+            db_url = with_cluster(db_url, self.cluster)
+        return CaptureMode("default", db_url,
                            split_tables(self.table_name, "table_name", self.db_url),
                            self.mt_mode, self.hash_source)
 
@@ -185,6 +279,8 @@ class Param(NamedTuple):
     kind: type
     default: object
     allowed: Allowed
+    secret: bool = False
+    size: bool = False
 
     def bounds(self) -> tuple[float, float]:
         """The (lo, hi) range of a number setting (ints for an int setting)."""
@@ -208,7 +304,8 @@ def _params() -> dict[str, Param]:
         if kind is None:
             raise TypeError(f"setting {f.name}: no parameter kind for {hint!r}")
         default = list(f.default) if isinstance(f.default, tuple) else f.default
-        table[f.name] = Param(kind, default, f.metadata["allowed"])
+        table[f.name] = Param(kind, default, f.metadata["allowed"],
+                              bool(f.metadata.get("secret")), bool(f.metadata.get("size")))
     return table
 
 
@@ -232,6 +329,7 @@ class _Builder:
         self.origin: dict[str, str] = dict.fromkeys(PARAMS, "default")
         self.modes: dict[str, CaptureMode] = {}
         self.use_modes: list[str] = []
+        self.warnings: list[str] = []
 
     def set(self, name: str, value: Any, origin: str) -> None:
         """``value`` as TOML, the environment or click gives it."""
@@ -241,10 +339,20 @@ class _Builder:
             self.values["capture_mode"] = (*self.values["capture_mode"], *vals)
             self.origin[name] = origin
             return
+        if name == "route":  # a list: the rules of the source given last replace the others'
+            from .store.router import parse_routes
+            vals = value.split() if isinstance(value, str) else list(value)
+            try:
+                parse_routes(vals, check_length=False)
+            except ConfigError as e:
+                raise ConfigError(f"route (from {origin}): {e}") from None
+            self.values[name] = tuple(vals)
+            self.origin[name] = origin
+            return
         self.values[name] = coerce(name, value, origin)
         self.origin[name] = origin
 
-    def apply_file(self, path: str) -> None:
+    def apply_file(self, path: str, command: str | None = None) -> None:
         try:
             with open(path, "rb") as f:
                 data = tomllib.load(f)
@@ -255,6 +363,17 @@ class _Builder:
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path!r} is not valid TOML: {e}") from None
         origin = f"file {path}"
+        self._warn_readable(path, data)
+        tables = {name: data.pop(name) for name in list(data)
+                  if name in COMMAND_TABLES and isinstance(data[name], dict)}
+        for name, table in tables.items():
+            for key in table:
+                _check_known(key, f"[{name}] of {origin}")
+        self._apply_table(data, path, origin)
+        if command in tables:
+            self._apply_table(tables[command], path, f"{origin} [{command}]")
+
+    def _apply_table(self, data: dict[str, Any], path: str, origin: str) -> None:
         for name, value in data.items():
             if name == "capture_mode" and isinstance(value, dict):
                 for mode_name, table in value.items():
@@ -273,14 +392,58 @@ class _Builder:
                 continue
             self.set(name, value, origin)
 
+    def _warn_readable(self, path: str, data: dict[str, Any]) -> None:
+        """A warning when the file holds a secret and others may read it."""
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            return
+        if not mode & 0o044:
+            return
+        found = sorted(_secrets_in(data))
+        if found:
+            self.warnings.append(
+                f"config file {path} holds a secret ({', '.join(found)}) and is readable "
+                f"by others (mode {mode & 0o777:04o}): chmod 600 {path}, or keep the secret "
+                "in a file named by auth_key_file / db_password_file")
+
     def apply_env(self, env: Mapping[str, str]) -> None:
         for name in PARAMS:
             key = "SIPCAPTOOL_" + name.upper()
             if key in env and env[key] != "":
                 value: str | list[str] = env[key]
-                if name == "capture_mode":
-                    value = [v for v in env[key].split("\n") if v.strip()]
+                if PARAMS[name].kind is list:
+                    value = env_list(name, env[key], key)
                 self.set(name, value, f"environment {key}")
+
+    def read_secrets(self, env: Mapping[str, str]) -> None:
+        """auth_key from auth_key_file, the database password from db_password_file."""
+        v, o = self.values, self.origin
+        if v["auth_key_file"]:
+            if v["auth_key"]:
+                raise ConfigError(f"auth_key ({o['auth_key']}) and auth_key_file "
+                                  f"({o['auth_key_file']}) both give the HEP auth key: "
+                                  "keep one (the file keeps it out of ps and unit files)")
+            v["auth_key"] = read_secret_file(v["auth_key_file"], "auth_key_file", env)
+            o["auth_key"] = f"{o['auth_key_file']} (auth_key_file)"
+        elif v["auth_key"] and o["auth_key"] == "command line":
+            self.warnings.append("--auth-key on the command line is visible to every user "
+                                 "of this machine (ps, /proc): use --auth-key-file FILE")
+        if v["db_password_file"]:
+            password = read_secret_file(v["db_password_file"], "db_password_file", env)
+            v["db_url"] = _with_password(v["db_url"], password, o["db_url"])
+            self.modes = {name: replace(m, db_url=_with_password(m.db_url, password,
+                                                                 f"capture_mode {name}"))
+                          for name, m in self.modes.items()}
+
+    def check_conflicts(self) -> None:
+        """Settings that contradict each other are refused, not one silently ignored."""
+        v, o = self.values, self.origin
+        if o["hash_source"] != "default" and v["mt_mode"] != "hash":
+            raise ConfigError(f"hash_source = {v['hash_source']!r} ({o['hash_source']}) is "
+                              f"used only with mt_mode = 'hash', and mt_mode is "
+                              f"{v['mt_mode']!r} ({o['mt_mode']}): add --mt-mode hash, or "
+                              "leave hash_source out")
 
     def resolve_modes(self) -> None:
         for item in self.values["capture_mode"]:
@@ -300,16 +463,126 @@ class _Builder:
                     self.use_modes.append(name)
 
 
-def coerce(name: str, value: object, origin: str = "") -> str | int | float:
-    """Convert and validate one setting; ConfigError names setting, value and what is allowed."""
-    typ, _default, allowed = PARAMS[name]
+#: the commands whose own table (``[hep]``, ``[live]`` ...) in a config file holds
+#: settings for that command only, over the file's top level
+COMMAND_TABLES = ("replay", "hep", "live", "db", "search", "flow", "export", "spool", "ctl",
+                  "config")
+
+
+def _secrets_in(data: Mapping[str, Any]) -> set[str]:
+    """The names of the secrets a parsed config file holds (also in its tables)."""
+    found: set[str] = set()
+    for key, value in data.items():
+        if isinstance(value, dict):
+            found |= _secrets_in(value)
+        elif key in PARAMS and PARAMS[key].secret and value:
+            found.add(key)
+        elif isinstance(value, str) and _has_password(value):
+            found.add(f"a password in {key}")
+        elif isinstance(value, list) and any(isinstance(x, str) and _has_password(x)
+                                             for x in value):
+            found.add(f"a password in {key}")
+    return found
+
+
+def _has_password(text: str) -> bool:
+    from urllib.parse import urlsplit
+
+    for part in text.replace(";", " ").split():
+        if "://" in part:
+            try:
+                if urlsplit(part.split("db_url=", 1)[-1]).password:
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
+def _with_password(url: str, password: str, what: str) -> str:
+    """``url`` with ``password`` (percent-encoded) after its user; a URL without a user
+    (sqlite, none, peer authentication) is returned as it is."""
+    from urllib.parse import quote, urlsplit
+
+    try:
+        parts = urlsplit(url)
+        user, has = parts.username, parts.password
+    except ValueError:
+        return url  # the db_url's own error is reported where it is parsed
+    if not user or "@" not in parts.netloc:
+        return url
+    if has:
+        raise ConfigError(f"db_url ({what}) has a password and db_password_file is set: "
+                          "keep one (the file keeps it out of ps and the config file)")
+    userinfo, _at, hostpart = parts.netloc.rpartition("@")
+    netloc = f"{userinfo}:{quote(password, safe='')}@{hostpart}"
+    return parts._replace(netloc=netloc).geturl()
+
+
+def read_secret_file(path: str, setting: str, env: Mapping[str, str]) -> str:
+    """The secret in the file ``path`` (one line; the final newline is not part of it).
+    A bare name is looked up first in ``$CREDENTIALS_DIRECTORY`` (systemd's
+    ``LoadCredential=``). Errors name the file, never its content."""
+    creds = env.get("CREDENTIALS_DIRECTORY", "")
+    if creds and os.sep not in path and os.path.exists(os.path.join(creds, path)):
+        path = os.path.join(creds, path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(65537)
+    except OSError as e:
+        raise ConfigError(f"{setting} = {path!r}: cannot read it: {e.strerror}") from None
+    if len(raw) > 65536:
+        raise ConfigError(f"{setting} = {path!r}: longer than 64 KB, not a secret")
+    try:
+        text = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{setting} = {path!r}: not UTF-8 text") from None
+    if not text:
+        raise ConfigError(f"{setting} = {path!r}: the file is empty")
+    if "\n" in text:
+        raise ConfigError(f"{setting} = {path!r}: holds several lines; the secret is one line")
+    return text
+
+
+def env_list(name: str, text: str, key: str) -> list[str]:
+    """A list setting from one environment variable: a TOML array (``["a", "b"]``), or
+    items separated by blanks (``capture_mode``: by newlines, as its definitions may hold
+    blanks)."""
+    if text.lstrip().startswith("["):
+        try:
+            items = tomllib.loads("v = " + text)["v"]
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{key}: not a TOML array: {e}") from None
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{key}: must be an array of strings")
+        return items
+    if name == "capture_mode":
+        return [v for v in text.split("\n") if v.strip()]
+    return text.split()
+
+
+def coerce(name: str, value: object, origin: str = "") -> Any:
+    """Convert and validate one setting (a list setting gives a tuple of strings);
+    ConfigError names setting, value (not a secret's) and what is allowed."""
+    typ, _default, allowed, secret, _size = PARAMS[name]
     where = f" (from {origin})" if origin else ""
+    if secret and typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}{where}: must be a string")
+        return value
+    if typ is list:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{name} = {value!r}{where}: must be a list of strings")
+        for item in items:
+            if allowed and item not in allowed:
+                raise ConfigError(f"{name} = {item!r}{where}: allowed values are "
+                                  + ", ".join(str(a) for a in allowed))
+        return tuple(items)
     if typ is int:
         lo, hi = PARAMS[name].bounds()
         if isinstance(value, bool):
             value = int(value)
-        if isinstance(value, str) and name in ("spool_max_bytes", "hep_max_inflated",
-                                              "batch_max_bytes"):
+        if isinstance(value, str) and PARAMS[name].size:
             value = parse_size(value, f"{name} =", where)
         if isinstance(value, str):
             v = value.strip().lower()
@@ -347,7 +620,7 @@ def coerce(name: str, value: object, origin: str = "") -> str | int | float:
         if name == "table_name":
             split_tables(value, name)
         return value
-    raise TypeError(f"{name} is a list of names, added to by Settings.load")
+    raise TypeError(f"{name}: no conversion for a {typ.__name__} setting")
 
 
 def split_tables(value: str, name: str = "table_name", db_url: str | None = None) -> list[str]:

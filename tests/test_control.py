@@ -598,11 +598,12 @@ def test_log_options_decorator(tmp_path):
     import click
     from click.testing import CliRunner
 
-    from sipcaptool.commands.common import log_options
+    from sipcaptool.commands.common import config_option, log_options
 
     @click.command()
     @log_options
-    def cmd() -> None:
+    @config_option
+    def cmd(settings) -> None:
         """Log one line of each level.
 
         \b

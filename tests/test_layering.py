@@ -121,7 +121,7 @@ def test_architecture_names_every_module():
 # one logger per component, named for what an operator recognises in a log line (not the
 # module path, which changes when code moves)
 LOGGERS = {"sipcaptool.hep", "sipcaptool.live", "sipcaptool.store", "sipcaptool.spool",
-           "sipcaptool.control", "sipcaptool.workers"}
+           "sipcaptool.control", "sipcaptool.workers", "sipcaptool.config"}
 
 
 def test_loggers_are_named_by_component():

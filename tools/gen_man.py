@@ -231,7 +231,8 @@ hash_source). Unknown names, wrong types and values out of range are errors;
 .TS
 l l l.
 \fBname\fR	\fBdefault\fR	\fBallowed\fR"""]
-    for name, (typ, default, allowed) in PARAMS.items():
+    for name, param in PARAMS.items():
+        typ, default, allowed = param.kind, param.default, param.allowed
         if isinstance(allowed, tuple) and len(allowed) == 2 and typ in (int, float):
             allow = f"{allowed[0]}..{allowed[1]}"
         elif allowed:

@@ -32,6 +32,14 @@ def _masked(value: object) -> object:
     return value
 
 
+def _shown(name: str, value: object) -> object:
+    """What ``config show`` prints of a setting: a secret as ``***`` (empty when unset),
+    passwords in URLs masked."""
+    if PARAMS[name].secret:
+        return "***" if value else ""
+    return _masked(value)
+
+
 @click.group("config")
 def command() -> None:
     """Show the effective settings, or check a TOML configuration file.
@@ -69,7 +77,7 @@ def show(as_json: bool, settings: Settings) -> None:
     active = [m.name for m in settings.active_modes()]
     if as_json:
         doc = {
-            "settings": {name: {"value": _masked(settings.values[name]),
+            "settings": {name: {"value": _shown(name, settings.values[name]),
                                 "origin": settings.origin.get(name, "default")}
                          for name in PARAMS},
             "capture_modes": modes,
@@ -80,7 +88,7 @@ def show(as_json: bool, settings: Settings) -> None:
     width = max(len(n) for n in PARAMS)
     lines = []
     for name in PARAMS:
-        value = _masked(settings.values[name])
+        value = _shown(name, settings.values[name])
         text = json.dumps(value) if not isinstance(value, float) else repr(value)
         lines.append(f"{name:<{width}} = {text:<34} # {settings.origin.get(name, 'default')}")
     for name, m in modes.items():
