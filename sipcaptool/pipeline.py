@@ -21,16 +21,18 @@ from .store.writer import Writer
 
 
 class _Target:
-    __slots__ = ("router", "writer", "hash_source", "needs_key", "single", "table")
+    __slots__ = ("router", "writer", "hash_source", "needs_key", "single", "table", "routed")
 
     def __init__(self, router: Router, writer: Writer, hash_source: str, mt_mode: str, n: int):
         self.router = router
         self.writer = writer
         self.hash_source = hash_source
-        self.needs_key = mt_mode == "hash" and n > 1
+        self.needs_key = router.needs_key
         self.single = n == 1
-        # one table without strftime codes: every message goes there
-        self.table = router.tables[0] if n == 1 and "%" not in router.tables[0] else None
+        # one table without strftime codes and no routes: every message goes there
+        self.table = router.table
+        # routes by method (--route): the message's method (a reply's CSeq method) counts
+        self.routed = router.routed
 
 
 class CaptureFlag:
@@ -103,7 +105,8 @@ class Pipeline:
                                require_db_at_start=require_db_at_start)
                     writers[mode.db_url] = w
                 router = Router(mode.tables, mode.mt_mode, mode.hash_source,
-                                dialect=parse_db_url(mode.db_url).dialect)
+                                dialect=parse_db_url(mode.db_url).dialect,
+                                routes=settings.route)
                 self.targets.append(_Target(router,
                                             w, mode.hash_source, mode.mt_mode, len(mode.tables)))
         except BaseException:
@@ -150,14 +153,18 @@ class Pipeline:
             t = self.targets[0]
             table = t.table
             if table is None:
-                table = t.router.choose(hash_key(sip, t.hash_source) if t.needs_key else "", ts)
+                method = (Router.route_method(sip.type, sip.method, sip.cseq) if t.routed
+                          else "")
+                table = t.router.choose(hash_key(sip, t.hash_source) if t.needs_key else "",
+                                        ts, method)
             t.writer.add(table, "sip", row)
             return
         error: StoreError | None = None
+        method = Router.route_method(sip.type, sip.method, sip.cseq)
         for t in self.targets:  # an earlier batch's error must not skip the other modes
             key = hash_key(sip, t.hash_source) if t.needs_key else ""
             try:
-                t.writer.add(t.router.choose(key, ts), "sip", row)
+                t.writer.add(t.router.choose(key, ts, method if t.routed else ""), "sip", row)
             except StoreError as e:
                 error = error or e
         if error is not None:

@@ -1,7 +1,8 @@
 """Which tables a search reads, for the settings and a time window (pure).
 
 Every capture mode the settings store into (``--capture-mode``, else the default mode)
-is one database with its ``table_name`` list (``a|b``). A name with strftime codes
+is one database with its ``table_name`` list (``a|b``) and the tables of the ``route``
+rules (HOMER 5's per-method tables). A name with strftime codes
 (``sip_capture_%Y%m%d``) stands for one table per day (or hour...): only the names of the
 times inside the window are read, and without a window every existing table the
 pattern matches. Tables that do not exist are left out, never an error
@@ -16,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..config import Settings
-from ..store.router import expand_table_name
+from ..store.router import expand_table_name, route_table_names
 
 __all__ = ["Source", "candidate_names", "name_pattern", "present", "read_sources"]
 
@@ -98,7 +99,7 @@ def read_sources(settings: Settings, since_us: int | None = None,
         if mode.db_url.strip().lower() == "none":
             continue
         tables, patterns = by_url.setdefault(mode.db_url, ([], []))
-        for t in mode.tables:
+        for t in route_table_names(mode.tables, settings.route):
             if t not in patterns:
                 patterns.append(t)
             names = candidate_names(t, since_us, until_us, now_us)

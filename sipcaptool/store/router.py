@@ -31,6 +31,18 @@ name), ``%s`` (a table per second since 1970), ``%Z`` and every other code are r
 The length is checked against the longest text each code can give (``%A`` Wednesday,
 ``%B`` September, four year digits), not against one date, and against the database's
 identifier limit (:data:`IDENT_LIMITS`: MySQL 64, PostgreSQL 63, SQLite none).
+
+**Routes** (setting ``route``, ``--route``, repeatable): ``METHODS=TABLES`` rules that
+choose the table list by SIP method, as a HOMER 5 routing script does with
+``sip_capture("sip_capture_call_%Y%m%d")``: ``INVITE,ACK,BYE=sip_capture_call_%Y%m%d``.
+A request is routed by its method, a reply by the method of its CSeq (Kamailio's ``$rm``
+in an ``onreply_route``); methods are compared exactly (SIP methods are case-sensitive,
+as is the script's ``$rm == "REGISTER"``). ``*=TABLES`` takes every method no other rule
+names; without a ``*`` rule those go to ``table_name``. ``TABLES`` is a table list like
+``table_name`` (``a|b``, strftime codes): ``mt_mode`` and ``hash_source`` choose among
+them exactly as among ``table_name``'s. A message whose start line did not parse
+(stored with ``capture_bad_msgs``) has no method and takes the ``*`` rule (or
+``table_name``). See :func:`parse_route`.
 """
 
 from __future__ import annotations
@@ -39,6 +51,8 @@ import random
 import re
 import time
 import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..record import HASH_SOURCES, MT_MODES
@@ -175,6 +189,97 @@ class _Namer:
         return self.last
 
 
+# RFC 3261 token characters: a method name is a token
+_METHOD_RE = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+\Z")
+
+
+@dataclass(frozen=True)
+class Route:
+    """One routing rule: these methods (``("*",)``: every other method) go to these
+    tables (a ``table_name`` list)."""
+
+    methods: tuple[str, ...]
+    tables: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return ",".join(self.methods) + "=" + "|".join(self.tables)
+
+
+def parse_route(text: str | Route, dialect: str | None = None, *,
+                check_length: bool = True) -> Route:
+    """``"INVITE,ACK=sip_capture_call_%Y%m%d"`` -> :class:`Route`; ConfigError naming
+    the rule and what is wrong. ``dialect``/``check_length`` as for
+    :func:`validate_table_name`."""
+    if isinstance(text, Route):
+        return text
+    if not isinstance(text, str):
+        raise ConfigError(f"bad route {text!r}: expected 'METHOD[,METHOD...]=TABLE[|TABLE...]'")
+    left, eq, right = text.partition("=")
+    if not eq:
+        raise ConfigError(f"bad route {text!r}: expected 'METHOD[,METHOD...]=TABLE[|TABLE...]' "
+                          "(e.g. 'INVITE,ACK,BYE=sip_capture_call_%Y%m%d', '*=sip_capture_rest')")
+    methods = tuple(m.strip() for m in left.split(","))
+    if not methods or any(not m for m in methods):
+        raise ConfigError(f"bad route {text!r}: an empty method name")
+    if "*" in methods and len(methods) > 1:
+        raise ConfigError(f"bad route {text!r}: '*' (every other method) stands alone")
+    for m in methods:
+        if m != "*" and not _METHOD_RE.match(m):
+            raise ConfigError(f"bad route {text!r}: {m!r} is not a SIP method name")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"bad route {text!r}: a method is named twice")
+    tables = tuple(t.strip() for t in right.split("|"))
+    for t in tables:
+        try:
+            validate_table_name(t, dialect, check_length=check_length)
+        except ConfigError as e:
+            raise ConfigError(f"bad route {text!r}: {e}") from None
+    return Route(methods, tables)
+
+
+def parse_routes(rules: Iterable[str | Route], dialect: str | None = None, *,
+                 check_length: bool = True) -> list[Route]:
+    """Every rule parsed; ConfigError when a method (or ``*``) is in two rules."""
+    out: list[Route] = []
+    seen: dict[str, str] = {}
+    for rule in rules:
+        r = parse_route(rule, dialect, check_length=check_length)
+        for m in r.methods:
+            if m in seen:
+                raise ConfigError(f"bad route {str(r)!r}: {m!r} is already routed by "
+                                  f"{seen[m]!r}; a method may be in one rule only")
+            seen[m] = str(r)
+        out.append(r)
+    return out
+
+
+def route_table_names(tables: Sequence[str], routes: Iterable[str | Route]) -> list[str]:
+    """Every table name (before strftime) that messages can go to with ``table_name``
+    ``tables`` and these routes: the rules' tables, then ``tables`` unless a ``*`` rule
+    takes every other method. For ``db init``, search and retention."""
+    parsed = parse_routes(routes, check_length=False)
+    out: list[str] = []
+    for r in parsed:
+        out.extend(t for t in r.tables if t not in out)
+    if not any(r.methods == ("*",) for r in parsed):
+        out.extend(t for t in tables if t not in out)
+    return out
+
+
+class _Group:
+    """One table list and its choice state (round robin position, strftime namers)."""
+
+    __slots__ = ("tables", "n", "rr", "namers", "table")
+
+    def __init__(self, tables: list[str], start: int) -> None:
+        self.tables = tables
+        self.n = len(tables)
+        self.rr = start % self.n
+        self.namers = [(_Namer(t) if "%" in t else None) for t in tables]
+        # one table without strftime codes: every message of the group goes there
+        self.table = tables[0] if self.n == 1 and "%" not in tables[0] else None
+
+
 class Router:
     """Choose the table for a message.
 
@@ -185,14 +290,18 @@ class Router:
         start: first index for ``round_robin``.
         dialect: the database's dialect, for the length limit of the names (None: the
             smallest limit, 63).
+        routes: ``METHODS=TABLES`` rules (see the module doc): a message whose method
+            one names goes to that rule's tables; ``*`` replaces ``tables`` for the rest.
 
     Raises:
-        ConfigError: no table, a bad table name, an unknown mode or hash source.
+        ConfigError: no table, a bad table name, an unknown mode or hash source, a bad
+            or repeated route.
     """
 
     def __init__(self, tables: list[str], mt_mode: str = "rand",
                  hash_source: str = "call_id", *, start: int = 0,
-                 dialect: str | None = None) -> None:
+                 dialect: str | None = None,
+                 routes: Iterable[str | Route] = ()) -> None:
         if isinstance(tables, str):
             tables = [t for t in tables.split("|")]
         tables = [t.strip() for t in tables]
@@ -205,19 +314,33 @@ class Router:
         if hash_source not in HASH_SOURCES:
             raise ConfigError(
                 f"bad hash_source {hash_source!r}: allowed: {', '.join(HASH_SOURCES)}")
-        self.tables = list(tables)
+        self.routes = parse_routes(routes, dialect)
         self.mt_mode = mt_mode
         self.hash_source = hash_source
-        self.n = len(tables)
-        self._rr = start % self.n
-        self._namers = [(_Namer(t) if "%" in t else None) for t in tables]
+        default = _Group(list(tables), start)
+        self._by_method: dict[str, _Group] = {}
+        for r in self.routes:
+            g = _Group(list(r.tables), start)
+            if r.methods == ("*",):
+                default = g
+            else:
+                self._by_method.update(dict.fromkeys(r.methods, g))
+        self._default = default
+        # the default group's tables (table_name, or the '*' rule's)
+        self.tables = list(default.tables)
+        self.n = default.n
+        groups = [default, *self._by_method.values()]
+        #: every message goes to one table without strftime codes (None: choose each time)
+        self.table = default.table if not self._by_method else None
+        #: a message's method matters (routes), or its hash key (hash over several tables)
+        self.routed = bool(self._by_method)
+        self.needs_key = mt_mode == "hash" and any(g.n > 1 for g in groups)
         # the time a message carries picks its table (strftime codes in a name)
-        self.dated = any(n is not None for n in self._namers)
+        self.dated = any(n is not None for g in groups for n in g.namers)
         self._rand = random.Random()
 
-    def index(self, hash_key: str) -> int:
-        """Index of the table chosen for a message (before strftime)."""
-        n = self.n
+    def _index(self, g: _Group, hash_key: str) -> int:
+        n = g.n
         if n == 1:
             return 0
         mode = self.mt_mode
@@ -226,18 +349,34 @@ class Router:
                 return 0  # Kamailio drops the message; we keep it in the first table
             return zlib.crc32(hash_key.encode("utf-8", "surrogateescape")) % n
         if mode == "round_robin":
-            i = self._rr
-            self._rr = (i + 1) % n
+            i = g.rr
+            g.rr = (i + 1) % n
             return i
         return self._rand.randrange(n)
 
-    def choose(self, hash_key: str, ts_us: int) -> str:
-        """The table name for a message with this hash key and capture time (µs, UTC)."""
-        i = self.index(hash_key)
-        namer = self._namers[i]
+    def index(self, hash_key: str, method: str = "") -> int:
+        """Index of the table chosen for a message (before strftime) in the table list
+        of its route (``table_name`` when no route names ``method``)."""
+        return self._index(self._by_method.get(method, self._default), hash_key)
+
+    def choose(self, hash_key: str, ts_us: int, method: str = "") -> str:
+        """The table name for a message with this hash key, capture time (µs, UTC) and
+        method (a reply's: its CSeq method; only looked at with routes)."""
+        g = self._by_method.get(method, self._default) if method else self._default
+        i = self._index(g, hash_key)
+        namer = g.namers[i]
         if namer is None:
-            return self.tables[i]
+            return g.tables[i]
         return namer(ts_us)
+
+    @staticmethod
+    def route_method(sip_type: int, method: str, cseq: str) -> str:
+        """The method a message is routed by: a request's own, a reply's CSeq method
+        (the last token of ``CSeq: 1 INVITE``), '' when neither is known."""
+        if sip_type == 2:
+            parts = cseq.split()
+            return parts[-1] if len(parts) >= 2 else ""
+        return method
 
     @staticmethod
     def call_id_key(callid: str) -> str:
