@@ -40,6 +40,7 @@ from .workers import WorkerLink, WorkerPool
 if TYPE_CHECKING:
     from .control import Endpoints
     from .pipeline import Pipeline
+    from .senders.hep import HepOut, HepSender
     from .sources.hep_listener import HepCollector
     from .sources.hep_sockets import Listener, ListenSpec
 
@@ -73,6 +74,10 @@ class CollectorOptions:
         stop_drain_timeout: seconds spent storing what the sockets held at the stop
             (0: however long the database takes).
         foreground_writer: write from the receiving process (no writer process).
+        forward: ``--forward-to``: send every message received on to these collectors
+            as HEPv3 (each call to one of them, as agents do), or None.
+        tls_cert, tls_key, tls_ca: the certificate, key and (to require client
+            certificates) CA of the ``tls:`` listeners.
     """
 
     listen: tuple[ListenSpec, ...]
@@ -88,6 +93,10 @@ class CollectorOptions:
     tcp_max_connections: int = 4096
     stop_drain_timeout: float = 30.0
     foreground_writer: bool = False
+    forward: HepOut | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, listen: Sequence[ListenSpec],
@@ -192,6 +201,7 @@ class _StorePolicy:
         self.pipeline = pipeline
         self.fatal: StoreError | None = None
         self.collector: HepCollector | None = None
+        self.sender: HepSender | None = None  # --forward-to
 
     def __call__(self, e: StoreError) -> None:
         if any(w.process_ended for w in self.pipeline.writers):
@@ -204,21 +214,53 @@ class _StorePolicy:
 
 
 def _make_collector(listeners: Listeners, pipeline: Pipeline, stats: Stats,
-                    options: CollectorOptions, *, count: int | None = None,
+                    options: CollectorOptions, settings: Settings, *,
+                    count: int | None = None,
                     on_progress: Callable[[int], bool] | None = None,
                     tick: Callable[[], None] | None = None,
                     ) -> tuple[HepCollector, _StorePolicy]:
     from .sources.hep_listener import HepCollector
 
     policy = _StorePolicy(pipeline)
-    collector = HepCollector(listeners, pipeline.submit, stats, auth_key=options.auth_key,
+    tls_context = None
+    if any(lst.spec.transport == "tls" for lst, _s in listeners):
+        from .tls import server_context
+
+        tls_context = server_context(options.tls_cert, options.tls_key, options.tls_ca)
+    submit: Callable[[Any], None] = pipeline.submit
+    interval = SNAPSHOT_INTERVAL
+    if options.forward is not None:
+        sender = options.forward.sender(stats, settings, auth_key=options.auth_key,
+                                        forward=True)
+        policy.sender = sender
+        store, send = pipeline.submit, sender.send
+
+        def submit(msg: Any) -> None:
+            send(msg)
+            store(msg)
+
+        # the sender is looked after often (reconnects, what waits); the caller's tick
+        # keeps its pace
+        inner = tick
+        last = [0.0]
+        interval = 0.1
+
+        def tick() -> None:
+            sender.tick()
+            now = time.monotonic()
+            if inner is not None and now - last[0] >= SNAPSHOT_INTERVAL:
+                last[0] = now
+                inner()
+
+    collector = HepCollector(listeners, submit, stats, auth_key=options.auth_key,
                              max_inflated=options.max_inflated,
                              count=count, duration=options.duration, tick=tick,
-                             tick_interval=SNAPSHOT_INTERVAL, on_progress=on_progress,
+                             tick_interval=interval, on_progress=on_progress,
                              on_store_error=policy,
                              tcp_idle_timeout=options.tcp_idle_timeout or None,
                              max_connections=options.tcp_max_connections,
-                             drain_limit=options.stop_drain_timeout or None)
+                             drain_limit=options.stop_drain_timeout or None,
+                             tls_context=tls_context)
     policy.collector = collector
     return collector, policy
 
@@ -255,6 +297,8 @@ def _run_then_close(collector: HepCollector, pipeline: Pipeline, policy: _StoreP
         # reading has stopped (run() returned); now write everything that is pending
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if policy.sender is not None:
+            policy.sender.close()  # forward what is queued (or keep it in the spool)
         try:
             pipeline.close()
         except SipcaptoolError as e:
@@ -275,7 +319,7 @@ def _run_single(listeners: Listeners, settings: Settings, options: CollectorOpti
         for _l, s in listeners:
             s.close()
         raise
-    collector, policy = _make_collector(listeners, pipeline, stats, options,
+    collector, policy = _make_collector(listeners, pipeline, stats, options, settings,
                                         count=options.count,
                                         tick=lambda: collector.update_kernel_stats())
     collector.install_signal_handlers()
@@ -329,7 +373,7 @@ def _worker(index: int, link: WorkerLink, listeners: Listeners, settings: Settin
         collector.update_kernel_stats()
         link.snapshot(stats)  # the main process gone: keep collecting, report at the end
 
-    collector, policy = _make_collector(listeners, pipeline, stats, options,
+    collector, policy = _make_collector(listeners, pipeline, stats, options, settings,
                                         on_progress=on_progress, tick=tick)
     collector.install_signal_handlers()
     if early["signal"]:

@@ -30,6 +30,7 @@ from .stats import Stats
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
+    from .record import CapturedMessage
     from .sources.pcapfile import CaptureFile
 
 __all__ = ["FileReport", "Progress", "ReplayOptions", "ReplayReport", "replay_files"]
@@ -51,6 +52,8 @@ class ReplayOptions:
         hep_ports: HEP is only looked for on these ports (None: any payload that looks
             like HEP).
         foreground_writer: write from this process (no writer process).
+        hep_send: also hand every message to this (``--hep-to``: a
+            :class:`~sipcaptool.senders.hep.HepSender`'s ``send``), before storing it.
 
     The snap length needs no option: each file's own (its header, or the first frame
     shorter than on the wire) marks the frames it cut, which are counted
@@ -60,6 +63,7 @@ class ReplayOptions:
     ports: frozenset[int] | None = None
     hep_ports: frozenset[int] | None = None
     foreground_writer: bool = False
+    hep_send: Callable[[CapturedMessage], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -223,6 +227,16 @@ def replay_files(paths: Sequence[str], settings: Settings, options: ReplayOption
                         errors=tuple(errors))
 
 
+def _also(send: Callable[[CapturedMessage], None], submit: Callable[[CapturedMessage], None],
+          ) -> Any:
+    """``submit`` that hands each message to ``send`` first (typed Any: it takes the
+    place of a bound ``Pipeline.submit``)."""
+    def both(m: CapturedMessage) -> None:
+        send(m)
+        submit(m)
+    return both
+
+
 def _replay_file(cap: CaptureFile, pipeline: Pipeline, stats: Stats, opts: ReplayOptions,
                  progress: Progress | None, total_bytes: int | None,
                  stop: list[str]) -> FileReport:
@@ -244,6 +258,8 @@ def _replay_file(cap: CaptureFile, pipeline: Pipeline, stats: Stats, opts: Repla
                           error=f"{cap.path}: unknown or unsupported link type {linktype} "
                                 f"({e.detail or e.reason}); nothing read")
     submit = pipeline.submit
+    if opts.hep_send is not None:  # --hep-to: every message also goes to the collectors
+        submit = _also(opts.hep_send, submit)
     decode_batch = decoder.decode_batch
     before = stats["packets"]
     messages = 0

@@ -7,6 +7,7 @@ runs :func:`sipcaptool.collector.run_collector` (which receives, stores and, wit
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -17,18 +18,30 @@ from ..config import Settings
 from ..errors import ConfigError
 from ..net import parse_size
 from .common import endpoint_options, print_summary, storage_options, summary_dict
+from .hep_out import hep_out_summary, hep_to_options
 
 if TYPE_CHECKING:
     from ..collector import CollectorReport
+    from ..senders.hep import HepOut
 
 DEFAULT_LISTEN = ("udp:0.0.0.0:9060",)
 
 
 def _options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
-        click.option("--listen", "listen", multiple=True, metavar="udp|tcp:HOST:PORT",
+        click.option("--listen", "listen", multiple=True, metavar="udp|tcp|tls:HOST:PORT",
                      help="Address to receive HEP on; repeatable. IPv6 in brackets "
-                          "(udp:[::]:9060). [default: udp:0.0.0.0:9060]"),
+                          "(udp:[::]:9060); tls: HEP over TCP in TLS (--tls-cert, "
+                          "--tls-key). [default: udp:0.0.0.0:9060]"),
+        click.option("--tls-cert", default=None, metavar="FILE",
+                     help="Certificate (PEM, with its chain) of the tls: listeners."),
+        click.option("--tls-key", default=None, metavar="FILE",
+                     help="Key (PEM) of --tls-cert, unless it is in that file."),
+        click.option("--tls-ca", default=None, metavar="FILE",
+                     help="Require a client certificate signed by this CA (PEM) on the "
+                          "tls: listeners. Refused handshakes (no or a bad certificate, "
+                          "plain text, no handshake within 10 s) are counted as "
+                          "tls:<reason> and never stop the collector."),
         click.option("--auth-key", default=None, metavar="KEY",
                      help="Accept only packets whose authentication chunk (0x000e) equals "
                           "KEY; others (and HEPv1/v2, which cannot carry a key) are dropped, "
@@ -95,6 +108,7 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.command("hep")
 @_options
+@hep_to_options("--forward-to", client_tls=False)
 @storage_options
 @endpoint_options
 def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf: str,
@@ -103,7 +117,8 @@ def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf:
             duration: float | None, count: int | None, control_path: str | None,
             metrics_addr: str | None, as_json: bool, quiet: int, verbose: int,
             log_file: str | None, log_format: str, foreground_writer: bool,
-            settings: Settings) -> int:
+            tls_cert: str | None, tls_key: str | None, tls_ca: str | None,
+            hep_out: HepOut, settings: Settings) -> int:
     """Receive HEP (v1, v2, v3) from capture agents over UDP and TCP and store every
     message: SIP into the sip_capture tables, logs/RTCP/reports into theirs.
     Compressed payloads (chunk 0x0010, zlib or gzip) and whole datagrams gzipped by
@@ -119,11 +134,19 @@ def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf:
     --stop-drain-timeout (dropped:shutdown); 5 an address or the control socket could
     not be bound.
 
+    With --forward-to it sends every message on to other collectors as HEPv3 (each
+    call to one of them, by a hash of its Call-ID, as agents do); with --db none it
+    stores nothing itself (a front collector).
+
     \b
     Example:
       sipcaptool hep --listen udp:0.0.0.0:9060 --listen tcp:0.0.0.0:9061 \\
           --db postgresql://postgres@127.0.0.1/homer
       sipcaptool hep --listen udp:[::]:9060 --auth-key s3cret --capture-node homer02 --workers 2
+      sipcaptool hep --listen tls:0.0.0.0:9062 --tls-cert c.pem --tls-key k.pem \\
+          --auth-key s3cret --db postgresql://postgres@127.0.0.1/homer
+      sipcaptool hep --listen udp:0.0.0.0:9060 --forward-to tcp:back1:9061 \\
+          --forward-to tcp:back2:9061 --db none
     """
     from ..collector import CollectorOptions, run_collector
     from ..sources.hep_sockets import parse_listen
@@ -151,6 +174,15 @@ def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf:
         settings, listen=specs, rcvbuf=parse_size(rcvbuf, "--rcvbuf"), workers=workers, auth_key=auth,
         count=count, duration=duration, control_path=control_path, metrics_addr=metrics_addr,
         foreground_writer=foreground_writer)
+    if any(s.transport == "tls" for s in specs):
+        from ..tls import server_context
+
+        server_context(tls_cert, tls_key, tls_ca)  # a bad file: exit 2 before binding
+    elif tls_cert or tls_key or tls_ca:
+        raise ConfigError("--tls-cert/--tls-key/--tls-ca apply to tls: listeners; give "
+                          "--listen tls:HOST:PORT")
+    options = dataclasses.replace(options, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+                                  forward=hep_out if hep_out.targets else None)
     report = run_collector(options, settings, announce=None if quiet else _announce)
     _print_report(report, as_json, quiet > 0)
     if report.exit_error is not None:
@@ -174,6 +206,9 @@ def _print_report(report: CollectorReport, as_json: bool, quiet: bool) -> None:
         "listeners": report.listeners,
         "spool": report.spool,
         "errors": report.errors,
+        "tls": stats.group("tls"),
+        **(hep_out_summary(stats) if stats.group("hep_out") or stats.group("hep_target")
+           else {}),
     })
     if as_json:
         print_summary(summary, True)

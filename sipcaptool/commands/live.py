@@ -12,9 +12,11 @@ import click
 
 from ..config import Settings
 from ..errors import ConfigError, SipcaptoolError
+from .hep_out import hep_out_summary, hep_to_options
 
 if TYPE_CHECKING:
     from ..control import Endpoints
+    from ..senders.hep import HepOut
     from ..sources.live import LiveCapture, LiveOptions
 
 from .common import endpoint_options, print_summary, storage_options, summary_dict
@@ -64,10 +66,7 @@ _ONOFF = click.IntRange(0, 1)
                    "its strftime table (sip_%Y%m%d) named by the time it is stored, "
                    "counted as adjusted:clock-skew; the row keeps its own time "
                    "(0: always its own time). [default: 86400]")
-@click.option("--hep-to", "hep_to", multiple=True, metavar="udp|tcp:HOST:PORT",
-              help="Agent mode: also send every message as HEPv3 to this collector "
-                   "(repeatable: one udp and one tcp target; with both, messages too large "
-                   "for a UDP datagram go over TCP). Use --db none to only forward.")
+@hep_to_options()
 @click.option("--capture-id", type=click.IntRange(0, 0xFFFFFFFF), default=2001,
               show_default=True, metavar="N", help="HEP capture id (agent mode).")
 @click.option("--auth-key", metavar="KEY", default=None, help="HEP auth key (agent mode).")
@@ -96,7 +95,7 @@ def command(interface: str | None, ipip: bool, raw_socket_listen: str | None,
             raw_interface: str | None, raw_sock_children: int | None,
             promiscuous_on: int | None, raw_moni_bpf_on: int | None, filter_expr: str | None,
             snaplen: int, buffer_size: int, duration: float | None, count: int | None,
-            hep_to: tuple[str, ...], capture_id: int, auth_key: str | None,
+            hep_out: HepOut, capture_id: int, auth_key: str | None,
             node_name: str | None, user: str | None, control_path: str | None,
             metrics_addr: str | None, quiet: bool, verbose: int, log_file: str | None,
             log_format: str, as_json: bool, foreground_writer: bool,
@@ -131,6 +130,8 @@ def command(interface: str | None, ipip: bool, raw_socket_listen: str | None,
       sipcaptool live -i any --filter "udp port 5060 or tcp port 5061" --duration 60 \\
           --db mysql://root@127.0.0.1/homer
       sipcaptool live -i eth0 --db none --hep-to udp:10.0.0.9:9060 --hep-to tcp:10.0.0.9:9060
+      sipcaptool live -i eth1 --db none --hep-to tls:collector1:9062 \\
+          --hep-to tls:collector2:9062 --auth-key s3cret --tls-ca ca.pem
     """
     from ..sources.live import LiveCapture, LiveOptions, kernel_summary, parse_listen
     from .common import setup_command_logging
@@ -158,6 +159,7 @@ def command(interface: str | None, ipip: bool, raw_socket_listen: str | None,
         raise ConfigError("no interface: give -i IFACE (or --raw-interface IFACE, 'any' for "
                           "all), or --ipip for IPIP mode")
     listen = parse_listen(settings.raw_socket_listen)
+    hep_to = hep_out.targets
     store = any(m.db_url.strip().lower() != "none" for m in settings.active_modes())
     if not store and not hep_to:
         raise ConfigError("--db none without --hep-to: the captured messages would go "
@@ -168,15 +170,9 @@ def command(interface: str | None, ipip: bool, raw_socket_listen: str | None,
         bpf_on=bool(settings.raw_moni_bpf_on), filter_expr=filter_expr,
         promisc=bool(settings.promiscuous_on), snaplen=snaplen,
         buffer_size=buffer_size * 1024 * 1024, workers=settings.raw_sock_children,
-        duration=duration, count=count, hep_to=list(hep_to), capture_id=capture_id,
+        duration=duration, count=count, hep_to=list(hep_to), hep_out=hep_out,
+        capture_id=capture_id,
         auth_key=auth_key, node_name=node_name, user=user, store=store)
-    if hep_to:
-        # check the targets before opening anything
-        from ..senders.hep import parse_target
-
-        for t in hep_to:
-            parse_target(t)
-
     cap = LiveCapture(opts, settings)
     cap.open()
     server = _start_control(control_path, metrics_addr, cap, opts, quiet)
@@ -214,7 +210,7 @@ def command(interface: str | None, ipip: bool, raw_socket_listen: str | None,
     if opts.workers > 1:
         extra["worker_packets"] = cap.worker_packets()
     if opts.hep_to:
-        extra["hep_out"] = stats.group("hep_out")
+        extra.update(hep_out_summary(stats))
     if stopping["signal"]:
         extra["stopped_by"] = stopping["signal"]
     if not quiet or as_json:
@@ -229,7 +225,11 @@ def command(interface: str | None, ipip: bool, raw_socket_listen: str | None,
             if opts.hep_to:
                 h = extra["hep_out"]
                 lines.append(f"HEP sent:          {h.get('sent_udp', 0)} over UDP, "
-                             f"{h.get('sent_tcp', 0)} over TCP")
+                             f"{h.get('sent_tcp', 0)} over TCP"
+                             + (f", {h['sent_tls']} over TLS" if h.get("sent_tls") else ""))
+                for target, events in extra["hep_targets"].items():
+                    lines.append(f"  {target}: " + ", ".join(f"{k} {v}"
+                                                            for k, v in events.items()))
             if lines:
                 click.echo("\n".join(lines))
     if error is not None:

@@ -15,9 +15,11 @@ from ..config import Settings
 from ..net import parse_ports
 from ..replay import ReplayOptions, replay_files
 from .common import print_summary, storage_options, summary_dict
+from .hep_out import HepOut, hep_out_summary, hep_to_options
 
 
 @click.command("replay")
+@hep_to_options(agent=True)
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @click.option("--ports", metavar="LIST", default=None,
               help="Only SIP on these UDP/TCP/SCTP ports, e.g. 5060,5080-5090. "
@@ -30,8 +32,14 @@ from .common import print_summary, storage_options, summary_dict
               help="Write from this process (no writer process).")
 @storage_options
 def command(files: tuple[str, ...], ports: str | None, hep_ports: str | None, quiet: bool,
-            as_json: bool, foreground_writer: bool, settings: Settings) -> int:
+            as_json: bool, foreground_writer: bool, settings: Settings,
+            hep_out: HepOut | None = None, capture_id: int = 2001,
+            auth_key: str | None = None, node_name: str | None = None) -> int:
     """Read pcap/pcapng FILE(s) and store every SIP message as one row.
+
+    With --hep-to each message is also sent as HEPv3 to collectors (--db none: only
+    sent), each call to one of them by a hash of its Call-ID, as live --hep-to does;
+    what is still queued at the end is sent within 10 s or kept in SPOOL_DIR-hep.
 
     A FILE may be gzip-compressed (x.pcap.gz, inflated on the fly), or '-' for standard
     input (zcat x.pcap.gz | sipcaptool replay -).
@@ -56,6 +64,8 @@ def command(files: tuple[str, ...], ports: str | None, hep_ports: str | None, qu
       sipcaptool replay /var/spool/capture/*.pcap.gz
       sipcaptool replay --db postgresql://postgres@127.0.0.1/homer \\
           --table-name "sip_a|sip_b" --mt-mode hash day1.pcapng day2.pcap
+      sipcaptool replay day1.pcap --db none --hep-to tcp:collector1:9061 \\
+          --hep-to tcp:collector2:9061
     """
     options = ReplayOptions(ports=parse_ports(ports),
                             hep_ports=parse_ports(hep_ports, "--hep-ports"),
@@ -72,11 +82,25 @@ def command(files: tuple[str, ...], ports: str | None, hep_ports: str | None, qu
         bar.update(nbytes)
 
     show_progress = not quiet and sys.stderr.isatty()
+    sender = sent = None
+    if hep_out is not None and hep_out.targets:
+        import dataclasses
+
+        from ..stats import Stats as SentStats
+
+        sent = SentStats()
+        sender = hep_out.sender(sent, settings, capture_id=capture_id, auth_key=auth_key,
+                                node_name=node_name)
+        options = dataclasses.replace(options, hep_send=sender.send)
     try:
         report = replay_files(files, settings, options, progress=show if show_progress else None)
     finally:
         if bar is not None:
             bar.close()
+        if sender is not None:
+            sender.close()  # what is queued goes out (or waits in the spool)
+    if sent is not None:
+        report.stats.update(sent)
     if report.snapped:
         click.echo(f"sipcaptool: warning: {report.snapped} frames were cut short by the "
                    "capture's snap length (tcpdump -s); the messages in them are not stored "
@@ -86,6 +110,8 @@ def command(files: tuple[str, ...], ports: str | None, hep_ports: str | None, qu
             "files": [f.to_dict() for f in report.files], "seconds": report.seconds,
             "interrupted_by": report.interrupted_by, "spool": report.spool,
             "errors": [str(e) for e in report.errors]})
+        if sender is not None:
+            summary.update(hep_out_summary(report.stats))
         print_summary(summary, as_json)
     if report.errors:
         for e in report.errors:

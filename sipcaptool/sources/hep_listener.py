@@ -47,7 +47,25 @@ Counters (in the shared :class:`~sipcaptool.stats.Stats`):
   counted, see :meth:`HepCollector._drain`); a packet only partly received on a TCP
   connection closed at the stop is ``malformed:hep3-stream-truncated``;
 * ``kernel:udp-after-stop``: datagrams that arrived after the stop request, refused by
-  the kernel (the drain reads what was there at the stop, not new traffic).
+  the kernel (the drain reads what was there at the stop, not new traffic);
+* ``tls:<reason>``: TLS connections (``--listen tls:``) refused before any HEP was read:
+  ``plain-text`` (the client does not speak TLS), ``bad-certificate`` (no or an
+  unaccepted client certificate with ``--tls-ca``, or the client refused ours),
+  ``handshake-timeout`` (no complete handshake within ``handshake_timeout`` seconds),
+  ``closed`` and ``handshake-failed``; ``malformed:tls-on-plain-port``: a TLS client on
+  a plain TCP listener (its connection is closed).
+
+TLS: an accepted connection is wrapped without handshaking and the handshake is driven
+by the selector (``do_handshake`` again on each WANT_READ/WANT_WRITE), so a slow or
+hostile client never blocks the loop; a handshake counts against ``max_connections``
+like any connection and must end within ``handshake_timeout``.
+
+Stopping: at the stop each TCP/TLS connection's sending side is closed (a FIN), which
+tells an agent that reads its connection (``sipcaptool live/replay --hep-to``) that this
+collector is going: it sends its next messages elsewhere and closes its side. Once the
+bytes queued at the stop are read, a connection is read on until the agent closes it,
+for at most ``LINGER`` seconds and within the drain time, and what arrives is stored,
+so nothing an agent sent before it noticed is lost.
 
 Accepted TCP connections have TCP keepalive on (first probe after ``KEEPALIVE_IDLE``
 seconds of silence, then every ``KEEPALIVE_INTERVAL``, ``KEEPALIVE_COUNT`` probes): an
@@ -69,9 +87,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -103,10 +123,17 @@ LOG_INTERVAL = 10.0      # seconds between two log lines about the same sender
 _IDLE_SWEEP = 1.0        # seconds between two looks for idle connections
 ACCEPT_PAUSE = 1.0       # seconds a listener waits after accept() ran out of descriptors
 _LOG_SENDERS_MAX = 10000
+HANDSHAKE_TIMEOUT = 10.0  # seconds a TLS client has to complete its handshake
+LINGER = 1.0             # at a stop: seconds to read on until an agent closes its side
+
+
+def _pending(sock: socket.socket) -> int:
+    """Bytes OpenSSL has decrypted and not handed out yet (0 for a plain socket)."""
+    return sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
 
 
 class _Conn:
-    __slots__ = ("sock", "listener", "stream", "peer", "last")
+    __slots__ = ("sock", "listener", "stream", "peer", "last", "handshake_until", "fresh")
 
     def __init__(self, sock: socket.socket, listener: Listener, peer: Address) -> None:
         self.sock = sock
@@ -114,6 +141,8 @@ class _Conn:
         self.stream = HepStream()
         self.peer = peer
         self.last = time.monotonic()
+        self.handshake_until = 0.0  # TLS: the handshake's deadline while it runs
+        self.fresh = True           # nothing read yet
 
 
 class HepCollector:
@@ -145,6 +174,9 @@ class HepCollector:
             no limit (see :meth:`_drain`).
         tcp_idle_timeout: close a TCP connection that sent nothing for this many
             seconds (None or 0: never; dead peers are found by TCP keepalive anyway).
+        tls_context: the server context of the ``tls`` listeners
+            (:func:`sipcaptool.tls.server_context`); None: there are none.
+        handshake_timeout: seconds a TLS client has to complete its handshake.
     """
 
     def __init__(self, listeners: list[tuple[Listener, socket.socket]],
@@ -155,7 +187,9 @@ class HepCollector:
                  on_progress: Callable[[int], bool] | None = None,
                  on_store_error: Callable[[StoreError], None] | None = None,
                  max_connections: int = MAX_CONNECTIONS, drain_limit: float | None = DRAIN_LIMIT,
-                 tcp_idle_timeout: float | None = None) -> None:
+                 tcp_idle_timeout: float | None = None,
+                 tls_context: ssl.SSLContext | None = None,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
         self.listeners = listeners
         self.submit = submit
         self.stats = stats
@@ -170,6 +204,9 @@ class HepCollector:
         self.max_connections = max(1, int(max_connections))
         self.drain_limit = drain_limit
         self.tcp_idle_timeout = tcp_idle_timeout or None
+        self.tls_context = tls_context
+        self.handshake_timeout = handshake_timeout
+        self._handshaking = 0
         self._next_sweep = 0.0
         self._paused: list[_Paused] = []  # listeners resting
         self._last_accept_log = -LOG_INTERVAL
@@ -243,6 +280,8 @@ class HepCollector:
                     elif kind == "tcp":
                         if self._read_tcp(a):
                             self._touch(a)
+                    elif kind == "tls":
+                        self._handshake(a)
                     elif kind == "accept":
                         self._accept(b, a)
                     else:  # "wake"
@@ -262,6 +301,8 @@ class HepCollector:
                         self.tick()
                     if self.tcp_idle_timeout is not None:
                         self.close_idle()
+                    if self._handshaking:
+                        self._handshake_timeouts()
                     next_tick = time.monotonic() + self.tick_interval
             self._drain()
         finally:
@@ -310,6 +351,7 @@ class HepCollector:
                 if not self._read_tcp(conn):
                     break
                 self._budgets[fd] -= conn.listener.bytes - before
+        self._linger(in_time)
         # the rest: read it and count it
         left = 0
         for lst, sock in udp:
@@ -352,8 +394,34 @@ class HepCollector:
             except (KeyError, ValueError):
                 pass
             sock.close()
-        for fd, conn in self._conns.items():
-            self._budgets[fd] = queued_bytes(conn.sock)
+        for fd, conn in list(self._conns.items()):
+            if conn.handshake_until:
+                self._close_conn(conn)  # no HEP came over it yet
+                continue
+            self._budgets[fd] = queued_bytes(conn.sock) + _pending(conn.sock)
+            try:
+                # a FIN: an agent reading its connection knows this collector is going
+                socket.socket.shutdown(conn.sock, socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def _linger(self, in_time: Callable[[], bool]) -> None:
+        """After the bytes queued at the stop: read each connection until its agent
+        closes it (it saw the FIN), for LINGER seconds at most, storing what comes."""
+        end = time.monotonic() + LINGER
+        while in_time():
+            conns = [c for c in self._conns.values()
+                     if self._budgets.get(c.sock.fileno(), 0) <= 0]
+            left = end - time.monotonic()
+            if not conns or left <= 0:
+                return
+            try:
+                ready, _w, _x = select.select([c.sock for c in conns], [], [], min(left, 0.05))
+            except (OSError, ValueError):
+                return
+            for c in conns:
+                if c.sock in ready:
+                    self._read_tcp(c)
 
     def _discard_udp(self, sock: socket.socket, lst: Listener) -> int:
         """Read what is left in a sealed UDP socket, counting it as dropped:shutdown."""
@@ -653,10 +721,68 @@ class HepCollector:
                 self._evict_for_new()
             sock.setblocking(False)
             set_keepalive(sock)
+            kind = "tcp"
+            if lst.spec.transport == "tls" and self.tls_context is not None:
+                try:
+                    sock = self.tls_context.wrap_socket(sock, server_side=True,
+                                                        do_handshake_on_connect=False)
+                except (ssl.SSLError, OSError) as e:
+                    self._tls_refused(lst, peer, e)
+                    sock.close()
+                    continue
+                kind = "tls"
             conn = _Conn(sock, lst, peer)
             self._conns[sock.fileno()] = conn
             lst.connections += 1
-            self._sel.register(sock, selectors.EVENT_READ, ("tcp", conn, None))
+            if kind == "tls":
+                conn.handshake_until = time.monotonic() + self.handshake_timeout
+                self._handshaking += 1
+            self._sel.register(sock, selectors.EVENT_READ, (kind, conn, None))
+
+    # -- TLS --------------------------------------------------------------------------
+    def _handshake(self, conn: _Conn) -> None:
+        """Drive a TLS handshake one step (the selector says the socket is ready)."""
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._sel.modify(sock, selectors.EVENT_READ, ("tls", conn, None))
+            return
+        except ssl.SSLWantWriteError:
+            self._sel.modify(sock, selectors.EVENT_WRITE, ("tls", conn, None))
+            return
+        except (ssl.SSLError, OSError) as e:
+            self._tls_refused(conn.listener, conn.peer, e)
+            self._close_conn(conn)
+            return
+        conn.handshake_until = 0.0
+        self._handshaking -= 1
+        conn.last = time.monotonic()
+        self._sel.modify(sock, selectors.EVENT_READ, ("tcp", conn, None))
+        # the client may have sent HEP with its last handshake flight
+        if self._read_tcp(conn):
+            self._touch(conn)
+
+    def _tls_refused(self, lst: Listener, peer: Address, e: BaseException) -> None:
+        from ..tls import failure_reason
+
+        reason = failure_reason(e)
+        self.stats["tls:" + reason] += 1
+        lst.tls_refused += 1
+        self._log_sender(peer, "tls", "TLS connection refused on %s (%s): %s", lst.label,
+                         reason, e, level=logging.WARNING)
+
+    def _handshake_timeouts(self) -> None:
+        now = time.monotonic()
+        late = [c for c in self._conns.values() if c.handshake_until and c.handshake_until < now]
+        for conn in late:
+            self.stats["tls:handshake-timeout"] += 1
+            conn.listener.tls_refused += 1
+            self._log_sender(conn.peer, "tls", "TLS handshake not done within %gs on %s; "
+                             "connection closed", self.handshake_timeout, conn.listener.label,
+                             level=logging.WARNING)
+            self._close_conn(conn)
 
     def _resume_accepting(self) -> None:
         now = time.monotonic()
@@ -672,13 +798,30 @@ class HepCollector:
         self._paused = keep
 
     def _read_tcp(self, conn: _Conn) -> bool:
-        """Read once from a connection; False when it was closed (or nothing was there)."""
+        """Read once from a connection (a TLS one: until OpenSSL holds nothing more
+        decrypted); False when it was closed (or nothing was there)."""
         try:
             data = conn.sock.recv(TCP_READ)
-        except (BlockingIOError, InterruptedError):
+            if isinstance(conn.sock, ssl.SSLSocket):
+                while conn.sock.pending() and len(data) < 4 * TCP_READ:
+                    data += conn.sock.recv(TCP_READ)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                ssl.SSLWantWriteError):
             return False
         except OSError:
             data = b""
+        if conn.fresh and data:
+            conn.fresh = False
+            if (data[:1] == b"\x16" and data[1:2] == b"\x03"
+                    and not isinstance(conn.sock, ssl.SSLSocket)):
+                # a TLS ClientHello on a plain TCP listener
+                self.stats["malformed:tls-on-plain-port"] += 1
+                conn.listener.closed_bad += 1
+                self._log_sender(conn.peer, "tls-plain", "TLS on a plain HEP-over-TCP port "
+                                 "(%s); connection closed", conn.listener.label,
+                                 level=logging.WARNING)
+                self._close_conn(conn)
+                return False
         if not data:
             if conn.stream.buffered:
                 self.stats["malformed:hep3-stream-truncated"] += 1
@@ -714,6 +857,9 @@ class HepCollector:
         self._close_conn(conn)
 
     def _close_conn(self, conn: _Conn) -> None:
+        if conn.handshake_until:
+            conn.handshake_until = 0.0
+            self._handshaking -= 1
         try:
             fd = conn.sock.fileno()
         except OSError:

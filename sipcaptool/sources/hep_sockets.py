@@ -32,7 +32,8 @@ __all__ = ["ListenSpec", "Listener", "MAX_CONNECTIONS", "open_listeners", "parse
 
 @dataclass(frozen=True)
 class ListenSpec:
-    """One ``--listen`` value: ``udp:HOST:PORT`` / ``tcp:HOST:PORT`` (IPv6 in brackets)."""
+    """One ``--listen`` value: ``udp:HOST:PORT`` / ``tcp:HOST:PORT`` / ``tls:HOST:PORT``
+    (IPv6 in brackets)."""
 
     transport: str
     host: str
@@ -48,7 +49,8 @@ class ListenSpec:
 
 
 def parse_listen(text: str) -> ListenSpec:
-    """``udp:0.0.0.0:9060``, ``tcp:[::]:9061``, ``udp:9060`` (all IPv4 addresses).
+    """``udp:0.0.0.0:9060``, ``tcp:[::]:9061``, ``tls:0.0.0.0:9062``, ``udp:9060`` (all
+    IPv4 addresses). ``tls`` is HEP over TCP inside TLS (``--tls-cert``/``--tls-key``).
 
     The grammar of :mod:`sipcaptool.net`: an IP address (IPv6 in brackets), a port
     0-65535 (0: one the system picks), the transport and the port required.
@@ -56,9 +58,10 @@ def parse_listen(text: str) -> ListenSpec:
     Raises:
         ConfigError: naming ``--listen``, the value and the forms allowed.
     """
-    ep = parse_endpoint(text, "--listen", expected="udp:HOST:PORT or tcp:HOST:PORT, port "
-                        "0-65535 (IPv6 hosts in brackets: udp:[::]:9060)",
-                        transports=("udp", "tcp"), min_port=0, ip_only=True, need_port=True)
+    ep = parse_endpoint(text, "--listen", expected="udp:HOST:PORT, tcp:HOST:PORT or "
+                        "tls:HOST:PORT, port 0-65535 (IPv6 hosts in brackets: udp:[::]:9060)",
+                        transports=("udp", "tcp", "tls"), min_port=0, ip_only=True,
+                        need_port=True)
     assert ep.port is not None  # need_port
     return ListenSpec(ep.transport, ep.host or "0.0.0.0", ep.port)
 
@@ -74,6 +77,7 @@ class Listener:
     bytes: int = 0
     connections: int = 0          # TCP: accepted connections
     closed_bad: int = 0           # TCP: connections closed because of a bad stream
+    tls_refused: int = 0          # TLS: connections whose handshake failed or timed out
 
     @property
     def label(self) -> str:
@@ -81,9 +85,11 @@ class Listener:
 
     def report(self) -> dict[str, Any]:
         d: dict[str, Any] = {"listen": self.label, "packets": self.packets, "bytes": self.bytes}
-        if self.spec.transport == "tcp":
+        if self.spec.transport != "udp":
             d["connections"] = self.connections
             d["closed_bad_stream"] = self.closed_bad
+        if self.spec.transport == "tls":
+            d["tls_refused"] = self.tls_refused
         return d
 
 
@@ -92,7 +98,7 @@ def _bind(spec: ListenSpec, port: int, rcvbuf: int, reuseport: bool,
     kind = socket.SOCK_DGRAM if spec.transport == "udp" else socket.SOCK_STREAM
     sock = socket.socket(spec.family, kind)
     try:
-        if spec.transport == "tcp":
+        if spec.transport != "udp":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -100,7 +106,7 @@ def _bind(spec: ListenSpec, port: int, rcvbuf: int, reuseport: bool,
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only else 0)
         got = set_rcvbuf(sock, rcvbuf) if spec.transport == "udp" else 0
         sock.bind((spec.host, port))
-        if spec.transport == "tcp":
+        if spec.transport != "udp":
             sock.listen(128)
         sock.setblocking(False)
     except OSError as e:
@@ -125,9 +131,10 @@ def open_listeners(specs: Iterable[ListenSpec], rcvbuf: int, copies: int = 1,
     out: list[list[tuple[Listener, socket.socket]]] = [[] for _ in range(copies)]
     try:
         for spec in specs:
+            stream = spec.transport != "udp"
             v6only = spec.family == socket.AF_INET6 and any(
-                s.transport == spec.transport and s.port == spec.port and s.family == socket.AF_INET
-                for s in specs)
+                (s.transport != "udp") == stream and s.port == spec.port
+                and s.family == socket.AF_INET for s in specs)
             port = spec.port
             for c in range(copies):
                 sock, got = _bind(spec, port, rcvbuf, copies > 1, v6only)

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from ..decode.packet import PacketDecoder
     from ..pipeline import Pipeline
     from ..record import CapturedMessage
-    from ..senders.hep import HepSender
+    from ..senders.hep import HepOut, HepSender
 
 log = logging.getLogger("sipcaptool.live")
 
@@ -117,6 +117,7 @@ class LiveOptions:
     duration: float | None = None
     count: int | None = None
     hep_to: list[str] = field(default_factory=list)
+    hep_out: HepOut | None = None    # the TLS and buffer options of --hep-to
     capture_id: int = 0
     auth_key: str | None = None
     node_name: str | None = None
@@ -222,10 +223,11 @@ class Worker:
                                      max_clock_skew=self.settings.max_clock_skew)
         try:
             if opts.hep_to:
-                from ..senders.hep import HepSender
+                from ..senders.hep import HepOut
 
-                self.sender = HepSender(opts.hep_to, stats, capture_id=opts.capture_id,
-                                        auth_key=opts.auth_key, node_name=opts.node_name)
+                out = opts.hep_out or HepOut(tuple(opts.hep_to))
+                self.sender = out.sender(stats, self.settings, capture_id=opts.capture_id,
+                                         auth_key=opts.auth_key, node_name=opts.node_name)
             # a frame as long as a --snaplen below the largest may have been cut: the
             # decoder counts it (malformed:snapped) rather than store part of a message
             snap = opts.snaplen if opts.snaplen < 65535 + 64 else 0
@@ -258,10 +260,13 @@ class Worker:
         stop = self.shared.stop
         next_report = time.monotonic() + REPORT_EVERY
         drain_until = None  # set when stopping: read what the kernel already holds
+        sender = self.sender
         for data, m in self.source.batches():
             if m:
                 stats["packets"] += len(m) >> 2
                 self._deliver(decode_batch(data, m))
+            if sender is not None:
+                sender.tick()
             now = time.monotonic()
             if drain_until is not None:
                 if not m or now >= drain_until or self._count_reached():
@@ -302,6 +307,8 @@ class Worker:
                 if msgs:
                     self._deliver(msgs)
                     msgs = []
+            if self.sender is not None:
+                self.sender.tick()
             now = time.monotonic()
             if now >= next_report:
                 next_report = now + REPORT_EVERY
