@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from .config import Settings
-from .decode.sip import parse_sip, parse_sip_lenient
+from .decode.sip import looks_like_sip, parse_sip, parse_sip_lenient
 from .errors import DecodeError, StoreError
 from .record import AUX_TABLES, HEP_TYPE_SIP, CapturedMessage
 from .row import RowOptions, aux_row, hash_key, sip_row
@@ -130,8 +130,8 @@ class Pipeline:
         if not self.capture_flag.value:
             stats["dropped:capture-off"] += 1
             return
-        if msg.hep_type != HEP_TYPE_SIP:
-            self._submit_aux(msg)
+        hep_type = msg.hep_type
+        if hep_type != HEP_TYPE_SIP and not self._submit_aux(msg):
             return
         try:
             sip = parse_sip(msg.payload)
@@ -141,6 +141,11 @@ class Pipeline:
                 return
             sip = parse_sip_lenient(msg.payload)
             stats["stored-bad:" + e.reason] += 1
+        if sip.lenient:  # stored as meant, counted (decode/sip.py names the leniencies)
+            for what in sip.lenient:
+                stats["lenient:" + what] += 1
+        if hep_type != HEP_TYPE_SIP:
+            stats[f"lenient:hep-type-{hep_type}"] += 1
         row = sip_row(msg, sip, self.opts, stats)
         ts = msg.ts_us
         skew = self.skew_us
@@ -170,14 +175,25 @@ class Pipeline:
         if error is not None:
             raise error
 
-    def _submit_aux(self, msg: CapturedMessage) -> None:
+    def _submit_aux(self, msg: CapturedMessage) -> bool:
+        """Store a HEP packet that is not of the SIP type; True when it is to be stored
+        as SIP after all.
+
+        RTCP, QoS/MOS reports and logs go to their table (``record.AUX_TABLES``). A
+        packet of any other type whose payload is a SIP message is SIP, as Kamailio's
+        module takes it (it hands every such type to its SIP parser); it is counted as
+        ``lenient:hep-type-<n>`` once stored, so the sender's odd type is seen. Anything
+        else is ``skipped:hep-type-<n>``.
+        """
         dest = AUX_TABLES.get(msg.hep_type)
         if dest is None:
+            if looks_like_sip(msg.payload):
+                return True
             self.stats[f"skipped:hep-type-{msg.hep_type}"] += 1
-            return
-        if self.aux_writer is None:
-            return
-        self.aux_writer.add(dest[0], "aux", aux_row(msg, self.opts, self.stats))
+            return False
+        if self.aux_writer is not None:
+            self.aux_writer.add(dest[0], "aux", aux_row(msg, self.opts, self.stats))
+        return False
 
     def spool_report(self) -> dict[str, Any]:
         """What the writers left in the spool (for the end-of-run summary)."""

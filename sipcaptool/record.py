@@ -15,6 +15,7 @@ __all__ = [
     "PROTO_NONE", "PROTO_UDP", "PROTO_TCP", "PROTO_TLS", "PROTO_SCTP", "PROTO_WS",
     "AF_INET", "AF_INET6",
     "HEP_TYPE_SIP", "HEP_TYPE_RTCP", "HEP_TYPE_REPORT", "HEP_TYPE_REPORT99", "HEP_TYPE_LOG",
+    "HEP_TYPE_MOS_FULL", "HEP_TYPE_MOS_SHORT",
     "TEXT", "INT", "BIGINT", "DATETIME", "BLOB",
     "SIP_COLUMNS", "SIP_COLUMN_NAMES", "AUX_COLUMNS", "AUX_COLUMN_NAMES", "AUX_TABLES",
     "MT_MODES", "HASH_SOURCES",
@@ -36,6 +37,8 @@ AF_INET6 = 10
 HEP_TYPE_SIP = 1
 HEP_TYPE_RTCP = 5
 HEP_TYPE_REPORT = 32
+HEP_TYPE_MOS_FULL = 34    # MOS full report (JSON), heplify-server's "rtpagent"
+HEP_TYPE_MOS_SHORT = 35   # MOS short report (JSON), heplify-server's "rtcpxr"
 HEP_TYPE_REPORT99 = 99
 HEP_TYPE_LOG = 100
 
@@ -63,12 +66,17 @@ class CapturedMessage:
             packets without a timestamp, HEPv1).
         correlation_id: HEPv3 chunk 0x0011 (up to its first NUL) when present, even if
             empty; None otherwise (then the Call-ID is used).
-        hep_type: HEP payload type (1 SIP; 5 RTCP; 32/99 reports; 100 logs). Non-HEP
+        hep_type: HEP payload type (1 SIP; 5 RTCP; 32/99 QoS and 34/35 MOS reports;
+            100 logs; any other type is stored as SIP when its payload is SIP). Non-HEP
             sources always give 1.
         hep_family: raw value of the HEPv3 family chunk (0x0001), or None. Only the
             rtcp/report/logs tables store it.
         hep_ip_proto: raw IP protocol number from HEP (chunk 0x0002 / v1-v2 header), or
             None. Only the rtcp/report/logs tables use it.
+        capture_point: where the message was seen, with ``node_id`` (the dedup window,
+            ``sipcaptool.dedup``): the HEP agent's IP address (str), or for a frame its
+            link-level path (bytes: link type, link header, tunnel addresses); None
+            when unknown. Never stored.
     """
 
     ts_us: int
@@ -84,6 +92,7 @@ class CapturedMessage:
     hep_type: int = HEP_TYPE_SIP
     hep_family: int | None = None
     hep_ip_proto: int | None = None
+    capture_point: bytes | str | None = None
 
 
 # Column kinds: how a value is represented and stored.
@@ -163,9 +172,14 @@ AUX_COLUMNS: tuple[tuple[str, str, int], ...] = (
 AUX_COLUMN_NAMES: tuple[str, ...] = tuple(c[0] for c in AUX_COLUMNS)
 
 # HEP payload type -> (fixed table, value of its ``type`` column), as the module does.
+# The module knows no MOS reports (34, 35; ../shared/reference/HEP.md 1.4): they go to
+# report_capture like its QoS reports, with their HEP type as ``type`` (its own values
+# 2..5 are taken, and the type says which report it is).
 AUX_TABLES: dict[int, tuple[str, int]] = {
     HEP_TYPE_RTCP: ("rtcp_capture", 3),
     HEP_TYPE_REPORT: ("report_capture", 2),
+    HEP_TYPE_MOS_FULL: ("report_capture", HEP_TYPE_MOS_FULL),
+    HEP_TYPE_MOS_SHORT: ("report_capture", HEP_TYPE_MOS_SHORT),
     HEP_TYPE_REPORT99: ("report_capture", 4),
     HEP_TYPE_LOG: ("logs_capture", 5),
 }

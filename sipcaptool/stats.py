@@ -19,6 +19,10 @@ document, ``sipcaptool.control.document``, shows each category as one group):
 * ``refused-bytes:<reason>`` the bytes of what was refused (``auth``, ``hep-inflate`` ...)
 * ``stored-bad:<reason>``    malformed SIP stored anyway, fields best effort
                              (``capture_bad_msgs``); also counted as ``malformed:<reason>``
+* ``lenient:<what>``         messages stored, columns filled, that depart from the
+                             standard in a way that loses nothing: ``ipv6-no-brackets``,
+                             ``lf-line-ends``, ``sip-version-case`` (decode/sip.py), and
+                             ``hep-type-<n>``, SIP sent in HEP under another type
 * ``db:<event>``             batches, retries, errors
 * ``control:<reason>``       control-socket connections closed or refused (``timeout``,
                              ``evicted-idle``, ``refused-full``, ``line-too-long``,

@@ -5,7 +5,15 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipcaptool.decode.sip import SipMessage, looks_like_sip, parse_sip, parse_sip_lenient
+from sipcaptool.decode.sip import (
+    LENIENT_IPV6,
+    LENIENT_LF,
+    LENIENT_VERSION_CASE,
+    SipMessage,
+    looks_like_sip,
+    parse_sip,
+    parse_sip_lenient,
+)
 from sipcaptool.errors import DecodeError
 from sipcaptool.record import CapturedMessage
 from sipcaptool.row import RowOptions, hash_key, sip_row
@@ -31,7 +39,7 @@ ATOMS = st.sampled_from([
     b"\\", b"@", b"[", b"]", b"sip:", b"tel:", b"tag=", b"branch=", b"Via: ", b"From: ",
     b"To: ", b"Call-ID: ", b"CSeq: 1 INVITE", b"Contact: ", b"m: ", b"v: ", b"X-OIP: ",
     b"Authorization: Digest username=", b"P-Asserted-Identity: ", b"200 ", b"\x00", b"\xff",
-    b"a", b"1", b"*", b"=",
+    b"a", b"1", b"*", b"=", b"fe80:0:0:0:21a:a0ff:fe07:32e0", b":5060", b"::1", b"sip/2.0",
 ])
 SIPISH = st.lists(ATOMS, max_size=60).map(b"".join)
 
@@ -50,8 +58,11 @@ def _check(data: bytes) -> None:
             assert isinstance(hash_key(m, source), str)
     lenient = parse_sip_lenient(data)
     assert isinstance(lenient, SipMessage)
+    for m2 in (lenient,) if lenient.error else (lenient, parse_sip(data)):
+        assert len(set(m2.lenient)) == len(m2.lenient)
+        assert set(m2.lenient) <= {LENIENT_IPV6, LENIENT_LF, LENIENT_VERSION_CASE}
     for name in SipMessage.__slots__:
-        if not name.startswith("_"):
+        if not name.startswith("_") and name != "lenient":
             value = getattr(lenient, name)
             assert isinstance(value, (str, int))
             if isinstance(value, str):

@@ -11,7 +11,8 @@ with the facts of the process and its gauges::
      "packets": n, "messages": n, "stored": {table: n}, "stored_total": n,
      "skipped": {reason: n}, "malformed": {reason: n}, "dropped": {reason: n},
      "evicted": {reason: n}, "truncated": {column: n}, "adjusted": {reason: n},
-     "refused_bytes": {reason: bytes}, "stored_bad": {reason: n}, "db": {event: n},
+     "refused_bytes": {reason: bytes}, "stored_bad": {reason: n},
+     "lenient": {what: n}, "db": {event: n},
      "kernel": {name: n}, "control": {reason: n}, "metrics": {reason: n},
      "queue_depth": n|null, "spool_bytes": n|null, "spool_batches": n|null,
      "other": {key: n} (only when there are such counters), ...extra}
@@ -75,6 +76,10 @@ GROUPS: tuple[Group, ...] = (
           "Bytes of what was refused (dropped:auth, malformed:*), per reason.", True),
     Group("stored-bad", "reason", "stored though malformed",
           "Malformed SIP stored with best-effort fields (capture_bad_msgs), per reason.", True),
+    Group("lenient", "what", "stored leniently",
+          "Messages stored, columns filled, though they depart from the standard "
+          "(an IPv6 host without brackets, LF line ends, an odd HEP type), per departure.",
+          True),
     Group("db", "event", "db", "Database batches, errors and retries.", True),
     Group("kernel", "name", "kernel", "Packets dropped by the kernel or interface.", False),
     Group("control", "reason", "control connections closed",
@@ -181,7 +186,7 @@ def _fmt_duration(seconds: float) -> str:
 
 # groups shown with their total even when empty, and those shown only when not empty
 _ALWAYS = ("skipped", "malformed", "dropped", "evicted", "truncated")
-_WHEN_SET = ("adjusted", "refused-bytes", "stored-bad", "control", "metrics")
+_WHEN_SET = ("adjusted", "refused-bytes", "stored-bad", "lenient", "control", "metrics")
 
 
 def format_stats_text(doc: Mapping[str, Any]) -> str:

@@ -27,6 +27,29 @@ drops: no valid start line, no (parsable) Via, a reply without From/To/Call-ID/C
 (Kamailio's "required headers not found in reply"), an unparsable From, To, Contact,
 CSeq or Request-URI, or a header line that is not ``name: value``.
 
+With one exception, a *leniency*: what real devices send that departs from RFC 3261
+but loses nothing when read as meant. Such a message is parsed, its columns filled, and
+what departed is named in ``SipMessage.lenient`` (the pipeline counts each as
+``lenient:<what>``):
+
+* ``ipv6-no-brackets``: a Request-URI, From, To or Contact URI whose host is an IPv6
+  address written without brackets (``sip:4321@fec0:0:0:0:216:d3ff:fe0d:22c:5060``),
+  which Kamailio's URI parser refuses; host and port as ``ipv6_host_port`` in
+  ``sip_fields.py`` recovers them (the host as written, without brackets). Only when
+  the strict reading fails: a URI that parses today keeps its columns.
+
+Two more departures are stored as they always were (Kamailio stores them too) and are
+now named, so that an operator sees which devices send them:
+
+* ``lf-line-ends``: the start line or a header line ends in a bare LF instead of CR-LF;
+* ``sip-version-case``: ``sip/2.0`` not written in upper case (RFC 3261 7.1: the
+  version is case-insensitive, but implementations MUST send upper case).
+
+Blanks around the header colon (``Name:value``, ``Name:<TAB>value``, ``Name :value``) are
+RFC 3261's own grammar (HCOLON), not a departure, and are not counted. A header line cut
+in the middle and an unclosed quoted display name are broken structure, not
+leniencies: they stay refused (stored only with ``capture_bad_msgs``).
+
 Why one module of some 600 lines: the start line, the header split (fast and general),
 the per-message caches and ``_parse`` are one pass over one message and read best
 together; each fast path sits next to the general code it must agree with. The grammar
@@ -40,13 +63,25 @@ from collections.abc import Callable, Iterable
 
 from ..errors import DecodeError
 from .sip_fields import DIGITS as _DIGITS
-from .sip_fields import address, digest_user, name_addr, originator, parse_uri, tag_param
+from .sip_fields import (
+    address,
+    digest_user,
+    lenient_address,
+    lenient_uri,
+    name_addr,
+    originator,
+    parse_uri,
+    tag_param,
+)
 
 __all__ = [
     "SipMessage",
     "TYPE_UNKNOWN",
     "TYPE_REQUEST",
     "TYPE_REPLY",
+    "LENIENT_IPV6",
+    "LENIENT_LF",
+    "LENIENT_VERSION_CASE",
     "COMPACT_FORMS",
     "RTP_STAT_HEADERS",
     "header_key",
@@ -59,6 +94,11 @@ __all__ = [
 TYPE_UNKNOWN = 0
 TYPE_REQUEST = 1
 TYPE_REPLY = 2
+
+# The names of the leniencies (``SipMessage.lenient``, counted as ``lenient:<name>``).
+LENIENT_IPV6 = "ipv6-no-brackets"
+LENIENT_LF = "lf-line-ends"
+LENIENT_VERSION_CASE = "sip-version-case"
 
 # RFC 3261 section 7.3.3 compact forms (and the later RFCs' ones), mapped to the full
 # lower-case names every lookup uses (``header_key``). Read-only.
@@ -156,6 +196,8 @@ class SipMessage:
             rtp_stat: header bodies (``via_1`` is the whole first Via line).
         originator_ip, originator_port: from ``X-OIP: ip[:port]`` (brackets removed).
         error: the DecodeError reason when ``parse_sip_lenient`` met a problem, else ''.
+        lenient: the leniencies the message needed (``LENIENT_*`` names, each once, in
+            the order met), ``()`` for most messages; see the module doc.
     """
 
     __slots__ = (
@@ -189,6 +231,7 @@ class SipMessage:
         "rtp_stat",
         "diversion",
         "error",
+        "lenient",
         "_headers",
     )
 
@@ -223,6 +266,7 @@ class SipMessage:
         self.rtp_stat = ""
         self.diversion = ""
         self.error = ""
+        self.lenient: tuple[str, ...] = ()
         self._headers: dict[str, str] = {}
 
     def header(self, name: str) -> str | None:
@@ -310,6 +354,11 @@ def parse_sip_lenient(payload: bytes) -> SipMessage:
         return msg
 
 
+def _lenient(msg: SipMessage, what: str) -> None:
+    if what not in msg.lenient:
+        msg.lenient += (what,)
+
+
 def _fail(msg: SipMessage, strict: bool, reason: str, detail: str = "") -> None:
     if strict:
         raise DecodeError(reason, detail)
@@ -348,6 +397,8 @@ def _parse(payload: bytes, strict: bool) -> SipMessage:
         rest = text[nl + 1 :]
     if line[-1:] == "\r":
         line = line[:-1]
+    elif nl >= 0:
+        _lenient(msg, LENIENT_LF)
     _start_line(msg, line, strict)
 
     # --- headers ----------------------------------------------------------------------
@@ -355,6 +406,10 @@ def _parse(payload: bytes, strict: bool) -> SipMessage:
     headers = _split_headers_fast(rest) if rest else {}
     if headers is None:
         headers = _split_headers(msg, rest, strict)
+        if rest.count("\n") != rest.count("\r\n"):
+            _lenient(msg, LENIENT_LF)
+    elif "\r" not in rest and "\n" in rest:  # the fast split took LF-only lines
+        _lenient(msg, LENIENT_LF)
     msg._headers = headers
     get = headers.get
 
@@ -400,6 +455,8 @@ def _parse(payload: bytes, strict: bool) -> SipMessage:
             r = _from_to_cached(body)
         if r[3] is None:
             msg.from_user, msg.from_domain, msg.from_tag = r[0], r[1], r[2]
+            if r[4]:
+                _lenient(msg, r[4])
         else:
             _fail(msg, strict, "sip-bad-from", r[3])
     body = get("to")
@@ -409,6 +466,8 @@ def _parse(payload: bytes, strict: bool) -> SipMessage:
             r = _from_to_cached(body)
         if r[3] is None:
             msg.to_user, msg.to_domain, msg.to_tag = r[0], r[1], r[2]
+            if r[4]:
+                _lenient(msg, r[4])
         else:
             _fail(msg, strict, "sip-bad-to", r[3])
     body = get("contact")
@@ -418,6 +477,8 @@ def _parse(payload: bytes, strict: bool) -> SipMessage:
             c = _contact_cached(body)
         if c[3] is None:
             msg.contact_user, msg.contact_ip, msg.contact_port = c[0], c[1], c[2]
+            if c[4]:
+                _lenient(msg, c[4])
         else:
             _fail(msg, strict, "sip-bad-contact", c[3])
 
@@ -445,12 +506,13 @@ def _parse(payload: bytes, strict: bool) -> SipMessage:
 # Parsed From/To and Contact values, keyed by the header body. Every message of a dialog
 # carries the same From and To (and each side the same Contact), so most messages of a
 # capture find theirs here; the cache is emptied when it reaches _ADDR_CACHE_MAX entries.
-# Values: (user, host, tag, None) for From/To and (user, host, port, None) for Contact,
-# or ("", "", "", reason) when the value does not parse. Only values of up to
+# Values: (user, host, tag, None, lenient) for From/To and (user, host, port, None,
+# lenient) for Contact, or ("", "", "", reason, "") when the value does not parse;
+# ``lenient`` names the leniency the value needed ('' for none). Only values of up to
 # _CACHE_VALUE_MAX characters are kept, so the caches stay within a few MB whatever comes.
-_FromTo = tuple[str, str, str, str | None]        # user, host, tag, error
-_Contact = tuple[str, str, int, str | None]       # user, host, port, error
-_Ruri = tuple[str, str, str | None]               # user, host, error
+_FromTo = tuple[str, str, str, str | None, str]   # user, host, tag, error, lenient
+_Contact = tuple[str, str, int, str | None, str]  # user, host, port, error, lenient
+_Ruri = tuple[str, str, str | None, str]          # user, host, error, lenient
 _ADDR_CACHE: dict[str, _FromTo] = {}
 _CONTACT_CACHE: dict[str, _Contact] = {}
 _RURI_CACHE: dict[str, _Ruri] = {}
@@ -462,9 +524,13 @@ def _from_to_cached(body: str) -> _FromTo:
     r: _FromTo
     try:
         user, host, _, params = address(body)
-        r = (user, host, tag_param(params), None)
+        r = (user, host, tag_param(params), None, "")
     except ValueError as exc:
-        r = ("", "", "", str(exc))
+        parts = lenient_address(body)
+        if parts is None:
+            r = ("", "", "", str(exc), "")
+        else:
+            r = (parts[0], parts[1], tag_param(parts[3]), None, LENIENT_IPV6)
     if len(body) <= _CACHE_VALUE_MAX:
         cache = _ADDR_CACHE
         if len(cache) >= _ADDR_CACHE_MAX:
@@ -476,13 +542,17 @@ def _from_to_cached(body: str) -> _FromTo:
 def _contact_cached(body: str) -> _Contact:
     r: _Contact
     if body.strip(" \t") == "*":
-        r = ("*", "", 0, None)
+        r = ("*", "", 0, None, "")
     else:
         try:
             user, host, port, _ = address(body, True)
-            r = (user, host, int(port) if port else 0, None)
+            r = (user, host, int(port) if port else 0, None, "")
         except ValueError as exc:
-            r = ("", "", 0, str(exc))
+            parts = lenient_address(body, True)
+            if parts is None:
+                r = ("", "", 0, str(exc), "")
+            else:
+                r = (parts[0], parts[1], int(parts[2]) if parts[2] else 0, None, LENIENT_IPV6)
     if len(body) <= _CACHE_VALUE_MAX:
         cache = _CONTACT_CACHE
         if len(cache) >= _ADDR_CACHE_MAX:
@@ -495,9 +565,13 @@ def _ruri_cached(uri: str) -> _Ruri:
     r: _Ruri
     try:
         user, host, _ = parse_uri(uri)
-        r = (user, host, None)
+        r = (user, host, None, "")
     except ValueError as exc:
-        r = ("", "", str(exc))
+        parts = lenient_uri(uri)
+        if parts is None:
+            r = ("", "", str(exc), "")
+        else:
+            r = (parts[0], parts[1], None, LENIENT_IPV6)
     if len(uri) <= _CACHE_VALUE_MAX:
         cache = _RURI_CACHE
         if len(cache) >= _ADDR_CACHE_MAX:
@@ -562,6 +636,8 @@ def _start_line(msg: SipMessage, line: str, strict: bool) -> None:
             msg.type = TYPE_REPLY
             msg.method = code
             msg.reply_reason = line[12:]
+            if line[:7] != "SIP/2.0":
+                _lenient(msg, LENIENT_VERSION_CASE)
             return
         _fail(msg, strict, "sip-bad-start-line", line[:80])
         return
@@ -572,11 +648,15 @@ def _start_line(msg: SipMessage, line: str, strict: bool) -> None:
     msg.type = TYPE_REQUEST
     msg.method, uri = m.groups()
     msg.ruri = uri
+    if line[-7:] != "SIP/2.0":
+        _lenient(msg, LENIENT_VERSION_CASE)
     r = _RURI_CACHE.get(uri)
     if r is None:
         r = _ruri_cached(uri)
     if r[2] is None:
         msg.ruri_user, msg.ruri_domain = r[0], r[1]
+        if r[3]:
+            _lenient(msg, r[3])
     else:
         _fail(msg, strict, "sip-bad-ruri", r[2])
 

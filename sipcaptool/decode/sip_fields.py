@@ -9,7 +9,9 @@ parts Kamailio's sipcapture module stores, as its parsers split them:
   its URI and the text after it;
 * ``tag_param``: the ``tag`` parameter of From/To header parameters;
 * ``digest_user``: the user part of a digest ``username`` (Authorization, Proxy-Authorization);
-* ``originator``: ``X-OIP: ip[:port]`` as (ip, port).
+* ``originator``: ``X-OIP: ip[:port]`` as (ip, port);
+* ``lenient_uri``, ``lenient_address``: the same for a sip:/sips: URI whose host is an
+  IPv6 address written without brackets, which ``parse_uri`` (like Kamailio) refuses.
 
 ``parse_uri``, ``name_addr`` and ``address`` take a fast path (one regular expression)
 for the common shapes and fall back on general code that gives the same result for the
@@ -20,8 +22,10 @@ parse; the others never raise.
 from __future__ import annotations
 
 import re
+from ipaddress import IPv6Address
 
-__all__ = ["parse_uri", "address", "name_addr", "tag_param", "digest_user", "originator"]
+__all__ = ["parse_uri", "address", "name_addr", "tag_param", "digest_user", "originator",
+           "lenient_uri", "lenient_address", "ipv6_host_port"]
 
 # Fast paths for the common shapes; anything they do not match goes through the general
 # code below, which gives the same result (tests/test_sip_hypothesis.py checks that).
@@ -137,6 +141,77 @@ def address(body: str, contact: bool = False) -> tuple[str, str, str, str]:
     uri, rest = name_addr(body, contact)
     user, host, port = parse_uri(uri)
     return user, host, port, rest
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def ipv6_host_port(hostport: str) -> tuple[str, str] | None:
+    """(host, port) of an IPv6 address written without brackets, else None.
+
+    Real phones write ``sip:4321@fec0:0:0:0:216:d3ff:fe0d:22c:5060`` where RFC 3261
+    wants ``[fec0::...]:5060``. The text is the host when it is an IPv6 address as a
+    whole; otherwise, when it has nine colon-separated groups, the first eight of which
+    are an IPv6 address and the ninth a port (1 to 5 digits, at most 65535), the ninth
+    is the port. Nothing else is guessed: ``fe80::1:5060`` is the address ``fe80::1:5060``
+    (no port), ``host:5060:x`` is not an address at all (None). The host is kept as
+    written, without brackets.
+    """
+    if hostport.count(":") < 2 or "[" in hostport or "]" in hostport:
+        return None
+    if _is_ipv6(hostport):
+        return hostport, ""
+    groups = hostport.split(":")
+    if len(groups) == 9:
+        port = groups[8]
+        host = hostport[: -len(port) - 1]
+        if (0 < len(port) <= 5 and DIGITS.issuperset(port) and int(port) <= 65535
+                and _is_ipv6(host)):
+            return host, port
+    return None
+
+
+def lenient_uri(uri: str) -> tuple[str, str, str] | None:
+    """(user, host, port) of a sip:/sips: URI whose host is an IPv6 address without
+    brackets (see ``ipv6_host_port``), else None. For what ``parse_uri`` refuses."""
+    colon = uri.find(":")
+    if colon <= 0 or uri[:colon].lower() not in _URI_SCHEMES_SIP:
+        return None
+    rest = uri[colon + 1 :]
+    at = rest.find("@")
+    user = ""
+    if at >= 0:
+        user = rest[:at]
+        pw = user.find(":")
+        if pw >= 0:
+            user = user[:pw]
+        rest = rest[at + 1 :]
+    for ch in ";?":
+        i = rest.find(ch)
+        if i >= 0:
+            rest = rest[:i]
+    hp = ipv6_host_port(rest)
+    if hp is None:
+        return None
+    return user, hp[0], hp[1]
+
+
+def lenient_address(body: str, contact: bool = False) -> tuple[str, str, str, str] | None:
+    """``address`` for a value whose URI ``lenient_uri`` recovers, else None (also
+    when the value itself does not parse: an unclosed quote, '<' without '>')."""
+    try:
+        uri, rest = name_addr(body, contact)
+    except ValueError:
+        return None
+    parts = lenient_uri(uri)
+    if parts is None:
+        return None
+    return parts[0], parts[1], parts[2], rest
 
 
 def _skip_quoted(body: str, start: int) -> int:
