@@ -314,7 +314,8 @@ def _run_single(listeners: Listeners, settings: Settings, options: CollectorOpti
     capture_flag = CaptureFlag(bool(settings.capture_on))
     try:
         pipeline = Pipeline(settings, stats, background=not options.foreground_writer,
-                            capture_flag=capture_flag, max_clock_skew=settings.max_clock_skew)
+                            capture_flag=capture_flag, max_clock_skew=settings.max_clock_skew,
+                            dedup_by_arrival=True)
     except BaseException:
         for _l, s in listeners:
             s.close()
@@ -360,7 +361,8 @@ def _worker(index: int, link: WorkerLink, listeners: Listeners, settings: Settin
     signal.signal(signal.SIGINT, early_handler)
     stats = link.stats
     pipeline = Pipeline(settings, stats, background=not options.foreground_writer,
-                        capture_flag=capture_flag, max_clock_skew=settings.max_clock_skew)
+                        capture_flag=capture_flag, max_clock_skew=settings.max_clock_skew,
+                            dedup_by_arrival=True)
     on_progress = None
     limit = options.count
     if limit is not None:

@@ -12,12 +12,18 @@ from typing import Any
 
 from .config import Settings
 from .decode.sip import looks_like_sip, parse_sip, parse_sip_lenient
+from .dedup import Dedup
 from .errors import DecodeError, StoreError
 from .record import AUX_TABLES, HEP_TYPE_SIP, CapturedMessage
 from .row import RowOptions, aux_row, hash_key, sip_row
 from .stats import Stats
 from .store.router import Router
 from .store.writer import Writer
+
+
+def _arrival_us() -> int:
+    """The dedup window's clock for hep and live: monotonic µs."""
+    return time.monotonic_ns() // 1000
 
 
 class _Target:
@@ -68,11 +74,15 @@ class Pipeline:
             time instead, counted as ``adjusted:clock-skew``: a sender's timestamps
             cannot make a table each. The row keeps the message's own time (``date``,
             ``micro_ts``).
+        dedup_by_arrival: with ``dedup_window``, the window's entries expire by the
+            arrival clock (``hep``, ``live``) instead of the messages' own time
+            (``replay``); see :mod:`sipcaptool.dedup`.
     """
 
     def __init__(self, settings: Settings, stats: Stats, *, background: bool = True,
                  capture_flag: Any = None, use_spool: bool = True,
-                 require_db_at_start: bool = False, max_clock_skew: float = 0.0) -> None:
+                 require_db_at_start: bool = False, max_clock_skew: float = 0.0,
+                 dedup_by_arrival: bool = False) -> None:
         self.settings = settings
         self.stats = stats
         self.capture_flag = (capture_flag if capture_flag is not None
@@ -123,6 +133,11 @@ class Pipeline:
         # strftime tables named by arrival time when the message's own is this far off
         dated = any(t.router.dated for t in self.targets)
         self.skew_us = int(max_clock_skew * 1_000_000) if dated and max_clock_skew > 0 else 0
+        # copies of a message already stored from another capture point (dedup_window)
+        self.dedup: Dedup | None = None
+        if settings.dedup_window > 0:
+            self.dedup = Dedup(settings.dedup_window, settings.dedup_max_entries, stats,
+                               clock=_arrival_us if dedup_by_arrival else None)
 
     def submit(self, msg: CapturedMessage) -> None:
         stats = self.stats
@@ -130,6 +145,8 @@ class Pipeline:
         if not self.capture_flag.value:
             stats["dropped:capture-off"] += 1
             return
+        if self.dedup is not None and self.dedup.duplicate(msg):
+            return  # counted as dedup:<node>
         hep_type = msg.hep_type
         if hep_type != HEP_TYPE_SIP and not self._submit_aux(msg):
             return

@@ -23,6 +23,11 @@ document, ``sipcaptool.control.document``, shows each category as one group):
                              standard in a way that loses nothing: ``ipv6-no-brackets``,
                              ``lf-line-ends``, ``sip-version-case`` (decode/sip.py), and
                              ``hep-type-<n>``, SIP sent in HEP under another type
+* ``dedup:<node>``           copies of a message already stored from another capture
+                             point, not stored again (``dedup_window``, sipcaptool.dedup),
+                             by the capture point that saw them (HEP capture id,
+                             ``vlan-10``, ``link`` ...); ``evicted:dedup-full`` counts
+                             the entries that left its full table early
 * ``db:<event>``             batches, retries, errors
 * ``control:<reason>``       control-socket connections closed or refused (``timeout``,
                              ``evicted-idle``, ``refused-full``, ``line-too-long``,

@@ -17,7 +17,7 @@ import click
 from ..config import Settings
 from ..errors import ConfigError
 from ..net import parse_size
-from .common import endpoint_options, print_summary, storage_options, summary_dict
+from .common import dedup_options, endpoint_options, print_summary, storage_options, summary_dict
 from .hep_out import hep_out_summary, hep_to_options
 
 if TYPE_CHECKING:
@@ -111,6 +111,7 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
 @hep_to_options("--forward-to", client_tls=False)
 @storage_options
 @endpoint_options
+@dedup_options
 def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf: str,
             tcp_idle_timeout: float | None, tcp_max_connections: int | None,
             stop_drain_timeout: float | None, max_clock_skew: float | None,

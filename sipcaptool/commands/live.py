@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ..senders.hep import HepOut
     from ..sources.live import LiveCapture, LiveOptions
 
-from .common import endpoint_options, print_summary, storage_options, summary_dict
+from .common import dedup_options, endpoint_options, print_summary, storage_options, summary_dict
 
 log = logging.getLogger("sipcaptool.live")
 
@@ -91,6 +91,7 @@ _ONOFF = click.IntRange(0, 1)
               help="Write from the capturing process (no writer process).")
 @storage_options
 @endpoint_options
+@dedup_options
 def command(interface: str | None, ipip: bool, raw_socket_listen: str | None,
             raw_interface: str | None, raw_sock_children: int | None,
             promiscuous_on: int | None, raw_moni_bpf_on: int | None, filter_expr: str | None,

@@ -14,7 +14,7 @@ import click
 from ..config import Settings
 from ..net import parse_ports
 from ..replay import ReplayOptions, replay_files
-from .common import print_summary, storage_options, summary_dict
+from .common import dedup_options, print_summary, storage_options, summary_dict
 from .hep_out import HepOut, hep_out_summary, hep_to_options
 
 
@@ -31,6 +31,7 @@ from .hep_out import HepOut, hep_out_summary, hep_to_options
 @click.option("--foreground-writer", is_flag=True, hidden=True,
               help="Write from this process (no writer process).")
 @storage_options
+@dedup_options
 def command(files: tuple[str, ...], ports: str | None, hep_ports: str | None, quiet: bool,
             as_json: bool, foreground_writer: bool, settings: Settings,
             hep_out: HepOut | None = None, capture_id: int = 2001,

@@ -111,6 +111,11 @@ class PacketDecoder:
         self._sctp: SctpReassembler | None = None
         #: inflate budget of one HEP datagram in a frame (decode.hep.MAX_INFLATED)
         self.hep_max_inflated = hep_max_inflated
+        # the capture point of a frame's messages (CapturedMessage.capture_point, for the
+        # dedup window): the link type, then the link header; _tunnel gathers the outer
+        # addresses (and inner link header) of the tunnels of the frame being decoded
+        self._point_prefix = linktype.to_bytes(2, "big")
+        self._tunnel: bytes | None = None
 
     # ------------------------------------------------------------------ entry points
 
@@ -121,24 +126,34 @@ class PacketDecoder:
         end = len(frame)
         snap = self.snaplen
         self._snapped = (wirelen is not None and wirelen > end) or (snap > 0 and end >= snap)
+        off = 0
         try:
             if self.linktype == 1:
                 if end < 14:
                     self.stats["malformed:link-truncated"] += 1
                     return out
                 et = frame[12] << 8 | frame[13]
+                off = 14
                 if et == 0x0800:
                     self._ipv4(ts_us, frame, 14, end, 0, out)
-                    return out
-                et, off = _link.after_ethertype(frame, 14, end, et)
+                else:
+                    et, off = _link.after_ethertype(frame, 14, end, et)
+                    self._l3(ts_us, frame, off, end, et, 0, out)
             else:
                 et, off = self._link_parser(frame, 0, end)
-            self._l3(ts_us, frame, off, end, et, 0, out)
+                self._l3(ts_us, frame, off, end, et, 0, out)
         except (IndexError, struct.error):
             self.stats["malformed:truncated"] += 1
         except (ValueError, KeyError, OverflowError, RecursionError):  # pragma: no cover
             # not reached by any known input; kept so that one odd frame never stops a capture
             self.stats["malformed:decode-error"] += 1
+        if out:
+            point = self._point_prefix + frame[:off]
+            if self._tunnel is not None:
+                point += self._tunnel
+            for m in out:
+                m.capture_point = point
+        self._tunnel = None
         return out
 
     def decode_batch(self, data: bytes, meta: Sequence[int]) -> list[CapturedMessage]:
@@ -195,7 +210,9 @@ class PacketDecoder:
         if end - off < 14:
             self.stats["malformed:link-truncated"] += 1
             return
+        start = off
         et, off = _link.ethernet(buf, off, end)
+        self._tunnel = (self._tunnel or b"") + buf[start:off]
         self._l3(ts, buf, off, end, et, depth, out)
 
     def _ipv4(self, ts: int, buf: bytes, off: int, end: int, depth: int, out: list[CapturedMessage]) -> None:
@@ -288,6 +305,7 @@ class PacketDecoder:
         elif proto == 1 or proto == 58:
             self.stats["skipped:icmp-quoted" if b"SIP/2.0" in buf[off:end] else "skipped:non-sip"] += 1
         elif proto == 4 or proto == 41 or proto == 47:
+            self._tunnel = (self._tunnel or b"") + src + dst
             if depth >= MAX_TUNNEL_DEPTH:
                 self.stats["malformed:tunnel-too-deep"] += 1
             elif proto == 4:
@@ -321,8 +339,11 @@ class PacketDecoder:
             self.stats["skipped:non-sip"] += 1
             return
         if dport == 4789 or dport == 2152 or sport == 2152:
+            outer = self._tunnel
+            self._tunnel = (outer or b"") + src + dst
             if self._udp_tunnel(ts, sport, dport, data, depth, out):
                 return
+            self._tunnel = outer  # not a tunnel after all: the datagram is the payload
         self._payload(ts, src, sport, dst, dport, PROTO_UDP, fam, data, out)
 
     def _payload(self, ts: int, src: bytes, sport: int, dst: bytes, dport: int, proto: int,

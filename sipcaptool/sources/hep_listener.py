@@ -588,9 +588,13 @@ class HepCollector:
             errs.clear()
         submit = self.submit
         store_error: StoreError | None = None
+        # the capture point of these messages with their node (the dedup window)
+        agent = addr[0] if isinstance(addr, tuple) else addr
         for p in pkts:
             try:
-                submit(p.to_message())
+                msg = p.to_message()
+                msg.capture_point = agent
+                submit(msg)
             except StoreError as e:
                 # an earlier batch's failure; this message was taken all the same
                 store_error = store_error or e

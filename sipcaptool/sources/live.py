@@ -220,7 +220,8 @@ class Worker:
         if opts.store:
             self.pipeline = Pipeline(self.settings, stats, background=self.background,
                                      capture_flag=self.shared.capture_flag,
-                                     max_clock_skew=self.settings.max_clock_skew)
+                                     max_clock_skew=self.settings.max_clock_skew,
+                                     dedup_by_arrival=True)
         try:
             if opts.hep_to:
                 from ..senders.hep import HepOut

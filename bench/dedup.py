@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""The cost of the dedup window (``--dedup-window``): CPU per message, and the highest
+rate the HEP collector takes without loss, with and without it.
+
+    python bench/dedup.py cpu [-n 200000]
+    python bench/dedup.py rate --db none [--rate 20000] [-n 100000]
+    python bench/dedup.py rate --db postgresql://postgres@127.0.0.1/hepbench --find-max
+
+Traffic: ``sipcaptool.testing.pcapgen.realistic_messages`` (calls, registrations,
+OPTIONS; about 600 bytes of SIP each, each with its own Call-ID), every message seen by
+two agents: capture id 2001 from 127.0.0.1 and 2002 from 127.0.0.2, 1 ms apart, so
+half of what arrives is a copy.
+
+``cpu``: in this process, ``Pipeline.submit`` (parse and row; ``--db none``, so nothing
+is written) of every copy, and ``Dedup.duplicate`` alone, timed with
+``time.process_time``; with the window off, with it on (500 ms), and with it on for
+traffic without copies (one agent). Prints µs per message.
+
+``rate``: ``sipcaptool hep`` is started (``--rcvbuf 4M``: the collector's own pace, not
+a buffer absorbing a burst) with and without ``--dedup-window 500``; the two agents send
+N datagrams in all at the given rate (datagrams/s, both agents together). Lost =
+sent - received (the collector's ``messages``; copies not stored are received). With
+``--find-max`` the rate steps up until a run loses something, for both, and the ratio of
+the highest zero-loss rates is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sipcaptool.config import Settings  # noqa: E402
+from sipcaptool.dedup import Dedup  # noqa: E402
+from sipcaptool.encode.hep import encode_hep3  # noqa: E402
+from sipcaptool.pipeline import Pipeline  # noqa: E402
+from sipcaptool.record import AF_INET, PROTO_UDP, CapturedMessage  # noqa: E402
+from sipcaptool.stats import Stats  # noqa: E402
+from sipcaptool.testing.pcapgen import realistic_messages  # noqa: E402
+
+AGENTS = (("127.0.0.1", 2001), ("127.0.0.2", 2002))
+
+
+def copies(n: int, agents: int = 2) -> list[CapturedMessage]:
+    """``n`` messages in all: each distinct message once per agent (1 ms apart)."""
+    out: list[CapturedMessage] = []
+    for i, (ts, (src, sport, dst, dport, payload)) in enumerate(realistic_messages(n // agents)):
+        payload = payload.replace(b"Call-ID: ", b"Call-ID: dd%d-" % i, 1)
+        for k in range(agents):
+            ip, node = AGENTS[k]
+            out.append(CapturedMessage(ts + k * 1000, src, sport, dst, dport, PROTO_UDP,
+                                       AF_INET, payload, node_id=node, capture_point=ip))
+    return out
+
+
+# ------------------------------------------------------------------------------- cpu
+
+def _pipeline_us(msgs: list[CapturedMessage], window: int) -> float:
+    cli: dict[str, object] = {"db_url": "none", "dedup_window": window}
+    p = Pipeline(Settings.load(cli=cli, env={}), Stats(), background=False, use_spool=False)
+    t0 = time.process_time()
+    for m in msgs:
+        p.submit(m)
+    t = time.process_time() - t0
+    p.close()
+    return 1e6 * t / len(msgs)
+
+
+def _dedup_us(msgs: list[CapturedMessage]) -> float:
+    d = Dedup(500, 100_000, Stats())
+    t0 = time.process_time()
+    for m in msgs:
+        d.duplicate(m)
+    return 1e6 * (time.process_time() - t0) / len(msgs)
+
+
+def cpu(n: int, repeat: int) -> dict:
+    two = copies(n, 2)
+    one = copies(n, 1)
+    res: dict[str, float] = {}
+    for name, f in (("pipeline, window off", lambda: _pipeline_us(two, 0)),
+                    ("pipeline, window 500 ms, 2 agents", lambda: _pipeline_us(two, 500)),
+                    ("pipeline, window 500 ms, 1 agent", lambda: _pipeline_us(one, 500)),
+                    ("Dedup.duplicate alone, 2 agents", lambda: _dedup_us(two)),
+                    ("Dedup.duplicate alone, 1 agent", lambda: _dedup_us(one))):
+        res[name] = round(min(f() for _ in range(repeat)), 2)
+    return res
+
+
+# ------------------------------------------------------------------------------ rate
+
+class Collector:
+    def __init__(self, db: str, window: int) -> None:
+        cmd = [sys.executable, "-m", "sipcaptool", "hep", "--listen", "udp:127.0.0.1:0",
+               "--db", db, "--json", "--rcvbuf", "4M", "--control", "none"]
+        if window:
+            cmd += ["--dedup-window", str(window)]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.port: int | None = None
+        self.err: list[str] = []
+        ready = threading.Event()
+
+        def read_err() -> None:
+            assert self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.err.append(line.rstrip("\n"))
+                if "listening on udp:" in line and self.port is None:
+                    self.port = int(line.split("listening on udp:", 1)[1].split()[0]
+                                    .rsplit(":", 1)[1])
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=read_err, daemon=True).start()
+        if not ready.wait(60) or self.port is None:
+            self.proc.kill()
+            raise SystemExit("collector did not start:\n" + "\n".join(self.err))
+
+    def rx_queue(self) -> int:
+        hexport = f":{self.port:04X}"
+        with open("/proc/net/udp") as f:
+            next(f)
+            return sum(int(p[4].split(":")[1], 16) for p in (line.split() for line in f)
+                       if p[1].endswith(hexport))
+
+    def wait_idle(self) -> None:
+        end = time.monotonic() + 120
+        since = None
+        while time.monotonic() < end:
+            if self.rx_queue():
+                since = None
+            else:
+                since = since or time.monotonic()
+                if time.monotonic() - since >= 0.5:
+                    return
+            time.sleep(0.02)
+
+    def stop(self) -> dict:
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=300)
+        return dict(json.loads(out))
+
+
+def send(datagrams: list[tuple[int, bytes]], port: int, rate: float) -> float:
+    socks = []
+    for ip, _node in AGENTS:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        s.bind((ip, 0))
+        s.connect(("127.0.0.1", port))
+        socks.append(s.send)
+    n = len(datagrams)
+    sent = 0
+    t0 = time.perf_counter()
+    while sent < n:
+        due = min(n, int((time.perf_counter() - t0) * rate) + 1)
+        while sent < due:
+            k, d = datagrams[sent]
+            socks[k](d)
+            sent += 1
+        ahead = t0 + sent / rate - time.perf_counter()
+        if ahead > 0.0005:
+            time.sleep(min(ahead, 0.001))
+    return time.perf_counter() - t0
+
+
+def run(db: str, n: int, rate: float, window: int) -> dict:
+    msgs = copies(n, 2)
+    datagrams = [(i % 2, encode_hep3(m, capture_id=m.node_id or 0)) for i, m in enumerate(msgs)]
+    c = Collector(db, window)
+    try:
+        secs = send(datagrams, c.port or 0, rate)
+        c.wait_idle()
+        s = c.stop()
+    finally:
+        if c.proc.poll() is None:
+            c.proc.kill()
+    received = int(s.get("messages") or 0)
+    return {"window_ms": window, "rate": rate, "sent": n, "send_rate": round(n / secs),
+            "received": received, "lost": n - received,
+            "stored": s.get("stored_total"), "dedup": sum((s.get("dedup") or {}).values()),
+            "kernel_drops": (s.get("kernel") or {}).get("udp-drops", 0)}
+
+
+def find_max(db: str, n: int, window: int, start: float, step: float, top: float) -> float:
+    best = 0.0
+    rate = start
+    while rate <= top:
+        r = run(db, n, rate, window)
+        print(json.dumps(r), flush=True)
+        if r["lost"]:
+            break
+        best = rate
+        rate += step
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    c = sub.add_parser("cpu")
+    c.add_argument("-n", type=int, default=200_000)
+    c.add_argument("--repeat", type=int, default=3)
+    r = sub.add_parser("rate")
+    r.add_argument("--db", default="none")
+    r.add_argument("-n", type=int, default=100_000)
+    r.add_argument("--rate", type=float, default=20_000)
+    r.add_argument("--window", type=int, default=500)
+    r.add_argument("--find-max", action="store_true")
+    r.add_argument("--start", type=float, default=10_000)
+    r.add_argument("--step", type=float, default=2_500)
+    r.add_argument("--max", type=float, default=60_000)
+    args = ap.parse_args(argv)
+    if args.what == "cpu":
+        for name, us in cpu(args.n, args.repeat).items():
+            print(f"{name:<36} {us:6.2f} µs/message")
+        return 0
+    if not args.find_max:
+        for w in (0, args.window):
+            print(json.dumps(run(args.db, args.n, args.rate, w)), flush=True)
+        return 0
+    off = find_max(args.db, args.n, 0, args.start, args.step, args.max)
+    on = find_max(args.db, args.n, args.window, args.start, args.step, args.max)
+    print(f"highest zero-loss rate: {off:.0f}/s without the window, {on:.0f}/s with "
+          f"{args.window} ms; ratio {on / off if off else float('nan'):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
