@@ -93,7 +93,6 @@ class CapturedMessage:
     hep_family: int | None = None
     hep_ip_proto: int | None = None
     capture_point: bytes | str | None = None
-    capture_point: bytes | str | None = None
 
 
 # Column kinds: how a value is represented and stored.
