@@ -243,6 +243,10 @@ def like_pattern(value: str) -> str | None:
     return value.replace("\\", "\\\\").replace("_", "\\_")
 
 
+# LIKE escapes with a backslash by itself (ClickHouse has no ESCAPE clause)
+_BACKSLASH_LIKE = ("mysql", "clickhouse")
+
+
 def quote_name(dialect: str, name: str) -> str:
     q = "`" if dialect == "mysql" else '"'
     return q + name.replace(q, q + q) + q
@@ -264,7 +268,7 @@ class SqlBuilder:
     def like(self, column: str, pattern: str) -> str:
         # MySQL's default escape character is "\" already, and it must be written "\\"
         # inside a string literal; the others take ESCAPE '\'
-        esc = "" if self.dialect == "mysql" else " ESCAPE '\\'"
+        esc = "" if self.dialect in _BACKSLASH_LIKE else " ESCAPE '\\'"
         return f"{self.col(column)} LIKE {self.p(pattern)}{esc}"
 
     def values(self, columns: Sequence[str], values: Sequence[str]) -> str:
@@ -295,7 +299,7 @@ class SqlBuilder:
     def contains(self, column: str, values: Sequence[str]) -> str:
         """``column`` contains any of ``values``, ignoring case (the same in every
         database, whatever the column's collation)."""
-        esc = "" if self.dialect == "mysql" else " ESCAPE '\\'"
+        esc = "" if self.dialect in _BACKSLASH_LIKE else " ESCAPE '\\'"
         terms = []
         for v in values:
             body = v.lower().replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%")
@@ -330,6 +334,15 @@ def time_terms(b: SqlBuilder, since_us: int | None, until_us: int | None,
     if not date_index and b.dialect == "sqlite":
         date = "+" + date
     terms = []
+    if b.dialect == "clickhouse":
+        # a DateTime is compared with a DateTime, not text, in ClickHouse 18.16
+        def day(us: int) -> str:
+            return f"toDateTime({b.p(_date_text(us))}, 'UTC')"
+        if since_us is not None:
+            terms += [f"{date} >= {day(since_us)}", f"{b.col('micro_ts')} >= {b.p(since_us)}"]
+        if until_us is not None:
+            terms += [f"{date} <= {day(until_us)}", f"{b.col('micro_ts')} <= {b.p(until_us)}"]
+        return terms
     if since_us is not None:
         terms.append(f"{date} >= {b.p(_date_text(since_us))}")
         terms.append(f"{b.col('micro_ts')} >= {b.p(since_us)}")

@@ -91,7 +91,8 @@ class Reader:
                 sql = (f"SELECT {db.q('callid')}, MIN({db.q('micro_ts')}) FROM "
                        f"{db.q(table)} WHERE {where} GROUP BY {db.q('callid')}")
                 if limit is not None:
-                    sql += f" ORDER BY 2 DESC LIMIT {int(limit)}"
+                    # by the expression: ClickHouse before 21.x reads "2" as a constant
+                    sql += f" ORDER BY MIN({db.q('micro_ts')}) DESC LIMIT {int(limit)}"
                 for callid, ts in db.adapter.select(sql, params):
                     cid = str(callid)
                     t = int(ts or 0)
@@ -156,6 +157,8 @@ class Reader:
                     terms.append(f"LOCATE({b.p(needle)}, {msg}) > 0")
                 elif db.dialect == "postgresql":
                     terms.append(f"position({b.p(needle)}::bytea in {msg}) > 0")
+                elif db.dialect == "clickhouse":
+                    terms.append(f"position({msg}, {b.p(needle)}) > 0")
                 else:
                     continue
                 sql = (f"SELECT DISTINCT {db.q('callid')} FROM {db.q(table)} "

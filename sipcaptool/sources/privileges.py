@@ -44,7 +44,8 @@ _PRELOAD = ("queue", "threading", "multiprocessing.queues", "multiprocessing.syn
             "sipcaptool.senders.hep", "sipcaptool.commands.common")
 _PRELOAD_DB = {"sqlite": ("sqlite3", "sipcaptool.store.sqlite"),
                "mysql": ("pymysql", "sipcaptool.store.mysql"),
-               "postgresql": ("psycopg2", "sipcaptool.store.postgres")}
+               "postgresql": ("psycopg2", "sipcaptool.store.postgres"),
+               "clickhouse": ("clickhouse_driver", "sipcaptool.store.clickhouse")}
 
 
 def preload(dialects: set[str]) -> None:

@@ -6,6 +6,7 @@ Accepted forms::
     sqlite:////absolute/path.db         (four slashes: absolute path)
     mysql://user:pass@host:port/dbname  (MySQL / MariaDB; port defaults to 3306)
     postgresql://user:pass@host:port/dbname   (also postgres://; port defaults to 5432)
+    clickhouse://user:pass@host:port/dbname   (native protocol; port defaults to 9000)
     none                                (do not store anything)
 
 User and password may be percent-encoded (``p%40ss`` for ``p@ss``). A query string is
@@ -23,11 +24,12 @@ from ..errors import ConfigError
 
 ALLOWED_FORMS = ("sqlite:///relative.db, sqlite:////abs/path.db, "
                  "mysql://user:pass@host:port/db, postgresql://user:pass@host:port/db "
-                 "(or postgres://), none")
+                 "(or postgres://), clickhouse://user:pass@host:port/db, none")
 
 _SCHEMES = {"sqlite": "sqlite", "mysql": "mysql", "mariadb": "mysql",
-            "postgresql": "postgresql", "postgres": "postgresql"}
-_DEFAULT_PORTS = {"mysql": 3306, "postgresql": 5432}
+            "postgresql": "postgresql", "postgres": "postgresql",
+            "clickhouse": "clickhouse"}
+_DEFAULT_PORTS = {"mysql": 3306, "postgresql": 5432, "clickhouse": 9000}
 _PASSWORD_RE = re.compile(r"(://[^/@:\s]*:)(\S*)@")
 
 
