@@ -393,19 +393,9 @@ class _Builder:
             self.set(name, value, origin)
 
     def _warn_readable(self, path: str, data: dict[str, Any]) -> None:
-        """A warning when the file holds a secret and others may read it."""
-        try:
-            mode = os.stat(path).st_mode
-        except OSError:
-            return
-        if not mode & 0o044:
-            return
-        found = sorted(_secrets_in(data))
-        if found:
-            self.warnings.append(
-                f"config file {path} holds a secret ({', '.join(found)}) and is readable "
-                f"by others (mode {mode & 0o777:04o}): chmod 600 {path}, or keep the secret "
-                "in a file named by auth_key_file / db_password_file")
+        warning = readable_secret_warning(path, data)
+        if warning:
+            self.warnings.append(warning)
 
     def apply_env(self, env: Mapping[str, str]) -> None:
         for name in PARAMS:
@@ -467,6 +457,21 @@ class _Builder:
 #: settings for that command only, over the file's top level
 COMMAND_TABLES = ("replay", "hep", "live", "db", "search", "flow", "export", "spool", "ctl",
                   "config")
+
+
+def readable_secret_warning(path: str, data: Mapping[str, Any]) -> str | None:
+    """A warning when the config file ``path`` (parsed: ``data``) holds a secret and
+    others than its owner may read it (mode & 0o044)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    found = sorted(_secrets_in(data)) if mode & 0o044 else []
+    if not found:
+        return None
+    return (f"config file {path} holds a secret ({', '.join(found)}) and is readable by "
+            f"others (mode {mode & 0o777:04o}): chmod 600 {path}, or keep the secret in a "
+            "file named by auth_key_file / db_password_file")
 
 
 def _secrets_in(data: Mapping[str, Any]) -> set[str]:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -106,6 +107,7 @@ def test_show_without_a_file_gives_defaults():
 
 def test_check_ok(tmp_path):
     f = write(tmp_path, GOOD)
+    Path(f).chmod(0o600)  # it holds passwords: readable by others, it would be warned about
     r = run("config", "check", "--config", f)
     assert (r.exit_code, r.output) == (0, f"{f}: ok\n")
     assert check_file(f) == []

@@ -224,7 +224,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("args,needle", [
     ((), "no interface"),
     (("-i", "lo", "--raw-socket-listen", ":99999"), "raw_socket_listen"),
-    (("--ipip", "-i", "eth0"), "--raw-interface"),
+    (("-i", "eth0", "--raw-interface", "eth1"), "-i/--interface and --raw-interface"),
     (("--ipip", "--filter", "udp"), "--filter"),
     (("-i", "lo", "--db", "none"), "--hep-to"),
     (("-i", "lo", "--hep-to", "udp:nowhere"), "--hep-to"),

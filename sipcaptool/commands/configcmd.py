@@ -9,7 +9,15 @@ import tomllib
 
 import click
 
-from ..config import PARAMS, Settings, coerce, mode_from_mapping, parse_capture_mode
+from ..config import (
+    COMMAND_TABLES,
+    PARAMS,
+    Settings,
+    coerce,
+    mode_from_mapping,
+    parse_capture_mode,
+    readable_secret_warning,
+)
 from ..errors import EXIT_USAGE, ConfigError
 from .common import storage_options
 
@@ -45,9 +53,16 @@ def command() -> None:
     """Show the effective settings, or check a TOML configuration file.
 
     The file holds every sipcapture module parameter under its own name
-    (db_url, table_name, mt_mode, insert_retries, capture_on ...) plus
-    [capture_mode.NAME] tables. Precedence: defaults < file < environment
-    (SIPCAPTOOL_<NAME>) < command line.
+    (db_url, table_name, mt_mode, insert_retries, capture_on ...), every option of
+    the commands that is a setting (listen, auth_key_file, workers, log_file ...),
+    [capture_mode.NAME] tables, and [hep], [live], [replay] ... tables whose settings
+    apply to that command only. Precedence: defaults < file (top level < the
+    command's table) < environment (SIPCAPTOOL_<NAME>) < command line.
+
+    Options that say what one run does are not settings: the files of replay,
+    --duration and --count, --json and --csv, -o/--output, --force, --format, the
+    filters of search and export (--call-id ... --until), --limit, --legs,
+    --legs-depth, --again, --resume, --explain, --print.
 
     \b
     Example:
@@ -58,10 +73,16 @@ def command() -> None:
 
 @command.command("show")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document: value and origin of each setting.")
+@click.option("--for", "settings_for", type=click.Choice(COMMAND_TABLES), default=None,
+              metavar="COMMAND",
+              help="Show the settings COMMAND would use: the config file's top level and "
+                   "then its [COMMAND] table (hep, live, replay ...). [default: the top "
+                   "level and [config]]")
 @storage_options
 def show(as_json: bool, settings: Settings) -> None:
     """Print the effective settings and where each came from (default, file,
-    environment, command line). Passwords in database URLs are shown as ***.
+    environment, command line). Secrets are shown as ***: auth_key, and passwords
+    in database URLs (also one read from db_password_file).
 
     Takes the same storage options as the collectors, so it shows what a command run
     with those options would use.
@@ -140,15 +161,29 @@ def check_file(path: str) -> list[str]:
                 if n not in defined:
                     problems.append(f"[capture_mode] use: {n!r} is not defined; defined: "
                                     + (", ".join(sorted(defined)) or "none"))
+    entries: list[tuple[str, str, object]] = []
     for name, value in data.items():
+        if name in COMMAND_TABLES and isinstance(value, dict):
+            entries.extend((f"[{name}] ", k, v) for k, v in value.items())
+        else:
+            entries.append(("", name, value))
+    for where, name, value in entries:
         if name == "capture_mode" and isinstance(value, dict):
+            if where:
+                problems.append(f"{where}capture_mode: capture modes are defined at the top "
+                                "level ([capture_mode.NAME]), for every command")
             continue
         if name not in PARAMS:
             guess = difflib.get_close_matches(name, list(PARAMS), n=1)
             hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-            shown = mask_secrets(repr(value)) if not isinstance(value, dict) else "[table]"
-            problems.append(f"{name} = {shown}: unknown setting{hint}; known settings: "
-                            + ", ".join(sorted(PARAMS)))
+            secret = any(w in name.lower() for w in ("key", "pass", "secret", "token"))
+            shown = ("[table]" if isinstance(value, dict) else "***" if secret
+                     else mask_secrets(repr(value)))
+            problems.append(f"{where}{name} = {shown}: unknown setting{hint}; known settings: "
+                            + ", ".join(sorted(PARAMS))
+                            + ("; tables of settings for one command: "
+                               + ", ".join(f"[{c}]" for c in COMMAND_TABLES)
+                               if isinstance(value, dict) else ""))
             continue
         if name == "capture_mode":
             items = [value] if isinstance(value, str) else value
@@ -177,10 +212,10 @@ def check_file(path: str) -> list[str]:
         try:
             coerce(name, value)
         except ConfigError as e:
-            problems.append(mask_secrets(str(e)) + _allowed_hint(name, str(e)))
+            problems.append(where + mask_secrets(str(e)) + _allowed_hint(name, str(e)))
             continue
-        if name == "db_url":
-            problems.extend(_check_db_url(value, "db_url"))
+        if name == "db_url" and isinstance(value, str):
+            problems.extend(_check_db_url(value, f"{where}db_url"))
     return problems
 
 
@@ -226,6 +261,13 @@ def check(ctx: click.Context, config_file: str) -> None:
       sipcaptool config check --config /etc/sipcaptool.toml
     """
     problems = check_file(config_file)
+    try:
+        with open(config_file, "rb") as f:
+            warning = readable_secret_warning(config_file, tomllib.load(f))
+    except (OSError, tomllib.TOMLDecodeError):
+        warning = None  # reported by check_file
+    if warning:
+        click.echo(f"sipcaptool: warning: {warning}", err=True)
     if not problems:
         click.echo(f"{config_file}: ok")
         return

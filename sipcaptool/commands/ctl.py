@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ..config import Settings
 from ..control import (
     BAD_PARAMETER,
     UnsafeControlPathError,
@@ -19,6 +20,7 @@ from ..control import (
     send_command,
 )
 from ..errors import EXIT_USAGE, SipcaptoolError
+from .common import config_option, setting_option
 
 # commands that serve a control socket, in the order their default paths are tried
 _LONG_RUNNING = ("hep", "live")
@@ -83,16 +85,17 @@ def _ask(path: str, line: str, timeout: float) -> str:
 
 
 @click.group("ctl")
-@click.option("--control", "control", metavar="PATH", envvar="SIPCAPTOOL_CONTROL",
-              default=None,
-              help="Control socket of the running collector (its --control). [default: "
-                   "the one default socket that exists: $XDG_RUNTIME_DIR/sipcaptool/"
-                   "{hep,live}.sock, /run/sipcaptool/... for root, else "
-                   "/tmp/sipcaptool-UID/...; env SIPCAPTOOL_CONTROL]")
+@setting_option("--control", metavar="PATH",
+                help="Control socket of the running collector (its --control; the setting "
+                     "control, also from [ctl] of --config or SIPCAPTOOL_CONTROL). "
+                     "[default: the one default socket that exists: $XDG_RUNTIME_DIR/"
+                     "sipcaptool/{hep,live}.sock, /run/sipcaptool/... for root, else "
+                     "/tmp/sipcaptool-UID/...]")
 @click.option("--timeout", type=click.FloatRange(0.1, 300), default=5.0, show_default=True,
               help="Seconds to wait for an answer.")
+@config_option
 @click.pass_context
-def command(ctx: click.Context, control: str | None, timeout: float) -> None:
+def command(ctx: click.Context, timeout: float, settings: Settings) -> None:
     """Control a running collector (hep, live): switch capture on and off, read
     statistics, without a restart.
 
@@ -110,7 +113,7 @@ def command(ctx: click.Context, control: str | None, timeout: float) -> None:
       sipcaptool ctl --control /run/sipcaptool/hep.sock stats --json
     """
     ctx.ensure_object(dict)
-    ctx.obj["control"] = control
+    ctx.obj["control"] = settings.control or None
     ctx.obj["timeout"] = timeout
 
 

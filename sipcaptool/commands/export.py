@@ -87,13 +87,13 @@ def command(callids: tuple[str, ...], limit: int, legs: bool, legs_depth: int | 
     if not to_stdout and os.path.lexists(output) and not force:
         raise OutputExistsError(f"-o {output}: the file exists; --force overwrites it")
     depth = legs_depth if legs_depth is not None else (1 if legs else 0)
-    if any(v is not None for k, v in filters.items() if k != "tz"):
+    if any(v is not None for v in filters.values()):
         f = filters
         ids = [*callids, *([f["call_id"]] if f["call_id"] else [])]
         query = build_query(call_id=ids or None, user=f["user"], from_user=f["from_user"],
                             to_user=f["to_user"], method=f["method"], status=f["status"],
                             src=f["src"], dst=f["dst"], node=f["node"], ua=f["ua"],
-                            since=f["since"], until=f["until"], tz=f["tz"])
+                            since=f["since"], until=f["until"], tz=settings.tz)
         calls = find_calls(settings, query, legs=depth, limit=limit or None,
                            include_legs=depth > 0)
         what = "no call found for these filters"

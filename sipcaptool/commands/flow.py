@@ -15,7 +15,7 @@ import click
 from ..config import Settings
 from ..errors import InputError
 from ..render import FORMATS
-from .common import storage_options
+from .common import setting_option, storage_options
 
 
 def _aliases(values: tuple[str, ...]) -> dict[str, str]:
@@ -53,9 +53,8 @@ def _text_target() -> tuple[int | None, bool, bool]:
               "Session-ID), one level unless --legs-depth.")
 @click.option("--legs-depth", type=click.IntRange(1, 10), default=None, metavar="N",
               help="Follow the correlation N steps (implies --legs). [default: 1]")
-@click.option("--by", "by", type=click.Choice(["port", "host"]), default="port",
-              show_default=True, help="One column per address:port, or per host (ports merged).")
-@click.option("--alias", "aliases", multiple=True, metavar="IP=NAME",
+@setting_option("--by", help="One column per address:port, or per host (ports merged).")
+@setting_option("--alias", metavar="IP=NAME",
               help="Name a column: IP=NAME, or IP:PORT=NAME ([IPv6]:PORT=NAME). Repeatable.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="text (terminal), svg, html (one self-contained page: click an arrow to "
@@ -67,9 +66,8 @@ def _text_target() -> tuple[int | None, bool, bool]:
               help="text: print every message after the ladder (like sngrep's raw view); "
               "json: include each message's text. html and svg always carry them.")
 @storage_options
-def command(callids: tuple[str, ...], legs: bool, legs_depth: int | None, by: str,
-            aliases: tuple[str, ...], fmt: str | None, output: str | None, force: bool,
-            full: bool, settings: Settings) -> None:
+def command(callids: tuple[str, ...], legs: bool, legs_depth: int | None, fmt: str | None,
+            output: str | None, force: bool, full: bool, settings: Settings) -> None:
     """Draw the ladder diagram of stored calls, like sngrep's call flow.
 
     One column per address:port, one arrow per message in time order (method, or status
@@ -100,7 +98,8 @@ def command(callids: tuple[str, ...], legs: bool, legs_depth: int | None, by: st
         fmt = {"svg": "svg", "html": "html", "htm": "html", "json": "json"}.get(ext, "text")
     if output is not None and os.path.exists(output) and not force:
         raise click.UsageError(f"{output} exists; add --force to overwrite it")
-    alias_map = _aliases(aliases)
+    by = settings.by
+    alias_map = _aliases(settings.alias)
     depth = legs_depth if legs_depth is not None else (1 if legs else 0)
 
     calls = load_calls(settings, list(callids), legs=depth)

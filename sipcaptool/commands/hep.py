@@ -16,8 +16,16 @@ import click
 
 from ..config import Settings
 from ..errors import ConfigError
-from ..net import parse_size
-from .common import dedup_options, endpoint_options, print_summary, storage_options, summary_dict
+from .common import (
+    dedup_options,
+    endpoint_options,
+    is_quiet,
+    log_options,
+    print_summary,
+    setting_option,
+    storage_options,
+    summary_dict,
+)
 from .hep_out import hep_out_summary, hep_to_options
 
 if TYPE_CHECKING:
@@ -29,7 +37,7 @@ DEFAULT_LISTEN = ("udp:0.0.0.0:9060",)
 
 def _options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
-        click.option("--listen", "listen", multiple=True, metavar="udp|tcp|tls:HOST:PORT",
+        setting_option("--listen", metavar="udp|tcp|tls:HOST:PORT",
                      help="Address to receive HEP on; repeatable. IPv6 in brackets "
                           "(udp:[::]:9060); tls: HEP over TCP in TLS (--tls-cert, "
                           "--tls-key). [default: udp:0.0.0.0:9060]"),
@@ -42,38 +50,43 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "tls: listeners. Refused handshakes (no or a bad certificate, "
                           "plain text, no handshake within 10 s) are counted as "
                           "tls:<reason> and never stop the collector."),
-        click.option("--auth-key", default=None, metavar="KEY",
-                     help="Accept only packets whose authentication chunk (0x000e) equals "
-                          "KEY; others (and HEPv1/v2, which cannot carry a key) are dropped, "
-                          "counted as dropped:auth and logged with the sender's address "
-                          "(at most one line per sender every 10 s)."),
-        click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+        setting_option("--auth-key", metavar="KEY",
+                       help="Accept only packets whose authentication chunk (0x000e) equals "
+                            "KEY; others (and HEPv1/v2, which cannot carry a key) are "
+                            "dropped, counted as dropped:auth and logged with the sender's "
+                            "address (at most one line per sender every 10 s). On the "
+                            "command line every user sees it (ps): prefer --auth-key-file."),
+        setting_option("--auth-key-file", metavar="FILE",
+                       help="Read the auth key from FILE (one line; a bare name is looked "
+                            "up in $CREDENTIALS_DIRECTORY first, as systemd's "
+                            "LoadCredential= puts it)."),
+        setting_option("--workers", metavar="1-64",
                      help="Receiving processes (SO_REUSEPORT), each with its own writer "
                           "process."),
-        click.option("--rcvbuf", default="64M", show_default=True, metavar="BYTES",
-                     help="UDP receive buffer per socket (K/M/G suffixes). Set with "
-                          "SO_RCVBUFFORCE when running as root, else capped by "
-                          "net.core.rmem_max (a warning says so)."),
-        click.option("--tcp-idle-timeout", type=click.FloatRange(0, 86400), default=None,
+        setting_option("--rcvbuf", metavar="BYTES",
+                       help="UDP receive buffer per socket (K/M/G suffixes). Set with "
+                            "SO_RCVBUFFORCE when running as root, else capped by "
+                            "net.core.rmem_max (a warning says so). [default: 64M]"),
+        setting_option("--tcp-idle-timeout",
                      metavar="S",
                      help="Close a HEP-over-TCP connection that sends nothing for S "
                           "seconds, counted as evicted:tcp-idle (0: never). Longer than "
                           "TCP keepalive, which finds agents that vanished without closing "
                           "within about two minutes; an agent quiet for longer connects "
                           "again with its next message. [default: 300]"),
-        click.option("--tcp-max-connections", type=click.IntRange(1, 1 << 20), default=None,
+        setting_option("--tcp-max-connections",
                      metavar="N",
                      help="HEP-over-TCP connections held at most (per worker); a new agent "
                           "past it is taken and the connection silent longest is closed, "
                           "counted as evicted:tcp-limit. [default: 4096]"),
-        click.option("--stop-drain-timeout", type=click.FloatRange(0, 86400), default=None,
+        setting_option("--stop-drain-timeout",
                      metavar="S",
                      help="After SIGTERM/SIGINT, store what the sockets already held for "
                           "at most S seconds (0: however long the database takes); what "
                           "is left is read and counted as dropped:shutdown, and the exit "
                           "status is 4. New traffic is refused from the signal on. "
                           "[default: 30]"),
-        click.option("--max-clock-skew", type=click.FloatRange(0, 3650 * 86400), default=None,
+        setting_option("--max-clock-skew",
                      metavar="S",
                      help="A message whose HEP time is more than S seconds from the clock "
                           "has its strftime table (sip_%Y%m%d) named by its arrival time, "
@@ -83,24 +96,17 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
                      metavar="S", help="Stop after S seconds. [default: until SIGTERM/SIGINT]"),
         click.option("--count", type=click.IntRange(1, None), default=None, metavar="N",
                      help="Stop after N HEP packets (UDP datagrams or TCP-framed packets)."),
-        click.option("--control", "control_path", default=None, metavar="PATH|none",
+        setting_option("--control", metavar="PATH|none",
                      help="Control socket (capture on/off, stats; see 'sipcaptool ctl'). "
                           "[default: $XDG_RUNTIME_DIR/sipcaptool/hep.sock, or "
                           "/run/sipcaptool/hep.sock as root; 'none' for no socket]"),
-        click.option("--metrics", "metrics_addr", default=None, metavar="HOST:PORT",
+        setting_option("--metrics", metavar="HOST:PORT",
                      help="Serve the counters for Prometheus at http://HOST:PORT/metrics."),
         click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout."),
-        click.option("-q", "--quiet", count=True,
-                     help="No 'listening on' lines and no text summary; logs errors only "
-                          "(-qq: critical only)."),
-        click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug)."),
-        click.option("--log-file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-                     help="Append logs to FILE instead of stderr; reopened on SIGHUP."),
-        click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
-                     show_default=True, help="Log lines as text or JSON objects."),
         click.option("--foreground-writer", is_flag=True, hidden=True,
                      help="Write from the receiving process (no writer process)."),
     ]
+    f = log_options(f)
     for deco in reversed(opts):
         f = deco(f)
     return f
@@ -112,12 +118,7 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
 @storage_options
 @endpoint_options
 @dedup_options
-def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf: str,
-            tcp_idle_timeout: float | None, tcp_max_connections: int | None,
-            stop_drain_timeout: float | None, max_clock_skew: float | None,
-            duration: float | None, count: int | None, control_path: str | None,
-            metrics_addr: str | None, as_json: bool, quiet: int, verbose: int,
-            log_file: str | None, log_format: str, foreground_writer: bool,
+def command(duration: float | None, count: int | None, as_json: bool, foreground_writer: bool,
             tls_cert: str | None, tls_key: str | None, tls_ca: str | None,
             hep_out: HepOut, settings: Settings) -> int:
     """Receive HEP (v1, v2, v3) from capture agents over UDP and TCP and store every
@@ -151,29 +152,21 @@ def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf:
     """
     from ..collector import CollectorOptions, run_collector
     from ..sources.hep_sockets import parse_listen
-    from .common import setup_command_logging
 
-    setup_command_logging(verbose, quiet, log_file, log_format)
-    for name, value in (("tcp_idle_timeout", tcp_idle_timeout),
-                        ("tcp_max_connections", tcp_max_connections),
-                        ("stop_drain_timeout", stop_drain_timeout),
-                        ("max_clock_skew", max_clock_skew)):
-        if value is not None:
-            settings = settings.with_value(name, value, "command line")
-
-    specs = [parse_listen(x) for x in (listen or DEFAULT_LISTEN)]
+    quiet = is_quiet(settings)
+    specs = [parse_listen(x) for x in (settings.listen or DEFAULT_LISTEN)]
     seen = set()
     for s in specs:
         key = (s.transport, s.host, s.port)
         if key in seen and s.port != 0:
             raise ConfigError(f"--listen {s.label()} given twice")
         seen.add(key)
-    auth = auth_key.encode() if auth_key is not None else None
-    if auth is not None and not auth:
-        raise ConfigError("--auth-key must not be empty")
+    if not settings.auth_key and settings.origin["auth_key"] != "default":
+        raise ConfigError(f"auth_key ({settings.origin['auth_key']}) must not be empty")
     options = CollectorOptions.from_settings(
-        settings, listen=specs, rcvbuf=parse_size(rcvbuf, "--rcvbuf"), workers=workers, auth_key=auth,
-        count=count, duration=duration, control_path=control_path, metrics_addr=metrics_addr,
+        settings, listen=specs, rcvbuf=settings.rcvbuf, workers=settings.workers,
+        auth_key=settings.auth_key.encode() or None, count=count, duration=duration,
+        control_path=settings.control or None, metrics_addr=settings.metrics or None,
         foreground_writer=foreground_writer)
     if any(s.transport == "tls" for s in specs):
         from ..tls import server_context
@@ -185,7 +178,7 @@ def command(listen: tuple[str, ...], auth_key: str | None, workers: int, rcvbuf:
     options = dataclasses.replace(options, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
                                   forward=hep_out if hep_out.targets else None)
     report = run_collector(options, settings, announce=None if quiet else _announce)
-    _print_report(report, as_json, quiet > 0)
+    _print_report(report, as_json, quiet)
     if report.exit_error is not None:
         raise report.exit_error
     return 0

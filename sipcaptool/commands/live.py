@@ -19,7 +19,16 @@ if TYPE_CHECKING:
     from ..senders.hep import HepOut
     from ..sources.live import LiveCapture, LiveOptions
 
-from .common import dedup_options, endpoint_options, print_summary, storage_options, summary_dict
+from .common import (
+    dedup_options,
+    endpoint_options,
+    is_quiet,
+    log_options,
+    print_summary,
+    setting_option,
+    storage_options,
+    summary_dict,
+)
 
 log = logging.getLogger("sipcaptool.live")
 
@@ -27,80 +36,69 @@ _ONOFF = click.IntRange(0, 1)
 
 
 @click.command("live")
-@click.option("-i", "--interface", metavar="IFACE", default=None,
-              help="Mirror mode: capture on this interface ('any': all of them). "
-                   "Same as --raw-interface.")
-@click.option("--ipip", is_flag=True,
-              help="IPIP mode: read IP-in-IP packets sent to the --raw-socket-listen address "
-                   "through a raw socket, instead of a mirror port.")
-@click.option("--raw-socket-listen", metavar="[IP]:PORT[-PORT]", default=None,
+@setting_option("-i", "--interface", setting="raw_interface", metavar="IFACE",
+                help="Mirror mode: capture on this interface ('any': all of them). "
+                     "Same as --raw-interface (give one of them).")
+@setting_option("--ipip", setting="raw_ipip_capture_on", is_flag=True, convert=lambda _: 1,
+                help="IPIP mode: read IP-in-IP packets sent to the --raw-socket-listen "
+                     "address through a raw socket, instead of a mirror port "
+                     "(raw_ipip_capture_on = 1).")
+@setting_option("--raw-socket-listen", metavar="[IP]:PORT[-PORT]",
               help="SIP port or range, e.g. :5060-5090 (mirror mode ignores the address); "
                    "IPIP mode also binds to the address. [default: :5060]")
-@click.option("--raw-interface", metavar="IFACE", default=None,
+@setting_option("--raw-interface", metavar="IFACE",
               help="Mirror mode: the interface; IPIP mode: only packets arriving on it "
                    "(SO_BINDTODEVICE).")
-@click.option("--raw-sock-children", metavar="N", type=int, default=None,
+@setting_option("--raw-sock-children", metavar="N",
               help="Capture workers sharing the traffic by flow (PACKET_FANOUT hash; "
                    "IPIP: by address hash). [default: 1]")
-@click.option("--promiscuous-on", metavar="0|1", type=_ONOFF, is_flag=False, flag_value=1,
-              default=None, help="Promiscuous mode (the flag alone means 1). [default: 0]")
-@click.option("--raw-moni-bpf-on", metavar="0|1", type=_ONOFF, is_flag=False, flag_value=1,
-              default=None, help="Filter in the kernel (a BPF program built from the port "
+@setting_option("--promiscuous-on", metavar="0|1", type=_ONOFF, is_flag=False, flag_value=1,
+              help="Promiscuous mode (the flag alone means 1). [default: 0]")
+@setting_option("--raw-moni-bpf-on", metavar="0|1", type=_ONOFF, is_flag=False, flag_value=1,
+              help="Filter in the kernel (a BPF program built from the port "
                    "range, admitting fragments and VLAN tags); 0 filters in sipcaptool. "
                    "[default: 1]")
-@click.option("--filter", "filter_expr", metavar="EXPR", default=None,
+@setting_option("--filter", metavar="EXPR",
               help="Mirror mode: this libpcap filter instead of the one built from the ports "
                    "(SIP is then recognised by content on any port it admits).")
-@click.option("--snaplen", type=click.IntRange(256, 262144), default=262144, show_default=True,
-              metavar="BYTES", help="Bytes kept per packet. A message cut by it is "
+@setting_option("--snaplen", metavar="BYTES", help="Bytes kept per packet. A message cut by it is "
                                     "counted (malformed: snapped), not stored in part.")
-@click.option("--buffer-size", type=click.IntRange(1, 2048), default=32, show_default=True,
-              metavar="MB", help="Kernel capture buffer per worker, MiB.")
+@setting_option("--buffer-size", metavar="MB", help="Kernel capture buffer per worker, MiB.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
               metavar="SECONDS", help="Stop after this long.")
 @click.option("--count", type=click.IntRange(min=1), default=None, metavar="N",
               help="Stop after N SIP messages.")
-@click.option("--max-clock-skew", type=click.FloatRange(0, 3650 * 86400), default=None,
-              metavar="S",
+@setting_option("--max-clock-skew", metavar="S",
               help="A packet whose capture time is more than S seconds from the clock has "
                    "its strftime table (sip_%Y%m%d) named by the time it is stored, "
                    "counted as adjusted:clock-skew; the row keeps its own time "
                    "(0: always its own time). [default: 86400]")
 @hep_to_options()
-@click.option("--capture-id", type=click.IntRange(0, 0xFFFFFFFF), default=2001,
-              show_default=True, metavar="N", help="HEP capture id (agent mode).")
-@click.option("--auth-key", metavar="KEY", default=None, help="HEP auth key (agent mode).")
-@click.option("--node-name", metavar="NAME", default=None, help="HEP node name (agent mode).")
-@click.option("--user", metavar="NAME", default=None,
+@setting_option("--capture-id", metavar="N", help="HEP capture id (agent mode).")
+@setting_option("--auth-key", metavar="KEY",
+                help="HEP auth key (agent mode). On the command line every user sees it "
+                     "(ps): prefer --auth-key-file.")
+@setting_option("--auth-key-file", metavar="FILE",
+                help="Read the HEP auth key from FILE (one line; a bare name is looked up "
+                     "in $CREDENTIALS_DIRECTORY first, as systemd's LoadCredential= puts it).")
+@setting_option("--node-name", metavar="NAME", help="HEP node name (agent mode).")
+@setting_option("--user", metavar="NAME",
               help="Switch to this user once the capture sockets are open.")
-@click.option("--control", "control_path", metavar="PATH|none", default=None,
+@setting_option("--control", metavar="PATH|none",
               help="Control socket (capture on/off, stats; see 'sipcaptool ctl'). "
                    "[default: $XDG_RUNTIME_DIR/sipcaptool/live.sock, or "
                    "/run/sipcaptool/live.sock as root; 'none' for no socket]")
-@click.option("--metrics", "metrics_addr", default=None, metavar="HOST:PORT",
+@setting_option("--metrics", metavar="HOST:PORT",
               help="Serve the counters for Prometheus at http://HOST:PORT/metrics.")
-@click.option("-q", "--quiet", is_flag=True,
-              help="No start line and no text summary; logs errors only.")
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-@click.option("--log-file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-              help="Append logs to FILE instead of stderr; reopened on SIGHUP (logrotate).")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="text lines or JSON objects, one per line.")
+@log_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--foreground-writer", is_flag=True, hidden=True,
               help="Write from the capturing process (no writer process).")
 @storage_options
 @endpoint_options
 @dedup_options
-def command(interface: str | None, ipip: bool, raw_socket_listen: str | None,
-            raw_interface: str | None, raw_sock_children: int | None,
-            promiscuous_on: int | None, raw_moni_bpf_on: int | None, filter_expr: str | None,
-            snaplen: int, buffer_size: int, duration: float | None, count: int | None,
-            hep_out: HepOut, capture_id: int, auth_key: str | None,
-            node_name: str | None, user: str | None, control_path: str | None,
-            metrics_addr: str | None, quiet: bool, verbose: int, log_file: str | None,
-            log_format: str, as_json: bool, foreground_writer: bool,
-            max_clock_skew: float | None, settings: Settings) -> int:
+def command(duration: float | None, count: int | None, hep_out: HepOut, as_json: bool,
+            foreground_writer: bool, settings: Settings) -> int:
     """Capture SIP live and store every message as one row (or forward it as HEP).
 
     \b
@@ -135,27 +133,14 @@ def command(interface: str | None, ipip: bool, raw_socket_listen: str | None,
           --hep-to tls:collector2:9062 --auth-key s3cret --tls-ca ca.pem
     """
     from ..sources.live import LiveCapture, LiveOptions, kernel_summary, parse_listen
-    from .common import setup_command_logging
 
-    setup_command_logging(verbose, 1 if quiet else 0, log_file, log_format)
-
-    cli_raw = {"raw_socket_listen": raw_socket_listen, "raw_interface": raw_interface,
-               "raw_sock_children": raw_sock_children, "promiscuous_on": promiscuous_on,
-               "raw_moni_bpf_on": raw_moni_bpf_on, "max_clock_skew": max_clock_skew}
-    for name, value in cli_raw.items():
-        if value is not None:
-            settings = settings.with_value(name, value, "command line")
-    if ipip:
-        settings = settings.with_value("raw_ipip_capture_on", 1, "command line")
+    quiet = is_quiet(settings)
+    filter_expr = settings.filter or None
     ipip_mode = bool(settings.raw_ipip_capture_on)
-    if ipip_mode and interface:
-        raise ConfigError("--ipip reads a raw IP socket, not an interface: use "
-                          "--raw-interface IFACE to accept tunnelled packets from one "
-                          "interface only")
     if ipip_mode and filter_expr:
         raise ConfigError("--filter is a mirror-mode (libpcap) option; IPIP mode filters on "
                           "the --raw-socket-listen port range")
-    iface = interface or settings.raw_interface
+    iface = settings.raw_interface
     if not ipip_mode and not iface:
         raise ConfigError("no interface: give -i IFACE (or --raw-interface IFACE, 'any' for "
                           "all), or --ipip for IPIP mode")
@@ -169,14 +154,15 @@ def command(interface: str | None, ipip: bool, raw_socket_listen: str | None,
         interface=iface or "", ipip=ipip_mode, listen=listen,
         listen_given=settings.origin.get("raw_socket_listen", "default") != "default",
         bpf_on=bool(settings.raw_moni_bpf_on), filter_expr=filter_expr,
-        promisc=bool(settings.promiscuous_on), snaplen=snaplen,
-        buffer_size=buffer_size * 1024 * 1024, workers=settings.raw_sock_children,
+        promisc=bool(settings.promiscuous_on), snaplen=settings.snaplen,
+        buffer_size=settings.buffer_size * 1024 * 1024, workers=settings.raw_sock_children,
         duration=duration, count=count, hep_to=list(hep_to), hep_out=hep_out,
-        capture_id=capture_id,
-        auth_key=auth_key, node_name=node_name, user=user, store=store)
+        capture_id=settings.capture_id, auth_key=settings.auth_key or None,
+        node_name=settings.node_name or None, user=settings.user or None, store=store)
     cap = LiveCapture(opts, settings)
     cap.open()
-    server = _start_control(control_path, metrics_addr, cap, opts, quiet)
+    server = _start_control(settings.control or None, settings.metrics or None, cap, opts,
+                            quiet)
     stopping: dict[str, str | None] = {"signal": None}
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

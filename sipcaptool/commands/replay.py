@@ -14,25 +14,24 @@ import click
 from ..config import Settings
 from ..net import parse_ports
 from ..replay import ReplayOptions, replay_files
-from .common import dedup_options, print_summary, storage_options, summary_dict
+from .common import print_summary, setting_option, storage_options, summary_dict
 from .hep_out import HepOut, hep_out_summary, hep_to_options
 
 
 @click.command("replay")
 @hep_to_options(agent=True)
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
-@click.option("--ports", metavar="LIST", default=None,
+@setting_option("--ports", metavar="LIST",
               help="Only SIP on these UDP/TCP/SCTP ports, e.g. 5060,5080-5090. "
                    "[default: any port; SIP is recognised by content]")
-@click.option("--hep-ports", metavar="LIST", default=None,
+@setting_option("--hep-ports", metavar="LIST",
               help="Only decode HEP on these ports. [default: any port; HEP recognised by content]")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no text summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--foreground-writer", is_flag=True, hidden=True,
               help="Write from this process (no writer process).")
 @storage_options
-@dedup_options
-def command(files: tuple[str, ...], ports: str | None, hep_ports: str | None, quiet: bool,
+def command(files: tuple[str, ...], quiet: bool,
             as_json: bool, foreground_writer: bool, settings: Settings,
             hep_out: HepOut | None = None, capture_id: int = 2001,
             auth_key: str | None = None, node_name: str | None = None) -> int:
@@ -68,8 +67,8 @@ def command(files: tuple[str, ...], ports: str | None, hep_ports: str | None, qu
       sipcaptool replay day1.pcap --db none --hep-to tcp:collector1:9061 \\
           --hep-to tcp:collector2:9061
     """
-    options = ReplayOptions(ports=parse_ports(ports),
-                            hep_ports=parse_ports(hep_ports, "--hep-ports"),
+    options = ReplayOptions(ports=parse_ports(settings.ports or None),
+                            hep_ports=parse_ports(settings.hep_ports or None, "--hep-ports"),
                             foreground_writer=foreground_writer)
     bar: Any = None
 

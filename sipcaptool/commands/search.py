@@ -114,7 +114,7 @@ def render_csv(records: list[dict[str, Any]], tz: _dt.tzinfo) -> str:
 def command(call_id: str | None, user: str | None, from_user: str | None,
             to_user: str | None, method: str | None, status: str | None, src: str | None,
             dst: str | None, node: str | None, ua: str | None, since: str | None,
-            until: str | None, tz: str | None, limit: int, legs_depth: int,
+            until: str | None, limit: int, legs_depth: int,
             show_legs: bool, as_json: bool, as_csv: bool, settings: Settings) -> int:
     """Find calls in the stored messages: one line per call (not per message).
 
@@ -141,6 +141,7 @@ def command(call_id: str | None, user: str | None, from_user: str | None,
     """
     if as_json and as_csv:
         raise click.UsageError("--json and --csv: choose one")
+    tz = settings.tz
     zone = parse_tz(tz)
     query = build_query(call_id=call_id, user=user, from_user=from_user, to_user=to_user,
                         method=method, status=status, src=src, dst=dst, node=node, ua=ua,

@@ -9,21 +9,20 @@ from typing import Any
 
 import click
 
-from ..errors import StoreError
+from ..config import Settings
+from ..errors import ConfigError, StoreError
 from ..stats import Stats
+from .common import config_option, setting_option
 
 log = logging.getLogger("sipcaptool.spool")
 
-_DIR_HELP = ("The spool directory. [default: the spool_dir setting: $SIPCAPTOOL_SPOOL_DIR, "
-             "else $XDG_STATE_HOME/sipcaptool/spool, /var/spool/sipcaptool for root]")
+_DIR_HELP = ("The spool directory (the spool_dir setting). [default: "
+             "$XDG_STATE_HOME/sipcaptool/spool, /var/spool/sipcaptool for root]")
 
 
-def _spool_dir(value: str | None) -> str:
-    import os
-
+def _spool_dir(value: str) -> str:
     from ..store.spool import resolve_spool_dir
-    d = resolve_spool_dir(value if value is not None
-                          else os.environ.get("SIPCAPTOOL_SPOOL_DIR", ""))
+    d = resolve_spool_dir(value)
     if d is None:
         raise click.UsageError("the spool is off (spool_dir = none); give --spool-dir DIR")
     return d
@@ -50,9 +49,10 @@ def _age(ts: float | None) -> str:
 
 
 @command.command("status")
-@click.option("--spool-dir", default=None, metavar="DIR", help=_DIR_HELP)
+@setting_option("--spool-dir", metavar="DIR", help=_DIR_HELP)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-def status(spool_dir: str | None, as_json: bool) -> None:
+@config_option
+def status(as_json: bool, settings: Settings) -> None:
     """Show what waits in the spool, per database: batches, rows, bytes, the oldest
     batch, and how many segments a running process holds.
 
@@ -62,7 +62,7 @@ def status(spool_dir: str | None, as_json: bool) -> None:
     """
     from ..store.spool import status as spool_status
 
-    root = _spool_dir(spool_dir)
+    root = _spool_dir(settings.spool_dir)
     targets = spool_status(root)
     if as_json:
         click.echo(json.dumps({"spool_dir": root, "targets": targets,
@@ -83,11 +83,17 @@ def status(spool_dir: str | None, as_json: bool) -> None:
 
 
 @command.command("drain")
-@click.option("--db", "--db-url", "db_url", required=True, metavar="URL",
-              help="The database whose spooled batches to write (as given to the collector).")
-@click.option("--spool-dir", default=None, metavar="DIR", help=_DIR_HELP)
+@setting_option("--db-url", metavar="URL",
+                help="The database whose spooled batches to write (as given to the "
+                     "collector; the db_url setting, which must be given here or in "
+                     "--config). [default: none, required]")
+@setting_option("--db", setting="db_url", metavar="URL", help="Same as --db-url.")
+@setting_option("--db-password-file", metavar="FILE",
+                help="Read the database password from FILE (as the collectors do).")
+@setting_option("--spool-dir", metavar="DIR", help=_DIR_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def drain(db_url: str, spool_dir: str | None, as_json: bool) -> int:
+@config_option
+def drain(as_json: bool, settings: Settings) -> int:
     """Write the spooled batches of one database now, oldest first. Batches that a
     running collector holds are left to it. A batch that an earlier attempt had
     committed is recognised by its id and not written again.
@@ -105,8 +111,11 @@ def drain(db_url: str, spool_dir: str | None, as_json: bool) -> int:
     from ..store.url import parse_db_url
     from ..store.writer_process import WriterCore
 
-    root = _spool_dir(spool_dir)
-    url = parse_db_url(db_url)
+    if settings.origin["db_url"] == "default":
+        raise ConfigError("spool drain: which database? give --db URL (or db_url in "
+                          "--config or SIPCAPTOOL_DB_URL)")
+    root = _spool_dir(settings.spool_dir)
+    url = parse_db_url(settings.db_url)
     stats = Stats()
     sp = Spool(root, url)
     before = (sp.pending_batches, sp.pending_rows)
