@@ -147,8 +147,10 @@ def literal(value: object) -> str:
     raise TypeError(f"no ClickHouse literal for a {type(value).__name__}")
 
 
-def substitute(sql: str, params: Sequence[object]) -> str:
-    """``sql`` with each ``%s`` replaced by the next parameter as a literal."""
+def substitute(sql: str, params: Sequence[object], typed_ints: bool = False) -> str:
+    """``sql`` with each ``%s`` replaced by the next parameter as a literal (whole numbers
+    as ``toInt64(n)`` with ``typed_ints``: 18.16's ALTER UPDATE finds no common type for
+    an unsigned literal and a signed column)."""
     if not params:
         return sql
     parts = sql.split("%s")
@@ -156,7 +158,10 @@ def substitute(sql: str, params: Sequence[object]) -> str:
         raise ValueError(f"{len(params)} parameters for {len(parts) - 1} markers")
     out = [parts[0]]
     for p, rest in zip(params, parts[1:], strict=True):
-        out.append(literal(p))
+        if typed_ints and isinstance(p, int) and not isinstance(p, bool):
+            out.append(f"toInt64({p})")
+        else:
+            out.append(literal(p))
         out.append(rest)
     return "".join(out)
 
@@ -550,7 +555,7 @@ class ClickHouseAdapter(Adapter):
         if m:   # the values go as a block (the driver sends an INSERT's data itself)
             self._run("cannot write", m.group(1), [tuple(params)])
             return 1
-        text = substitute(sql, params)
+        text = substitute(sql, params, typed_ints=True)
         m = re.match(r"\s*DELETE\s+FROM\s+(\S+)\s+WHERE\s+(.*)\Z", text, re.S | re.I)
         if m:
             text = f"ALTER TABLE {m.group(1)} DELETE WHERE {m.group(2)}"
@@ -599,6 +604,27 @@ class ClickHouseAdapter(Adapter):
             pass
 
     # -- retention --------------------------------------------------------------------
+    def set_retention(self, days: int, sip_tables: Sequence[str], *, aux: bool = True) -> str:
+        """``db init --retention``: tables created from now on get a TTL of ``days`` days
+        on ``date``, and those of ``sip_tables`` (and the aux tables) that exist get it
+        too (``ALTER TABLE ... MODIFY TTL``, on every shard), where the server has TTL
+        (19.6 and later). Returns one line saying what was done."""
+        from .schema import AUX_TABLE_NAMES
+        self.connect()
+        if not self.features.ttl:
+            v = ".".join(map(str, self.features.version))
+            return (f"--retention: ClickHouse {v} has no TTL (19.6 and later): run "
+                    f"sipcaptool db prune --older-than {days}d from a timer (contrib/)")
+        self.ttl_days = days
+        names = list(dict.fromkeys([*sip_tables, *(AUX_TABLE_NAMES if aux else ())]))
+        have = self.existing_tables()
+        changed = [t for t in names if t in have]
+        db = quote(self.url.database)
+        self._on_shards([f"ALTER TABLE {db}.{quote(t + (LOCAL_SUFFIX if self.cluster else ''))}"
+                         f" MODIFY TTL `date` + INTERVAL {int(days)} DAY" for t in changed])
+        return (f"rows older than {days} days are removed by the server (TTL)"
+                + (f"; set on {', '.join(changed)}" if changed else ""))
+
     def drop_days_before(self, table: str, day: _dt.date, *, dry_run: bool = False,
                          batch_rows: int = 5000) -> list[Removal]:
         """Drop the day partitions of ``table`` before ``day`` (UTC): whole days, so
@@ -779,8 +805,30 @@ class ClickHouseAdapter(Adapter):
         return out
 
     def existing_tables(self) -> set[str]:
-        return {str(r[0]) for r in self.select(
-            "SELECT name FROM system.tables WHERE database = %s", (self.url.database,))}
+        """The tables of the database here; on a cluster, a Distributed table counts only
+        when its local table is on every shard that answers (so that db init, run again
+        after a shard was added, creates the new shard's tables)."""
+        rows = self.select("SELECT name, engine FROM system.tables WHERE database = %s",
+                           (self.url.database,))
+        here = {str(n) for n, _ in rows}
+        if not self.cluster:
+            return here
+        dist = {str(n) for n, e in rows if str(e) == "Distributed"}
+        for host, port, _ in self.shards():
+            client = self._client(self.url.database, host=host, port=port)
+            try:
+                there = {str(r[0]) for r in client.execute(substitute(
+                    "SELECT name FROM system.tables WHERE database = %s",
+                    (self.url.database,)))}
+            except Exception as e:  # noqa: BLE001 - a shard down: reads say so themselves
+                if getattr(e, "code", None) != _UNKNOWN_DATABASE:
+                    log.debug("%s:%s: cannot list tables: %s", host, port, server_text(e))
+                    continue
+                there = set()    # a new shard without the database yet
+            finally:
+                _disconnect(client)
+            here -= {t for t in dist if t + LOCAL_SUFFIX not in there}
+        return here
 
     def table_columns(self, table: str) -> list[str]:
         return [str(r[0]) for r in self.select(
