@@ -225,9 +225,16 @@ Directory of the default control sockets, when set.
 def config_file_section() -> str:
     lines = [r"""
 One TOML file holds every parameter of Kamailio's sipcapture module under its own
-name, plus \fB[capture_mode.NAME]\fR tables (db_url, table_name, mt_mode,
-hash_source). Unknown names, wrong types and values out of range are errors;
-\fBsipcaptool config check\fR lists them all. The settings:
+name and every option of the commands that says how they run (the option without its
+dashes, \- written _: \fB\-\-tcp\-idle\-timeout\fR is \fBtcp_idle_timeout\fR), plus
+\fB[capture_mode.NAME]\fR tables (db_url, table_name, mt_mode, hash_source) and
+\fB[hep]\fR, \fB[live]\fR, \fB[replay]\fR ... tables whose settings apply to that
+command only. Each setting is also an environment variable \fBSIPCAPTOOL_\fR\fINAME\fR.
+Precedence: default < file < the command's table < environment < command line.
+\fBauth_key_file\fR and \fBdb_password_file\fR read a secret from a file (a bare name
+from \fB$CREDENTIALS_DIRECTORY\fR); secrets are never printed. Unknown names, wrong
+types and values out of range are errors; \fBsipcaptool config check\fR lists them
+all. The settings:
 .TS
 l l l.
 \fBname\fR	\fBdefault\fR	\fBallowed\fR"""]
@@ -238,7 +245,7 @@ l l l.
         elif allowed:
             allow = ", ".join(allowed)
         elif typ is list:
-            allow = "names or definitions"
+            allow = "a list" if name != "capture_mode" else "names or definitions"
         else:
             allow = "text"
         shown = repr(default) if typ is not str else f'"{default}"'
