@@ -77,8 +77,10 @@ _Address = tuple[Any, ...]
 UDP_MAX = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
 CONNECT_TIMEOUT = 5.0   # seconds for a TCP connect plus the TLS handshake
 BACKOFF_MIN = 0.5       # first wait before connecting again, seconds
-BACKOFF_MAX = 8.0       # longest wait between two attempts
+BACKOFF_MAX = 4.0       # longest wait between two attempts
 OUT_MAX = 1 << 20       # bytes queued on a connection before the agent waits for it
+FLUSH_BYTES = 16384     # packets are written together once this many bytes wait (one
+                        # TLS record), else at the next tick (POLL_EVERY)
 STALL_TIMEOUT = 10.0    # a connection that takes nothing this long is given up
 POLL_EVERY = 0.05       # seconds between two looks at the connections while sending
 CLOSE_TIMEOUT = 10.0    # at the end: seconds to send what is queued and waiting
@@ -264,6 +266,8 @@ class _Stream:
         self.out += pkt
         self.queued += len(pkt)
         self.pending.append((self.queued, key, pkt))
+        if len(self.out) < FLUSH_BYTES:
+            return None  # sent with the next ones, or by tick() within POLL_EVERY
         back = self.flush()
         if back:
             return back

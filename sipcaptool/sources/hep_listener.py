@@ -806,14 +806,13 @@ class HepCollector:
         decrypted); False when it was closed (or nothing was there)."""
         try:
             data = conn.sock.recv(TCP_READ)
-            if isinstance(conn.sock, ssl.SSLSocket):
-                while conn.sock.pending() and len(data) < 4 * TCP_READ:
-                    data += conn.sock.recv(TCP_READ)
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
                 ssl.SSLWantWriteError):
             return False
         except OSError:
             data = b""
+        if data and isinstance(conn.sock, ssl.SSLSocket):
+            data = self._more_records(conn.sock, data)
         if conn.fresh and data:
             conn.fresh = False
             if (data[:1] == b"\x16" and data[1:2] == b"\x03"
@@ -852,6 +851,24 @@ class HepCollector:
             self._bad_stream(conn, conn.stream.error)
             return False
         return True
+
+    @staticmethod
+    def _more_records(sock: ssl.SSLSocket, data: bytes) -> bytes:
+        """A TLS recv gives one record (16 KB at most): read the ones already here too,
+        up to TCP_READ bytes (an end of stream is seen by the next read)."""
+        chunks = [data]
+        total = len(data)
+        while total < TCP_READ:
+            try:
+                more = sock.recv(TCP_READ - total)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                    ssl.SSLWantWriteError, OSError):
+                break
+            if not more:
+                break
+            chunks.append(more)
+            total += len(more)
+        return b"".join(chunks)
 
     def _bad_stream(self, conn: _Conn, e: DecodeError) -> None:
         self.stats["malformed:" + e.reason] += 1

@@ -1,0 +1,225 @@
+"""Agents and collectors as an operator runs them: two agents (``live`` on a veth, and
+``replay`` of a capture fed slowly on standard input) spread their calls over two
+collectors (``hep --listen tcp:``) writing into one PostgreSQL database; one collector
+is stopped in the middle of the run and started again. Every message is stored exactly
+once, or counted with its reason. Also: a front collector forwarding to two back ones
+(``--forward-to``, ``--db none``), and the TLS path as processes.
+
+Needs root and network namespaces (the ``netns`` fixture) and PostgreSQL (``pg_url``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from netns import VethPair, env, live_capture, sip_messages, sipcaptool_cmd  # noqa: E402
+from store_helpers import connect  # noqa: E402
+
+from sipcaptool.testing.pcapgen import PcapWriter, realistic_messages, udp4_frame  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("netns")
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return int(port)
+
+
+class Coll:
+    """``sipcaptool hep`` on 127.0.0.1 in this namespace; ``stop()`` sends SIGTERM and
+    returns its JSON summary."""
+
+    def __init__(self, port: int, db_url: str, *extra: str, listen: str = "tcp") -> None:
+        self.port = port
+        self.proc = subprocess.Popen(
+            sipcaptool_cmd("hep", "--listen", f"{listen}:127.0.0.1:{port}", "--db", db_url,
+                           "--json", "--control", "none", *extra),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+        self.err: list[str] = []
+        ready = threading.Event()
+
+        def read() -> None:
+            assert self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.err.append(line)
+                if "listening on" in line:
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(30) or self.proc.poll() is not None:
+            self.proc.kill()
+            raise AssertionError("collector did not start: " + "".join(self.err))
+
+    def stop(self) -> dict:
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=120)
+        assert self.proc.returncode == 0, "".join(self.err)
+        return dict(json.loads(out))
+
+
+def stored_messages(url: str) -> Counter[bytes]:
+    conn = connect(url)
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT msg FROM sip_capture")
+        return Counter(bytes(r[0]) if not isinstance(r[0], str) else r[0].encode()
+                       for r in cur.fetchall())
+    finally:
+        conn.close()
+
+
+def replay_capture(n: int) -> tuple[bytes, list[bytes], list[tuple[int, bytes]]]:
+    """A pcap of ``n`` realistic SIP messages: (header, messages, (ts, frame) records)."""
+    import io
+
+    buf = io.BytesIO()
+    PcapWriter(buf)
+    header = buf.getvalue()
+    msgs, recs = [], []
+    for ts, (src, sport, dst, dport, msg) in realistic_messages(n):
+        msgs.append(msg)
+        recs.append((ts, udp4_frame(src, sport, dst, dport, msg)))
+    return header, msgs, recs
+
+
+def feed_slowly(proc: subprocess.Popen, header: bytes, recs: list[tuple[int, bytes]],
+                seconds: float) -> None:
+    import struct
+
+    assert proc.stdin is not None
+    proc.stdin.write(header)
+    step = max(1, len(recs) // 100)
+    for i in range(0, len(recs), step):
+        chunk = b"".join(struct.pack("<IIII", ts // 1_000_000, ts % 1_000_000, len(f), len(f))
+                         + f for ts, f in recs[i:i + step])
+        proc.stdin.write(chunk)
+        proc.stdin.flush()
+        time.sleep(seconds / 100)
+    proc.stdin.close()
+
+
+def losses(summary: dict) -> int:
+    """What a run counted as not passed on or not stored (any reason)."""
+    return (sum(summary.get("dropped", {}).values())
+            + sum(v for k, v in summary.get("malformed", {}).items()))
+
+
+def test_two_agents_two_collectors_one_database_a_collector_restarted(pg_url, tmp_path):
+    p1, p2 = free_port(), free_port()
+    targets = ["--hep-to", f"tcp:127.0.0.1:{p1}", "--hep-to", f"tcp:127.0.0.1:{p2}"]
+    c1 = Coll(p1, pg_url)
+    c2 = Coll(p2, pg_url)
+    first_run: dict = {}
+    header, replay_msgs, recs = replay_capture(4000)
+    with VethPair(b_in_root=True) as net:
+        with live_capture(net, "-i", net.if_b, "--db", "none", *targets, "--json",
+                          "--control", "none", "--spool-dir", str(tmp_path / "spool-live"),
+                          side="b") as live:
+            replay = subprocess.Popen(
+                sipcaptool_cmd("replay", "-", "--db", "none", *targets, "--json", "-q",
+                               "--spool-dir", str(tmp_path / "spool-replay")),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=env())
+            feeder = threading.Thread(target=feed_slowly, args=(replay, header, recs, 10.0))
+            feeder.start()
+            sent_live: dict = {}
+            sender = threading.Thread(target=lambda: sent_live.update(net.sender(
+                "udp", "--dst", net.ip_b, "--src", net.ip_a, "-n", "4000", "--rate", "400",
+                "--tag", "live")))
+            sender.start()
+            time.sleep(2.5)
+            first_run = c1.stop()            # in the middle of both agents' traffic
+            time.sleep(1.0)
+            c1 = Coll(p1, pg_url)            # back on the same port
+            feeder.join()
+            sender.join()
+            replay.stdin = None  # (closed by the feeder: the end of the capture)
+            rout, rerr = replay.communicate(timeout=120)
+            time.sleep(1.5)
+        live_out = json.loads(live.out)
+    replay_out = json.loads(rout)
+    second_run = c1.stop()
+    other = c2.stop()
+    assert replay.returncode == 0, rerr
+
+    live_msgs = sip_messages(4000, 0, "live", net.ip_b, net.ip_a)
+    stored = stored_messages(pg_url)
+    doubled = {m: n for m, n in stored.items() if n > 1}
+    assert not doubled, f"{len(doubled)} messages stored twice"
+    missing = [m for m in live_msgs + replay_msgs if m not in stored]
+    counted = (losses(live_out) + losses(replay_out) + losses(first_run) + losses(second_run)
+               + losses(other) + live_out["kernel"]["dropped"] + live_out["kernel"]["if_dropped"])
+    print(json.dumps({"sent": {"live": sent_live.get("sent"), "replay": len(replay_msgs)},
+                      "stored": sum(stored.values()), "missing": len(missing),
+                      "counted": counted, "live hep_out": live_out["hep_out"],
+                      "replay hep_out": replay_out["hep_out"],
+                      "collector 1 before/after the restart": [first_run["stored_total"],
+                                                               second_run["stored_total"]],
+                      "collector 2": other["stored_total"]}, indent=1))
+    assert len(missing) == counted == 0, (len(missing), counted)
+    assert sum(stored.values()) == 8000
+    # the collectors' own counts add up to what the database holds
+    assert first_run["stored_total"] + second_run["stored_total"] + other["stored_total"] == 8000
+    # calls moved while collector 1 was down, and came back to it
+    assert first_run["stored_total"] > 0 and second_run["stored_total"] > 0
+    for out in (live_out, replay_out):
+        assert out["hep_out"].get("rerouted", 0) > 0 or out["hep_out"].get("resent", 0) > 0
+        per = out["hep_targets"][f"tcp:127.0.0.1:{p1}"]
+        assert per["connected"] >= 2, per
+
+
+def test_a_front_collector_forwards_each_call_to_one_back_collector(pg_url, tmp_path):
+    b1, b2, front_port = free_port(), free_port(), free_port()
+    back1 = Coll(b1, pg_url, "--capture-node", "back1")
+    back2 = Coll(b2, pg_url, "--capture-node", "back2")
+    front = Coll(front_port, "none", "--forward-to", f"tcp:127.0.0.1:{b1}",
+                 "--forward-to", f"tcp:127.0.0.1:{b2}", "--spool-dir",
+                 str(tmp_path / "spool-front"), listen="udp")
+    header, msgs, recs = replay_capture(2000)
+    cap = tmp_path / "front.pcap"
+    import struct
+
+    cap.write_bytes(header + b"".join(
+        struct.pack("<IIII", ts // 1_000_000, ts % 1_000_000, len(f), len(f)) + f
+        for ts, f in recs))
+    r = subprocess.run(sipcaptool_cmd("replay", str(cap), "--db", "none", "--hep-to",
+                                      f"udp:127.0.0.1:{front_port}", "--json", "-q"),
+                       capture_output=True, text=True, env=env(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    time.sleep(1.0)
+    fs = front.stop()
+    s1, s2 = back1.stop(), back2.stop()
+    stored = stored_messages(pg_url)
+    assert fs["messages"] == 2000 and fs["stored_total"] == 0
+    assert fs["hep_out"]["sent_tcp"] == 2000, fs["hep_out"]
+    assert sorted(stored) == sorted(msgs) and max(stored.values()) == 1
+    assert s1["stored_total"] > 300 and s2["stored_total"] > 300
+    assert s1["stored_total"] + s2["stored_total"] == 2000
+    # every call went to one back collector: one node per Call-ID
+    nodes: dict[str, set[str]] = {}
+    conn = connect(pg_url)
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT callid, node FROM sip_capture")
+        for callid, node in cur.fetchall():
+            nodes.setdefault(callid, set()).add(node.split(":")[0])
+    finally:
+        conn.close()
+    assert len(nodes) > 100
+    assert all(len(n) == 1 for n in nodes.values())
+    assert set().union(*nodes.values()) == {"back1", "back2"}
