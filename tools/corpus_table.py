@@ -10,7 +10,9 @@ comparison is imported from there):
 * stored: rows in ``sip_capture`` with the default settings;
 * agreeing: stored rows equal to their oracle message in time (µs), addresses, ports,
   transport, method or status, Call-ID, CSeq and From/To tags;
-* with capture_bad_msgs=1: rows stored when SIP that does not parse is kept too.
+* with capture_bad_msgs=1: rows stored when SIP that does not parse is kept too;
+* the note names what was stored leniently (the summary's ``lenient`` group: an IPv6
+  host without brackets, LF line ends ...) and why rows are missing or extra.
 
     python tools/corpus_table.py                 # the table
     python tools/corpus_table.py --differences   # and the documented differences
@@ -35,7 +37,7 @@ def main() -> int:
     args = ap.parse_args()
     try:
         from test_corpus_oracle import DIFFERENCES
-        from test_corpus_replay import FILES, STORE_DIFFERENCES, agreement
+        from test_corpus_replay import FILES, LENIENT, STORE_DIFFERENCES, agreement
     except (ImportError, pytest.skip.Exception) as e:  # importorskip outside pytest
         print(f"corpus_table: cannot load the corpus comparison: {e}", file=sys.stderr)
         return 2
@@ -54,8 +56,11 @@ def main() -> int:
             r = agreement(name, d1)
             b = agreement(name, d2, "--capture-bad-msgs", "1", tags=False)
             note = []
+            lenient = r["summary"].get("lenient") or {}
+            if lenient:
+                note.append("lenient: " + ", ".join(f"{k} {v}" for k, v in lenient.items()))
             if name in STORE_DIFFERENCES:
-                note.append("dropped as Kamailio drops it (1)")
+                note.append("broken structure, dropped as Kamailio drops it (1)")
             if name in DIFFERENCES:
                 note.append("see (2)" if not name.startswith("hep") else "HEP time (3)")
             if r["extra"]:
@@ -71,6 +76,8 @@ def main() -> int:
         print("\nDocumented differences:\n")
         for name, (frames, malformed, why) in sorted(STORE_DIFFERENCES.items()):
             print(f"* `{name}` (frames {', '.join(map(str, sorted(frames)))}; {malformed}): {why}")
+        for name, (counts, why) in sorted(LENIENT.items()):
+            print(f"* `{name}` (stored, lenient {counts}): {why}")
         for name, why in sorted(DIFFERENCES.items()):
             print(f"* `{name}`: {' '.join(why.split())}")
     return 0
