@@ -143,7 +143,7 @@ control = "{tmp / 'hep.sock'}"
 control_timeout = 3.0
 control_max_connections = 8
 metrics = "127.0.0.1:0"
-log_level = "info"
+log_level = "debug"
 log_file = "{tmp / 'hep.log'}"
 log_format = "json"
 """
@@ -206,7 +206,7 @@ def test_operator_toml_with_every_hep_setting_and_the_key_from_a_file(tmp_path, 
     log = (tmp_path / "hep.log").read_text()
     entries = [json.loads(line) for line in log.splitlines()]
     assert entries and all(e["logger"].startswith("sipcaptool") for e in entries)
-    assert any(e["level"] == "info" for e in entries)  # log_level = "info"
+    assert any(e["level"] == "info" for e in entries)  # below the default level: logged
     assert any("metrics http://127.0.0.1:" in line for line in err.splitlines())
     for text in (out, err, log):
         assert SECRET not in text
