@@ -270,6 +270,8 @@ def _replay_file(cap: CaptureFile, pipeline: Pipeline, stats: Stats, opts: Repla
         # stream): the decoder counts such a frame (malformed:snapped) instead of storing
         # part of a message
         decoder.snaplen = cap.snaplen or 0
+        if cap.linktype is not None and cap.linktype != decoder.linktype:
+            decoder.set_linktype(cap.linktype)  # pcapng: interfaces of other link types
         msgs = decode_batch(data, meta)
         for m in msgs:
             submit(m)
@@ -285,10 +287,8 @@ def _replay_file(cap: CaptureFile, pipeline: Pipeline, stats: Stats, opts: Repla
     for m in msgs:
         submit(m)
     messages += len(msgs)
-    error = None
-    if cap.truncated:
-        error = (f"{cap.path}: file is cut off after packet {cap.packets} "
-                 f"({cap.truncated}); the {cap.packets} packets before it were stored")
+    stats.update(cap.counts)  # packets not handed on (a link type not decoded), blocks skipped
+    error = cap.problem()
     return FileReport(cap.path, linktype=linktype, packets=stats["packets"] - before,
                       messages=messages, interrupted=interrupted,
                       truncated=bool(cap.truncated), error=error)

@@ -2,7 +2,9 @@
 """Make the project's own test captures in tests/pcaps/, each with the messages it holds.
 
 Every capture is written with sipcaptool.testing.pcapgen (frames built byte by byte)
-and, for pcapng, converted with Wireshark's editcap. Next to each ``NAME.pcap`` goes
+and, for pcapng, converted with Wireshark's editcap and merged with its mergecap, or
+written block by block with sipcaptool.testing.pcapng (several interfaces, link types,
+timestamp resolutions, sections, byte orders, every kind of block). Next to each ``NAME.pcap`` goes
 ``NAME.expected.jsonl``: one line per SIP message that must be stored, in order, with
 the columns the tests check (micro_ts, addresses, ports, proto, family, method, callid).
 
@@ -23,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from sipcaptool.encode.hep import encode_hep3  # noqa: E402
 from sipcaptool.record import CapturedMessage  # noqa: E402
 from sipcaptool.testing import pcapgen as g  # noqa: E402
+from sipcaptool.testing.pcapng import PcapngBuilder, link_frame  # noqa: E402
 
 OUT = ROOT / "tests" / "pcaps"
 T0 = 1_764_000_000_000_000  # 2025-11-24T16:00:00Z
@@ -187,6 +190,123 @@ def raw_ip_linktype():
     write("raw-ip", frames, expected, linktype=g.LINKTYPE_RAW)
 
 
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        sys.exit(f"{name} (Wireshark's, Debian package wireshark-common) is needed")
+    return path
+
+
+def _expected(name: str, expected: list[dict]) -> None:
+    with open(OUT / f"{name}.expected.jsonl", "w") as f:
+        for e in expected:
+            f.write(json.dumps(e, sort_keys=True) + "\n")
+
+
+def _v6(src: str, dst: str) -> tuple[str, str]:
+    """The bare addresses of a message of sip_call(..., a="[...]", b="[...]")."""
+    return (src.strip("[]"), dst.strip("[]"))
+
+
+def pcapng_mixed_link_types():
+    """mergecap of an Ethernet capture and a raw-IP one (as dumpcap -i eth0 -i tun0
+    writes): one pcapng file, two interfaces of different link types, which libpcap
+    refuses to read."""
+    eth_frames, raw_frames, expected = [], [], []
+    for k, (src, sport, dst, dport, msg) in enumerate(g.sip_call(11)):
+        ts = T0 + k * 2000
+        eth_frames.append((ts, g.udp4_frame(src, sport, dst, dport, msg)))
+        expected.append(exp(ts, src, sport, dst, dport, msg))
+    for k, (src, sport, dst, dport, msg) in enumerate(g.sip_register(12) * 2):
+        ts = T0 + 1000 + k * 2000
+        raw_frames.append((ts, g.ipv4(src, dst, 17, g.udp(sport, dport, msg))))
+        expected.append(exp(ts, src, sport, dst, dport, msg))
+    tmp = OUT / ".merge"
+    tmp.mkdir(exist_ok=True)
+    for name, frames, lt in (("eth", eth_frames, g.LINKTYPE_ETHERNET),
+                             ("tun", raw_frames, g.LINKTYPE_RAW)):
+        with open(tmp / f"{name}.pcap", "wb") as f:
+            w = g.PcapWriter(f, linktype=lt)
+            for ts, fr in frames:
+                w.write(ts, fr)
+    subprocess.run([_tool("mergecap"), "-F", "pcapng", "-w",
+                    str(OUT / "pcapng-mixed-link-types.pcapng"),
+                    str(tmp / "eth.pcap"), str(tmp / "tun.pcap")], check=True)
+    shutil.rmtree(tmp)
+    expected.sort(key=lambda e: e["micro_ts"])
+    _expected("pcapng-mixed-link-types", expected)
+
+
+def pcapng_sections():
+    """Two pcapng files one after the other (cat a.pcapng b.pcapng): the first made by
+    editcap from a nanosecond pcap, the second big-endian with a Linux cooked v2 and a
+    BSD loopback interface."""
+    expected = []
+    tmp = OUT / ".sections"
+    tmp.mkdir(exist_ok=True)
+    with open(tmp / "a.pcap", "wb") as f:
+        w = g.PcapWriter(f, nano=True)
+        for k, (src, sport, dst, dport, msg) in enumerate(g.sip_options(13)):
+            ts = T0 + 17 + k * 500
+            w.write(ts, g.udp4_frame(src, sport, dst, dport, msg))
+            expected.append(exp(ts, src, sport, dst, dport, msg))
+    subprocess.run([_tool("editcap"), "-F", "pcapng", str(tmp / "a.pcap"), str(tmp / "a.pcapng")],
+                   check=True)
+    b = PcapngBuilder(big_endian=True).section()
+    ifaces = [b.interface(276, name="any"), b.interface(0, name="lo0", tsresol=9)]
+    for k, (src, sport, dst, dport, msg) in enumerate(g.sip_call(14)):
+        i = ifaces[k % 2]
+        frame = link_frame(b.ifaces[i].linktype, g.ipv4(src, dst, 17, g.udp(sport, dport, msg)))
+        back = b.packet(i, T0 + 10_000 + k * 1000 + 3, frame)
+        expected.append(exp(back, src, sport, dst, dport, msg))
+    data = (tmp / "a.pcapng").read_bytes() + b.data()
+    (OUT / "pcapng-sections.pcapng").write_bytes(data)
+    shutil.rmtree(tmp)
+    _expected("pcapng-sections", expected)
+
+
+def pcapng_interfaces():
+    """One section, interfaces of seven link types with their own timestamp resolutions
+    (µs, ns, ms, 2**-20 s) and offsets; Enhanced, Simple and obsolete Packet Blocks;
+    name resolution, statistics and a custom block (skipped, counted)."""
+    b = PcapngBuilder().section()
+    eth = b.interface(1, name="eth0")
+    sll = b.interface(113, name="any", tsresol=9)
+    ppp = b.interface(9, name="ppp0", tsresol=3)
+    loop = b.interface(108, name="lo0")
+    ip4 = b.interface(228, name="ipv4")
+    raw6 = b.interface(229, name="tun6", tsresol=0x80 | 20, tsoffset=3600)
+    b.names()
+    expected = []
+    ts = T0 + 5
+    last = 0
+    for k, (src, sport, dst, dport, msg) in enumerate(g.sip_call(15)):
+        frame_ip = g.ipv4(src, dst, 17, g.udp(sport, dport, msg))
+        if k == 2:      # a Simple Packet Block: interface 0, the time of the packet before
+            b.simple(link_frame(1, frame_ip))
+            expected.append(exp(last, src, sport, dst, dport, msg))
+        else:
+            i = [eth, sll, ppp, loop, ip4][k % 5]
+            last = b.packet(i, ts, link_frame(b.ifaces[i].linktype, frame_ip),
+                            obsolete=(k == 4))
+            expected.append(exp(last, src, sport, dst, dport, msg))
+        if k == 3:
+            b.custom()
+        ts += 1001
+    for k, (src, sport, dst, dport, msg) in enumerate(
+            g.sip_call(16, a="[2001:db8::15]", b="[2001:db8::16]")):
+        s, d = _v6(src, dst)
+        i = [raw6, eth, sll][k % 3]
+        frame = link_frame(b.ifaces[i].linktype, g.ipv6(s, d, 17, g.udp(sport, dport, msg)))
+        last = b.packet(i, ts, frame)
+        expected.append(exp(last, s, sport, d, dport, msg, family=10))
+        ts += 1001
+    for i in range(len(b.ifaces)):
+        b.statistics(i)
+    (OUT / "pcapng-interfaces.pcapng").write_bytes(b.data())
+    _expected("pcapng-interfaces", expected)
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     vlan_udp()
@@ -196,6 +316,9 @@ def main() -> int:
     hep_in_pcap()
     nanosecond_and_pcapng()
     raw_ip_linktype()
+    pcapng_mixed_link_types()
+    pcapng_sections()
+    pcapng_interfaces()
     for p in sorted(OUT.iterdir()):
         print(p.relative_to(ROOT))
     return 0

@@ -117,6 +117,15 @@ class PacketDecoder:
         self._point_prefix = linktype.to_bytes(2, "big")
         self._tunnel: bytes | None = None
 
+    def set_linktype(self, linktype: int) -> None:
+        """Decode the frames that follow as ``linktype`` (the interfaces of a pcapng
+        file may differ); what reassembly holds is kept. Raises
+        ``DecodeError("unknown-linktype")`` as the constructor does."""
+        _link.check_linktype(linktype)
+        self.linktype = linktype
+        self._link_parser = _link.LINK_PARSERS[linktype]
+        self._point_prefix = linktype.to_bytes(2, "big")
+
     # ------------------------------------------------------------------ entry points
 
     def decode(self, ts_us: int, frame: bytes, wirelen: int | None = None) -> list[CapturedMessage]:
