@@ -13,6 +13,7 @@ import sqlite3
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shared_data import REFERENCE, needs_shared
 from test_sip import fields, sip, tr
 
 from sipcaptool.config import Settings
@@ -197,6 +198,50 @@ def test_every_leniency_at_once_each_named_once():
     text = [V6_INVITE[0].replace("SIP/2.0", "sip/2.0"), *V6_INVITE[1:]]
     m = tr(sip(*text, eol="\n"), ruri_domain=B, contact_ip=A, contact_port=5060)
     assert sorted(m.lenient) == sorted((LENIENT_IPV6, LENIENT_LF, LENIENT_VERSION_CASE))
+
+
+# ------------------------------------------------------------ Kamailio's reference traffic
+
+@needs_shared("reference")
+def test_reference_traffic_needs_no_leniency_and_keeps_its_refusals():
+    """What Kamailio's module stored from the reference vectors and siptrace captures
+    (../shared/reference) parses without any leniency, so its columns are the strict
+    ones the conformance tests compare; what the module dropped is still refused."""
+    import pcapy
+
+    from sipcaptool.decode.hep import decode_datagram
+    from sipcaptool.decode.packet import PacketDecoder
+
+    payloads = {}
+    for f in sorted((REFERENCE / "vectors").glob("*.hepraw")):
+        try:
+            packets = decode_datagram(f.read_bytes(), now_us=0)
+        except DecodeError:
+            continue
+        payloads.update({f"{f.name}:{i}": p.to_message() for i, p in enumerate(packets)})
+    for f in sorted((REFERENCE / "conformance").glob("*.pcap")):
+        reader = pcapy.open_offline(str(f))
+        dec = PacketDecoder(reader.datalink(), Stats())
+        n = 0
+        while True:
+            hdr, data = reader.next()
+            if hdr is None:
+                break
+            for m in dec.decode(0, data, hdr.getlen()):
+                payloads[f"{f.name}:{n}"] = m
+                n += 1
+    refused = {}
+    for key, m in payloads.items():
+        if m.hep_type != 1:
+            continue
+        try:
+            assert parse_sip(m.payload).lenient == (), key
+        except DecodeError as e:
+            refused[key.split(":")[0]] = e.reason
+    assert len(payloads) > 150
+    assert refused == {"31_v3_non_sip_payload.hepraw": "sip-bad-start-line",
+                       "41_v3_reply_no_to.hepraw": "sip-reply-missing-headers",
+                       "63_v3_bad_from.hepraw": "sip-bad-from"}
 
 
 # ------------------------------------------------------------ properties
