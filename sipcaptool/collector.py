@@ -315,7 +315,7 @@ def _run_single(listeners: Listeners, settings: Settings, options: CollectorOpti
     try:
         pipeline = Pipeline(settings, stats, background=not options.foreground_writer,
                             capture_flag=capture_flag, max_clock_skew=settings.max_clock_skew,
-                            dedup_by_arrival=True)
+                            maintenance_clock=time.time)
     except BaseException:
         for _l, s in listeners:
             s.close()
@@ -362,7 +362,7 @@ def _worker(index: int, link: WorkerLink, listeners: Listeners, settings: Settin
     stats = link.stats
     pipeline = Pipeline(settings, stats, background=not options.foreground_writer,
                         capture_flag=capture_flag, max_clock_skew=settings.max_clock_skew,
-                            dedup_by_arrival=True)
+                        maintenance_clock=time.time)
     on_progress = None
     limit = options.count
     if limit is not None:

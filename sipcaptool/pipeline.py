@@ -8,11 +8,11 @@ message gives the same row whichever way it arrived.
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 from .decode.sip import looks_like_sip, parse_sip, parse_sip_lenient
-from .dedup import Dedup
 from .errors import DecodeError, StoreError
 from .record import AUX_TABLES, HEP_TYPE_SIP, CapturedMessage
 from .row import RowOptions, aux_row, hash_key, sip_row
@@ -20,10 +20,8 @@ from .stats import Stats
 from .store.router import Router
 from .store.writer import Writer
 
-
-def _arrival_us() -> int:
-    """The dedup window's clock for hep and live: monotonic µs."""
-    return time.monotonic_ns() // 1000
+if TYPE_CHECKING:
+    from .store.retention import Maintenance
 
 
 class _Target:
@@ -39,6 +37,21 @@ class _Target:
         self.table = router.table
         # routes by method (--route): the message's method (a reply's CSeq method) counts
         self.routed = router.routed
+
+
+def _maintenance(settings: Settings, db_url: str,
+                 clock: Callable[[], float] | None) -> Maintenance | None:
+    """The tables of today and tomorrow a writer into ``db_url`` keeps ready: every table
+    name (and route) of the active capture modes storing there."""
+    if clock is None:
+        return None
+    from .store.retention import Maintenance
+    from .store.router import route_table_names
+    names: list[str] = []
+    for mode in settings.active_modes():
+        if mode.db_url == db_url:
+            names.extend(route_table_names(mode.tables, settings.route))
+    return Maintenance(tuple(dict.fromkeys(names)), clock=clock)
 
 
 class CaptureFlag:
@@ -74,15 +87,16 @@ class Pipeline:
             time instead, counted as ``adjusted:clock-skew``: a sender's timestamps
             cannot make a table each. The row keeps the message's own time (``date``,
             ``micro_ts``).
-        dedup_by_arrival: with ``dedup_window``, the window's entries expire by the
-            arrival clock (``hep``, ``live``) instead of the messages' own time
-            (``replay``); see :mod:`sipcaptool.dedup`.
+        maintenance_clock: ``hep``, ``live``: each writer process makes the tables of
+            today and tomorrow (and MySQL day partitions) ahead, by this clock (``time.time``;
+            tests give another), at start and every hour
+            (:class:`~sipcaptool.store.retention.Maintenance`). None (``replay``): not.
     """
 
     def __init__(self, settings: Settings, stats: Stats, *, background: bool = True,
                  capture_flag: Any = None, use_spool: bool = True,
                  require_db_at_start: bool = False, max_clock_skew: float = 0.0,
-                 dedup_by_arrival: bool = False) -> None:
+                 maintenance_clock: Callable[[], float] | None = None) -> None:
         self.settings = settings
         self.stats = stats
         self.capture_flag = (capture_flag if capture_flag is not None
@@ -112,7 +126,9 @@ class Pipeline:
                                spool_dir=spool_dir if use_spool else None,
                                spool_max_bytes=settings.spool_max_bytes,
                                insert_mode=settings.db_insert_mode,
-                               require_db_at_start=require_db_at_start)
+                               require_db_at_start=require_db_at_start,
+                               maintenance=_maintenance(settings, mode.db_url,
+                                                        maintenance_clock))
                     writers[mode.db_url] = w
                 router = Router(mode.tables, mode.mt_mode, mode.hash_source,
                                 dialect=parse_db_url(mode.db_url).dialect,
@@ -133,11 +149,6 @@ class Pipeline:
         # strftime tables named by arrival time when the message's own is this far off
         dated = any(t.router.dated for t in self.targets)
         self.skew_us = int(max_clock_skew * 1_000_000) if dated and max_clock_skew > 0 else 0
-        # copies of a message already stored from another capture point (dedup_window)
-        self.dedup: Dedup | None = None
-        if settings.dedup_window > 0:
-            self.dedup = Dedup(settings.dedup_window, settings.dedup_max_entries, stats,
-                               clock=_arrival_us if dedup_by_arrival else None)
 
     def submit(self, msg: CapturedMessage) -> None:
         stats = self.stats
@@ -145,8 +156,6 @@ class Pipeline:
         if not self.capture_flag.value:
             stats["dropped:capture-off"] += 1
             return
-        if self.dedup is not None and self.dedup.duplicate(msg):
-            return  # counted as dedup:<node>
         hep_type = msg.hep_type
         if hep_type != HEP_TYPE_SIP and not self._submit_aux(msg):
             return

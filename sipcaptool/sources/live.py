@@ -221,7 +221,7 @@ class Worker:
             self.pipeline = Pipeline(self.settings, stats, background=self.background,
                                      capture_flag=self.shared.capture_flag,
                                      max_clock_skew=self.settings.max_clock_skew,
-                                     dedup_by_arrival=True)
+                                     maintenance_clock=time.time)
         try:
             if opts.hep_to:
                 from ..senders.hep import HepOut

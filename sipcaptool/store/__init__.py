@@ -19,11 +19,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from datetime import date as _date
+from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
 from ..record import AUX_COLUMN_NAMES, AUX_COLUMNS, SIP_COLUMN_NAMES, SIP_COLUMNS
 from .url import DbUrl, mask_password, parse_db_url
+
+if TYPE_CHECKING:
+    from .retention import Removal
 
 KINDS = ("sip", "aux")
 COLUMNS = {"sip": SIP_COLUMNS, "aux": AUX_COLUMNS}
@@ -273,6 +277,31 @@ class Adapter(ABC):
             f"{self.current_schema_sql} AND table_name = {self.placeholder} "
             "ORDER BY ordinal_position", (table,))]
 
+    def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        """Run one writing statement (parameters marked with :attr:`placeholder`) in a
+        transaction of its own and commit it; the rows it changed. StoreError on failure.
+        For small bookkeeping (``sipcaptool_replays``), not for batches."""
+        self.connect()
+        conn: Any = getattr(self, "conn", None)
+        try:
+            cur = conn.cursor()
+            try:
+                cur.execute(sql, tuple(params))
+                n = int(cur.rowcount)
+            finally:
+                cur.close()
+            conn.commit()
+            return n
+        except Exception as e:  # noqa: BLE001 - each driver's errors, reported as StoreError
+            try:
+                conn.rollback()
+            except Exception:  # noqa: BLE001 - the connection may be gone
+                pass
+            err = self.error("cannot write", e)
+            if err.kind == "connection":
+                self.close()
+            raise err from None
+
     def create_batches_table(self) -> None:
         from .schema import batches_table_sql
         self.execute_ddl(batches_table_sql(self.dialect))
@@ -285,6 +314,29 @@ class Adapter(ABC):
         except StoreError:
             pass
 
+    # -- retention and the days ahead (db prune, db init, the collectors' maintenance) ----
+    def drop_table(self, table: str) -> None:
+        """Drop one table (``db prune``: a day table all of whose days are past)."""
+        from .schema import quote_ident
+        self.execute_ddl([f"DROP TABLE IF EXISTS {quote_ident(self.dialect, table)}"])
+
+    def drop_days_before(self, table: str, day: _date, *, dry_run: bool = False,
+                         batch_rows: int = 5000) -> list[Removal]:
+        """Remove from ``table`` (it exists) every row dated before ``day`` (UTC), the
+        days that are wholly older than ``db prune --older-than``; in a dry run only say
+        what would go. Returns what was removed (:class:`~sipcaptool.store.retention.Removal`:
+        whole partitions, or a number of rows).
+
+        The default is :func:`~sipcaptool.store.retention.delete_rows_before`: DELETE by
+        the ``date`` index in batches of ``batch_rows`` rows, each committed on its own
+        so that writers are not held up. A store with day partitions drops those first
+        (MySQL: ``pYYYYMMDD``; ClickHouse: ``ALTER TABLE ... DROP PARTITION`` of each
+        partition whose day is before ``day``) and deletes what is left before ``day``
+        in partitions that also hold newer rows."""
+        from .retention import delete_rows_before
+        return delete_rows_before(self, table, day, dry_run=dry_run, batch_rows=batch_rows)
+
+
 
 def adapter_class(dialect: str) -> type[Adapter]:
     if dialect == "sqlite":
@@ -296,9 +348,6 @@ def adapter_class(dialect: str) -> type[Adapter]:
     if dialect == "postgresql":
         from .postgres import PostgresAdapter
         return PostgresAdapter
-    if dialect == "clickhouse":
-        from .clickhouse import ClickHouseAdapter
-        return ClickHouseAdapter
     raise StoreError(f"no storage adapter for {dialect!r}")
 
 

@@ -19,11 +19,13 @@ refused rows) are one adapter's answers to one question -- what happened to this
 
 from __future__ import annotations
 
+import datetime as _dt
 import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeAlias, TypeVar
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import pymysql
 import pymysql.connections
@@ -35,6 +37,9 @@ from . import COLUMN_NAMES, Adapter, Row, one_line, payload_bytes, text_rows
 from ._text import TabFormatter, parse_tab_text
 from .schema import BATCHES_TABLE, batches_marker_sql, quote_ident
 from .url import DbUrl
+
+if TYPE_CHECKING:
+    from .retention import Removal
 
 _R = TypeVar("_R")
 # a pymysql connection and one of its cursors (pymysql has no types)
@@ -299,6 +304,22 @@ class MysqlAdapter(Adapter):
         except (OSError, RuntimeError) as e:
             self.close()
             raise self.error("cannot create table", e, transient=True) from None
+
+    def drop_days_before(self, table: str, day: _dt.date, *, dry_run: bool = False,
+                         batch_rows: int = 5000) -> list[Removal]:
+        """The day partitions before ``day`` dropped (``db init --partition-days``;
+        see :mod:`sipcaptool.store.retention`), then the rows still dated before it
+        deleted in batches at READ COMMITTED, which takes no gap locks in the way of the
+        collector's inserts."""
+        from .retention import delete_rows_before, mysql_drop_partitions_before
+        out = mysql_drop_partitions_before(self, table, day, dry_run=dry_run)
+        if not dry_run:
+            self.execute_ddl(["SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"])
+        rows = delete_rows_before(self, table, day, dry_run=dry_run, batch_rows=batch_rows)
+        if dry_run and out:  # the count includes the rows of the partitions listed
+            left = sum(r.rows or 0 for r in rows) - sum(r.rows or 0 for r in out)
+            rows = [replace(r, rows=left) for r in rows] if left > 0 else []
+        return out + rows
 
     def classify(self, exc: BaseException) -> str:
         return classify(exc)

@@ -55,7 +55,7 @@ SIP_INDEXES = ("ruri_user", "from_user", "to_user", "pid_user", "auth_user", "ca
                "date", "callid")
 AUX_INDEXES = ("date", "correlation_id")
 MYSQL_TEXT_MAX_VARCHAR = 255
-_QUOTE = {"mysql": "`", "postgresql": '"', "sqlite": '"', "clickhouse": "`"}
+_QUOTE = {"mysql": "`", "postgresql": '"', "sqlite": '"'}
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
@@ -285,7 +285,8 @@ def index_name(dialect: str, table: str, suffix: str) -> str:
     return table[:limit - len(suffix) - len(tag)] + tag + suffix
 
 
-def sip_table_sql(dialect: str, table: str, partition_days: int | None = None) -> list[str]:
+def sip_table_sql(dialect: str, table: str, partition_days: int | None = None, *,
+                  today: _dt.date | None = None) -> list[str]:
     """CREATE statements for one sip_capture-layout table (name already strftime-expanded)."""
     if "%" in table:
         raise ValueError(f"table name {table!r} still has strftime codes")
@@ -297,7 +298,7 @@ def sip_table_sql(dialect: str, table: str, partition_days: int | None = None) -
         return quote_ident(dialect, index_name(dialect, table, m.group(1)))
     out = [pat.sub(repl, st) for st in sip]
     if partition_days and dialect == "mysql":
-        out[0] = out[0] + "\n" + partition_clause(partition_days)
+        out[0] = out[0] + "\n" + partition_clause(partition_days, today)
     return out
 
 

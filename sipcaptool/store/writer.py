@@ -99,6 +99,8 @@ if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
     from multiprocessing.queues import Queue
 
+    from .retention import Maintenance
+
 __all__ = ["BATCH_MAX_BYTES", "Writer"]
 
 _START_TIMEOUT = 60.0   # seconds to wait for the writer process to connect
@@ -134,6 +136,8 @@ class Writer:
             spool (for one-shot jobs such as replay).
         insert_mode: db_insert_mode (0 plain, 1 INSERT DELAYED where the table's engine
             has it, 2 the writer process takes batches off the queue at once).
+        maintenance: hep, live: the tables (and MySQL partitions) of today and tomorrow
+            made ahead by the writer process (:class:`~sipcaptool.store.retention.Maintenance`).
 
     Raises:
         ConfigError: a bad db_url.
@@ -147,7 +151,8 @@ class Writer:
                  queue_batches: int = 8, partition_days: int | None = None,
                  mp_context: str | None = None, spool_dir: str | None = None,
                  spool_max_bytes: int = 1 << 30, insert_mode: int = 0,
-                 require_db_at_start: bool = False) -> None:
+                 require_db_at_start: bool = False,
+                 maintenance: Maintenance | None = None) -> None:
         self.url = parse_db_url(db_url) if isinstance(db_url, str) else db_url
         self.stats = stats
         self.batch_size = max(1, int(batch_size))
@@ -175,6 +180,7 @@ class Writer:
         self.spool_max_bytes = int(spool_max_bytes)
         self.insert_mode = int(insert_mode)
         self.require_db_at_start = bool(require_db_at_start)
+        self.maintenance = maintenance
         self._batch_prefix = uuid.uuid4().hex[:16] + "-"
         self._batch_seq = itertools.count(1)
         self._core: WriterCore | None = None
@@ -195,8 +201,9 @@ class Writer:
                 from .spool import Spool
                 spool = Spool(self.spool_dir, self.url, self.spool_max_bytes)
             self._core = WriterCore(self.adapter, self.retries, self.retry_timeout, spool,
-                                    self._handle)
+                                    self._handle, maintenance)
             self._core.start(self.require_db_at_start)
+            self._core.maintain()
         # a program that ends without close() (an exception, a second Ctrl-C inside
         # close) still writes what it accepted and does not hang in multiprocessing's
         # exit handler waiting for a writer process that ignores SIGTERM
@@ -226,7 +233,7 @@ class Writer:
             target=writer_main, name="sipcaptool-writer", daemon=True,
             args=(self.url, partition_days, jobs, results, self.retries,
                   self.retry_timeout, os.getpid(), self.spool_dir, self.spool_max_bytes,
-                  self.insert_mode, self.require_db_at_start))
+                  self.insert_mode, self.require_db_at_start, self.maintenance))
         self._jobs, self._results, self._proc = jobs, results, proc
         proc.start()
         deadline = time.monotonic() + _START_TIMEOUT

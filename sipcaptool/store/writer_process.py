@@ -59,6 +59,7 @@ from .url import DbUrl
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
 
+    from .retention import Maintenance
     from .spool import Spool, SpoolRecord
 
 __all__ = ["CLOSE_DRAIN_SECONDS", "WriterCore", "writer_main"]
@@ -94,8 +95,12 @@ class WriterCore:
     """
 
     def __init__(self, adapter: Adapter, retries: int, retry_timeout: float,
-                 spool: Spool | None, emit: Emit) -> None:
+                 spool: Spool | None, emit: Emit,
+                 maintenance: Maintenance | None = None) -> None:
         self.adapter = adapter
+        # hep, live: tomorrow's tables and partitions made ahead (see maintain())
+        self.maintenance = maintenance
+        self.next_maintenance = 0.0
         self.retries = retries
         self.retry_timeout = retry_timeout
         self.spool = spool
@@ -256,6 +261,38 @@ class WriterCore:
         self.emit(Spooled(table, n, used))
         self.status()
 
+    # -- the days ahead -------------------------------------------------------------------
+    def maintain(self) -> None:
+        """Run the :class:`~sipcaptool.store.retention.Maintenance` when it is due (at
+        start, then every ``every`` seconds of its clock) and the database answers;
+        what it did is counted (``maintenance:*``). A failure is logged and counted
+        (``maintenance:errors``), and tried again a minute later: it never stops the
+        writer, which still creates a missing table when its first row comes."""
+        m = self.maintenance
+        if m is None or self.down:
+            return
+        now = m.clock()
+        if now < self.next_maintenance:
+            return
+        with self._lock:
+            try:
+                self.adapter.connect()
+                counts = m.run(self.adapter)
+            except StoreError as e:
+                log.warning("cannot prepare the tables of today and tomorrow: %s", e)
+                self.next_maintenance = now + min(60.0, m.every)
+                self.emit(Counts({"maintenance:errors": 1}))
+                return
+            except Exception as e:  # noqa: BLE001 - a bug must not kill the writer
+                log.error("cannot prepare the tables of today and tomorrow: %s: %s",
+                          type(e).__name__, e)
+                self.next_maintenance = now + min(60.0, m.every)
+                self.emit(Counts({"maintenance:errors": 1}))
+                return
+        self.next_maintenance = now + m.every
+        if counts:
+            self.emit(Counts(counts))
+
     # -- the spool -----------------------------------------------------------------------
     def idle_wait(self) -> float:
         """Seconds until :meth:`pump` has something to do (at most 1)."""
@@ -366,7 +403,8 @@ class _JobSource(Protocol):
 def writer_main(url: DbUrl, partition_days: int | None, jobs: Queue[Job],
                 results: Queue[Outcome], retries: int, retry_timeout: float,
                 parent_pid: int, spool_dir: str | None = None, spool_max_bytes: int = 0,
-                insert_mode: int = 0, require_db: bool = False) -> None:
+                insert_mode: int = 0, require_db: bool = False,
+                maintenance: Maintenance | None = None) -> None:
     """The writer process: execute ready-made batches until told to close."""
     # Ctrl-C, a terminal hang-up or a stop of the whole process group must not end this
     # process before the parent has handed over everything: it ends on Close (or when
@@ -380,7 +418,7 @@ def writer_main(url: DbUrl, partition_days: int | None, jobs: Queue[Job],
         if spool_dir:
             from .spool import Spool
             spool = Spool(spool_dir, url, spool_max_bytes)
-        core = WriterCore(adapter, retries, retry_timeout, spool, results.put)
+        core = WriterCore(adapter, retries, retry_timeout, spool, results.put, maintenance)
         core.start(require_db)
     except StoreError as e:
         results.put(StartFailed(str(e)))
@@ -392,6 +430,7 @@ def writer_main(url: DbUrl, partition_days: int | None, jobs: Queue[Job],
     source: _JobSource = AsyncIntake(jobs, core) if insert_mode == 2 else jobs
     try:
         while True:
+            core.maintain()
             wait = core.idle_wait()
             try:
                 job = source.get(timeout=wait) if wait > 0 else source.get_nowait()
