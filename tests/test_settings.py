@@ -144,3 +144,23 @@ def test_a_secret_value_is_never_in_an_error():
     with pytest.raises(ConfigError) as e:
         coerce("auth_key", 12345, "file x")
     assert "12345" not in str(e.value)
+
+
+def test_config_check_reads_command_tables_and_grammars(tmp_path):
+    from sipcaptool.commands.configcmd import check_file
+
+    conf = tmp_path / "c.toml"
+    conf.write_text('[hep]\nlisten = ["udp:0.0.0.0:9060", "bogus"]\nworkerz = 2\n'
+                    'metrics = "127.0.0.1:x"\nauth_ky = "s3cret"\n'
+                    '[live]\nraw_socket_listen = ":5060-5090"\n[search]\ntz = "Mars/Base"\n')
+    problems = check_file(str(conf))
+    assert len(problems) == 5, problems
+    assert any(p.startswith("[hep] workerz = 2: unknown setting (did you mean 'workers'?)")
+               for p in problems)
+    assert any(p.startswith("[hep] auth_ky = ***: unknown setting") for p in problems)
+    assert any(p.startswith("[hep] --listen 'bogus': no transport") for p in problems)
+    assert any(p.startswith("[hep] --metrics '127.0.0.1:x'") for p in problems)
+    assert any(p.startswith("[search] tz 'Mars/Base'") for p in problems)
+    assert not any("s3cret" in p for p in problems)
+    conf.write_text('[hep]\nlisten = ["udp:[::]:9060", "tcp:0.0.0.0:9061"]\nworkers = 2\n')
+    assert check_file(str(conf)) == []

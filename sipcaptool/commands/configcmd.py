@@ -176,7 +176,8 @@ def check_file(path: str) -> list[str]:
         if name not in PARAMS:
             guess = difflib.get_close_matches(name, list(PARAMS), n=1)
             hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-            secret = any(w in name.lower() for w in ("key", "pass", "secret", "token"))
+            secret = (any(w in name.lower() for w in ("key", "pass", "secret", "token"))
+                      or bool(guess and PARAMS[guess[0]].secret))
             shown = ("[table]" if isinstance(value, dict) else "***" if secret
                      else mask_secrets(repr(value)))
             problems.append(f"{where}{name} = {shown}: unknown setting{hint}; known settings: "
@@ -216,7 +217,51 @@ def check_file(path: str) -> list[str]:
             continue
         if name == "db_url" and isinstance(value, str):
             problems.extend(_check_db_url(value, f"{where}db_url"))
+        check = _GRAMMARS.get(name)
+        if check is not None:
+            for item in ([value] if isinstance(value, str) else value
+                         if isinstance(value, list) else []):
+                try:
+                    check(item)
+                except ConfigError as e:
+                    problems.append(f"{where}{e}")  # names the setting and the value
     return problems
+
+
+def _listen(text: str) -> None:
+    from ..sources.hep_sockets import parse_listen
+
+    parse_listen(text)
+
+
+def _raw_listen(text: str) -> None:
+    from ..sources.live import parse_listen
+
+    parse_listen(text)
+
+
+def _tz(text: str) -> None:
+    from ..query.filters import parse_tz
+
+    parse_tz(text, "tz")
+
+
+def _metrics(text: str) -> None:
+    from ..net import parse_hostport
+
+    if text:
+        parse_hostport(text)
+
+
+def _ports(text: str) -> None:
+    from ..net import parse_ports
+
+    parse_ports(text, "ports")
+
+
+#: the settings whose text follows a grammar, checked as the commands check them
+_GRAMMARS = {"listen": _listen, "raw_socket_listen": _raw_listen, "tz": _tz,
+             "metrics": _metrics, "ports": _ports, "hep_ports": _ports}
 
 
 def _allowed_hint(name: str, message: str) -> str:
