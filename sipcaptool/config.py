@@ -173,6 +173,24 @@ class Settings:
     # live in agent mode (--hep-to): the HEP capture id and node name sent
     capture_id: int = _setting(2001, (0, 0xFFFFFFFF))
     node_name: str = _setting("")
+    # live, replay: agent mode: send every message as HEPv3 to these collectors
+    # (udp|tcp|tls:HOST:PORT; a host's udp and tcp/tls targets are one collector, a comma
+    # joins them explicitly; each call goes to one collector by a hash of its Call-ID);
+    # hep: forward_to, the same for every message it receives
+    hep_to: tuple[str, ...] = _setting(())
+    forward_to: tuple[str, ...] = _setting(())
+    # hep: the certificate and key (PEM) of the tls: listeners and the CA that client
+    # certificates must be signed by ('' = none asked for); live, replay: the CA the
+    # collector's certificate must be signed by ('' = the system's CAs), and the agent's
+    # own certificate and key for collectors that ask for one
+    tls_cert: str = _setting("")
+    tls_key: str = _setting("")
+    tls_ca: str = _setting("")
+    # hep --forward-to: the CA of the collectors it forwards to ('' = the system's CAs)
+    forward_tls_ca: str = _setting("")
+    # live, replay --hep-to, hep --forward-to: memory messages wait in while no collector
+    # can take them; past it the disk (spool_dir + '-hep'), then dropped:hep-buffer-full
+    hep_buffer: int = _setting(64 << 20, (1 << 16, 1 << 40), size=True)
     # live: the user to switch to once the capture sockets are open ('' = stay)
     user: str = _setting("")
     # replay: only SIP / only HEP on these ports ('' = any port, recognised by content)

@@ -26,11 +26,10 @@ from .common import (
     storage_options,
     summary_dict,
 )
-from .hep_out import hep_out_summary, hep_to_options
+from .hep_out import hep_out_from, hep_out_summary, hep_to_options
 
 if TYPE_CHECKING:
     from ..collector import CollectorReport
-    from ..senders.hep import HepOut
 
 DEFAULT_LISTEN = ("udp:0.0.0.0:9060",)
 
@@ -41,15 +40,15 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Address to receive HEP on; repeatable. IPv6 in brackets "
                           "(udp:[::]:9060); tls: HEP over TCP in TLS (--tls-cert, "
                           "--tls-key). [default: udp:0.0.0.0:9060]"),
-        click.option("--tls-cert", default=None, metavar="FILE",
-                     help="Certificate (PEM, with its chain) of the tls: listeners."),
-        click.option("--tls-key", default=None, metavar="FILE",
-                     help="Key (PEM) of --tls-cert, unless it is in that file."),
-        click.option("--tls-ca", default=None, metavar="FILE",
-                     help="Require a client certificate signed by this CA (PEM) on the "
-                          "tls: listeners. Refused handshakes (no or a bad certificate, "
-                          "plain text, no handshake within 10 s) are counted as "
-                          "tls:<reason> and never stop the collector."),
+        setting_option("--tls-cert", metavar="FILE",
+                       help="Certificate (PEM, with its chain) of the tls: listeners."),
+        setting_option("--tls-key", metavar="FILE",
+                       help="Key (PEM) of --tls-cert, unless it is in that file."),
+        setting_option("--tls-ca", metavar="FILE",
+                       help="Require a client certificate signed by this CA (PEM) on the "
+                            "tls: listeners. Refused handshakes (no or a bad certificate, "
+                            "plain text, no handshake within 10 s) are counted as "
+                            "tls:<reason> and never stop the collector."),
         setting_option("--auth-key", metavar="KEY",
                        help="Accept only packets whose authentication chunk (0x000e) equals "
                             "KEY; others (and HEPv1/v2, which cannot carry a key) are "
@@ -119,8 +118,7 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
 @endpoint_options
 @dedup_options
 def command(duration: float | None, count: int | None, as_json: bool, foreground_writer: bool,
-            tls_cert: str | None, tls_key: str | None, tls_ca: str | None,
-            hep_out: HepOut, settings: Settings) -> int:
+            settings: Settings) -> int:
     """Receive HEP (v1, v2, v3) from capture agents over UDP and TCP and store every
     message: SIP into the sip_capture tables, logs/RTCP/reports into theirs.
     Compressed payloads (chunk 0x0010, zlib or gzip) and whole datagrams gzipped by
@@ -168,13 +166,13 @@ def command(duration: float | None, count: int | None, as_json: bool, foreground
         auth_key=settings.auth_key.encode() or None, count=count, duration=duration,
         control_path=settings.control or None, metrics_addr=settings.metrics or None,
         foreground_writer=foreground_writer)
+    tls_cert, tls_key, tls_ca = (settings.tls_cert or None, settings.tls_key or None,
+                                 settings.tls_ca or None)
     if any(s.transport == "tls" for s in specs):
         from ..tls import server_context
 
         server_context(tls_cert, tls_key, tls_ca)  # a bad file: exit 2 before binding
-    elif tls_cert or tls_key or tls_ca:
-        raise ConfigError("--tls-cert/--tls-key/--tls-ca apply to tls: listeners; give "
-                          "--listen tls:HOST:PORT")
+    hep_out = hep_out_from(settings, forward=True)
     options = dataclasses.replace(options, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
                                   forward=hep_out if hep_out.targets else None)
     report = run_collector(options, settings, announce=None if quiet else _announce)

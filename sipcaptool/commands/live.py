@@ -12,11 +12,10 @@ import click
 
 from ..config import Settings
 from ..errors import ConfigError, SipcaptoolError
-from .hep_out import hep_out_summary, hep_to_options
+from .hep_out import hep_out_from, hep_out_summary, hep_to_options
 
 if TYPE_CHECKING:
     from ..control import Endpoints
-    from ..senders.hep import HepOut
     from ..sources.live import LiveCapture, LiveOptions
 
 from .common import (
@@ -97,7 +96,7 @@ _ONOFF = click.IntRange(0, 1)
 @storage_options
 @endpoint_options
 @dedup_options
-def command(duration: float | None, count: int | None, hep_out: HepOut, as_json: bool,
+def command(duration: float | None, count: int | None, as_json: bool,
             foreground_writer: bool, settings: Settings) -> int:
     """Capture SIP live and store every message as one row (or forward it as HEP).
 
@@ -135,6 +134,7 @@ def command(duration: float | None, count: int | None, hep_out: HepOut, as_json:
     from ..sources.live import LiveCapture, LiveOptions, kernel_summary, parse_listen
 
     quiet = is_quiet(settings)
+    hep_out = hep_out_from(settings)
     filter_expr = settings.filter or None
     ipip_mode = bool(settings.raw_ipip_capture_on)
     if ipip_mode and filter_expr:

@@ -15,7 +15,7 @@ from ..config import Settings
 from ..net import parse_ports
 from ..replay import ReplayOptions, replay_files
 from .common import print_summary, setting_option, storage_options, summary_dict
-from .hep_out import HepOut, hep_out_summary, hep_to_options
+from .hep_out import hep_out_from, hep_out_summary, hep_to_options
 
 
 @click.command("replay")
@@ -32,9 +32,7 @@ from .hep_out import HepOut, hep_out_summary, hep_to_options
               help="Write from this process (no writer process).")
 @storage_options
 def command(files: tuple[str, ...], quiet: bool,
-            as_json: bool, foreground_writer: bool, settings: Settings,
-            hep_out: HepOut | None = None, capture_id: int = 2001,
-            auth_key: str | None = None, node_name: str | None = None) -> int:
+            as_json: bool, foreground_writer: bool, settings: Settings) -> int:
     """Read pcap/pcapng FILE(s) and store every SIP message as one row.
 
     With --hep-to each message is also sent as HEPv3 to collectors (--db none: only
@@ -83,14 +81,16 @@ def command(files: tuple[str, ...], quiet: bool,
 
     show_progress = not quiet and sys.stderr.isatty()
     sender = sent = None
-    if hep_out is not None and hep_out.targets:
+    hep_out = hep_out_from(settings)
+    if hep_out.targets:
         import dataclasses
 
         from ..stats import Stats as SentStats
 
         sent = SentStats()
-        sender = hep_out.sender(sent, settings, capture_id=capture_id, auth_key=auth_key,
-                                node_name=node_name)
+        sender = hep_out.sender(sent, settings, capture_id=settings.capture_id,
+                                auth_key=settings.auth_key or None,
+                                node_name=settings.node_name or None)
         options = dataclasses.replace(options, hep_send=sender.send)
     try:
         report = replay_files(files, settings, options, progress=show if show_progress else None)
