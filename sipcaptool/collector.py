@@ -182,6 +182,11 @@ def run_collector(options: CollectorOptions, settings: Settings, *,
 # --------------------------------------------------------------------------- pieces
 
 def _announce(listeners: Listeners, announce: Announce | None, suffix: str = "") -> None:
+    """Every listener is bound and receiving (and the workers run): say so, to the
+    person (``announce``) and to systemd (``Type=notify``: READY=1)."""
+    from .sdnotify import ready
+
+    ready("listening on " + ", ".join(lst.label for lst, _s in listeners) + suffix)
     if announce is None:
         return
     for lst, _sock in listeners:

@@ -8,6 +8,14 @@ message, and returns a :class:`ReplayReport`. It takes its options as a
 :class:`ReplayOptions` and prints nothing: progress goes to a callback (the command
 draws the bar), and what went wrong is in the report.
 
+Each file replayed into a database is remembered there (``sipcaptool_replays``, see
+:mod:`sipcaptool.store.replays`): a second replay of the same file into the same tables
+is refused (ConfigError, exit 2) unless ``again``; one that was cut short (a signal, a
+kill, a crash) continues with ``resume`` after the last batch it stored, so every
+message is stored once. Standard input is not remembered (it has no identity before it
+is read). With ``explain``, each frame that was skipped, malformed or dropped is handed
+to that callback (file, frame number, time, addresses, reasons).
+
 A file that cannot be read once its turn comes (not a capture after all, an unknown
 link type, cut off in the middle) does not stop the others: its
 :class:`FileReport` says why, and the report's ``errors`` list it. SIGINT and SIGTERM
@@ -17,10 +25,14 @@ signal it was (a second one raises KeyboardInterrupt at once).
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
 import signal
 import time
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +44,14 @@ if TYPE_CHECKING:
     from .pipeline import Pipeline
     from .record import CapturedMessage
     from .sources.pcapfile import CaptureFile
+    from .store import Adapter
+    from .store.url import DbUrl
+    from .store.writer import Position
 
-__all__ = ["FileReport", "Progress", "ReplayOptions", "ReplayReport", "replay_files"]
+__all__ = ["Explained", "FileIdentity", "FileReport", "Progress", "ReplayOptions",
+           "ReplayReport", "file_identity", "replay_files"]
+
+log = logging.getLogger("sipcaptool.store")
 
 #: ``progress(nbytes, total_bytes)``: called once with 0 when reading starts, then after
 #: every batch with the bytes it took on disk (frames plus 16-byte record headers).
@@ -64,6 +82,65 @@ class ReplayOptions:
     hep_ports: frozenset[int] | None = None
     foreground_writer: bool = False
     hep_send: Callable[[CapturedMessage], None] | None = None
+    again: bool = False
+    resume: bool = False
+    explain: Callable[[Explained], None] | None = None
+
+
+@dataclass(frozen=True)
+class Explained:
+    """A frame that was not stored whole, for ``replay --explain``.
+
+    Attributes:
+        path: the file; frame: its number in the file (1 for the first, as Wireshark
+            and tshark count); ts_us: its capture time.
+        src, dst: its addresses (``ip:port`` where the frame has them, ``?`` where the
+            frame is too broken to say).
+        reasons: the counters it added (``malformed:sip-no-start-line``, ...). A frame
+            completing a TCP message or an IP datagram carries what that message got.
+    """
+
+    path: str
+    frame: int
+    ts_us: int
+    src: str
+    dst: str
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What makes a capture file the same file: its size and hashes of its first MiB
+    and of its last 64 KiB (read without reading the whole file)."""
+
+    size: int
+    head_sha256: str
+    tail_sha256: str
+
+    def key(self, tables: str) -> str:
+        """The file's key in ``sipcaptool_replays`` for these tables."""
+        text = f"{self.size}|{self.head_sha256}|{self.tail_sha256}|{tables}"
+        return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def file_identity(path: str) -> FileIdentity | None:
+    """The identity of a regular file, or None (standard input, a pipe)."""
+    import stat
+
+    if path == "-":
+        return None
+    try:
+        # (a named pipe is not opened here: what is read from it would be gone)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            head = hashlib.sha256(f.read(1 << 20)).hexdigest()
+            f.seek(max(0, st.st_size - (64 << 10)))
+            tail = hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None  # CaptureFile says why it cannot be read
+    return FileIdentity(st.st_size, head, tail)
 
 
 @dataclass(frozen=True)
@@ -87,6 +164,8 @@ class FileReport:
     interrupted: bool = False
     truncated: bool = False
     error: str | None = None
+    first_us: int | None = field(default=None, compare=False)
+    last_us: int | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The file's entry in the summary's ``files``: the keys that apply, in the
@@ -169,7 +248,9 @@ def replay_files(paths: Sequence[str], settings: Settings, options: ReplayOption
     if list(paths).count("-") > 1:
         raise ConfigError("'-' (standard input) can be given only once")
     captures = [CaptureFile(p) for p in paths]
-    stats = Stats()
+    # what was replayed before: checked before anything is read (ConfigError, exit 2)
+    book = _Book.plan(list(paths), settings, opts)
+    stats: Stats = _Watch() if opts.explain is not None else Stats()
     file_reports: list[FileReport] = []
     # a stream (standard input, an inflated .gz) has no size known ahead: no total then
     sizes = [c.size for c in captures]
@@ -177,8 +258,12 @@ def replay_files(paths: Sequence[str], settings: Settings, options: ReplayOption
     started = time.monotonic()
     # a database that fails during the run: batches wait in the spool; one that is
     # unreachable at start: an error (nothing has been read yet)
-    pipeline = Pipeline(settings, stats, background=not opts.foreground_writer,
-                        require_db_at_start=True)
+    try:
+        pipeline = Pipeline(settings, stats, background=not opts.foreground_writer,
+                            require_db_at_start=True)
+    except BaseException:
+        book.close()
+        raise
     # A signal only sets a flag, checked between batches: an exception raised at an
     # arbitrary point could land inside the writer's bookkeeping.
     stop: list[str] = []
@@ -198,18 +283,25 @@ def replay_files(paths: Sequence[str], settings: Settings, options: ReplayOption
         for cap in captures:
             if stop:
                 break
-            file_reports.append(_replay_file(cap, pipeline, stats, opts, progress,
-                                             total_bytes, stop))
+            position = book.begin(cap.path, pipeline)
+            report = _replay_file(cap, pipeline, stats, opts, progress, total_bytes, stop,
+                                  position)
+            book.end(report, pipeline)
+            file_reports.append(report)
     except BaseException:
         try:
             pipeline.close()
         except Exception:  # noqa: BLE001 - the error being raised is the one to report
             pass
+        book.close()
         raise
     finally:
         for sig, h in old_handlers.items():
             signal.signal(sig, h)
-    pipeline.close()
+    try:
+        pipeline.close()
+    finally:
+        book.close()
     errors: list[SipcaptoolError] = [InputError(f.error) for f in file_reports if f.error]
     refused = stats["dropped:db-error"]
     if refused:
@@ -227,6 +319,206 @@ def replay_files(paths: Sequence[str], settings: Settings, options: ReplayOption
                         errors=tuple(errors))
 
 
+class _Watch(Stats):
+    """Stats that note which counters of :data:`EXPLAINED` each frame adds to (for
+    ``explain``); what the writer counts from its own thread is left out."""
+
+    EXPLAINED = ("skipped:", "malformed:", "dropped:", "stored-bad:")
+    NOT_A_FRAME = frozenset({"dropped:db-error", "dropped:spool-full",
+                             "dropped:stored-before"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.noted: list[str] = []
+
+    def __setitem__(self, key: str, value: int) -> None:
+        if key.startswith(self.EXPLAINED) and key not in self.NOT_A_FRAME:
+            added = value - self.get(key, 0)
+            if added > 0:
+                self.noted.append(key if added == 1 else f"{key} x{added}")
+        super().__setitem__(key, value)
+
+    def take(self) -> tuple[str, ...]:
+        noted, self.noted = tuple(self.noted), []
+        return noted
+
+
+def frame_addresses(linktype: int, frame: bytes) -> tuple[str, str]:
+    """``(src, dst)`` of a frame, ``ip:port`` (``[ip6]:port``) where it has ports, the
+    address alone where it has none (a fragment, another protocol), ``?`` where the
+    frame is too broken to say. Best effort, for ``explain`` only."""
+    from .decode import link
+    from .decode.ip import addr_str
+
+    end = len(frame)
+    try:
+        et, off = link.LINK_PARSERS[linktype](frame, 0, end)
+        if et == link.ETH_TYPE_GUESS_IP:
+            et = 0x0800 if frame[off] >> 4 == 4 else 0x86DD
+        if et == 0x0800 and off + 20 <= end:
+            proto, src, dst = frame[off + 9], frame[off + 12:off + 16], frame[off + 16:off + 20]
+            l4 = off + (frame[off] & 0x0F) * 4
+            first = (frame[off + 6] & 0x1F) << 8 | frame[off + 7] == 0
+            six = False
+        elif et == 0x86DD and off + 40 <= end:
+            proto, src, dst = frame[off + 6], frame[off + 8:off + 24], frame[off + 24:off + 40]
+            l4, first, six = off + 40, True, True
+        else:
+            return "?", "?"
+    except (IndexError, KeyError):
+        return "?", "?"
+    s, d = addr_str(bytes(src)), addr_str(bytes(dst))
+    if first and proto in (6, 17, 132) and l4 + 4 <= end:
+        sport, dport = frame[l4] << 8 | frame[l4 + 1], frame[l4 + 2] << 8 | frame[l4 + 3]
+        if six:
+            return f"[{s}]:{sport}", f"[{d}]:{dport}"
+        return f"{s}:{sport}", f"{d}:{dport}"
+    return s, d
+
+
+@dataclass
+class _Run:
+    """One file replayed into one database."""
+
+    adapter: Adapter
+    key: str
+    identity: FileIdentity
+    tables: str
+    run_id: str
+    stored: dict[str, int]
+
+
+class _Book:
+    """The bookkeeping of a replay: for each file and database, the run that stores it
+    (a new one, or the one ``resume`` continues)."""
+
+    def __init__(self) -> None:
+        self.adapters: list[Adapter] = []
+        self.runs: dict[str, dict[DbUrl, _Run]] = {}
+
+    @classmethod
+    def plan(cls, paths: list[str], settings: Settings, opts: ReplayOptions) -> _Book:
+        """Look each file up in each database; ConfigError (exit 2) for a file replayed
+        there before (unless ``again``) or stopped before its end (unless ``resume``)."""
+        from .store import open_adapter, replays
+        from .store.url import parse_db_url
+
+        book = cls()
+        if opts.again and opts.resume:
+            raise ConfigError("--again and --resume exclude each other (--again stores "
+                              "the whole file again; --resume only what is missing)")
+        by_url: dict[DbUrl, list[Any]] = {}
+        for mode in settings.active_modes():
+            u = parse_db_url(mode.db_url)
+            if not u.is_none:
+                by_url.setdefault(u, []).append(mode)
+        idents = {p: file_identity(p) for p in paths}
+        if not by_url or not any(idents.values()):
+            return book
+        if opts.resume:
+            for modes in by_url.values():
+                for m in modes:
+                    if len(m.tables) > 1 and m.mt_mode in ("rand", "round_robin"):
+                        raise ConfigError(
+                            f"--resume needs each message to go to the table it went to "
+                            f"before; mt_mode {m.mt_mode} over {len(m.tables)} tables "
+                            "chooses anew each time (mt_mode hash does not); --again "
+                            "stores the whole file again")
+        refusals: list[str] = []
+        try:
+            for u, modes in by_url.items():
+                a = open_adapter(u)
+                book.adapters.append(a)
+                tables = " + ".join(f"{'|'.join(m.tables)};{m.mt_mode};{m.hash_source}"
+                                    for m in modes)
+                for p, ident in idents.items():
+                    if ident is None:
+                        continue
+                    key = ident.key(tables)
+                    rec = replays.find(a, key)
+                    run = _Run(a, key, ident, tables, uuid.uuid4().hex[:12], {})
+                    if rec is not None and not opts.again:
+                        when = _when(rec.finished_us or rec.started_us)
+                        if rec.state == "complete":
+                            refusals.append(
+                                f"{p} was replayed into {u.redacted()} before ({when}, "
+                                f"{rec.messages} messages); --again stores it again")
+                            continue
+                        if not opts.resume:
+                            refusals.append(
+                                f"{p}: its replay into {u.redacted()} stopped before the "
+                                f"end ({rec.state}, {when}); --resume stores the rest, "
+                                "--again all of it again")
+                            continue
+                        run.run_id = rec.run_id
+                        run.stored = replays.stored_positions(a, rec.run_id)
+                    book.runs.setdefault(p, {})[u] = run
+        except BaseException:
+            book.close()
+            raise
+        # the writer processes are forked next: no connection of ours goes with them
+        # (each reconnects when it is used)
+        book.close()
+        if refusals:
+            more = f" (and {len(refusals) - 1} more: " + "; ".join(refusals[1:]) + ")" \
+                if len(refusals) > 1 else ""
+            raise ConfigError(refusals[0] + more)
+        return book
+
+    def begin(self, path: str, pipeline: Pipeline) -> Position | None:
+        """Before reading ``path``: its runs recorded as running, the writers told."""
+        from .store import replays
+        from .store.writer import Position
+
+        runs = self.runs.get(path)
+        position = Position() if runs else None
+        for w in pipeline.writers:
+            run = (runs or {}).get(w.url)
+            if run is None:
+                w.follow("", None)
+            else:
+                w.follow(replays.batch_tag(run.run_id), position, run.stored)
+        for run in (runs or {}).values():
+            self._try(replays.mark_started, run.adapter, replays.ReplayRecord(
+                run.key, path, run.identity.size, run.identity.head_sha256, run.tables,
+                None, None, run.run_id, "running", 0, 0, time.time_ns() // 1000, None))
+        return position
+
+    def end(self, report: FileReport, pipeline: Pipeline) -> None:
+        """After reading a file: once its batches are committed, how its runs ended."""
+        from .store import replays
+
+        runs = self.runs.get(report.path)
+        if not runs:
+            return
+        pipeline.flush()
+        state = "interrupted" if report.interrupted else "complete"
+        if report.packets is None:
+            state = "unread"
+        for run in runs.values():
+            self._try(replays.mark_done, run.adapter, run.key, run.run_id, state=state,
+                      packets=report.packets or 0, messages=report.messages,
+                      first_us=report.first_us, last_us=report.last_us,
+                      finished_us=time.time_ns() // 1000)
+
+    @staticmethod
+    def _try(fn: Callable[..., None], adapter: Adapter, *args: Any, **kw: Any) -> None:
+        # the bookkeeping must not cost the data: a failure is a warning
+        try:
+            fn(adapter, *args, **kw)
+        except StoreError as e:
+            log.warning("%s: cannot record the replay in sipcaptool_replays: %s",
+                        adapter.url.redacted(), e)
+
+    def close(self) -> None:
+        for a in self.adapters:
+            a.close()
+
+
+def _when(us: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(us / 1e6))
+
+
 def _also(send: Callable[[CapturedMessage], None], submit: Callable[[CapturedMessage], None],
           ) -> Any:
     """``submit`` that hands each message to ``send`` first (typed Any: it takes the
@@ -239,7 +531,7 @@ def _also(send: Callable[[CapturedMessage], None], submit: Callable[[CapturedMes
 
 def _replay_file(cap: CaptureFile, pipeline: Pipeline, stats: Stats, opts: ReplayOptions,
                  progress: Progress | None, total_bytes: int | None,
-                 stop: list[str]) -> FileReport:
+                 stop: list[str], position: Position | None = None) -> FileReport:
     """Read, decode and submit one capture file."""
     from .decode.packet import PacketDecoder
 
@@ -257,25 +549,44 @@ def _replay_file(cap: CaptureFile, pipeline: Pipeline, stats: Stats, opts: Repla
         return FileReport(cap.path, linktype=linktype,
                           error=f"{cap.path}: unknown or unsupported link type {linktype} "
                                 f"({e.detail or e.reason}); nothing read")
-    submit = pipeline.submit
+    submit: Callable[[Any], None] = pipeline.submit
+    if position is not None:  # the bookkeeping: each message's place in the file
+        def counted(m: Any, _submit: Any = pipeline.submit, _pos: Position = position) -> None:
+            _pos.seq += 1
+            _submit(m)
+        submit = counted
     if opts.hep_send is not None:  # --hep-to: every message also goes to the collectors
         submit = _also(opts.hep_send, submit)
     decode_batch = decoder.decode_batch
+    explain = opts.explain
+    explaining = None
+    if explain is not None:
+        explaining = _explaining(decoder, cap.path, linktype, stats, explain)
     before = stats["packets"]
     messages = 0
     interrupted = False
+    first_us: int | None = None
+    last_us: int | None = None
     for data, meta in cap.batches():
         n = len(meta)
+        if not n:
+            continue
+        if first_us is None:
+            first_us = meta[0] * 1_000_000 + meta[1]
+        last_us = meta[n - 4] * 1_000_000 + meta[n - 3]
         # frames may be cut by the capture's snap length (known after the first one for a
         # stream): the decoder counts such a frame (malformed:snapped) instead of storing
         # part of a message
         decoder.snaplen = cap.snaplen or 0
         if cap.linktype is not None and cap.linktype != decoder.linktype:
             decoder.set_linktype(cap.linktype)  # pcapng: interfaces of other link types
-        msgs = decode_batch(data, meta)
-        for m in msgs:
-            submit(m)
-        messages += len(msgs)
+        if explaining is not None:
+            messages += explaining(data, meta, submit)
+        else:
+            msgs = decode_batch(data, meta)
+            for m in msgs:
+                submit(m)
+            messages += len(msgs)
         stats["packets"] += n // 4
         if progress is not None:
             # on-disk size of the batch: frames plus 16-byte record headers (pcap)
@@ -287,8 +598,42 @@ def _replay_file(cap: CaptureFile, pipeline: Pipeline, stats: Stats, opts: Repla
     for m in msgs:
         submit(m)
     messages += len(msgs)
+    if isinstance(stats, _Watch):
+        stats.take()  # (what the end of the file gave up belongs to no frame)
     stats.update(cap.counts)  # packets not handed on (a link type not decoded), blocks skipped
     error = cap.problem()
     return FileReport(cap.path, linktype=linktype, packets=stats["packets"] - before,
                       messages=messages, interrupted=interrupted,
-                      truncated=bool(cap.truncated), error=error)
+                      truncated=bool(cap.truncated), error=error, first_us=first_us,
+                      last_us=last_us)
+
+
+def _explaining(decoder: Any, path: str, linktype: int, stats: Stats,
+                explain: Callable[[Explained], None]
+                ) -> Callable[[bytes, Sequence[int], Callable[[Any], None]], int]:
+    """``decode_batch`` frame by frame: each frame's messages are submitted before the
+    next is decoded, and a frame that added to a counter of :class:`_Watch` is handed
+    to ``explain``. Returns the number of messages of the batch."""
+    assert isinstance(stats, _Watch)
+    frame_no = 0
+
+    def run(data: bytes, meta: Sequence[int], submit: Callable[[Any], None]) -> int:
+        nonlocal frame_no
+        count = 0
+        for sec, usec, off, caplen in zip(meta[0::4], meta[1::4], meta[2::4], meta[3::4],
+                                          strict=True):
+            frame_no += 1
+            ts = sec * 1_000_000 + usec
+            frame = data[off:off + caplen]
+            stats.take()
+            msgs = decoder.decode(ts, frame)
+            for m in msgs:
+                submit(m)
+            count += len(msgs)
+            reasons = stats.take()
+            if reasons:
+                src, dst = frame_addresses(getattr(decoder, "linktype", linktype), frame)
+                explain(Explained(path, frame_no, ts, src, dst, reasons))
+        return count
+
+    return run

@@ -13,7 +13,8 @@ import click
 
 from ..config import Settings
 from ..net import parse_ports
-from ..replay import ReplayOptions, replay_files
+from ..replay import Explained, ReplayOptions, replay_files
+from ..stats import Stats
 from .common import print_summary, setting_option, storage_options, summary_dict
 from .hep_out import hep_out_from, hep_out_summary, hep_to_options
 
@@ -30,9 +31,20 @@ from .hep_out import hep_out_from, hep_out_summary, hep_to_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--foreground-writer", is_flag=True, hidden=True,
               help="Write from this process (no writer process).")
+@click.option("--again", is_flag=True,
+              help="Store a file again although it was replayed into the database before "
+                   "(its rows are then there twice).")
+@click.option("--resume", is_flag=True,
+              help="Continue a replay of a file that was cut short (a signal, a kill, a "
+                   "crash): the messages its stored batches hold are skipped (dropped: "
+                   "stored-before), the rest stored; each message is stored once.")
+@click.option("--explain", is_flag=True,
+              help="List every frame that was skipped, malformed or dropped: file, frame "
+                   "number (as Wireshark counts), time, addresses, reasons.")
 @storage_options
 def command(files: tuple[str, ...], quiet: bool,
-            as_json: bool, foreground_writer: bool, settings: Settings) -> int:
+            as_json: bool, foreground_writer: bool, again: bool, resume: bool,
+            explain: bool, settings: Settings) -> int:
     """Read pcap/pcapng FILE(s) and store every SIP message as one row.
 
     With --hep-to each message is also sent as HEPv3 to collectors (--db none: only
@@ -51,7 +63,14 @@ def command(files: tuple[str, ...], quiet: bool,
     SIGINT (Ctrl-C) or SIGTERM stops reading at the next batch of packets; what was
     read is stored, the summary is printed, and the exit status is 130.
 
-    Exit status: 0 all files read completely; 3 a file is missing, not a capture, has
+    Each file is remembered in the database (table sipcaptool_replays: its size, a hash
+    of its head and tail, first and last packet time, how far the replay got). Replaying
+    the same file into the same tables again is refused (exit 2) unless --again; a
+    replay that was cut short continues with --resume. Standard input is not
+    remembered.
+
+    Exit status: 0 all files read completely; 2 bad usage, or a file was replayed into
+    the database before (--again, --resume); 3 a file is missing, not a capture, has
     an unknown link type or is cut off (everything before the cut is stored); 4 the
     database failed, or refused some rows (the others are stored; the summary counts
     them as dropped: db-error); 130 interrupted.
@@ -64,10 +83,16 @@ def command(files: tuple[str, ...], quiet: bool,
           --table-name "sip_a|sip_b" --mt-mode hash day1.pcapng day2.pcap
       sipcaptool replay day1.pcap --db none --hep-to tcp:collector1:9061 \\
           --hep-to tcp:collector2:9061
+      sipcaptool replay --resume day1.pcapng
+      sipcaptool replay --explain --db none suspect.pcap | grep malformed
     """
+    explained: list[Explained] = []
     options = ReplayOptions(ports=parse_ports(settings.ports or None),
                             hep_ports=parse_ports(settings.hep_ports or None, "--hep-ports"),
-                            foreground_writer=foreground_writer)
+                            foreground_writer=foreground_writer, again=again,
+                            resume=resume,
+                            explain=explained.append if explain and as_json else
+                            _print_explained if explain else None)
     bar: Any = None
 
     def show(nbytes: int, total: int | None) -> None:
@@ -105,14 +130,23 @@ def command(files: tuple[str, ...], quiet: bool,
         click.echo(f"sipcaptool: warning: {report.snapped} frames were cut short by the "
                    "capture's snap length (tcpdump -s); the messages in them are not stored "
                    "(malformed: snapped); capture with -s 0 to keep whole frames", err=True)
+    keep = _keep_hint(report.stats, settings)
     if not quiet or as_json:
-        summary = summary_dict(report.stats, {
+        extra: dict[str, Any] = {
             "files": [f.to_dict() for f in report.files], "seconds": report.seconds,
-            "interrupted_by": report.interrupted_by, "spool": report.spool,
-            "errors": [str(e) for e in report.errors]})
+            "interrupted_by": report.interrupted_by, "spool": report.spool}
+        if as_json:  # (as text, the errors are the lines on stderr below: once)
+            extra["errors"] = [str(e) for e in report.errors]
+            if keep:
+                extra["hint"] = keep
+            if explain:
+                extra["explained"] = [_explained_dict(e) for e in explained]
+        summary = summary_dict(report.stats, extra)
         if sender is not None:
             summary.update(hep_out_summary(report.stats))
         print_summary(summary, as_json)
+        if keep and not as_json:
+            click.echo(f"hint: {keep}")
     if report.errors:
         for e in report.errors:
             click.echo(f"sipcaptool: error: {e}", err=True)
@@ -122,3 +156,32 @@ def command(files: tuple[str, ...], quiet: bool,
                    "before it is stored", err=True)
         return 130
     return 0
+
+
+def _keep_hint(stats: Stats, settings: Settings) -> str:
+    """What to do about messages dropped because their SIP does not parse (the
+    ``malformed:sip-*`` reasons: the ones ``capture_bad_msgs`` stores)."""
+    n = sum(v for k, v in stats.group("malformed").items() if k.startswith("sip-"))
+    if not n or settings.capture_bad_msgs:
+        return ""
+    return (f"{n} messages were not stored because their SIP does not parse "
+            "(malformed: sip-*); --capture-bad-msgs 1 stores them (fields best effort), "
+            "--explain lists their frames")
+
+
+def _when(ts_us: int) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts_us // 1_000_000)) + \
+        f".{ts_us % 1_000_000:06d}"
+
+
+def _print_explained(e: Explained) -> None:
+    """One line per frame: file, frame number, time (UTC), addresses, reasons."""
+    click.echo(f"{e.path}\tframe {e.frame}\t{_when(e.ts_us)}\t{e.src} -> {e.dst}\t"
+               + " ".join(e.reasons))
+
+
+def _explained_dict(e: Explained) -> dict[str, Any]:
+    return {"file": e.path, "frame": e.frame, "time": _when(e.ts_us), "ts_us": e.ts_us,
+            "src": e.src, "dst": e.dst, "reasons": list(e.reasons)}

@@ -418,6 +418,10 @@ class LiveCapture:
             drop_privileges(opts.user)
         deadline = None if opts.duration is None else time.monotonic() + opts.duration
         self.started = time.monotonic()
+        # the capture is open (and privileges given up): ready, for systemd's Type=notify
+        from ..sdnotify import ready
+
+        ready(f"capturing: {opts.describe()}")
         if len(self.sources) == 1:
             w = Worker(self.sources[0], opts, self.settings, self.shared, self.stats,
                        background=background)

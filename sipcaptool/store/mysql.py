@@ -197,15 +197,25 @@ class MysqlAdapter(Adapter):
 
     def _params(self, database: str | None) -> dict[str, object]:
         u = self.url
-        p: dict[str, object] = dict(host=u.host, port=u.port, user=u.user or "root",
+        p: dict[str, object] = dict(host=u.host or "localhost", port=u.port,
+                                    user=u.user or "root",
                                     password=u.password, charset="utf8mb4", autocommit=False,
                                     connect_timeout=10, local_infile=self.use_infile)
         if database:
             p["database"] = database
+        # the options url.py accepts (QUERY_OPTIONS["mysql"]); charset is utf8mb4 anyway
         for k, v in u.options:
             if k in ("unix_socket", "ssl_ca", "ssl_cert", "ssl_key", "read_timeout",
                      "write_timeout", "connect_timeout"):
                 p[k] = int(v) if k.endswith("timeout") else v
+            elif k == "sslmode":
+                if v == "disable":
+                    p["ssl_disabled"] = True
+                elif v == "require":  # encrypted, the certificate is not checked
+                    p["ssl"] = {"check_hostname": False}
+                else:
+                    p["ssl_verify_cert"] = True
+                    p["ssl_verify_identity"] = v == "verify-full"
         return p
 
     def _open(self, database: str | None) -> _Conn:

@@ -155,9 +155,11 @@ class PostgresAdapter(Adapter):
 
     def _params(self, database: str) -> dict[str, object]:
         u = self.url
-        p: dict[str, object] = dict(host=u.host, port=u.port, dbname=database,
+        p: dict[str, object] = dict(port=u.port, dbname=database,
                                     user=u.user or "postgres", connect_timeout=10,
                                     application_name="sipcaptool")
+        if u.host:  # a host, or a socket directory; none: libpq's default socket
+            p["host"] = u.host
         if u.password:
             p["password"] = u.password
         p.update(dict(u.options))

@@ -101,12 +101,22 @@ if TYPE_CHECKING:
 
     from .retention import Maintenance
 
-__all__ = ["BATCH_MAX_BYTES", "Writer"]
+__all__ = ["BATCH_MAX_BYTES", "Position", "Writer"]
 
 _START_TIMEOUT = 60.0   # seconds to wait for the writer process to connect
 BATCH_MAX_BYTES = 8 << 20  # default batch_max_bytes
 _ROW_OVERHEAD = 256        # formatted bytes of a row besides its message (an estimate)
 _BLOB_INDEX = {"sip": SIP_COLUMN_NAMES.index("msg"), "aux": AUX_COLUMN_NAMES.index("msg")}
+
+
+class Position:
+    """Where a replay is in its file: ``seq``, the number of the message being submitted
+    (1, 2, ...). Shared by the writers of a replay (see :meth:`Writer.follow`)."""
+
+    __slots__ = ("seq",)
+
+    def __init__(self) -> None:
+        self.seq = 0
 
 
 class Writer:
@@ -183,6 +193,12 @@ class Writer:
         self.maintenance = maintenance
         self._batch_prefix = uuid.uuid4().hex[:16] + "-"
         self._batch_seq = itertools.count(1)
+        # a replay's bookkeeping (follow()): the run's batch id tag, the file position of
+        # each buffer's last row, and what an earlier run of the file stored
+        self._position: Position | None = None
+        self._tag = ""
+        self._last_seq: dict[tuple[str, str], int] = {}
+        self._stored_before: dict[str, int] = {}
         self._core: WriterCore | None = None
         # gauges (their changes are added to the stats, so that several writers and
         # several workers add up): batches handed over and not yet done, spool contents
@@ -398,6 +414,21 @@ class Writer:
                 self._drain()
 
     # -- batching ------------------------------------------------------------------------
+    def follow(self, tag: str, position: Position | None,
+               stored_before: dict[str, int] | None = None) -> None:
+        """Replay bookkeeping: each batch id starts with ``tag`` and the ``position.seq``
+        of its last row (:mod:`sipcaptool.store.replays` reads them back), and a row
+        submitted at a position an earlier run of the file stored for its table
+        (``stored_before``: table -> position) is skipped, counted as
+        ``dropped:stored-before``. ``follow("", None)`` ends it. Call between files,
+        after :meth:`flush`."""
+        with self._lock:
+            self._flush_all()
+            self._tag = tag
+            self._position = position
+            self._stored_before = dict(stored_before or {})
+            self._last_seq.clear()
+
     def _raise_pending(self) -> None:
         err = self._error
         if err is not None:
@@ -413,7 +444,13 @@ class Writer:
         if self._closed:
             raise StoreError(f"{self.url.redacted()}: writer is closed")
         key = (table, kind)
+        pos = self._position
+        if pos is not None and pos.seq <= self._stored_before.get(table, 0):
+            self.stats["dropped:stored-before"] += 1
+            return
         with self._lock:
+            if pos is not None:
+                self._last_seq[key] = pos.seq
             buf = self._buffers.get(key)
             if buf is None:
                 buf = self._buffers[key] = []
@@ -452,8 +489,10 @@ class Writer:
             self._sizes.pop(key, None)
             return
         n = len(rows)
-        job = Batch(table, kind, n, self.adapter.format_batch(kind, rows),
-                    self._batch_prefix + str(next(self._batch_seq)))
+        batch_id = self._batch_prefix + str(next(self._batch_seq))
+        if self._tag:  # a replay's: the file position of the batch's last row first
+            batch_id = f"{self._tag}{self._last_seq.get(key, 0)}:{batch_id}"
+        job = Batch(table, kind, n, self.adapter.format_batch(kind, rows), batch_id)
         self._unsent.append(job)
         self._buffers.pop(key, None)
         self._first.pop(key, None)

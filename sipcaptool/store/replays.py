@@ -1,0 +1,151 @@
+"""What was replayed into a database: ``sipcaptool_replays``, beside ``sipcaptool_batches``.
+
+One row per capture file (and table setting) replayed into the database: the file's
+identity (``file_key``: its size and a hash of its head and of its tail, with the tables
+it went to), its first and last packet time, how far the replay got (``state``:
+``running``, ``complete`` or ``interrupted``; packets and messages) and ``run_id``, the
+tag of that run's batch ids in ``sipcaptool_batches``.
+
+A replay marks each batch it writes with the position in the file of the batch's last
+message (``r<run_id>:<position>:...``, see :class:`~sipcaptool.store.writer.Writer`),
+committed in the batch's own transaction. The batches of one table are written in the
+order they were cut, so the highest position among a table's committed batches says
+that every message of the file up to it that goes to that table is stored:
+:func:`stored_positions` gives them, and a resumed replay skips what they cover.
+Times are integers (µs since the epoch, UTC) in the three databases alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import Adapter
+from .schema import BATCHES_TABLE, quote_ident
+
+__all__ = ["REPLAYS_TABLE", "ReplayRecord", "find", "mark_done", "mark_started",
+           "replays_table_sql", "stored_positions"]
+
+REPLAYS_TABLE = "sipcaptool_replays"
+
+_COLUMNS = ("file_key", "path", "size", "head_sha256", "tables", "first_us", "last_us",
+            "run_id", "state", "packets", "messages", "started_us", "finished_us")
+
+
+def replays_table_sql(dialect: str) -> list[str]:
+    """CREATE statement for ``sipcaptool_replays`` in ``dialect``."""
+    text, big = {"mysql": ("VARCHAR(1024)", "BIGINT"),
+                 "postgresql": ("VARCHAR(1024)", "BIGINT")}.get(dialect, ("TEXT", "INTEGER"))
+    key = "VARCHAR(64)" if dialect != "sqlite" else "TEXT"
+    cols = [f"{q('file_key', dialect)} {key} NOT NULL PRIMARY KEY",
+            f"{q('path', dialect)} {text} NOT NULL",
+            f"{q('size', dialect)} {big} NOT NULL",
+            f"{q('head_sha256', dialect)} {key} NOT NULL",
+            f"{q('tables', dialect)} {text} NOT NULL",
+            f"{q('first_us', dialect)} {big}",
+            f"{q('last_us', dialect)} {big}",
+            f"{q('run_id', dialect)} {key} NOT NULL",
+            f"{q('state', dialect)} {key} NOT NULL",
+            f"{q('packets', dialect)} {big} NOT NULL DEFAULT 0",
+            f"{q('messages', dialect)} {big} NOT NULL DEFAULT 0",
+            f"{q('started_us', dialect)} {big} NOT NULL",
+            f"{q('finished_us', dialect)} {big}"]
+    tail = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin" \
+        if dialect == "mysql" else ""
+    return [f"CREATE TABLE IF NOT EXISTS {q(REPLAYS_TABLE, dialect)} ("
+            + ", ".join(cols) + ")" + tail]
+
+
+def q(name: str, dialect: str) -> str:
+    return quote_ident(dialect, name)
+
+
+@dataclass(frozen=True)
+class ReplayRecord:
+    """A row of ``sipcaptool_replays``."""
+
+    file_key: str
+    path: str
+    size: int
+    head_sha256: str
+    tables: str
+    first_us: int | None
+    last_us: int | None
+    run_id: str
+    state: str
+    packets: int
+    messages: int
+    started_us: int
+    finished_us: int | None
+
+
+def ensure_table(adapter: Adapter) -> None:
+    adapter.execute_ddl(replays_table_sql(adapter.dialect))
+
+
+def find(adapter: Adapter, file_key: str) -> ReplayRecord | None:
+    """The record of ``file_key`` in this database, or None (the table is created when
+    missing)."""
+    ensure_table(adapter)
+    d = adapter.dialect
+    cols = ", ".join(q(c, d) for c in _COLUMNS)
+    rows = adapter.select(f"SELECT {cols} FROM {q(REPLAYS_TABLE, d)} "
+                          f"WHERE {q('file_key', d)} = {adapter.placeholder}", (file_key,))
+    if not rows:
+        return None
+    r = rows[0]
+    return ReplayRecord(str(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]),
+                        None if r[5] is None else int(r[5]),
+                        None if r[6] is None else int(r[6]), str(r[7]), str(r[8]),
+                        int(r[9]), int(r[10]), int(r[11]),
+                        None if r[12] is None else int(r[12]))
+
+
+def mark_started(adapter: Adapter, rec: ReplayRecord) -> None:
+    """Record (or replace) the file's row as ``running``."""
+    d, ph = adapter.dialect, adapter.placeholder
+    adapter.execute(f"DELETE FROM {q(REPLAYS_TABLE, d)} WHERE {q('file_key', d)} = {ph}",
+                    (rec.file_key,))
+    cols = ", ".join(q(c, d) for c in _COLUMNS)
+    adapter.execute(f"INSERT INTO {q(REPLAYS_TABLE, d)} ({cols}) VALUES "
+                    f"({', '.join([ph] * len(_COLUMNS))})",
+                    (rec.file_key, rec.path, rec.size, rec.head_sha256, rec.tables,
+                     rec.first_us, rec.last_us, rec.run_id, rec.state, rec.packets,
+                     rec.messages, rec.started_us, rec.finished_us))
+
+
+def mark_done(adapter: Adapter, file_key: str, run_id: str, *, state: str, packets: int,
+              messages: int, first_us: int | None, last_us: int | None,
+              finished_us: int) -> None:
+    """How the run ``run_id`` of the file ended (``complete`` or ``interrupted``)."""
+    d, ph = adapter.dialect, adapter.placeholder
+    sets = ", ".join(f"{q(c, d)} = {ph}" for c in ("state", "packets", "messages",
+                                                   "first_us", "last_us", "finished_us"))
+    adapter.execute(f"UPDATE {q(REPLAYS_TABLE, d)} SET {sets} WHERE {q('file_key', d)} = {ph} "
+                    f"AND {q('run_id', d)} = {ph}",
+                    (state, packets, messages, first_us, last_us, finished_us, file_key,
+                     run_id))
+
+
+def batch_tag(run_id: str) -> str:
+    """The prefix of the batch ids of a replay run."""
+    return f"r{run_id}:"
+
+
+def stored_positions(adapter: Adapter, run_id: str) -> dict[str, int]:
+    """For each table, the position in the file of the last message of the run's
+    committed batches (``sipcaptool_batches``; the table is created when missing)."""
+    adapter.create_batches_table()
+    d = adapter.dialect
+    tag = batch_tag(run_id)
+    rows = adapter.select(f"SELECT {q('table_name', d)}, {q('batch_id', d)} FROM "
+                          f"{q(BATCHES_TABLE, d)} WHERE {q('batch_id', d)} LIKE "
+                          f"{adapter.placeholder}", (tag + "%",))
+    out: dict[str, int] = {}
+    for table, batch_id in rows:
+        try:
+            pos = int(str(batch_id)[len(tag):].split(":", 1)[0])
+        except ValueError:
+            continue
+        if pos > out.get(str(table), 0):
+            out[str(table)] = pos
+    return out

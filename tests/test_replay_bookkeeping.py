@@ -1,0 +1,203 @@
+"""`sipcaptool replay` remembers what it replayed (sipcaptool_replays): a second replay
+of the same file into the same tables is refused (exit 2) unless --again, a replay
+killed in the middle continues with --resume and stores every message exactly once,
+and --explain lists the frames that were not stored, numbered as tshark numbers them.
+Run as a user runs it (subprocesses), into SQLite, MariaDB and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sipcaptool.export.pcap import PcapWriter
+from sipcaptool.store import open_adapter
+from sipcaptool.store.url import parse_db_url
+from sipcaptool.testing.pcapgen import realistic_messages, udp4_frame
+from tests.shared_data import CORPUS, needs_shared
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "call.pcap"
+
+
+def cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sipcaptool", *args]
+
+
+def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if stdin is not None:
+        p = subprocess.run(cmd(*args), capture_output=True, env=env, timeout=300, input=stdin)
+        return subprocess.CompletedProcess(p.args, p.returncode, p.stdout.decode(),
+                                           p.stderr.decode())
+    return subprocess.run(cmd(*args), capture_output=True, text=True, env=env, timeout=300)
+
+
+def select(url: str, sql: str) -> list[tuple]:
+    a = open_adapter(parse_db_url(url))
+    a.connect_readonly()
+    try:
+        return a.select(sql)
+    finally:
+        a.close()
+
+
+def count(url: str, table: str = "sip_capture") -> int:
+    try:
+        return int(select(url, f"SELECT COUNT(*) FROM {table}")[0][0])
+    except Exception:  # noqa: BLE001 - the table is created with the first batch
+        return 0
+
+
+def make_pcap(path: Path, n: int) -> None:
+    with open(path, "wb") as f:
+        w = PcapWriter(f)
+        for ts, (src, sport, dst, dport, msg) in realistic_messages(n):
+            w.write(ts, udp4_frame(src, sport, dst, dport, msg))
+
+
+def test_second_replay_refused_then_again(any_db_url):
+    r = run("replay", "-q", "--db", any_db_url, str(EXAMPLE))
+    assert r.returncode == 0, r.stderr
+    assert count(any_db_url) == 30
+    r = run("replay", "-q", "--db", any_db_url, str(EXAMPLE))
+    assert r.returncode == 2
+    assert "was replayed into" in r.stderr and "--again" in r.stderr
+    assert r.stderr.count("\n") == 1  # one line
+    assert count(any_db_url) == 30     # nothing read, nothing stored
+    row = select(any_db_url, "SELECT path, size, state, packets, messages, first_us, last_us "
+                             "FROM sipcaptool_replays")
+    assert len(row) == 1
+    path, size, state, packets, messages, first_us, last_us = row[0]
+    assert (path, int(size), state, int(packets), int(messages)) == \
+        (str(EXAMPLE), EXAMPLE.stat().st_size, "complete", 30, 30)
+    assert 0 < int(first_us) <= int(last_us)
+    # the first and last packet times are the capture's own (tshark's reading)
+    out = subprocess.run(["tshark", "-r", str(EXAMPLE), "-T", "fields", "-e",
+                          "frame.time_epoch"], capture_output=True, text=True, check=True)
+    times = [round(float(t) * 1e6) for t in out.stdout.split()]
+    assert (int(first_us), int(last_us)) == (times[0], times[-1])
+    r = run("replay", "-q", "--again", "--db", any_db_url, str(EXAMPLE))
+    assert r.returncode == 0, r.stderr
+    assert count(any_db_url) == 60
+    # other tables in the same database: not the same replay
+    r = run("replay", "-q", "--db", any_db_url, "--table-name", "sip_other", str(EXAMPLE))
+    assert r.returncode == 0, r.stderr
+    assert count(any_db_url, "sip_other") == 30
+
+
+def test_standard_input_is_not_remembered(sqlite_url):
+    data = EXAMPLE.read_bytes()
+    for _ in range(2):
+        r = run("replay", "-q", "--db", sqlite_url, "-", stdin=data)
+        assert r.returncode == 0, r.stderr
+    assert count(sqlite_url) == 60
+
+
+def test_resume_after_kill_stores_every_message_once(any_db_url, tmp_path):
+    n = 40_000
+    pcap = tmp_path / "big.pcap"
+    make_pcap(pcap, n)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen(cmd("replay", "-q", "--db", any_db_url, "--batch-size", "50",
+                             str(pcap)), env=env, start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stored = 0
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None:
+            stored = count(any_db_url)
+            if stored >= 2_000:
+                break
+            time.sleep(0.02)
+        assert p.poll() is None, "the replay ended before it could be killed"
+        os.killpg(p.pid, signal.SIGKILL)  # the replay and its writer process, at once
+    finally:
+        p.wait(30)
+    stored = count(any_db_url)
+    assert 0 < stored < n
+    state = select(any_db_url, "SELECT state FROM sipcaptool_replays")
+    assert state == [("running",)]
+    # neither a plain replay nor one with --again by mistake of --resume: say so
+    r = run("replay", "-q", "--db", any_db_url, str(pcap))
+    assert r.returncode == 2 and "--resume" in r.stderr, r.stderr
+    assert count(any_db_url) == stored
+    r = run("replay", "--json", "--resume", "--db", any_db_url, "--batch-size", "500",
+            str(pcap))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["dropped"]["stored-before"] == stored
+    assert summary["stored_total"] == n - stored
+    assert count(any_db_url) == n
+    # every message once: each has its own capture time
+    dup = select(any_db_url, "SELECT micro_ts, COUNT(*) FROM sip_capture GROUP BY micro_ts "
+                             "HAVING COUNT(*) > 1")
+    assert dup == []
+    assert select(any_db_url, "SELECT COUNT(DISTINCT micro_ts) FROM sip_capture")[0][0] == n
+    assert select(any_db_url, "SELECT state, messages FROM sipcaptool_replays") == \
+        [("complete", n)]
+    # and now it is complete: a third run is refused
+    r = run("replay", "-q", "--resume", "--db", any_db_url, str(pcap))
+    assert r.returncode == 2 and "--again" in r.stderr
+
+
+def test_resume_refused_when_the_table_is_chosen_at_random(sqlite_url):
+    r = run("replay", "-q", "--resume", "--db", sqlite_url, "--table-name", "a|b",
+            "--mt-mode", "rand", str(EXAMPLE))
+    assert r.returncode == 2
+    assert "mt_mode rand" in r.stderr and "mt_mode hash" in r.stderr
+    r = run("replay", "-q", "--resume", "--again", "--db", sqlite_url, str(EXAMPLE))
+    assert r.returncode == 2 and "exclude each other" in r.stderr
+
+
+@needs_shared("corpus")
+def test_explain_lists_the_frames_tshark_numbers(tmp_path):
+    pcap = CORPUS / "sip-udp-fuzzed-malformed.pcap"
+    r = run("replay", "--explain", "--db", "none", str(pcap))
+    assert r.returncode == 0, r.stderr
+    lines = [ln.split("\t") for ln in r.stdout.splitlines() if "\tframe " in ln]
+    assert lines
+    # the summary's counters of malformed SIP are the ones listed, frame by frame
+    r2 = run("replay", "--json", "--explain", "--db", "none", str(pcap))
+    summary = json.loads(r2.stdout)
+    listed = summary["explained"]
+    assert len(listed) == len(lines)
+    malformed_sip = sum(v for k, v in summary["malformed"].items() if k.startswith("sip-"))
+    assert malformed_sip == sum(1 for e in listed for reason in e["reasons"]
+                                if reason.startswith("malformed:sip-"))
+    assert malformed_sip > 0
+    assert "--capture-bad-msgs 1" in summary["hint"]
+    assert "hint: " in r.stdout and "--capture-bad-msgs 1" in r.stdout
+    # tshark's view of the same frame numbers: the same time and addresses
+    out = subprocess.run(["tshark", "-r", str(pcap), "-T", "fields", "-E", "separator=\t",
+                          "-e", "frame.number", "-e", "frame.time_epoch", "-e", "ip.src",
+                          "-e", "ip.dst", "-e", "udp.srcport", "-e", "udp.dstport"],
+                         capture_output=True, text=True, check=True)
+    frames = {}
+    for ln in out.stdout.splitlines():
+        f = ln.split("\t")
+        frames[int(f[0])] = f
+    checked = 0
+    for e in listed:
+        f = frames[e["frame"]]
+        assert e["ts_us"] == round(float(f[1]) * 1e6), (e, f)
+        if f[4] and e["src"] != "?" and "," not in f[2]:
+            assert e["src"] == f"{f[2]}:{f[4]}" and e["dst"] == f"{f[3]}:{f[5]}", (e, f)
+            checked += 1
+    assert checked >= malformed_sip // 2
+    # with capture_bad_msgs the same frames are stored, and no hint
+    r3 = run("replay", "--json", "--db", "none", "--capture-bad-msgs", "1", str(pcap))
+    assert "hint" not in json.loads(r3.stdout)
+
+
+def test_errors_are_printed_once(tmp_path, sqlite_url):
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(EXAMPLE.read_bytes()[:-100])
+    r = run("replay", "--db", sqlite_url, str(cut))
+    assert r.returncode == 3
+    both = r.stdout + r.stderr
+    assert both.count("cut off") == 1, both
