@@ -320,7 +320,8 @@ def _run_single(listeners: Listeners, settings: Settings, options: CollectorOpti
     try:
         pipeline = Pipeline(settings, stats, background=not options.foreground_writer,
                             capture_flag=capture_flag, max_clock_skew=settings.max_clock_skew,
-                            maintenance_clock=time.time)
+                            maintenance_clock=time.time,
+                            dedup_by_arrival=True)
     except BaseException:
         for _l, s in listeners:
             s.close()
@@ -367,7 +368,8 @@ def _worker(index: int, link: WorkerLink, listeners: Listeners, settings: Settin
     stats = link.stats
     pipeline = Pipeline(settings, stats, background=not options.foreground_writer,
                         capture_flag=capture_flag, max_clock_skew=settings.max_clock_skew,
-                        maintenance_clock=time.time)
+                        maintenance_clock=time.time,
+                        dedup_by_arrival=True)
     on_progress = None
     limit = options.count
     if limit is not None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 from .decode.sip import looks_like_sip, parse_sip, parse_sip_lenient
+from .dedup import Dedup
 from .errors import DecodeError, StoreError
 from .record import AUX_TABLES, HEP_TYPE_SIP, CapturedMessage
 from .row import RowOptions, aux_row, hash_key, sip_row
@@ -22,6 +23,11 @@ from .store.writer import Writer
 
 if TYPE_CHECKING:
     from .store.retention import Maintenance
+
+
+def _arrival_us() -> int:
+    """The dedup window's clock for hep and live: monotonic µs."""
+    return time.monotonic_ns() // 1000
 
 
 class _Target:
@@ -87,6 +93,9 @@ class Pipeline:
             time instead, counted as ``adjusted:clock-skew``: a sender's timestamps
             cannot make a table each. The row keeps the message's own time (``date``,
             ``micro_ts``).
+        dedup_by_arrival: with ``dedup_window``, the window's entries expire by the
+            arrival clock (``hep``, ``live``) instead of the messages' own time
+            (``replay``); see :mod:`sipcaptool.dedup`.
         maintenance_clock: ``hep``, ``live``: each writer process makes the tables of
             today and tomorrow (and MySQL day partitions) ahead, by this clock (``time.time``;
             tests give another), at start and every hour
@@ -96,7 +105,8 @@ class Pipeline:
     def __init__(self, settings: Settings, stats: Stats, *, background: bool = True,
                  capture_flag: Any = None, use_spool: bool = True,
                  require_db_at_start: bool = False, max_clock_skew: float = 0.0,
-                 maintenance_clock: Callable[[], float] | None = None) -> None:
+                 maintenance_clock: Callable[[], float] | None = None,
+                 dedup_by_arrival: bool = False) -> None:
         self.settings = settings
         self.stats = stats
         self.capture_flag = (capture_flag if capture_flag is not None
@@ -149,6 +159,11 @@ class Pipeline:
         # strftime tables named by arrival time when the message's own is this far off
         dated = any(t.router.dated for t in self.targets)
         self.skew_us = int(max_clock_skew * 1_000_000) if dated and max_clock_skew > 0 else 0
+        # copies of a message already stored from another capture point (dedup_window)
+        self.dedup: Dedup | None = None
+        if settings.dedup_window > 0:
+            self.dedup = Dedup(settings.dedup_window, settings.dedup_max_entries, stats,
+                               clock=_arrival_us if dedup_by_arrival else None)
 
     def submit(self, msg: CapturedMessage) -> None:
         stats = self.stats
@@ -156,6 +171,8 @@ class Pipeline:
         if not self.capture_flag.value:
             stats["dropped:capture-off"] += 1
             return
+        if self.dedup is not None and self.dedup.duplicate(msg):
+            return  # counted as dedup:<node>
         hep_type = msg.hep_type
         if hep_type != HEP_TYPE_SIP and not self._submit_aux(msg):
             return

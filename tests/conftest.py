@@ -29,7 +29,7 @@ from netns import have_netns
 from shared_data import missing as shared_missing
 
 REQUIRED = os.environ.get("SIPCAPTOOL_REQUIRE_SERVICES") == "1"
-SERVICE_FIXTURES = frozenset({"mysql_url", "pg_url"})
+SERVICE_FIXTURES = frozenset({"mysql_url", "pg_url", "ch_url", "ch_cluster"})
 
 MYSQL_SERVER = os.environ.get("SIPCAPTOOL_TEST_MYSQL", "mysql://root@127.0.0.1:3306")
 PG_SERVER = os.environ.get("SIPCAPTOOL_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
@@ -58,11 +58,12 @@ def _uses_services(item: pytest.Item) -> bool:
 # sngrep, Chromium) as processes: end to end, seconds each. A test that uses the
 # ``collectors`` fixture is end to end wherever it is.
 E2E_MODULES = frozenset({
-    "test_control", "test_corpus_replay", "test_db_commands", "test_export",
-    "test_flow", "test_flow_browser", "test_hep_collector", "test_hep_conformance",
-    "test_hep_types", "test_hostile", "test_hostile_collector", "test_hostile_control",
-    "test_hostile_tables", "test_install", "test_replay_bookkeeping", "test_replay_e2e",
-    "test_sdnotify", "test_search", "test_store_refusals", "test_url_forms",
+    "test_clickhouse_e2e", "test_control", "test_corpus_replay", "test_db_commands",
+    "test_export", "test_flow", "test_flow_browser", "test_hep_collector",
+    "test_hep_conformance", "test_hep_fanout", "test_hep_tls", "test_hep_types",
+    "test_hostile", "test_hostile_collector", "test_hostile_control", "test_hostile_tables",
+    "test_install", "test_replay_bookkeeping", "test_replay_e2e", "test_sdnotify",
+    "test_search", "test_settings_e2e", "test_store_refusals", "test_url_forms",
 })
 
 
@@ -171,6 +172,72 @@ def pg_url(request):
 def sqlite_url(tmp_path):
     """URL of a new SQLite file in the test's temporary directory."""
     return "sqlite:///" + str(tmp_path / "capture.db")
+
+
+@pytest.fixture(scope="session")
+def ch_single():
+    """A private ClickHouse server (Debian's clickhouse-server, own config, data directory
+    and ports; tests/clickhouse_server.py) for the whole session, stopped by its PID."""
+    from clickhouse_server import ClickHouseGroup, clickhouse_binary
+    if clickhouse_binary() is None:
+        _skip_or_fail("clickhouse-server is not installed (apt-get install clickhouse-server)")
+    try:
+        import clickhouse_driver  # noqa: F401
+    except ImportError as e:
+        _unavailable("clickhouse-driver (pip install '.[clickhouse]')", e)
+    group = ClickHouseGroup(1)
+    try:
+        group.start()
+    except RuntimeError as e:
+        _unavailable("a private clickhouse-server", e)
+    yield group
+    group.stop()
+
+
+@pytest.fixture(scope="session")
+def ch_pair():
+    """Two private ClickHouse servers, each listing both as the shards of cluster
+    ``sipcap``, for the whole session."""
+    from clickhouse_server import ClickHouseGroup, clickhouse_binary
+    if clickhouse_binary() is None:
+        _skip_or_fail("clickhouse-server is not installed (apt-get install clickhouse-server)")
+    group = ClickHouseGroup(2)
+    try:
+        group.start()
+    except RuntimeError as e:
+        _unavailable("private clickhouse-servers", e)
+    yield group
+    group.stop()
+
+
+@pytest.fixture
+def ch_url(ch_single):
+    """URL of a fresh database on the private ClickHouse server (dropped afterwards)."""
+    name = _test_db_name()
+    yield f"{ch_single.servers[0].url}/{name}"
+    _ch_drop(ch_single, name)
+
+
+@pytest.fixture
+def ch_cluster(ch_pair):
+    """``(url, group)``: a fresh database on the two-shard cluster (``?cluster=sipcap``
+    in the URL; the group's ``servers`` can be stopped and started)."""
+    name = _test_db_name()
+    yield f"{ch_pair.servers[0].url}/{name}?cluster=sipcap", ch_pair
+    _ch_drop(ch_pair, name)
+
+
+def _ch_drop(group, name: str) -> None:
+    from clickhouse_driver import Client
+    for s in group.servers:
+        if s.proc is None:
+            continue
+        try:
+            c = Client("127.0.0.1", port=s.tcp_port, connect_timeout=3)
+            c.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            c.disconnect()
+        except Exception:  # noqa: BLE001 - best effort clean-up
+            pass
 
 
 @pytest.fixture(params=["sqlite", "mysql", "postgresql"])

@@ -85,7 +85,7 @@ def setting_option(*param_decls: str, setting: str | None = None,
             lo, hi = param.bounds()
             attrs["metavar"] = f"{lo:g}-{hi:g}" if hi - lo <= 1000 else "N"
     text = attrs.get("help") or ""
-    if "[default" not in text and not param.secret and not flag:
+    if "[default" not in text and not text.startswith("Same as") and not param.secret and not flag:
         default = param.default
         shown = " ".join(str(d) for d in default) if isinstance(default, list) else default
         if shown != "":
@@ -315,11 +315,11 @@ def log_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for deco in reversed([
         setting_option("-v", "--verbose", setting="log_level", count=True,
                        convert=lambda n: "info" if n == 1 else "debug",
-                       help="More log output (-v info, -vv debug): log_level."),
+                       help="More log output (-v info, -vv debug; setting log_level)."),
         setting_option("-q", "--quiet", setting="log_level", count=True,
                        convert=lambda n: "error" if n == 1 else "critical",
                        help="Less output: no start lines and no text summary; logs errors "
-                            "only (-qq: critical only): log_level."),
+                            "only (-qq: critical only; setting log_level)."),
         setting_option("--log-file", type=click.Path(dir_okay=False), metavar="FILE",
                        help="Append logs to FILE instead of stderr; reopened on SIGHUP "
                             "(logrotate)."),
@@ -367,7 +367,7 @@ def endpoint_options(f: Callable[..., Any]) -> Callable[..., Any]:
 # the dedup window (sipcaptool.dedup), as options of hep, live and replay
 DEDUP_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     (("--dedup-window",), "dedup_window",
-     {"type": int, "metavar": "MS",
+     {"metavar": "MS",
       "help": "Store once what several capture points saw: a message whose bytes, "
               "addresses, ports and transport equal those of one stored within MS "
               "milliseconds (by its own time) and that another capture point saw (HEP: "
@@ -378,7 +378,7 @@ DEDUP_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
               "worker has its own window (copies reaching different workers are stored). "
               "0: off. See docs/operators.md. [default: 0]"}),
     (("--dedup-max-entries",), "dedup_max_entries",
-     {"type": int, "metavar": "N",
+     {"metavar": "N",
       "help": "Messages the dedup window remembers (about 300 bytes each); past it the "
               "oldest leave early, counted as evicted:dedup-full and logged, and a later "
               "copy of one of them is stored twice. [default: 100000]"}),
@@ -386,20 +386,11 @@ DEDUP_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
 
 
 def dedup_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Add ``--dedup-window`` and ``--dedup-max-entries``. Put it under
-    ``@storage_options`` (nearer the function): the values join ``settings``."""
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        for _names, name, _kw in DEDUP_OPTIONS:
-            value = kwargs.pop(name, None)
-            if value is not None:
-                kwargs["settings"] = kwargs["settings"].with_value(name, value, "command line")
-        return f(*args, **kwargs)
-
-    g: Callable[..., Any] = wrapper
+    """Add ``--dedup-window`` and ``--dedup-max-entries`` (settings: see
+    :func:`setting_option`). Put it under ``@storage_options`` (nearer the function)."""
     for names, name, kw in reversed(DEDUP_OPTIONS):
-        g = click.option(*names, name, default=None, **kw)(g)
-    return g
+        f = setting_option(*names, setting=name, **kw)(f)
+    return f
 
 
 # the filters of `sipcaptool search` (and `export`): which calls
@@ -426,7 +417,11 @@ FILTERS: list[tuple[str, str, str]] = [
 
 
 def filter_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the call filters of ``search`` and ``export`` (``--call-id`` … ``--tz``)."""
+    """Add the call filters of ``search`` and ``export`` (``--call-id`` … ``--until``,
+    per invocation) and ``--tz`` (the setting tz: ``settings.tz``)."""
     for name, metavar, text in reversed(FILTERS):
-        f = click.option(name, metavar=metavar, default=None, help=text)(f)
+        if name == "--tz":
+            f = setting_option(name, metavar=metavar, help=text)(f)
+        else:
+            f = click.option(name, metavar=metavar, default=None, help=text)(f)
     return f

@@ -12,7 +12,8 @@ with the facts of the process and its gauges::
      "skipped": {reason: n}, "malformed": {reason: n}, "dropped": {reason: n},
      "evicted": {reason: n}, "truncated": {column: n}, "adjusted": {reason: n},
      "refused_bytes": {reason: bytes}, "stored_bad": {reason: n},
-     "lenient": {what: n}, "db": {event: n}, "maintenance": {event: n},
+     "lenient": {what: n}, "dedup": {node: n}, "db": {event: n},
+     "maintenance": {event: n},
      "kernel": {name: n}, "control": {reason: n}, "metrics": {reason: n},
      "queue_depth": n|null, "spool_bytes": n|null, "spool_batches": n|null,
      "other": {key: n} (only when there are such counters), ...extra}
@@ -80,6 +81,9 @@ GROUPS: tuple[Group, ...] = (
           "Messages stored, columns filled, though they depart from the standard "
           "(an IPv6 host without brackets, LF line ends, an odd HEP type), per departure.",
           True),
+    Group("dedup", "node", "duplicates not stored (dedup window)",
+          "Copies of a message already stored from another capture point, not stored "
+          "again (dedup_window), per capture point that saw them.", True),
     Group("db", "event", "db", "Database batches, errors and retries.", True),
     Group("maintenance", "event", "tables made ahead",
           "Tables and partitions of today and tomorrow made ahead by the collector, and "
@@ -189,8 +193,8 @@ def _fmt_duration(seconds: float) -> str:
 
 # groups shown with their total even when empty, and those shown only when not empty
 _ALWAYS = ("skipped", "malformed", "dropped", "evicted", "truncated")
-_WHEN_SET = ("adjusted", "refused-bytes", "stored-bad", "lenient", "maintenance", "control",
-             "metrics")
+_WHEN_SET = ("adjusted", "refused-bytes", "stored-bad", "lenient", "dedup", "maintenance",
+             "control", "metrics")
 
 
 def format_stats_text(doc: Mapping[str, Any]) -> str:

@@ -221,7 +221,8 @@ class Worker:
             self.pipeline = Pipeline(self.settings, stats, background=self.background,
                                      capture_flag=self.shared.capture_flag,
                                      max_clock_skew=self.settings.max_clock_skew,
-                                     maintenance_clock=time.time)
+                                     maintenance_clock=time.time,
+                                     dedup_by_arrival=True)
         try:
             if opts.hep_to:
                 from ..senders.hep import HepOut

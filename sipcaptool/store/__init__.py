@@ -348,6 +348,9 @@ def adapter_class(dialect: str) -> type[Adapter]:
     if dialect == "postgresql":
         from .postgres import PostgresAdapter
         return PostgresAdapter
+    if dialect == "clickhouse":
+        from .clickhouse import ClickHouseAdapter
+        return ClickHouseAdapter
     raise StoreError(f"no storage adapter for {dialect!r}")
 
 

@@ -55,7 +55,7 @@ SIP_INDEXES = ("ruri_user", "from_user", "to_user", "pid_user", "auth_user", "ca
                "date", "callid")
 AUX_INDEXES = ("date", "correlation_id")
 MYSQL_TEXT_MAX_VARCHAR = 255
-_QUOTE = {"mysql": "`", "postgresql": '"', "sqlite": '"'}
+_QUOTE = {"mysql": "`", "postgresql": '"', "sqlite": '"', "clickhouse": "`"}
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
