@@ -120,6 +120,22 @@ def target_counters(stats: Stats) -> dict[str, dict[str, int]]:
     return out
 
 
+_CONTEXTS: dict[tuple[str | None, str | None, str | None], ssl.SSLContext] = {}
+
+
+def _client_context(ca: str | None, cert: str | None, key: str | None) -> ssl.SSLContext:
+    """The agent's TLS context, made once per process and files: the command makes it
+    before the capture gives up its privileges (``--user``), so the workers forked later
+    use it without reading the files again."""
+    k = (ca, cert, key)
+    ctx = _CONTEXTS.get(k)
+    if ctx is None:
+        from ..tls import client_context
+
+        ctx = _CONTEXTS[k] = client_context(ca, cert, key)
+    return ctx
+
+
 @dataclass(frozen=True)
 class HepOut:
     """Where and how a command sends HEP (``--hep-to``/``--forward-to`` and the TLS
@@ -137,9 +153,7 @@ class HepOut:
         is opened)."""
         specs = group_targets(list(self.targets), self.option)
         if any(c.stream is not None and c.stream.transport == "tls" for c in specs):
-            from ..tls import client_context
-
-            client_context(self.tls_ca, self.tls_cert, self.tls_key)
+            _client_context(self.tls_ca, self.tls_cert, self.tls_key)
 
     def sender(self, stats: Stats, settings: Any, *, capture_id: int = 0,
                auth_key: str | bytes | None = None, node_name: str | None = None,
@@ -465,9 +479,7 @@ class HepSender:
         self.forward = forward
         tls_ctx = None
         if any(c.stream is not None and c.stream.transport == "tls" for c in specs):
-            from ..tls import client_context
-
-            tls_ctx = client_context(tls_ca, tls_cert, tls_key)
+            tls_ctx = _client_context(tls_ca, tls_cert, tls_key)
         self.collectors: list[_Collector] = []
         try:
             for spec in specs:
