@@ -223,3 +223,45 @@ def test_a_front_collector_forwards_each_call_to_one_back_collector(pg_url, tmp_
     assert len(nodes) > 100
     assert all(len(n) == 1 for n in nodes.values())
     assert set().union(*nodes.values()) == {"back1", "back2"}
+
+
+def test_live_agent_over_tls_to_two_collectors_and_a_front_forwarding_over_tls(tmp_path):
+    """``live -i VETH --hep-to tls:c1 --hep-to tls:c2 --auth-key-file --tls-ca`` (the
+    issue's first command) into two TLS collectors, one of them fed through a front
+    collector that forwards over TLS (``--forward-to tls: --forward-tls-ca``)."""
+    import sqlite3
+
+    from tls_certs import make_certs
+
+    certs = make_certs(str(tmp_path / "certs"))
+    key = tmp_path / "hep.key"
+    key.write_text("s3cret\n")
+    tls = ["--tls-cert", certs.server_cert, "--tls-key", certs.server_key,
+           "--auth-key-file", str(key)]
+    p1, p2, pf = free_port(), free_port(), free_port()
+    c1 = Coll(p1, f"sqlite:///{tmp_path / 'c1.db'}", *tls, listen="tls")
+    c2 = Coll(p2, f"sqlite:///{tmp_path / 'c2.db'}", *tls, listen="tls")
+    # the front: TLS in, TLS out to collector 2
+    front = Coll(pf, "none", *tls, "--forward-to", f"tls:127.0.0.1:{p2}",
+                 "--forward-tls-ca", certs.ca, listen="tls")
+    with VethPair(b_in_root=True) as net:
+        with live_capture(net, "-i", net.if_b, "--db", "none", "--hep-to",
+                          f"tls:127.0.0.1:{p1}", "--hep-to", f"tls:127.0.0.1:{pf}",
+                          "--auth-key-file", str(key), "--tls-ca", certs.ca, "--json",
+                          "--control", "none", side="b") as live:
+            net.sender("udp", "--dst", net.ip_b, "--src", net.ip_a, "-n", "600", "--rate",
+                       "600", "--tag", "tls")
+            time.sleep(1.5)
+        out = json.loads(live.out)
+    fs = front.stop()
+    s1, s2 = c1.stop(), c2.stop()
+    stored: list[bytes] = []
+    for db in ("c1.db", "c2.db"):
+        con = sqlite3.connect(tmp_path / db)
+        stored += [bytes(m) for (m,) in con.execute("SELECT msg FROM sip_capture")]
+        con.close()
+    assert sorted(stored) == sorted(sip_messages(600, 0, "tls", net.ip_b, net.ip_a))
+    assert out["hep_out"] == {"sent_tls": 600}, out
+    assert fs["hep_out"] == {"sent_tls": fs["messages"]} and fs["messages"] > 100, fs
+    assert s1["stored_total"] > 100 and s2["stored_total"] == fs["messages"]
+    assert all(s["tls"] == {} for s in (s1, s2, fs))
