@@ -249,6 +249,16 @@ class Settings:
         s.default_mode()
         return s
 
+    def __repr__(self) -> str:
+        """Every setting, secrets as ``***`` and passwords in URLs masked (a log line or
+        a traceback that shows the settings shows no secret)."""
+        from .store.url import mask_password
+
+        shown = ", ".join(f"{name}={'***' if PARAMS[name].secret and value else value!r}"
+                          for name, value in self.values.items())
+        modes = ", ".join(f"{m.name}={m.db_url!r}" for m in self.modes.values())
+        return mask_password(f"Settings({shown}, modes=[{modes}])")
+
     def with_value(self, name: str, value: object, origin: str) -> Settings:
         """A copy with setting ``name`` set to ``value`` (validated as when loaded), which
         came from ``origin`` (for tests and library callers; a command's options that are

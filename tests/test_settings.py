@@ -164,3 +164,15 @@ def test_config_check_reads_command_tables_and_grammars(tmp_path):
     assert not any("s3cret" in p for p in problems)
     conf.write_text('[hep]\nlisten = ["udp:[::]:9060", "tcp:0.0.0.0:9061"]\nworkers = 2\n')
     assert check_file(str(conf)) == []
+
+
+def test_repr_shows_no_secret(tmp_path):
+    (tmp_path / "pw").write_text("pw-in-file\n")
+    s = Settings.load(None, {"auth_key": "the-key", "db_url": "mysql://u@h/db",
+                             "db_password_file": str(tmp_path / "pw"),
+                             "capture_mode": ["m=>db_url=postgresql://v@h/x;table_name=t;"]},
+                      env={})
+    text = repr(s)
+    assert "the-key" not in text and "pw-in-file" not in text and "postgresql://v:***@h/x" in text
+    assert "auth_key=***" in text
+    assert "mysql://u:***@h/db" in text
