@@ -337,7 +337,6 @@ class Adapter(ABC):
         return delete_rows_before(self, table, day, dry_run=dry_run, batch_rows=batch_rows)
 
 
-
 def adapter_class(dialect: str) -> type[Adapter]:
     if dialect == "sqlite":
         from .sqlite import SqliteAdapter
