@@ -174,5 +174,5 @@ def test_repr_shows_no_secret(tmp_path):
                       env={})
     text = repr(s)
     assert "the-key" not in text and "pw-in-file" not in text and "postgresql://v:***@h/x" in text
-    assert "auth_key=***" in text
+    assert "auth_key='***'" in text
     assert "mysql://u:***@h/db" in text
