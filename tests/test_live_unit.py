@@ -226,6 +226,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     (("-i", "lo", "--raw-socket-listen", ":99999"), "raw_socket_listen"),
     (("-i", "eth0", "--raw-interface", "eth1"), "-i/--interface and --raw-interface"),
     (("--ipip", "--filter", "udp"), "--filter"),
+    (("--ipip", "--promiscuous-on"), "promiscuous_on = 1 (command line) is for mirror mode"),
     (("-i", "lo", "--db", "none"), "--hep-to"),
     (("-i", "lo", "--hep-to", "udp:nowhere"), "--hep-to"),
 ])

@@ -140,6 +140,11 @@ def command(duration: float | None, count: int | None, as_json: bool,
     if ipip_mode and filter_expr:
         raise ConfigError("--filter is a mirror-mode (libpcap) option; IPIP mode filters on "
                           "the --raw-socket-listen port range")
+    if ipip_mode and settings.promiscuous_on:
+        raise ConfigError(f"promiscuous_on = 1 ({settings.origin['promiscuous_on']}) is for "
+                          "mirror mode; IPIP mode (raw_ipip_capture_on = 1, "
+                          f"{settings.origin['raw_ipip_capture_on']}) reads packets sent to "
+                          "this host: leave one of them out")
     iface = settings.raw_interface
     if not ipip_mode and not iface:
         raise ConfigError("no interface: give -i IFACE (or --raw-interface IFACE, 'any' for "
