@@ -209,7 +209,7 @@ def test_a_packet_of_an_interface_the_section_does_not_describe_is_counted():
     t = b.packet(0, T0, pkt)
     r, got = read_all(b.data())
     assert got == [(1, t, pkt)]
-    assert r.packets == 2 and r.counts == {"malformed:pcapng-interface": 1}
+    assert r.packets == 2 and r.counts == {"packets": 1, "malformed:pcapng-interface": 1}
 
 
 def test_an_interface_of_an_unknown_link_type_is_skipped_counted_and_named():
@@ -223,7 +223,7 @@ def test_an_interface_of_an_unknown_link_type_is_skipped_counted_and_named():
     r, got = read_all(b.data())
     assert got == [(1, t, pkt)]
     assert r.packets == 3
-    assert r.counts == {"skipped:unsupported-linktype": 2}
+    assert r.counts == {"packets": 2, "skipped:unsupported-linktype": 2}
     assert [(i.index, i.name, i.linktype, i.skipped) for i in r.unsupported] == \
         [(0, "usbmon0", 220, 2)]
 
@@ -493,7 +493,7 @@ def test_capture_file_names_an_unsupported_interface(tmp_path):
     f.write_bytes(b.data())
     cap, msgs, _stats = _decode_file(str(f))
     assert len(msgs) == 1
-    assert cap.counts == {"skipped:unsupported-linktype": 1}
+    assert cap.counts == {"packets": 1, "skipped:unsupported-linktype": 1}
     problem = cap.problem()
     assert problem is not None
     assert "interface 0 (usbmon0): link type 220, 1 packets" in problem

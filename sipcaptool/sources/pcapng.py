@@ -137,8 +137,10 @@ class FrameReader:
             (captured shorter than on the wire), else None.
         cut_off: None, or where the input ended inside a block.
         damaged: None, or what is wrong with the block where reading stopped.
-        counts: counters to add to the run's (``skipped:pcapng-block``,
-            ``skipped:unsupported-linktype``, ``malformed:pcapng-interface``).
+        counts: counters to add to the run's: the packets not handed on (``packets``
+            and their reason: ``skipped:unsupported-linktype``,
+            ``malformed:pcapng-interface``) and the blocks skipped
+            (``skipped:pcapng-block``).
         unsupported: the interfaces whose frames were skipped for their link type.
         position: bytes of the input read past so far (for progress).
     """
@@ -386,6 +388,7 @@ class FrameReader:
 
     def _skip_unsupported(self, iface: Interface, n: int) -> None:
         iface.skipped += n
+        self.counts["packets"] += n
         self.counts["skipped:unsupported-linktype"] += n
 
     def _pcapng_batches(self) -> Iterator[Batch]:
@@ -399,10 +402,13 @@ class FrameReader:
             u32 = struct.Struct(order + "I").unpack_from
             ifaces = self._ifaces
             section = ifaces
+            fast: list[tuple[int, int, int]] = []
+            nif = 0
             while self._ifaces is section:
                 # one batch: Enhanced Packet Blocks of one link type, one stretch of input
-                fast = [(x.linktype, x.units, x.offset) for x in ifaces]
-                nif = len(fast)
+                if len(ifaces) != nif:     # an interface was added
+                    fast = [(x.linktype, x.units, x.offset) for x in ifaces]
+                    nif = len(fast)
                 buf, pos = self._buf, self._pos
                 end = len(buf)
                 start = pos
@@ -502,6 +508,7 @@ class FrameReader:
             self.packets += 1
             if i >= len(self._ifaces):
                 # the section does not describe this interface: no link type to read it by
+                self.counts["packets"] += 1
                 self.counts["malformed:pcapng-interface"] += 1
             else:
                 iface = self._ifaces[i]
