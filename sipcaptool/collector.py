@@ -165,6 +165,10 @@ def run_collector(options: CollectorOptions, settings: Settings, *,
     if options.workers == 1:
         report = _run_single(copies[0], settings, options, announce)
     else:
+        if settings.dedup_window:
+            log.warning("dedup_window with %d workers: each worker has its own window, so "
+                        "copies sent by agents that reach different workers are all stored "
+                        "(docs/operators.md)", options.workers)
         report = _run_workers(copies, settings, options, announce)
     left = report.stats["dropped:shutdown"]
     if left and report.exit_error is None:

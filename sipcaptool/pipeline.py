@@ -100,6 +100,9 @@ class Pipeline:
             today and tomorrow (and MySQL day partitions) ahead, by this clock (``time.time``;
             tests give another), at start and every hour
             (:class:`~sipcaptool.store.retention.Maintenance`). None (``replay``): not.
+        dedup_by_arrival: with ``dedup_window``, the window's entries expire by the
+            arrival clock (``hep``, ``live``) instead of the messages' own time
+            (``replay``); see :mod:`sipcaptool.dedup`.
     """
 
     def __init__(self, settings: Settings, stats: Stats, *, background: bool = True,

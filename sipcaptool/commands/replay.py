@@ -15,7 +15,7 @@ from ..config import Settings
 from ..net import parse_ports
 from ..replay import Explained, ReplayOptions, replay_files
 from ..stats import Stats
-from .common import print_summary, setting_option, storage_options, summary_dict
+from .common import dedup_options, print_summary, setting_option, storage_options, summary_dict
 from .hep_out import hep_out_from, hep_out_summary, hep_to_options
 
 
@@ -42,6 +42,7 @@ from .hep_out import hep_out_from, hep_out_summary, hep_to_options
               help="List every frame that was skipped, malformed or dropped: file, frame "
                    "number (as Wireshark counts), time, addresses, reasons.")
 @storage_options
+@dedup_options
 def command(files: tuple[str, ...], quiet: bool,
             as_json: bool, foreground_writer: bool, again: bool, resume: bool,
             explain: bool, settings: Settings) -> int:
