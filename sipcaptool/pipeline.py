@@ -93,9 +93,6 @@ class Pipeline:
             time instead, counted as ``adjusted:clock-skew``: a sender's timestamps
             cannot make a table each. The row keeps the message's own time (``date``,
             ``micro_ts``).
-        dedup_by_arrival: with ``dedup_window``, the window's entries expire by the
-            arrival clock (``hep``, ``live``) instead of the messages' own time
-            (``replay``); see :mod:`sipcaptool.dedup`.
         maintenance_clock: ``hep``, ``live``: each writer process makes the tables of
             today and tomorrow (and MySQL day partitions) ahead, by this clock (``time.time``;
             tests give another), at start and every hour
