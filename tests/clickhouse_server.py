@@ -46,6 +46,16 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the process that started it dies (a test run killed
+    half way leaves no server behind)."""
+    import ctypes
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 _CONFIG = """<?xml version="1.0"?>
 <yandex>
   <logger><level>warning</level><log>{dir}/server.log</log>
@@ -125,7 +135,7 @@ class ClickHouseServer:
         self.proc = subprocess.Popen(
             [binary, "--config-file", str(self.directory / "config.xml")],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=self.directory, start_new_session=True)
+            cwd=self.directory, start_new_session=True, preexec_fn=_die_with_parent)
         log.close()
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
