@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from sipcaptool.config import Settings
 from sipcaptool.decode.packet import PacketDecoder
 from sipcaptool.dedup import MAX_COPIES, Dedup, point_label
+from sipcaptool.errors import ConfigError
 from sipcaptool.export.frames import ether, ipv4, udp
 from sipcaptool.export.pcap import PcapWriter
 from sipcaptool.record import PROTO_UDP, CapturedMessage
@@ -298,3 +299,16 @@ def test_replay_without_window_stores_every_copy(tmp_path):
     report = replay_files([str(pcap)], s, ReplayOptions(foreground_writer=True))
     assert rows(db) == 14
     assert report.stats.group("dedup") == {}
+
+
+def test_settings_from_the_environment_and_the_file(tmp_path):
+    s = Settings.load(env={"SIPCAPTOOL_DEDUP_WINDOW": "250"})
+    assert (s.dedup_window, s.origin["dedup_window"]) == (250, "environment SIPCAPTOOL_DEDUP_WINDOW")
+    conf = tmp_path / "c.toml"
+    conf.write_text("dedup_window = 500\ndedup_max_entries = 1000\n")
+    s = Settings.load(str(conf), env={})
+    assert (s.dedup_window, s.dedup_max_entries) == (500, 1000)
+    with pytest.raises(ConfigError, match="dedup_window"):
+        Settings.load(env={"SIPCAPTOOL_DEDUP_WINDOW": "-1"})
+    with pytest.raises(ConfigError, match="dedup_max_entries"):
+        Settings.load(cli={"dedup_max_entries": 0}, env={})

@@ -379,7 +379,7 @@ DEDUP_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
               "0: off. See docs/operators.md. [default: 0]"}),
     (("--dedup-max-entries",), "dedup_max_entries",
      {"metavar": "N",
-      "help": "Messages the dedup window remembers (about 300 bytes each); past it the "
+      "help": "Messages the dedup window remembers (about 420 bytes each); past it the "
               "oldest leave early, counted as evicted:dedup-full and logged, and a later "
               "copy of one of them is stored twice. [default: 100000]"}),
 ]
