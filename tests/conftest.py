@@ -59,11 +59,12 @@ def _uses_services(item: pytest.Item) -> bool:
 # ``collectors`` fixture is end to end wherever it is.
 E2E_MODULES = frozenset({
     "test_clickhouse_e2e", "test_control", "test_corpus_replay", "test_db_commands",
-    "test_dedup_e2e", "test_export", "test_flow", "test_flow_browser", "test_hep_collector",
-    "test_hep_conformance", "test_hep_fanout", "test_hep_tls", "test_hep_types",
-    "test_hostile", "test_hostile_collector", "test_hostile_control", "test_hostile_tables",
-    "test_install", "test_replay_bookkeeping", "test_replay_e2e", "test_sdnotify",
-    "test_pcapng_e2e", "test_search", "test_settings_e2e", "test_store_refusals",
+    "test_dedup_e2e", "test_error_messages", "test_export", "test_flow",
+    "test_flow_browser", "test_hep_collector", "test_hep_conformance",
+    "test_hep_fanout", "test_hep_tls", "test_hep_types", "test_hostile",
+    "test_hostile_collector", "test_hostile_control", "test_hostile_tables",
+    "test_install", "test_pcapng_e2e", "test_replay_bookkeeping", "test_replay_e2e",
+    "test_sdnotify", "test_search", "test_settings_e2e", "test_store_refusals",
     "test_url_forms",
 })
 

@@ -74,6 +74,10 @@ def examples(cmd: click.Command) -> str:
 def options(cmd: click.Command, ctx: click.Context) -> str:
     out = []
     for p in cmd.get_params(ctx):
+        # arguments are in the SYNOPSIS (click 8.5 gives them a help record too, which
+        # made --check fail with it)
+        if isinstance(p, click.Argument):
+            continue
         rec = p.get_help_record(ctx)
         if rec is None:
             continue
@@ -203,8 +207,52 @@ Default control socket for root (the systemd unit sets \fBRuntimeDirectory=sipca
 .I /tmp/sipcaptool\-UID/COMMAND.sock
 Default control socket for other users (the directory is created with mode 0700).
 .TP
-.I contrib/sipcaptool\-hep.service
-A systemd unit running the HEP collector as a service (in the source tree).
+.I contrib/sipcaptool\-hep.service\fR, \fIcontrib/sipcaptool\-live.service
+systemd units running the HEP collector and live capture as services
+(\fBType=notify\fR: ready once listening or capturing; in the source tree).
+"""
+
+def db_urls_section() -> str:
+    """The forms of db_url and every query option each database takes (url.py's table)."""
+    from sipcaptool.store.url import QUERY_OPTIONS
+
+    lines = [r"""
+.nf
+.RS 4
+sqlite:///relative/path.db   sqlite:////absolute/path.db
+mysql://USER[:PASS]@HOST[:PORT]/DB   (also mariadb://; port 3306)
+mysql://USER@/DB?unix_socket=/run/mysqld/mysqld.sock
+postgresql://USER[:PASS]@HOST[:PORT]/DB   (also postgres://; port 5432)
+postgresql:///DB   (libpq's default Unix socket)
+postgresql://USER@/DB?host=/run/postgresql   (a socket directory)
+none   (store nothing)
+.RE
+.fi
+.PP
+Query options (\fB?name=value&...\fR) each database takes; any other is refused by
+name:"""]
+    for dialect, opts in QUERY_OPTIONS.items():
+        if not opts:
+            continue
+        lines.append(f".TP\n.B {esc(dialect)}")
+        lines.append(esc("; ".join(f"{k}: {v}" for k, v in opts.items())))
+    return "\n".join(lines)
+
+
+SHELL_COMPLETION = r"""
+click completes commands, options and their choices for bash, zsh and fish. Put one
+of these lines in the shell's start-up file:
+.PP
+.nf
+.RS 4
+eval "$(_SIPCAPTOOL_COMPLETE=bash_source sipcaptool)"    # ~/.bashrc
+eval "$(_SIPCAPTOOL_COMPLETE=zsh_source sipcaptool)"     # ~/.zshrc
+_SIPCAPTOOL_COMPLETE=fish_source sipcaptool | source    # ~/.config/fish/completions/sipcaptool.fish
+.RE
+.fi
+.PP
+or write the script once to a file and source that (faster at start):
+\fB_SIPCAPTOOL_COMPLETE=bash_source sipcaptool > ~/.sipcaptool\-complete.bash\fR.
 """
 
 ENVIRONMENT = r"""
@@ -285,7 +333,9 @@ def hand_sections(page: str) -> list[tuple[str, str]]:
     if page == "sipcaptool":
         return [("CONTROL PROTOCOL", CONTROL_PROTOCOL), ("SIGNALS", SIGNALS),
                 ("EXIT STATUS", EXIT_STATUS), ("ENVIRONMENT", ENVIRONMENT), ("FILES", FILES),
-                ("CONFIGURATION FILE", config_file_section())]
+                ("CONFIGURATION FILE", config_file_section()),
+                ("DATABASE URLS", db_urls_section()),
+                ("SHELL COMPLETION", SHELL_COMPLETION)]
     out: list[tuple[str, str]] = []
     if page == "ctl":
         out.append(("CONTROL PROTOCOL", CONTROL_PROTOCOL))

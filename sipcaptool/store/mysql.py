@@ -36,7 +36,7 @@ from ..record import AUX_COLUMNS, BLOB, SIP_COLUMNS
 from . import COLUMN_NAMES, Adapter, Row, one_line, payload_bytes, text_rows
 from ._text import TabFormatter, parse_tab_text
 from .schema import BATCHES_TABLE, batches_marker_sql, quote_ident
-from .url import DbUrl
+from .url import DbUrl, no_database
 
 if TYPE_CHECKING:
     from .retention import Removal
@@ -229,7 +229,12 @@ class MysqlAdapter(Adapter):
     def connect(self) -> None:
         if self.conn is not None:
             return
-        conn = self._open(self.url.database)
+        try:
+            conn = self._open(self.url.database)
+        except StoreError as e:
+            if "(1049," in str(e):  # ER_BAD_DB_ERROR: Unknown database
+                raise StoreError(no_database(self.url), kind="operator") from None
+            raise
         try:
             with conn.cursor() as cur:
                 cur.execute("SET time_zone = '+00:00'")

@@ -18,11 +18,12 @@ from typing import Any, TypeAlias, TypeVar
 import psycopg2
 import psycopg2.errors
 
+from ..errors import StoreError
 from ..record import AUX_COLUMNS, BIGINT, BLOB, DATETIME, INT, SIP_COLUMNS
 from . import COLUMN_NAMES, Adapter, Row, one_line, payload_bytes, text_rows
 from ._text import TabFormatter, _esc_pg, _unescape_field
 from .schema import BATCHES_TABLE, batches_marker_sql, quote_ident
-from .url import DbUrl
+from .url import DbUrl, no_database
 
 _R = TypeVar("_R")
 # a psycopg2 connection and one of its cursors (psycopg2 has no types)
@@ -171,6 +172,8 @@ class PostgresAdapter(Adapter):
         try:
             conn = self.conn = psycopg2.connect(**self._params(self.url.database))
         except psycopg2.Error as e:
+            if f'database "{self.url.database}" does not exist' in str(e):
+                raise StoreError(no_database(self.url), kind="operator") from None
             raise self.error("cannot connect", e, transient=True) from None
         try:
             conn.set_session(autocommit=False)

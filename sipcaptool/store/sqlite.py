@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from ..errors import StoreError
 from . import COLUMN_NAMES, Adapter, Row, one_line, payload_list
 from .schema import BATCHES_TABLE, batches_marker_sql, quote_ident
 from .url import DbUrl
@@ -32,6 +33,37 @@ def classify(e: BaseException) -> str:
             return "operator"
     # constraints (CHECK, NOT NULL, UNIQUE, RAISE in a trigger), data, anything else
     return "refused"
+
+
+def file_problem(path: str, exc: BaseException) -> str:
+    """Why SQLite cannot open or write ``path``, in the file system's words: the
+    directory that cannot take new files (the journal and WAL files go beside the
+    database) and why, a file that is not writable, a full file system (ENOSPC); ''
+    when none of these."""
+    if path == ":memory:" or path.startswith("file:"):
+        return ""
+    text = str(exc).lower()
+    d = os.path.dirname(os.path.abspath(path))
+    if "disk is full" in text or getattr(exc, "sqlite_errorcode", 0) == 13:  # SQLITE_FULL
+        try:
+            st = os.statvfs(d)
+            free = f"{st.f_bavail * st.f_frsize} bytes free"
+        except OSError:
+            free = "its free space unknown"
+        return f"the file system holding {d} is full (ENOSPC, {free})"
+    if not any(w in text for w in ("unable to open", "readonly", "read-only", "disk i/o")):
+        return ""
+    import tempfile
+    try:
+        with tempfile.TemporaryFile(dir=d, prefix=".sipcaptool-"):
+            pass
+    except FileNotFoundError:
+        return f"directory {d} does not exist"
+    except OSError as e:
+        return f"directory {d} does not take new files: {e.strerror}"
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return f"{path} is not writable"
+    return ""
 
 
 class SqliteAdapter(Adapter):
@@ -123,6 +155,16 @@ class SqliteAdapter(Adapter):
 
     def classify(self, exc: BaseException) -> str:
         return classify(exc)
+
+    def error(self, what: str, exc: BaseException, transient: bool | None = None,
+              kind: str | None = None, hint: str = "") -> StoreError:
+        """As :meth:`Adapter.error`, with the file system's reason where there is one
+        (which directory cannot take files and why, a full disk)."""
+        err = super().error(what, exc, transient, kind, hint)
+        why = file_problem(self.url.database, exc)
+        if why:
+            err.args = (f"{err}: {why}",)
+        return err
 
     def operator_hint(self, exc: BaseException) -> str:
         text = str(exc).lower()

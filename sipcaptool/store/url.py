@@ -251,3 +251,9 @@ def _check_options(value: str, dialect: str,
         if choices and v not in choices:
             raise _bad(value, f"option {k}={v!r}: one of {', '.join(choices)}")
     return tuple(pairs)
+
+
+def no_database(url: DbUrl) -> str:
+    """The error for a database that is not there, with the command that makes it."""
+    return (f"{url.redacted()}: database {url.database!r} does not exist; "
+            f"'sipcaptool db init --db {url.redacted()}' creates it (and its tables)")
