@@ -388,6 +388,10 @@ class _Run:
     stored: dict[str, int]
 
 
+#: the databases whose replays are remembered (sipcaptool_replays)
+BOOKKEPT = ("sqlite", "mysql", "postgresql")
+
+
 class _Book:
     """The bookkeeping of a replay: for each file and database, the run that stores it
     (a new one, or the one ``resume`` continues)."""
@@ -410,7 +414,8 @@ class _Book:
         by_url: dict[DbUrl, list[Any]] = {}
         for mode in settings.active_modes():
             u = parse_db_url(mode.db_url)
-            if not u.is_none:
+            # (a ClickHouse database does not remember replays yet)
+            if u.dialect in BOOKKEPT:
                 by_url.setdefault(u, []).append(mode)
         idents = {p: file_identity(p) for p in paths}
         if not by_url or not any(idents.values()):
