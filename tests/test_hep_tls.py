@@ -353,3 +353,38 @@ def test_commands_collector_over_tls_and_replay_agent_with_two_collectors(certs,
     assert calls[0] and calls[1] and not calls[0] & calls[1]
     assert sum(s["stored_total"] for s in summaries) == 1000
     assert all(s["tls"] == {} for s in summaries)
+
+
+def test_garbage_on_the_tls_port_is_refused_connection_by_connection(certs, collector):
+    """Fifty connections sending what is not a TLS handshake (random bytes, an HTTP
+    request, a cut or corrupted ClientHello, HEP): each refused and counted once under
+    tls:<reason>, and an agent after them is served."""
+    import random
+
+    c = collector(handshake_timeout=2.0)
+    rnd = random.Random(15)
+    hello = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(rnd.randbytes(160))
+    payloads = [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", encode_hep3(_msg("p"), auth_key=KEY),
+                b"\x16\x03\x01\xff\xff" + b"\x00" * 64, hello]
+    payloads += [rnd.randbytes(rnd.randrange(1, 3000)) for _ in range(46)]
+    for p in payloads:
+        with socket.create_connection(("127.0.0.1", c.tls_port)) as s:
+            try:
+                s.sendall(p)
+                s.shutdown(socket.SHUT_WR)
+                s.settimeout(5)
+                while s.recv(4096):
+                    pass
+            except OSError:
+                pass
+    end = time.monotonic() + 15
+    while time.monotonic() < end and sum(c.stats.group("tls").values()) < len(payloads):
+        time.sleep(0.05)
+    snd = HepSender([f"tls:127.0.0.1:{c.tls_port}"], Stats(), auth_key=KEY, tls_ca=certs.ca)
+    snd.send(_msg("after-garbage"))
+    snd.close()
+    assert c.wait(1) == ["after-garbage"]
+    c.stop()
+    assert sum(c.stats.group("tls").values()) == len(payloads), c.stats.group("tls")
+    assert c.report()["tls_refused"] == len(payloads)
+    assert c.stats.group("malformed") == {}

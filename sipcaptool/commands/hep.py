@@ -221,6 +221,16 @@ def _print_report(report: CollectorReport, as_json: bool, quiet: bool) -> None:
                 extra = f", {lst['connections']} connections"
                 if lst.get("closed_bad_stream"):
                     extra += f" ({lst['closed_bad_stream']} closed on a bad stream)"
+                if lst.get("tls_refused"):
+                    extra += f" ({lst['tls_refused']} refused by TLS)"
             lines.append(f"  {lst['listen']}: {lst['packets']} packets, {lst['bytes']} bytes{extra}")
+        for reason, n in (summary.get("tls") or {}).items():
+            lines.append(f"  tls {reason}: {n}")
+        out = summary.get("hep_out")
+        if out:
+            lines.append(f"forwarded:         {out.get('sent_udp', 0)} over UDP, "
+                         f"{out.get('sent_tcp', 0)} over TCP, {out.get('sent_tls', 0)} over TLS")
+            for target, events in (summary.get("hep_targets") or {}).items():
+                lines.append(f"  {target}: " + ", ".join(f"{k} {v}" for k, v in events.items()))
         click.echo("\n".join(lines))
     sys.stdout.flush()
