@@ -193,3 +193,19 @@ def test_db_init_cluster_again_recreates_a_shards_tables_and_prune(ch_cluster):
     assert "20260101 (20 rows)" in p.stdout and "20260102 (20 rows)" in p.stdout
     run("db", "prune", "--older-than", "1d", "--db", url)
     assert wait_count(url, "sip_capture", 5) == 5
+
+
+# -- flow and export ------------------------------------------------------------------------
+
+def test_flow_and_export_read_the_cluster(ch_cluster, tmp_path):
+    url, _group = ch_cluster
+    run("db", "init", "--db", url)
+    ts.replay(url, ROOT / "examples" / "call.pcap")
+    assert wait_count(url, "sip_capture", 30) == 30
+    p = run("flow", "--db", url, "3-12284@127.0.0.1")
+    assert "6 messages" in p.stdout and "BYE" in p.stdout
+    out = tmp_path / "call.pcap"
+    run("export", "--db", url, "--call-id", "3-12284@127.0.0.1", "-o", str(out))
+    t = subprocess.run(["tshark", "-r", str(out), "-Y", "sip", "-T", "fields", "-e",
+                        "sip.Call-ID"], capture_output=True, text=True, timeout=60)
+    assert t.stdout.split() == ["3-12284@127.0.0.1"] * 6
