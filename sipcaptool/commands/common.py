@@ -288,10 +288,7 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
     if warned:
         lines.append(f"database warnings: {warned} (the server changed or left out values; "
                      "the log names them)")
-    for key in ("files", "errors"):
-        for item in summary.get(key, []) or []:
-            if key == "errors":
-                lines.append(f"error: {item}")
+    # (the errors are not repeated here: each command prints them on stderr, once)
     click.echo("\n".join(lines))
 
 

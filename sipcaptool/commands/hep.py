@@ -177,6 +177,10 @@ def command(duration: float | None, count: int | None, as_json: bool, foreground
                                   forward=hep_out if hep_out.targets else None)
     report = run_collector(options, settings, announce=None if quiet else _announce)
     _print_report(report, as_json, quiet)
+    # every error once on stderr: the others here, the one the run ends with by the cli
+    for e in report.errors:
+        if report.exit_error is None or e != str(report.exit_error):
+            click.echo(f"sipcaptool: error: {e}", err=True)
     if report.exit_error is not None:
         raise report.exit_error
     return 0
