@@ -548,7 +548,8 @@ def _replay_file(cap: CaptureFile, pipeline: Pipeline, stats: Stats, opts: Repla
     assert linktype is not None  # set by open()
     try:
         decoder = PacketDecoder(linktype, stats, ports=opts.ports, hep_ports=opts.hep_ports,
-                                hep_max_inflated=pipeline.settings.hep_max_inflated)
+                                hep_max_inflated=pipeline.settings.hep_max_inflated,
+                                capture_points=pipeline.settings.dedup_window > 0)
     except DecodeError as e:
         cap.close()
         return FileReport(cap.path, linktype=linktype,

@@ -217,7 +217,7 @@ def frame(vlans=(), src_mac=b"\x02\0\0\0\0\x01", payload=INVITE, src="10.0.0.1",
 
 
 def point_of(f: bytes, linktype: int = 1) -> bytes | str | None:
-    (m,) = PacketDecoder(linktype, Stats()).decode(T0, f)
+    (m,) = PacketDecoder(linktype, Stats(), capture_points=True).decode(T0, f)
     return m.capture_point
 
 
@@ -233,6 +233,11 @@ def test_frames_capture_point_is_the_link_path():
     assert point_of(raw, 101) == (101).to_bytes(2, "big")
 
 
+def test_without_a_window_frames_cost_nothing_more():
+    (m,) = PacketDecoder(1, Stats()).decode(T0, frame(vlans=[10]))
+    assert m.capture_point is None
+
+
 def test_tunnelled_frames_capture_point_has_the_outer_addresses():
     inner = ipv4("10.0.0.1", "10.0.0.2", 17, udp(5060, 5060, INVITE))
     a = ether(ipv4("192.0.2.1", "192.0.2.9", 4, inner))
@@ -241,7 +246,7 @@ def test_tunnelled_frames_capture_point_has_the_outer_addresses():
     assert pa != pb
     assert isinstance(pa, bytes) and pa.endswith(bytes([192, 0, 2, 1, 192, 0, 2, 9]))
     # the next frame of the same decoder starts without the tunnel
-    dec = PacketDecoder(1, Stats())
+    dec = PacketDecoder(1, Stats(), capture_points=True)
     dec.decode(T0, a)
     (m,) = dec.decode(T0, frame())
     assert m.capture_point == point_of(frame())

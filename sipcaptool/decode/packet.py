@@ -69,6 +69,9 @@ class PacketDecoder:
         hep_max_inflated: bytes that the compressed parts of one HEP datagram (or
             TCP-framed HEP packet) may inflate to, together (the hep_max_inflated
             setting); past it the rest is counted as ``malformed:hep-inflate``.
+        capture_points: give each message its frame's link-level path as
+            ``capture_point`` (the dedup window, ``sipcaptool.dedup``); off, the frames
+            cost nothing more.
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class PacketDecoder:
         max_sctp_bytes: int = 4 * 1024 * 1024,
         snaplen: int = 0,
         hep_max_inflated: int = 256 * 1024,
+        capture_points: bool = False,
     ) -> None:
         _link.check_linktype(linktype)
         self.linktype = linktype
@@ -116,6 +120,7 @@ class PacketDecoder:
         # addresses (and inner link header) of the tunnels of the frame being decoded
         self._point_prefix = linktype.to_bytes(2, "big")
         self._tunnel: bytes | None = None
+        self.capture_points = capture_points
 
     def set_linktype(self, linktype: int) -> None:
         """Decode the frames that follow as ``linktype`` (the interfaces of a pcapng
@@ -156,7 +161,7 @@ class PacketDecoder:
         except (ValueError, KeyError, OverflowError, RecursionError):  # pragma: no cover
             # not reached by any known input; kept so that one odd frame never stops a capture
             self.stats["malformed:decode-error"] += 1
-        if out:
+        if out and self.capture_points:
             point = self._point_prefix + frame[:off]
             if self._tunnel is not None:
                 point += self._tunnel

@@ -235,7 +235,8 @@ class Worker:
             snap = opts.snaplen if opts.snaplen < 65535 + 64 else 0
             decoder = PacketDecoder(self.source.linktype, stats, ports=opts.decoder_ports(),
                                     snaplen=snap,
-                                    hep_max_inflated=self.settings.hep_max_inflated)
+                                    hep_max_inflated=self.settings.hep_max_inflated,
+                                    capture_points=self.settings.dedup_window > 0)
             if opts.ipip:
                 self._loop_ipip(decoder, deadline)
             else:
