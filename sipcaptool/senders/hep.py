@@ -86,6 +86,7 @@ POLL_EVERY = 0.05       # seconds between two looks at the connections while sen
 CLOSE_TIMEOUT = 10.0    # at the end: seconds to send what is queued and waiting
 DRAIN_SLICE = 0.02      # seconds of backlog sending per look (the capture goes on)
 LOG_EVERY = 10.0
+ORDER_CACHE = 65536     # calls whose collector order is remembered (then forgotten at once)
 
 DOWN, CONNECTING, HANDSHAKE, UP = range(4)
 
@@ -413,7 +414,7 @@ class _Stream:
 
 
 class _Collector:
-    __slots__ = ("spec", "udp", "udp_max", "udp_label", "stream", "seed")
+    __slots__ = ("spec", "udp", "udp_max", "udp_label", "udp_sent", "stream", "seed")
 
     def __init__(self, spec: CollectorSpec, tls_ctx: ssl.SSLContext | None,
                  stats: Stats) -> None:
@@ -422,6 +423,7 @@ class _Collector:
         self.udp: socket.socket | None = None
         self.udp_max = 0
         self.udp_label = ""
+        self.udp_sent = ""
         self.stream: _Stream | None = None
         if spec.dgram is not None:
             fam, addr = _resolve(spec.dgram, socket.SOCK_DGRAM)
@@ -434,6 +436,7 @@ class _Collector:
             self.udp = s
             self.udp_max = UDP_MAX.get(fam, 65507)
             self.udp_label = spec.dgram.label
+            self.udp_sent = f"hep_target:{self.udp_label}:sent"
         if spec.stream is not None:
             if spec.stream.transport == "tls" and tls_ctx is None:
                 raise ConfigError(f"--hep-to {spec.stream.label}: TLS needs a context")
@@ -495,6 +498,7 @@ class HepSender:
         self.warned_too_large = False
         self._next_poll = 0.0
         self._requeue: deque[tuple[bytes, bytes]] = deque()
+        self._orders: dict[bytes, list[int]] = {}
         self._closed = False
         if self.streams:
             self.tick()
@@ -588,7 +592,7 @@ class HepSender:
                 c.udp.send(pkt)
                 self.stats["hep_out:sent_udp"] += 1
                 if len(self.collectors) > 1:
-                    self.stats[f"hep_target:{c.udp_label}:sent"] += 1
+                    self.stats[c.udp_sent] += 1
                 return "sent"
             except OSError as e:
                 if e.errno != errno.EMSGSIZE:
@@ -611,7 +615,15 @@ class HepSender:
                backlog: bool) -> bool:
         """Send one packet to its call's first collector that is up; with ``backlog``
         hold it when none is (False: it was neither sent nor held)."""
-        order = hrw_order(key, self.seeds) if len(self.seeds) > 1 else [0]
+        if len(self.seeds) > 1:
+            # a call's messages come together: its order is remembered (bounded)
+            order = self._orders.get(key)
+            if order is None:
+                if len(self._orders) >= ORDER_CACHE:
+                    self._orders.clear()
+                order = self._orders[key] = hrw_order(key, self.seeds)
+        else:
+            order = [0]
         for rank, i in enumerate(order):
             c = self.collectors[i]
             if not c.available:
