@@ -238,7 +238,7 @@ def fill(url: str, rows: int) -> None:
         "concat('call-', toString(intDiv(number, 4)), '@bench'), "
         "'10.0.0.1', 5060, '10.0.0.2', 5060, 1, 2, 1, 'homer01', "
         "concat('INVITE sip:', toString(number), '@example.com SIP/2.0\\r\\nCall-ID: call-', "
-        "toString(intDiv(number, 4)), '@bench\\r\\n', repeat('X-Pad: abcdefghij\\r\\n', 22)) "
+        "toString(intDiv(number, 4)), '@bench\\r\\n', '" + "X-Pad: abcdefghij\\r\\n" * 22 + "') "
         f"FROM system.numbers LIMIT {rows}", settings={"max_insert_block_size": 1_048_576})
     a.client.execute("OPTIMIZE TABLE sip_capture FINAL")
     a.close()
