@@ -11,6 +11,8 @@ from sipcaptool.errors import ConfigError
 from sipcaptool.record import (
     AUX_COLUMN_NAMES,
     HEP_TYPE_LOG,
+    HEP_TYPE_MOS_FULL,
+    HEP_TYPE_MOS_SHORT,
     HEP_TYPE_REPORT,
     HEP_TYPE_REPORT99,
     HEP_TYPE_RTCP,
@@ -121,7 +123,8 @@ def test_truncation_is_counted_and_row_kept():
 
 @pytest.mark.parametrize(
     "hep_type, type_value",
-    [(HEP_TYPE_RTCP, 3), (HEP_TYPE_REPORT, 2), (HEP_TYPE_REPORT99, 4), (HEP_TYPE_LOG, 5)],
+    [(HEP_TYPE_RTCP, 3), (HEP_TYPE_REPORT, 2), (HEP_TYPE_REPORT99, 4), (HEP_TYPE_LOG, 5),
+     (HEP_TYPE_MOS_FULL, 34), (HEP_TYPE_MOS_SHORT, 35)],
 )
 def test_aux_row(hep_type, type_value):
     msg = captured(payload=b'{"type":200}', hep_type=hep_type, hep_family=2, hep_ip_proto=17,

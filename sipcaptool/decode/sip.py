@@ -50,7 +50,7 @@ RFC 3261's own grammar (HCOLON), not a departure, and are not counted. A header 
 in the middle and an unclosed quoted display name are broken structure, not
 leniencies: they stay refused (stored only with ``capture_bad_msgs``).
 
-Why one module of some 600 lines: the start line, the header split (fast and general),
+Why one module of some 700 lines: the start line, the header split (fast and general),
 the per-message caches and ``_parse`` are one pass over one message and read best
 together; each fast path sits next to the general code it must agree with. The grammar
 inside header values is in ``sip_fields.py``.
