@@ -21,7 +21,9 @@ Prints µs per message, the best of ``--repeat`` interleaved runs.
 ``rate``: ``sipcaptool hep`` is started (``--rcvbuf 4M``: the collector's own pace, not
 a buffer absorbing a burst) with and without ``--dedup-window 500``; the two agents send
 N datagrams in all at the given rate (datagrams/s, both agents together). Lost =
-sent - received (the collector's ``messages``; copies not stored are received). With
+sent - received (the collector's ``messages``; copies not stored are received). Also
+the receiving process's CPU time per datagram (/proc/PID/stat), which a machine busy
+with other work changes far less than the rate the collector keeps pace with. With
 ``--find-max`` the rate steps up until a run loses something, for both, and the ratio of
 the highest zero-loss rates is printed.
 """
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -163,6 +166,12 @@ class Collector:
                     return
             time.sleep(0.02)
 
+    def cpu_seconds(self) -> float:
+        """CPU time the collector's process has used (user + system): /proc/PID/stat."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> dict[str, Any]:
         self.proc.send_signal(signal.SIGTERM)
         out, _ = self.proc.communicate(timeout=300)
@@ -197,10 +206,12 @@ def run(db: str, n: int, rate: float, window: int, rcvbuf: str = "4M") -> dict[s
     datagrams = [(i % 2, encode_hep3(m, capture_id=m.node_id or 0)) for i, m in enumerate(msgs)]
     c = Collector(db, window, rcvbuf)
     try:
+        cpu0 = c.cpu_seconds()
         t0 = time.perf_counter()
         secs = send(datagrams, c.port or 0, rate)
         c.wait_idle()
         busy = time.perf_counter() - t0 - 0.5  # wait_idle's quiet half second
+        cpu = c.cpu_seconds() - cpu0
         s = c.stop()
     finally:
         if c.proc.poll() is None:
@@ -211,6 +222,9 @@ def run(db: str, n: int, rate: float, window: int, rcvbuf: str = "4M") -> dict[s
             # what the collector kept pace with: all it read, over the time until its
             # socket was empty (below the send rate when the buffer held a backlog)
             "read_per_s": round(received / busy) if busy > 0 else None,
+            # CPU of the receiving process per datagram read (contention on a busy
+            # machine changes it far less than the rate it keeps pace with)
+            "cpu_us_per_msg": round(1e6 * cpu / received, 1) if received else None,
             "stored": s.get("stored_total"), "dedup": sum((s.get("dedup") or {}).values()),
             "kernel_drops": (s.get("kernel") or {}).get("udp-drops", 0)}
 
