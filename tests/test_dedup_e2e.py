@@ -35,7 +35,8 @@ def sip_rows(db_url: str) -> list[tuple[str, str, bytes]]:
 def test_hep_two_agents_store_each_message_once(sqlite_url, collectors):
     """Agent A (capture id 2001, UDP from 127.0.0.1) and agent B (2002, TCP from
     127.0.0.2) see the same call. Both see the INVITE retransmitted; only B sees the BYE
-    retransmitted. Stored: the 7 messages, the INVITE twice, the BYE twice."""
+    retransmitted; agent C (2001 from 127.0.0.3) sees the 100; A sends the 180 again
+    from another port. Stored: the 7 messages, the INVITE, BYE and 180 twice."""
     methods = ["INVITE", "100", "180", "200", "ACK", "BYE", "200-BYE"]
     msgs = [message("dd-call", method=m, ts=TS + i * 10 * MS) for i, m in enumerate(methods)]
     invite_again = message("dd-call", method="INVITE", ts=TS + 500 * MS)
@@ -45,7 +46,12 @@ def test_hep_two_agents_store_each_message_once(sqlite_url, collectors):
     for m in b_msgs:
         m.ts_us += 2 * MS          # B's clock, or its place on the path: 2 ms later
     b_packets = [encode_hep3(m, capture_id=2002) for m in b_msgs]
-    total = len(a_packets) + len(b_packets)
+    # agent C: capture id 2001 like A, another address: another capture point, a copy
+    c_msg = message("dd-call", method="100", ts=TS + 10 * MS + 3 * MS)
+    # A again from another source port: the same capture point (node and address), so
+    # the same bytes again are a retransmission, stored
+    a2_msg = message("dd-call", method="180", ts=TS + 20 * MS + 4 * MS)
+    total = len(a_packets) + len(b_packets) + 2
 
     c = collectors(sqlite_url, "--dedup-window", "200", "--count", str(total))
     a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -57,21 +63,28 @@ def test_hep_two_agents_store_each_message_once(sqlite_url, collectors):
             a.sendto(pa, ("127.0.0.1", c.ports["udp"]))
             b.sendall(pb)
         b.sendall(b_packets[-1])
-        rc, summary, err = c.stop(timeout=120) if c.proc.wait(60) is None else c.stop()
+        for ip, m in (("127.0.0.3", c_msg), ("127.0.0.1", a2_msg)):
+            other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            other.bind((ip, 0))
+            other.sendto(encode_hep3(m, capture_id=2001), ("127.0.0.1", c.ports["udp"]))
+            other.close()
+        c.proc.wait(60)  # --count: it stops by itself once every packet is read
+        rc, summary, err = c.stop()
     finally:
         a.close()
         b.close()
     assert rc == 0, err
     assert summary["packets"] == total
-    assert summary["stored"] == {"sip_capture": 9}
+    assert summary["stored"] == {"sip_capture": 10}
     dedup = summary["dedup"]
-    assert sum(dedup.values()) == total - 9
+    assert sum(dedup.values()) == total - 10
     assert set(dedup) <= {"2001", "2002"}
     rows = sip_rows(sqlite_url)
     stored = [m for _c, _n, m in rows]
     assert stored.count(sip("dd-call", method="INVITE")) == 2
     assert stored.count(sip("dd-call", method="BYE")) == 2
-    for m in ("100", "180", "200", "ACK", "200-BYE"):
+    assert stored.count(sip("dd-call", method="180")) == 2
+    for m in ("100", "200", "ACK", "200-BYE"):
         assert stored.count(sip("dd-call", method=m)) == 1
 
 
