@@ -375,3 +375,44 @@ def _wait_for(cond, timeout=30.0):
         if time.monotonic() > deadline:
             raise AssertionError("condition not met within the time limit")
         time.sleep(0.1)
+
+
+def test_two_writers_extending_partitions_at_once(mysql_url):
+    """hep --workers N: every worker's writer keeps the partitions; when two split pmax
+    at the same moment, the one that finds the work done is not an error."""
+    from sipcaptool.store.retention import Maintenance
+    later = dt.datetime(2031, 5, 11, 22, 0, tzinfo=dt.UTC).timestamp()
+    for round_ in range(3):
+        table = f"sip_part{round_}"
+        a = _adapter(mysql_url)
+        try:
+            ensure_days(a, [table], aux=False, partition_days=1, today=D)
+        finally:
+            a.close()
+        m = Maintenance((table,), clock=lambda: later)
+        barrier = threading.Barrier(2)
+        results: list[object] = []
+
+        def one() -> None:
+            b = _adapter(mysql_url)
+            try:
+                barrier.wait(10)
+                results.append(m.run(b))
+            except BaseException as e:  # noqa: BLE001 - reported below
+                results.append(e)
+            finally:
+                b.close()
+        threads = [threading.Thread(target=one) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not [r for r in results if isinstance(r, BaseException)], results
+        assert sum(r.get("maintenance:partitions-added", 0) for r in results
+                   if isinstance(r, dict)) >= 2
+        b = _adapter(mysql_url)
+        try:
+            assert [n for n, _b in mysql_partitions(b, table)] == [
+                "p_old", "p20310510", "p20310511", "p20310512", "pmax"]
+        finally:
+            b.close()

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreError
 from .router import expand_table_name
 
 if TYPE_CHECKING:
@@ -512,7 +512,16 @@ class Maintenance:
             added = 0
             for t in fixed:
                 if t in have:
-                    names = extend_partitions(adapter, t, 2, today)
+                    try:
+                        names = extend_partitions(adapter, t, 2, today)
+                    except StoreError:
+                        # the writer of another worker (--workers N) may have split
+                        # pmax at the same moment: fine when nothing is missing now
+                        from .schema import partition_maintenance_sql
+                        parts = [n for n, _b in mysql_partitions(adapter, t)]
+                        if partition_maintenance_sql(t, parts, days_ahead=2, today=today):
+                            raise
+                        names = []
                     for n in names:
                         log.info("added partition %s to %s ahead of its day", n, t)
                     added += len(names)
