@@ -110,7 +110,7 @@ def point_label(point: Point) -> str:
         name = "ifindex-" + str(int.from_bytes(hdr[4:8], "big"))
         used = 20
     elif linktype == _LINUX_SLL and len(hdr) >= 16:
-        name = "sll-out" if hdr[0] == 4 else "sll-in"
+        name = "sll-out" if (hdr[0] << 8 | hdr[1]) == 4 else "sll-in"  # packet type
         used = 16
     if len(hdr) > used and linktype in (_EN10MB, _LINUX_SLL, _LINUX_SLL2):
         name += "+tunnel"

@@ -197,6 +197,9 @@ def test_point_labels():
         == "link+tunnel"
     sll2 = struct.pack("!HHIHBB", 0x0800, 0, 3, 1, 4, 6) + b"\0" * 8
     assert point_label((None, b"\x01\x14" + sll2)) == "ifindex-3"
+    sll = struct.pack("!HHH", 4, 1, 6) + b"\x02\0\0\0\0\x01\0\0" + struct.pack("!H", 0x0800)
+    assert point_label((None, b"\0\x71" + sll)) == "sll-out"
+    assert point_label((None, b"\0\x71" + b"\0\0" + sll[2:])) == "sll-in"
     assert point_label((None, b"\0\x65")) == "link"     # raw IP: no link header
     assert point_label((None, None)) == "link"
 
@@ -250,6 +253,20 @@ def test_tunnelled_frames_capture_point_has_the_outer_addresses():
     dec.decode(T0, a)
     (m,) = dec.decode(T0, frame())
     assert m.capture_point == point_of(frame())
+
+
+def test_cooked_capture_in_and_out_are_two_capture_points():
+    """tcpdump -i any on loopback sees each packet going out and coming in."""
+    packet = ipv4("127.0.0.1", "127.0.0.1", 17, udp(5060, 5060, INVITE))
+
+    def sll(pkttype: int) -> bytes:
+        return struct.pack("!HHH", pkttype, 772, 6) + bytes(8) + struct.pack("!H", 0x0800)
+
+    out, back = point_of(sll(4) + packet, 113), point_of(sll(0) + packet, 113)
+    assert out != back
+    d = Dedup(500, 100, Stats())
+    assert stored(d, msg(node=None, point=out), msg(node=None, point=back)) == [True, False]
+    assert d.stats == {"dedup:sll-in": 1}
 
 
 def test_sip_on_a_tunnel_port_that_is_not_a_tunnel_has_the_plain_path():
