@@ -10,6 +10,7 @@ test_dedup_e2e.py.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import struct
 from pathlib import Path
@@ -334,3 +335,17 @@ def test_settings_from_the_environment_and_the_file(tmp_path):
         Settings.load(env={"SIPCAPTOOL_DEDUP_WINDOW": "-1"})
     with pytest.raises(ConfigError, match="dedup_max_entries"):
         Settings.load(cli={"dedup_max_entries": 0}, env={})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.none(), st.binary(max_size=80), st.text(max_size=40)),
+       st.one_of(st.none(), st.integers(0, 2**32 - 1)))
+def test_any_capture_point_has_a_name(where, node):
+    """Whatever the bytes of a link header, the counter's name is one of a few shapes."""
+    label = point_label((node, where))
+    if node is not None:
+        assert label == str(node)
+    elif isinstance(where, str):
+        assert label == "agent-" + where
+    else:
+        assert re.fullmatch(r"(vlan-\d+(\.\d+)*|ifindex-\d+|sll-(in|out)|link)(\+tunnel)?", label)
