@@ -123,7 +123,8 @@ class Dedup:
     Args:
         window_ms: the ``dedup_window`` setting (> 0).
         max_entries: the ``dedup_max_entries`` setting.
-        stats: ``dedup:<node>`` and ``evicted:dedup-full`` are counted here.
+        stats: ``dedup:<node>``, ``evicted:dedup-full`` and ``evicted:dedup-copies``
+            are counted here.
         clock: µs now, for expiry (``hep``, ``live``: the arrival clock); None: the
             messages' own time (``replay``).
     """
@@ -224,14 +225,17 @@ class Dedup:
         del self._table[next(iter(self._table))]
         self.stats["evicted:dedup-full"] += 1
         self._evicted_unlogged += 1
-        self._warn(f"dedup window full ({self.max_entries} messages, dedup_max_entries): "
-                   f"{self._evicted_unlogged} left early; a later copy of one of them is "
-                   "stored twice (evicted:dedup-full). Raise dedup_max_entries or shorten "
-                   "dedup_window")
-
-    def _warn(self, text: str) -> None:
-        mono = time.monotonic()
-        if mono >= self._next_log:
-            log.warning("%s", text)
+        if self._warn(f"dedup window full ({self.max_entries} messages, dedup_max_entries): "
+                      f"{self._evicted_unlogged} left early since the last such line; a "
+                      "later copy of one of them is stored twice (evicted:dedup-full). "
+                      "Raise dedup_max_entries or shorten dedup_window"):
             self._evicted_unlogged = 0
-            self._next_log = mono + LOG_INTERVAL_S
+
+    def _warn(self, text: str) -> bool:
+        """Log ``text`` unless a line was logged less than LOG_INTERVAL_S ago."""
+        mono = time.monotonic()
+        if mono < self._next_log:
+            return False
+        log.warning("%s", text)
+        self._next_log = mono + LOG_INTERVAL_S
+        return True
