@@ -8,6 +8,7 @@ real SQLite database, with the HEP payload types the pipeline routes).
 
 from __future__ import annotations
 
+import ipaddress
 import sqlite3
 
 import pytest
@@ -26,7 +27,13 @@ from sipcaptool.decode.sip import (
     parse_sip,
     parse_sip_lenient,
 )
-from sipcaptool.decode.sip_fields import ipv6_host_port, lenient_address, lenient_uri, parse_uri
+from sipcaptool.decode.sip_fields import (
+    _is_ipv6,
+    ipv6_host_port,
+    lenient_address,
+    lenient_uri,
+    parse_uri,
+)
 from sipcaptool.errors import DecodeError
 from sipcaptool.pipeline import Pipeline
 from sipcaptool.record import CapturedMessage
@@ -257,6 +264,28 @@ def test_ipv6_host_port_recovers_what_was_written(addr, port):
     else:
         assert ipv6_host_port(f"{full}:{port}") == (full, str(port))
         assert lenient_uri(f"sip:u@{full}:{port};lr") == ("u", full, str(port))
+
+
+def _ipaddress_says(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return "%" not in text  # a zone id is no host of a SIP URI
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(
+    st.text(alphabet="0123456789abcdefABCDEFg:.%", max_size=45),
+    st.ip_addresses(v=6).map(str),
+    st.ip_addresses(v=6).map(lambda a: a.exploded),
+    st.ip_addresses(v=4).map(lambda a: f"::ffff:{a}"),
+    st.tuples(st.ip_addresses(v=6), st.integers(0, 40)).map(
+        lambda t: t[0].exploded[: t[1]] + t[0].exploded[t[1] + 1:]),   # one character less
+))
+def test_ipv6_check_agrees_with_ipaddress(text):
+    """sip_fields' own IPv6 check (written out for speed) against Python's ipaddress."""
+    assert _is_ipv6(text) == _ipaddress_says(text)
 
 
 @settings(max_examples=500, deadline=None)

@@ -22,7 +22,6 @@ parse; the others never raise.
 from __future__ import annotations
 
 import re
-from ipaddress import IPv6Address
 
 __all__ = ["parse_uri", "address", "name_addr", "tag_param", "digest_user", "originator",
            "lenient_uri", "lenient_address", "ipv6_host_port"]
@@ -143,12 +142,39 @@ def address(body: str, contact: bool = False) -> tuple[str, str, str, str]:
     return user, host, port, rest
 
 
+# One or more IPv6 groups separated by ':', and a dotted IPv4 address (RFC 4291 2.2).
+_IPV6_GROUPS = re.compile(r"[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4})*\Z")
+_IPV4_DOTTED = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+                          r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\Z")
+
+
 def _is_ipv6(text: str) -> bool:
-    try:
-        IPv6Address(text)
-    except ValueError:
+    """Whether ``text`` is an IPv6 address in RFC 4291 2.2 text form (eight groups, or
+    fewer with one ``::``, the last two may be a dotted IPv4 address); no zone id.
+
+    Two regular expressions rather than ``ipaddress.IPv6Address``, several times slower:
+    this runs for every URI that does not parse, garbage included."""
+    head, double, tail = text.partition("::")
+    if double and "::" in tail:
         return False
-    return True
+    width = 0
+    last = tail if double else head
+    if "." in last:
+        colon = last.rfind(":")
+        if colon == 0 or not _IPV4_DOTTED.match(last, colon + 1):
+            return False
+        width = 2  # the dotted address stands for two groups
+        last = last[:colon] if colon > 0 else ""
+        if double:
+            tail = last
+        else:
+            head = last
+    for part in (head, tail):
+        if part:
+            if _IPV6_GROUPS.match(part) is None:
+                return False
+            width += part.count(":") + 1
+    return width < 8 if double else width == 8
 
 
 def ipv6_host_port(hostport: str) -> tuple[str, str] | None:
