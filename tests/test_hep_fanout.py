@@ -177,10 +177,13 @@ def test_two_agents_two_collectors_one_database_a_collector_restarted(pg_url, tm
     assert first_run["stored_total"] + second_run["stored_total"] + other["stored_total"] == 8000
     # calls moved while collector 1 was down, and came back to it
     assert first_run["stored_total"] > 0 and second_run["stored_total"] > 0
+    # each agent found collector 1 gone (or not yet back: an agent started late on a
+    # loaded machine meets it down) and connected to it
     for out in (live_out, replay_out):
         assert out["hep_out"].get("rerouted", 0) > 0 or out["hep_out"].get("resent", 0) > 0
         per = out["hep_targets"][f"tcp:127.0.0.1:{p1}"]
-        assert per["connected"] >= 2, per
+        assert per["connected"] >= 1, per
+        assert per.get("closed-by-peer", 0) + per.get("connect-failed", 0) >= 1, per
 
 
 def test_a_front_collector_forwards_each_call_to_one_back_collector(pg_url, tmp_path):
