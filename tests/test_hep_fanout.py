@@ -83,6 +83,24 @@ def stored_messages(url: str) -> Counter[bytes]:
         conn.close()
 
 
+def _wait_rows(url: str, node: str, timeout: float = 20) -> None:
+    """Until the collector named ``node`` (its --capture-node) has stored a row."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        conn = connect(url)
+        try:
+            cur = conn.cursor()
+            cur.execute(f"SELECT count(*) FROM sip_capture WHERE node LIKE '{node}%'")
+            if cur.fetchone()[0] > 0:
+                return
+        except Exception:  # noqa: BLE001 - the table is made with the first batch
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.2)
+    raise AssertionError(f"collector {node} stored nothing in {timeout}s")
+
+
 def replay_capture(n: int) -> tuple[bytes, list[bytes], list[tuple[int, bytes]]]:
     """A pcap of ``n`` realistic SIP messages: (header, messages, (ts, frame) records)."""
     import io
@@ -122,8 +140,8 @@ def losses(summary: dict) -> int:
 def test_two_agents_two_collectors_one_database_a_collector_restarted(pg_url, tmp_path):
     p1, p2 = free_port(), free_port()
     targets = ["--hep-to", f"tcp:127.0.0.1:{p1}", "--hep-to", f"tcp:127.0.0.1:{p2}"]
-    c1 = Coll(p1, pg_url)
-    c2 = Coll(p2, pg_url)
+    c1 = Coll(p1, pg_url, "--capture-node", "c1")
+    c2 = Coll(p2, pg_url, "--capture-node", "c2")
     first_run: dict = {}
     header, replay_msgs, recs = replay_capture(4000)
     with VethPair(b_in_root=True) as net:
@@ -143,9 +161,10 @@ def test_two_agents_two_collectors_one_database_a_collector_restarted(pg_url, tm
                 "--tag", "live")))
             sender.start()
             time.sleep(2.5)
+            _wait_rows(pg_url, "c1")         # (a loaded machine starts the agents late)
             first_run = c1.stop()            # in the middle of both agents' traffic
             time.sleep(1.0)
-            c1 = Coll(p1, pg_url)            # back on the same port
+            c1 = Coll(p1, pg_url, "--capture-node", "c1")  # back on the same port
             feeder.join()
             sender.join()
             replay.stdin = None  # (closed by the feeder: the end of the capture)
