@@ -377,3 +377,13 @@ def test_udp_only_collectors_spread_calls_too():
         r.close()
     assert sorted(got[0] + got[1]) == sorted(ids) and got[0] and got[1]
     assert stats["hep_out:sent_udp"] == 100
+
+
+@given(st.lists(st.text(max_size=40), max_size=4))
+def test_any_target_list_parses_or_raises_our_config_error(values):
+    try:
+        collectors = group_targets(values)
+    except ConfigError:
+        return
+    for c in collectors:
+        assert c.dgram is not None or c.stream is not None

@@ -388,3 +388,48 @@ def test_garbage_on_the_tls_port_is_refused_connection_by_connection(certs, coll
     assert sum(c.stats.group("tls").values()) == len(payloads), c.stats.group("tls")
     assert c.report()["tls_refused"] == len(payloads)
     assert c.stats.group("malformed") == {}
+
+
+def test_a_client_trickling_its_handshake_and_data_byte_by_byte_is_served(certs, collector):
+    """Every TLS byte on its own segment (the handshake and the HEP in it): the
+    collector's handshake goes on WANT_READ after WANT_READ and the packets are stored
+    whole; an agent beside it is served meanwhile."""
+    c = collector()
+    ctx = client_context(certs.ca)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(inc, out, server_hostname="127.0.0.1")
+    raw = socket.create_connection(("127.0.0.1", c.tls_port))
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    raw.settimeout(0.02)
+
+    def pump() -> None:
+        data = out.read()
+        for i in range(len(data)):
+            raw.send(data[i:i + 1])
+            time.sleep(0.0005)
+        try:
+            got = raw.recv(65536)
+            if got:
+                inc.write(got)
+        except TimeoutError:
+            pass
+
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            pump()
+    pump()
+    side = HepSender([f"tls:127.0.0.1:{c.tls_port}"], Stats(), auth_key=KEY, tls_ca=certs.ca)
+    side.send(_msg("beside"))
+    side.close()
+    assert c.wait(1) == ["beside"]
+    tls.write(b"".join(encode_hep3(_msg(f"trickle-{i}"), auth_key=KEY) for i in range(3)))
+    pump()
+    got = c.wait(4)
+    raw.close()
+    c.stop()
+    assert got == ["beside", "trickle-0", "trickle-1", "trickle-2"]
+    assert c.stats.group("tls") == {} and c.stats.group("malformed") == {}
