@@ -43,7 +43,7 @@ def hep_to_options(option: str = "--hep-to", *, agent: bool = False,
                        help="Memory that messages may wait in while no collector can take "
                             "them (K/M/G); past it they go to the disk spool (--spool-dir, "
                             "-hep appended; --spool-max-bytes), then are dropped, counted as "
-                            "dropped:hep-buffer-full."),
+                            "dropped:hep-buffer-full. [default: 64M]"),
     ]
     if forward:
         opts.append(setting_option("--forward-tls-ca", metavar="FILE",
