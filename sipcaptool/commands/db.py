@@ -80,10 +80,14 @@ def tables_for_init(settings: Settings, days: int,
                    "catch-all partition is split; existing days are not touched); "
                    "hep and live add tomorrow's partition themselves.")
 @click.option("--no-aux", is_flag=True, help="Do not create logs_capture, report_capture, rtcp_capture.")
+@click.option("--retention", metavar="AGE", default=None,
+              help="ClickHouse 19.6 and later: the server itself removes rows older than AGE "
+                   "(14d, 2w): a TTL on the tables, also those that exist. Other databases "
+                   "and older ClickHouse: run db prune --older-than AGE from a timer.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
 @storage_options
 def init(print_only: bool, days: int, partition_days: int | None, no_aux: bool,
-         as_json: bool, settings: Settings) -> None:
+         retention: str | None, as_json: bool, settings: Settings) -> None:
     """Create every table the settings name; safe to run again.
 
     Creates the database itself when missing (MySQL/PostgreSQL), every table of
@@ -119,8 +123,18 @@ def init(print_only: bool, days: int, partition_days: int | None, no_aux: bool,
         adapter.create_database()
         try:
             adapter.connect()
+            kept = None
+            if retention is not None:
+                from ..store.retention import parse_age
+                kept = parse_age(retention)
+                set_retention = getattr(adapter, "set_retention", None)
+                kept_note = set_retention(kept, tables, aux=not no_aux) if set_retention \
+                    else (f"--retention: {adapter.dialect} removes nothing by itself: run "
+                          f"sipcaptool db prune --older-than {kept}d from a timer (contrib/)")
             report = ensure_days(adapter, tables, aux=not no_aux,
                                  partition_days=partition_days)
+            if kept is not None:
+                report.notes.append(kept_note)
         finally:
             adapter.close()
         reports.append(report)
