@@ -649,3 +649,39 @@ def test_random_chunking_of_a_big_file():
 
     r = FrameReader(Random())
     assert frames(r) == want
+
+
+def test_a_pipe_is_read_as_its_packets_come():
+    """tcpdump -w - | sipcaptool replay -: the first packet is handed on while the
+    writer still waits to send the rest (nothing waits for a full chunk)."""
+    import os
+    import threading
+
+    data, want = mixed_file()
+    first = _block_ends(data)[len(LINK_HEADERS) + 1]    # the header, interfaces, 1 packet
+    handed_on = threading.Event()
+    rest_sent: list[bool] = []
+    r_fd, w_fd = os.pipe()
+
+    def feed() -> None:
+        os.write(w_fd, data[:first])
+        handed_on.wait(30)
+        rest_sent.append(True)
+        os.write(w_fd, data[first:])
+        os.close(w_fd)
+
+    t = threading.Thread(target=feed)
+    t.start()
+    seen_before_rest = None
+    got = []
+    with os.fdopen(r_fd, "rb") as f:
+        r = FrameReader(f)
+        for lt, d, meta in r.batches():
+            if seen_before_rest is None:
+                seen_before_rest = not rest_sent
+                handed_on.set()
+            got += [(lt, meta[i] * 1_000_000 + meta[i + 1], d[meta[i + 2]:meta[i + 2] + meta[i + 3]])
+                    for i in range(0, len(meta), 4)]
+    t.join()
+    assert seen_before_rest is True
+    assert got == want

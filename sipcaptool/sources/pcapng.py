@@ -264,24 +264,25 @@ class FrameReader:
 
     def _first_interfaces(self) -> None:
         """Look (without reading past them) at the interface blocks before the first
-        packet block in what is read already, to name the link type ahead."""
+        packet block, to name the link type ahead. Only as much is read as those
+        blocks take, so a pipe fed as packets come is not waited on."""
         order = self._order
-        buf, pos = self._buf, self._pos
-        if not self._fill(min(CHUNK, 1 << 16)):
-            pass    # a short file: what there is
-        buf, pos = self._buf, self._pos
         hdr = struct.Struct(order + "II")
         found: list[Interface] = []
-        while pos + 8 <= len(buf):
-            btype, blen = hdr.unpack_from(buf, pos)
-            if btype in (_SHB, _EPB, _SPB, _OPB) or blen < 12 or pos + blen > len(buf):
+        ahead = 0   # bytes looked at past _pos
+        while self._fill(ahead + 8):
+            btype, blen = hdr.unpack_from(self._buf, self._pos + ahead)
+            if btype in (_SHB, _EPB, _SPB, _OPB) or blen < 12 or blen > MAX_BLOCK:
+                break
+            if not self._fill(ahead + blen):
                 break
             if btype == _IDB:
                 try:
-                    found.append(_parse_idb(buf, pos, blen, order, len(found), 0))
+                    found.append(_parse_idb(self._buf, self._pos + ahead, blen, order,
+                                            len(found), 0))
                 except _DamagedError:
                     break
-            pos += blen
+            ahead += blen
         self._peeked = found
         known = [i for i in found if i.linktype in SUPPORTED_LINKTYPES]
         if known:
