@@ -165,7 +165,7 @@ RPC, prefixes such as "onion" are not taken for "on".
 .B stats
 The counters since start as one line of JSON: capture, uptime_s, started, pid,
 packets, messages, stored (per table), stored_total, skipped, malformed, dropped,
-evicted, truncated, adjusted, refused_bytes, stored_bad (per reason or column), db
+evicted, truncated, adjusted, refused_bytes, stored_bad, lenient (per reason or column), db
 (batches, errors, retries), kernel (drops), control and metrics (connections closed),
 queue_depth, spool_bytes, spool_batches, and facts about the command (listen
 addresses, workers).
