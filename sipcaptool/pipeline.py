@@ -201,18 +201,17 @@ class Pipeline:
             t = self.targets[0]
             table = t.table
             if table is None:
-                method = (Router.route_method(sip.type, sip.method, sip.cseq) if t.routed
-                          else "")
+                method = t.router.message_route(sip) if t.routed else ""
                 table = t.router.choose(hash_key(sip, t.hash_source) if t.needs_key else "",
                                         ts, method)
             t.writer.add(table, "sip", row)
             return
         error: StoreError | None = None
-        method = Router.route_method(sip.type, sip.method, sip.cseq)
         for t in self.targets:  # an earlier batch's error must not skip the other modes
             key = hash_key(sip, t.hash_source) if t.needs_key else ""
             try:
-                t.writer.add(t.router.choose(key, ts, method if t.routed else ""), "sip", row)
+                t.writer.add(t.router.choose(key, ts, t.router.message_route(sip)
+                                             if t.routed else ""), "sip", row)
             except StoreError as e:
                 error = error or e
         if error is not None:

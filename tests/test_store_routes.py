@@ -26,7 +26,8 @@ from sipcaptool.query.tables import read_sources
 from sipcaptool.replay import ReplayOptions, replay_files
 from sipcaptool.store.router import Router, parse_route, parse_routes, route_table_names
 
-HOMER5_ROUTES = ("INVITE,ACK,BYE,CANCEL,UPDATE,PRACK,REFER,INFO=sip_capture_call_%Y%m%d",
+HOMER5_ROUTES = ("INVITE,ACK,BYE,CANCEL,UPDATE,PRACK,REFER,INFO,NOTIFY:refer="
+                 "sip_capture_call_%Y%m%d",
                  "REGISTER=sip_capture_registration_%Y%m%d",
                  "*=sip_capture_rest_%Y%m%d")
 TS = 1_795_942_364_188_014  # 2026-11-29 08:52:44 UTC
@@ -62,6 +63,35 @@ def test_route_by_method_and_reply_by_cseq_method():
     # methods are case-sensitive, as in SIP and in the script
     assert r.choose("", TS, "invite") == "sip_capture_rest_20261129"
     assert r.routed and r.dated and r.table is None
+
+
+def _notify(event: str | None, reply: bool = False) -> bytes:
+    start = b"SIP/2.0 200 OK" if reply else b"NOTIFY sip:alice@10.0.0.1 SIP/2.0"
+    ev = b"" if event is None else b"Event: " + event.encode() + b"\r\n"
+    return (start + b"\r\nVia: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK1\r\n"
+            b"From: <sip:bob@example.com>;tag=1\r\nTo: <sip:alice@example.com>;tag=2\r\n"
+            b"Call-ID: xfer@10.0.0.2\r\nCSeq: 2 NOTIFY\r\n" + ev
+            + b"Content-Length: 0\r\n\r\n")
+
+
+def test_notify_of_a_transfer_goes_with_the_calls():
+    """HOMER 5 stores a NOTIFY whose Event is refer (a transfer's progress) with the
+    calls: the rule NOTIFY:refer does that."""
+    from sipcaptool.decode.sip import parse_sip
+    r = Router(["sip_capture"], routes=("INVITE,REFER,NOTIFY:refer=call", "*=rest"))
+    route = {ev: r.choose("", TS, r.message_route(parse_sip(_notify(ev))))
+             for ev in ("refer;id=93809824", "refer", "REFER ;id=1", "presence", None)}
+    assert route == {"refer;id=93809824": "call", "refer": "call", "REFER ;id=1": "call",
+                     "presence": "rest", None: "rest"}
+    # its 200 OK has no Event header: the rest, as in HOMER 5's script
+    assert r.choose("", TS, r.message_route(parse_sip(_notify(None, reply=True)))) == "rest"
+    # a plain NOTIFY rule takes the other NOTIFYs
+    r2 = Router(["t"], routes=("NOTIFY:refer=call", "NOTIFY=notify"))
+    assert r2.choose("", TS, r2.message_route(parse_sip(_notify("dialog")))) == "notify"
+    with pytest.raises(ConfigError, match="already routed"):
+        parse_routes(["NOTIFY:refer=a", "NOTIFY:Refer=b"])
+    with pytest.raises(ConfigError, match="not a SIP method"):
+        parse_route("NOTIFY:=a")
 
 
 def test_without_a_star_rule_the_rest_goes_to_table_name():
@@ -175,3 +205,26 @@ def test_homer5_layout_table_by_table(any_db_url, capture):
         assert got[table] == want[table], table
     assert not {t for t in have_tables if t.startswith("sip_capture")} - set(want)
     assert sum(sum(c.values()) for c in got.values()) == len(kamailio_rows)
+
+
+def test_pipeline_routes_a_transfer_notify_into_the_call_table(sqlite_url):
+    from sipcaptool.pipeline import Pipeline
+    from sipcaptool.record import AF_INET, CapturedMessage
+    from sipcaptool.stats import Stats
+    s = Settings.load(cli={"db_url": sqlite_url, "route": HOMER5_ROUTES,
+                           "spool_dir": "none"}, env={})
+    p = Pipeline(s, Stats(), background=False, use_spool=False)
+    try:
+        for ev in ("refer;id=1", "dialog"):
+            p.submit(CapturedMessage(ts_us=TS, src_ip="10.0.0.2", src_port=5060,
+                                     dst_ip="10.0.0.1", dst_port=5060, proto=1,
+                                     family=AF_INET, payload=_notify(ev)))
+    finally:
+        p.close()
+    conn = connect(sqlite_url)
+    try:
+        got = {t: conn.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0]
+               for t in ("sip_capture_call_20261129", "sip_capture_rest_20261129")}
+    finally:
+        conn.close()
+    assert got == {"sip_capture_call_20261129": 1, "sip_capture_rest_20261129": 1}

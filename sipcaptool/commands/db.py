@@ -101,11 +101,9 @@ def init(print_only: bool, days: int, partition_days: int | None, no_aux: bool,
       sipcaptool db init --db postgresql://postgres@127.0.0.1/homer
       sipcaptool db init --db mysql://root@127.0.0.1/homer --table-name 'sip_%Y%m%d' --days 7
       sipcaptool db init --db mysql://root@127.0.0.1/homer --partition-days 7
-      # HOMER 5's three tables a day (docs/operators.md), today's and tomorrow's:
-      sipcaptool db init --db mysql://root@127.0.0.1/homer_data --days 2 \\
-        --route 'INVITE,ACK,BYE,CANCEL,UPDATE,PRACK,REFER,INFO=sip_capture_call_%Y%m%d' \\
-        --route 'REGISTER=sip_capture_registration_%Y%m%d' \\
-        --route '*=sip_capture_rest_%Y%m%d'
+      # HOMER 5's three tables a day, today's and tomorrow's (the route rules of
+      # docs/operators.md in the file):
+      sipcaptool db init --config /etc/sipcaptool.toml --days 2
       sipcaptool db init --print --db sqlite:///x.db
     """
     from ..store import open_adapter

@@ -42,7 +42,9 @@ names; without a ``*`` rule those go to ``table_name``. ``TABLES`` is a table li
 ``table_name`` (``a|b``, strftime codes): ``mt_mode`` and ``hash_source`` choose among
 them exactly as among ``table_name``'s. A message whose start line did not parse
 (stored with ``capture_bad_msgs``) has no method and takes the ``*`` rule (or
-``table_name``). See :func:`parse_route`.
+``table_name``). ``METHOD:package`` names the requests of that method whose ``Event``
+header is of that event package: ``NOTIFY:refer`` (a transfer's progress, which HOMER 5's
+script stores with the calls) before a plain ``NOTIFY`` or ``*``. See :func:`parse_route`.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..errors import ConfigError
 from ..record import HASH_SOURCES, MT_MODES
@@ -189,8 +192,9 @@ class _Namer:
         return self.last
 
 
-# RFC 3261 token characters: a method name is a token
-_METHOD_RE = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+\Z")
+# RFC 3261 token characters: a method name is a token; METHOD:package names the requests
+# of that method whose Event header is of that event package (NOTIFY:refer)
+_METHOD_RE = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+(?::[A-Za-z0-9.!%*_+`'~-]+)?\Z")
 
 
 @dataclass(frozen=True)
@@ -245,10 +249,12 @@ def parse_routes(rules: Iterable[str | Route], dialect: str | None = None, *,
     for rule in rules:
         r = parse_route(rule, dialect, check_length=check_length)
         for m in r.methods:
-            if m in seen:
+            name, colon, package = m.partition(":")
+            key = name + colon + package.lower()  # event packages compare without case
+            if key in seen:
                 raise ConfigError(f"bad route {str(r)!r}: {m!r} is already routed by "
-                                  f"{seen[m]!r}; a method may be in one rule only")
-            seen[m] = str(r)
+                                  f"{seen[key]!r}; a method may be in one rule only")
+            seen[key] = str(r)
         out.append(r)
     return out
 
@@ -264,6 +270,17 @@ def route_table_names(tables: Sequence[str], routes: Iterable[str | Route]) -> l
     if not any(r.methods == ("*",) for r in parsed):
         out.extend(t for t in tables if t not in out)
     return out
+
+
+class _Routable(Protocol):
+    """What :meth:`Router.message_route` reads of a parsed message (decode.sip's
+    SipMessage, which this layer does not import)."""
+
+    type: int
+    method: str
+    cseq: str
+
+    def header(self, name: str) -> str | None: ...
 
 
 class _Group:
@@ -337,6 +354,10 @@ class Router:
         self.needs_key = mt_mode == "hash" and any(g.n > 1 for g in groups)
         # the time a message carries picks its table (strftime codes in a name)
         self.dated = any(n is not None for g in groups for n in g.namers)
+        # methods with a METHOD:package rule: their Event header is looked at
+        self._by_event = frozenset(m.split(":", 1)[0] for m in self._by_method if ":" in m)
+        self._lower_keys = {m.split(":", 1)[0] + ":" + m.split(":", 1)[1].lower(): m
+                            for m in self._by_method if ":" in m}
         self._rand = random.Random()
 
     def _index(self, g: _Group, hash_key: str) -> int:
@@ -368,6 +389,18 @@ class Router:
         if namer is None:
             return g.tables[i]
         return namer(ts_us)
+
+    def message_route(self, sip: _Routable) -> str:
+        """What a parsed message is routed by: :meth:`route_method`, or
+        ``METHOD:package`` when a rule names that method with an event package and the
+        message's ``Event`` header is of that package (compared without case)."""
+        method = self.route_method(sip.type, sip.method, sip.cseq)
+        if method in self._by_event:
+            event = sip.header("Event")
+            if event:
+                key = method + ":" + event.split(";", 1)[0].strip().lower()
+                return self._lower_keys.get(key, method)
+        return method
 
     @staticmethod
     def route_method(sip_type: int, method: str, cseq: str) -> str:
