@@ -158,3 +158,61 @@ def test_timer_units_verify(unit, tmp_path):
                         str(tmp_path / (unit + ".timer"))], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "db prune" in (ROOT / "contrib" / "sipcaptool-prune.service").read_text()
+
+
+def test_prune_while_the_collector_writes(collectors, any_db_url):
+    """db prune (a process) deletes 20,000 old rows in batches of 500 from the table a
+    running hep collector is writing into: every message sent is stored, none dropped,
+    and the old rows are gone."""
+    import socket
+    import threading
+
+    from store_helpers import sip_row
+    from test_hep_collector import message
+
+    from sipcaptool.encode.hep import encode_hep3
+
+    old = (dt.datetime.now(dt.UTC) - dt.timedelta(days=40)).strftime("%Y-%m-%d %H:%M:%S")
+    a = open_adapter(any_db_url)
+    a.create_database()
+    a.connect()
+    try:
+        ensure_days(a, ["sip_capture"])
+        for start in range(0, 20_000, 5000):
+            a.write("sip_capture", "sip", a.format_batch(
+                "sip", [sip_row(start + i, date=old) for i in range(5000)]))
+    finally:
+        a.close()
+    c = collectors(any_db_url, "--spool-dir", "none", "--batch-size", "50", tcp=False)
+    now_us = int(time.time() * 1_000_000)
+    sent = [0]
+    stop = threading.Event()
+
+    def send() -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            while not stop.is_set() and sent[0] < 3000:
+                s.sendto(encode_hep3(message(f"live-{sent[0]}", ts=now_us)),
+                         ("127.0.0.1", c.ports["udp"]))
+                sent[0] += 1
+                time.sleep(0.002)
+        finally:
+            s.close()
+
+    t = threading.Thread(target=send)
+    t.start()
+    try:
+        r = run("db", "prune", "--db", any_db_url, "--older-than", "14d", "--batch-rows", "500")
+    finally:
+        stop.set()
+        t.join()
+    assert r.returncode == 0, r.stderr
+    assert "sip_capture: deleted 20000 rows" in r.stdout
+    deadline = time.monotonic() + 60
+    while count(any_db_url, "sip_capture") < sent[0] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    code, summary, err = c.stop()
+    assert code == 0, err
+    assert summary["stored_total"] == sent[0] > 0
+    assert not summary.get("dropped")
+    assert count(any_db_url, "sip_capture") == sent[0]
