@@ -228,3 +228,15 @@ def test_pipeline_routes_a_transfer_notify_into_the_call_table(sqlite_url):
     finally:
         conn.close()
     assert got == {"sip_capture_call_20261129": 1, "sip_capture_rest_20261129": 1}
+
+
+def test_config_check_reports_bad_routes(tmp_path):
+    from sipcaptool.commands.configcmd import check_file
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('route = ["INVITE=a", "INVITE,ACK=b"]\n[hep]\nroute = ["x y=z"]\n')
+    problems = check_file(str(cfg))
+    assert len(problems) == 2
+    assert "'INVITE' is already routed by 'INVITE=a'" in problems[0]
+    assert problems[1].startswith("[hep] route: bad route 'x y=z'")
+    cfg.write_text('route = ["' + '", "'.join(HOMER5_ROUTES) + '"]\n')
+    assert check_file(str(cfg)) == []

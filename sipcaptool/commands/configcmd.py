@@ -217,6 +217,12 @@ def check_file(path: str) -> list[str]:
             continue
         if name == "db_url" and isinstance(value, str):
             problems.extend(_check_db_url(value, f"{where}db_url"))
+        if name == "route" and isinstance(value, (str, list)):
+            from ..store.router import parse_routes
+            try:  # each rule, and a method in two rules
+                parse_routes([value] if isinstance(value, str) else value, check_length=False)
+            except ConfigError as e:
+                problems.append(f"{where}route: {e}")
         check = _GRAMMARS.get(name)
         if check is not None:
             for item in ([value] if isinstance(value, str) else value
