@@ -285,6 +285,8 @@ _OPERATOR_CODES = {81: "create the database (sipcaptool db init)",
 _REFUSED_CODES = {6, 26, 27, 32, 33, 38, 41, 53, 69, 70, 72, 117, 131, 190}
 
 _DATE_CACHE: dict[str, int] = {}
+# a reading statement on one capture table (quoted by the query layer, never system.*)
+_PREWHERE = re.compile(r'\A(\s*SELECT\b[^"]*?(?:"[^"]*"[^"]*?)*?\bFROM\s+"[^"]+"\s+)WHERE\b', re.S)
 
 
 def epoch(date: object) -> int:
@@ -786,7 +788,10 @@ class ClickHouseAdapter(Adapter):
 
     # -- reading ----------------------------------------------------------------------
     def select(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        text = substitute(sql, params)
+        # the reading statements' filter as PREWHERE: its columns are read first and the
+        # others only for the granules that match (18.16 does not move it by itself: a
+        # Call-ID's messages on 2,000,000 rows took 1.2 s with WHERE, 0.07 s with PREWHERE)
+        text = _PREWHERE.sub(r"\1PREWHERE", substitute(sql, params), count=1)
         got = self._run("cannot read", text, with_column_types=True)
         rows, types = got
         names = [n for n, _ in types]
