@@ -52,8 +52,10 @@ def command(files: tuple[str, ...], quiet: bool,
     sent), each call to one of them by a hash of its Call-ID, as live --hep-to does;
     what is still queued at the end is sent within 10 s or kept in SPOOL_DIR-hep.
 
-    A FILE may be gzip-compressed (x.pcap.gz, inflated on the fly), or '-' for standard
-    input (zcat x.pcap.gz | sipcaptool replay -).
+    A FILE may be compressed with gzip, xz, bzip2 or zstd (known by its first bytes,
+    inflated on the fly), or '-' for standard input, compressed or not
+    (cat x.pcap.gz | sipcaptool replay -). A pcapng file is read whole, whatever its
+    interfaces: several link types, timestamp resolutions and sections.
 
     Link layers, IPv4/IPv6, fragments, TCP streams, tunnels and HEP inside the capture
     are decoded; SIP is recognised by content on any port. A frame the capture cut at its
