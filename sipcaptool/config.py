@@ -202,6 +202,17 @@ class Settings:
     # flow: one column per address:port or per host; IP=NAME names for the columns
     by: str = _setting("port", ("port", "host"))
     alias: tuple[str, ...] = _setting(())
+    # db init: the days of strftime-named (and route) tables made from today; MariaDB:
+    # the sip tables partitioned by day this many days ahead (0: not partitioned);
+    # 0: no logs_capture, report_capture, rtcp_capture
+    days: int = _setting(1, (1, 3660))
+    partition_days: int = _setting(0, (0, 3660))
+    aux_tables: int = _setting(1, (0, 1))
+    # db prune (--older-than) removes the days older than this, 14d or 2w; db init sets it
+    # as ClickHouse's TTL ('' = kept for ever)
+    retention: str = _setting("")
+    # db prune: rows per DELETE in the tables that are not dropped whole
+    batch_rows: int = _setting(5000, (1, 1_000_000))
 
     # -- not settings ------------------------------------------------------------------
     # where each setting's value came from: "default", "file PATH", "environment

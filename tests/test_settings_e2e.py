@@ -337,3 +337,23 @@ def test_db_password_file_reaches_a_real_account(tmp_path, mysql_url):
         with admin.cursor() as cur:
             cur.execute("DROP USER IF EXISTS %s@'%%'", (user,))
         admin.close()
+
+
+def test_db_settings_from_the_file_and_the_environment(tmp_path):
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'db_url = "{db}"\ntable_name = "sip_%Y%m%d"\n'
+                    '[db]\ndays = 3\naux_tables = 0\nretention = "7d"\n')
+    r = run("db", "init", "--config", str(conf), "--json", env=clean_env(), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    created = json.loads(r.stdout)[0]
+    assert len([t for t in created["created"] if t.startswith("sip_")]) == 3, created
+    assert not any(t.endswith("_capture") for t in created["created"]), created  # no aux
+    # db prune takes the retention of the file; without one it asks for it
+    r = run("db", "prune", "--config", str(conf), "--dry-run", env=clean_env(), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run("db", "prune", "--db", db, "--dry-run", env=clean_env(), cwd=tmp_path)
+    assert r.returncode == 2 and "--older-than AGE" in r.stderr
+    r = run("db", "prune", "--db", db, "--dry-run", env=clean_env(SIPCAPTOOL_RETENTION="2w"),
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr

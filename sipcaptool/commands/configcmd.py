@@ -62,7 +62,7 @@ def command() -> None:
     Options that say what one run does are not settings: the files of replay,
     --duration and --count, --json and --csv, -o/--output, --force, --format, the
     filters of search and export (--call-id ... --until), --limit, --legs,
-    --legs-depth, --again, --resume, --explain, --print.
+    --legs-depth, --again, --resume, --explain, --print, --dry-run.
 
     \b
     Example:
@@ -265,9 +265,16 @@ def _ports(text: str) -> None:
     parse_ports(text, "ports")
 
 
+def _age(text: str) -> None:
+    from ..store.retention import parse_age
+
+    if text:
+        parse_age(text)
+
+
 #: the settings whose text follows a grammar, checked as the commands check them
 _GRAMMARS = {"listen": _listen, "raw_socket_listen": _raw_listen, "tz": _tz,
-             "metrics": _metrics, "ports": _ports, "hep_ports": _ports}
+             "metrics": _metrics, "ports": _ports, "hep_ports": _ports, "retention": _age}
 
 
 def _allowed_hint(name: str, message: str) -> str:

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import click
 
 from ..config import Settings
-from .common import storage_options
+from ..errors import ConfigError
+from .common import setting_option, storage_options
 
 if TYPE_CHECKING:
     from ..store.retention import Removal
@@ -68,26 +69,29 @@ def tables_for_init(settings: Settings, days: int,
 @command.command("init")
 @click.option("--print", "print_only", is_flag=True,
               help="Print the SQL instead of running it.")
-@click.option("--days", type=click.IntRange(1, 3660), default=1, show_default=True,
+@setting_option("--days",
               help="For strftime table names (and --route tables): create the tables of "
                    "this many days from today (UTC). Run again (or on a later day) to add "
                    "the days that are missing; existing tables are left as they are.")
-@click.option("--partition-days", type=click.IntRange(1, 3660), default=None,
+@setting_option("--partition-days",
               help="MySQL/MariaDB: partition sip tables by day (RANGE on date) for this many "
                    "days from today plus a catch-all partition, so old days can be dropped "
                    "with ALTER TABLE ... DROP PARTITION (db prune) instead of DELETE. Run "
                    "again to add the days missing up to this many from today (the "
                    "catch-all partition is split; existing days are not touched); "
-                   "hep and live add tomorrow's partition themselves.")
-@click.option("--no-aux", is_flag=True, help="Do not create logs_capture, report_capture, rtcp_capture.")
-@click.option("--retention", metavar="AGE", default=None,
+                   "hep and live add tomorrow's partition themselves. [default: 0, not "
+                   "partitioned]")
+@setting_option("--no-aux", setting="aux_tables", is_flag=True, convert=lambda _: 0,
+                help="Do not create logs_capture, report_capture, rtcp_capture "
+                     "(aux_tables = 0).")
+@setting_option("--retention", metavar="AGE",
               help="ClickHouse 19.6 and later: the server itself removes rows older than AGE "
                    "(14d, 2w): a TTL on the tables, also those that exist. Other databases "
-                   "and older ClickHouse: run db prune --older-than AGE from a timer.")
+                   "and older ClickHouse: run db prune (which uses the same retention "
+                   "setting) from a timer.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
 @storage_options
-def init(print_only: bool, days: int, partition_days: int | None, no_aux: bool,
-         retention: str | None, as_json: bool, settings: Settings) -> None:
+def init(print_only: bool, as_json: bool, settings: Settings) -> None:
     """Create every table the settings name; safe to run again.
 
     Creates the database itself when missing (MySQL/PostgreSQL), every table of
@@ -110,6 +114,9 @@ def init(print_only: bool, days: int, partition_days: int | None, no_aux: bool,
     from ..store.retention import ensure_days
     from ..store.schema import init_db
 
+    days, no_aux = settings.days, not settings.aux_tables
+    partition_days = settings.partition_days or None
+    retention = settings.retention or None
     reports = []
     for db_url, tables in tables_for_init(settings, days).items():
         if print_only:
@@ -145,18 +152,18 @@ def init(print_only: bool, days: int, partition_days: int | None, no_aux: bool,
 
 
 @command.command("prune")
-@click.option("--older-than", "older_than", required=True, metavar="AGE",
-              help="Remove the days older than this: 14d (or 2w, 14): today and the 14 "
-                   "days before it (UTC) are kept, whole days before them go.")
+@setting_option("--older-than", setting="retention", metavar="AGE",
+                help="Remove the days older than this: 14d (or 2w, 14): today and the 14 "
+                     "days before it (UTC) are kept, whole days before them go (the "
+                     "retention setting: also retention in --config). [default: none, "
+                     "required]")
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
-@click.option("--batch-rows", type=click.IntRange(1, 1_000_000), default=5000,
-              show_default=True,
+@setting_option("--batch-rows",
               help="Rows per DELETE in tables that are not dropped whole (each DELETE is "
                    "its own short transaction; collectors keep writing meanwhile).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
 @storage_options
-def prune(older_than: str, dry_run: bool, batch_rows: int, as_json: bool,
-          settings: Settings) -> None:
+def prune(dry_run: bool, as_json: bool, settings: Settings) -> None:
     """Drop whole days older than --older-than from every table the settings name.
 
     Day tables (strftime names such as sip_capture_call_%Y%m%d) are dropped whole; the
@@ -174,7 +181,11 @@ def prune(older_than: str, dry_run: bool, batch_rows: int, as_json: bool,
     from ..store.retention import cutoff_day, parse_age
     from ..store.retention import prune as prune_db
 
-    before = cutoff_day(parse_age(older_than))
+    if not settings.retention:
+        raise ConfigError("db prune: how old? give --older-than AGE (14d, 2w), or retention "
+                          "in --config or SIPCAPTOOL_RETENTION")
+    before = cutoff_day(parse_age(settings.retention))
+    batch_rows = settings.batch_rows
     reports = []
     for db_url, patterns in table_patterns(settings).items():
         adapter = open_adapter(db_url)
