@@ -374,7 +374,8 @@ def test_one_stats_document_for_summary_ctl_stats_and_metrics():
     stats = Stats({"packets": 10, "messages": 9, "stored:sip_capture": 7,
                    "malformed:sip-no-cseq": 1, "stored-bad:sip-no-cseq": 1,
                    "truncated:callid": 2, "adjusted:clock-skew": 1, "dropped:auth": 1,
-                   "refused-bytes:auth": 120, "db:batches": 2, "hep_out:sent_udp": 4})
+                   "refused-bytes:auth": 120, "db:batches": 2, "hep_out:sent_udp": 4,
+                   "future:thing": 3})
     summary = summary_document(stats)
     doc = build_stats(stats, capture_on=True, started=time.time())
     groups = ("stored", "malformed", "dropped", "truncated", "adjusted", "refused_bytes",
@@ -384,7 +385,8 @@ def test_one_stats_document_for_summary_ctl_stats_and_metrics():
     assert doc["adjusted"] == {"clock-skew": 1}
     assert summary["truncated_values"] == summary["truncated"] == {"callid": 2}  # older name
     assert summary["stored_total"] == doc["stored_total"] == 7
-    assert doc["other"] == {"hep_out:sent_udp": 4}  # a category without a group
+    assert doc["other"] == {"future:thing": 3}  # a category without a group
+    assert doc["hep_out"] == {"sent_udp": 4} and "hep_out" not in summary
     assert "other" not in summary and "kernel" not in summary
     text = prometheus_text(doc)
     assert 'sipcaptool_refused_bytes_total{reason="auth"} 120' in text

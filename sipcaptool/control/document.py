@@ -15,6 +15,7 @@ with the facts of the process and its gauges::
      "lenient": {what: n}, "dedup": {node: n}, "db": {event: n},
      "maintenance": {event: n},
      "kernel": {name: n}, "control": {reason: n}, "metrics": {reason: n},
+     "tls": {reason: n}, "hep_out": {event: n}, "hep_target": {target:event: n},
      "queue_depth": n|null, "spool_bytes": n|null, "spool_batches": n|null,
      "other": {key: n} (only when there are such counters), ...extra}
 
@@ -93,6 +94,15 @@ GROUPS: tuple[Group, ...] = (
           "Control socket connections closed or refused, per reason.", False),
     Group("metrics", "reason", "metrics connections closed",
           "Metrics connections closed or refused, per reason.", False),
+    Group("tls", "reason", "TLS connections refused",
+          "TLS connections refused before any HEP was read (plain-text, bad-certificate, "
+          "handshake-timeout, ...), per reason.", False),
+    Group("hep_out", "event", "HEP sent on",
+          "HEP packets sent to collectors (--hep-to, --forward-to) and what became of the "
+          "others (rerouted, buffered, spooled, resent), per event.", False),
+    Group("hep_target", "target_event", "HEP per collector target",
+          "Per --hep-to/--forward-to target TRANSPORT:HOST:PORT:EVENT (sent, connected, "
+          "connect-failed, closed-by-peer, reset, requeued, ...).", False),
 )
 GAUGES = ("queue_depth", "spool_bytes", "spool_batches")
 _BY_CATEGORY = {g.category: g for g in GROUPS}
@@ -194,7 +204,7 @@ def _fmt_duration(seconds: float) -> str:
 # groups shown with their total even when empty, and those shown only when not empty
 _ALWAYS = ("skipped", "malformed", "dropped", "evicted", "truncated")
 _WHEN_SET = ("adjusted", "refused-bytes", "stored-bad", "lenient", "dedup", "maintenance",
-             "control", "metrics")
+             "control", "metrics", "tls", "hep_out", "hep_target")
 
 
 def format_stats_text(doc: Mapping[str, Any]) -> str:
