@@ -248,24 +248,9 @@ def replay_files(paths: Sequence[str], settings: Settings, options: ReplayOption
     if list(paths).count("-") > 1:
         raise ConfigError("'-' (standard input) can be given only once")
     captures = [CaptureFile(p) for p in paths]
-    # what was replayed before: checked before anything is read (ConfigError, exit 2)
-    book = _Book.plan(list(paths), settings, opts)
-    stats: Stats = _Watch() if opts.explain is not None else Stats()
-    file_reports: list[FileReport] = []
-    # a stream (standard input, an inflated .gz) has no size known ahead: no total then
-    sizes = [c.size for c in captures]
-    total_bytes = None if None in sizes else (sum(s or 0 for s in sizes) or 1)
-    started = time.monotonic()
-    # a database that fails during the run: batches wait in the spool; one that is
-    # unreachable at start: an error (nothing has been read yet)
-    try:
-        pipeline = Pipeline(settings, stats, background=not opts.foreground_writer,
-                            require_db_at_start=True)
-    except BaseException:
-        book.close()
-        raise
     # A signal only sets a flag, checked between batches: an exception raised at an
-    # arbitrary point could land inside the writer's bookkeeping.
+    # arbitrary point could land inside the writer's bookkeeping. (Set before the
+    # databases are looked at: a signal while they are, stops before reading.)
     stop: list[str] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -277,6 +262,26 @@ def replay_files(paths: Sequence[str], settings: Settings, options: ReplayOption
     if handle_signals:
         old_handlers = {sig: signal.signal(sig, on_signal)
                         for sig in (signal.SIGINT, signal.SIGTERM)}
+    book: _Book | None = None
+    try:
+        # what was replayed before: checked before anything is read (ConfigError, exit 2)
+        book = _Book.plan(list(paths), settings, opts)
+        stats: Stats = _Watch() if opts.explain is not None else Stats()
+        # a database that fails during the run: batches wait in the spool; one that is
+        # unreachable at start: an error (nothing has been read yet)
+        pipeline = Pipeline(settings, stats, background=not opts.foreground_writer,
+                            require_db_at_start=True)
+    except BaseException:
+        if book is not None:
+            book.close()
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
+        raise
+    file_reports: list[FileReport] = []
+    # a stream (standard input, an inflated .gz) has no size known ahead: no total then
+    sizes = [c.size for c in captures]
+    total_bytes = None if None in sizes else (sum(s or 0 for s in sizes) or 1)
+    started = time.monotonic()
     try:
         if progress is not None:
             progress(0, total_bytes)
