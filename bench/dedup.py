@@ -25,7 +25,8 @@ sent - received (the collector's ``messages``; copies not stored are received). 
 the receiving process's CPU time per datagram (/proc/PID/stat), which a machine busy
 with other work changes far less than the rate the collector keeps pace with. With
 ``--find-max`` the rate steps up until a run loses something, for both, and the ratio of
-the highest zero-loss rates is printed.
+the highest zero-loss rates is printed. ``--agents 1`` sends every message once (the
+window's cost where it finds nothing).
 """
 
 from __future__ import annotations
@@ -201,9 +202,11 @@ def send(datagrams: list[tuple[int, bytes]], port: int, rate: float) -> float:
     return time.perf_counter() - t0
 
 
-def run(db: str, n: int, rate: float, window: int, rcvbuf: str = "4M") -> dict[str, Any]:
-    msgs = copies(n, 2)
-    datagrams = [(i % 2, encode_hep3(m, capture_id=m.node_id or 0)) for i, m in enumerate(msgs)]
+def run(db: str, n: int, rate: float, window: int, rcvbuf: str = "4M",
+        agents: int = 2) -> dict[str, Any]:
+    msgs = copies(n, agents)
+    datagrams = [(i % agents, encode_hep3(m, capture_id=m.node_id or 0))
+                 for i, m in enumerate(msgs)]
     c = Collector(db, window, rcvbuf)
     try:
         cpu0 = c.cpu_seconds()
@@ -230,11 +233,11 @@ def run(db: str, n: int, rate: float, window: int, rcvbuf: str = "4M") -> dict[s
 
 
 def find_max(db: str, n: int, window: int, start: float, step: float, top: float,
-             rcvbuf: str) -> float:
+             rcvbuf: str, agents: int) -> float:
     best = 0.0
     rate = start
     while rate <= top:
-        r = run(db, n, rate, window, rcvbuf)
+        r = run(db, n, rate, window, rcvbuf, agents)
         print(json.dumps(r), flush=True)
         if r["lost"]:
             break
@@ -254,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("-n", type=int, default=100_000)
     r.add_argument("--rate", type=float, default=20_000)
     r.add_argument("--window", type=int, default=500)
+    r.add_argument("--agents", type=int, choices=(1, 2), default=2,
+                   help="2: every message sent by both agents [default]; 1: no copies")
     r.add_argument("--find-max", action="store_true")
     r.add_argument("--rcvbuf", default="4M",
                    help="the collector's --rcvbuf [4M: its own pace, no buffered burst]")
@@ -267,10 +272,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.find_max:
         for w in (0, args.window):
-            print(json.dumps(run(args.db, args.n, args.rate, w, args.rcvbuf)), flush=True)
+            print(json.dumps(run(args.db, args.n, args.rate, w, args.rcvbuf, args.agents)),
+                  flush=True)
         return 0
-    off = find_max(args.db, args.n, 0, args.start, args.step, args.max, args.rcvbuf)
-    on = find_max(args.db, args.n, args.window, args.start, args.step, args.max, args.rcvbuf)
+    off = find_max(args.db, args.n, 0, args.start, args.step, args.max, args.rcvbuf,
+                   args.agents)
+    on = find_max(args.db, args.n, args.window, args.start, args.step, args.max, args.rcvbuf,
+                  args.agents)
     print(f"highest zero-loss rate: {off:.0f}/s without the window, {on:.0f}/s with "
           f"{args.window} ms; ratio {on / off if off else float('nan'):.2f}")
     return 0
