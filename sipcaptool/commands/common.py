@@ -371,8 +371,9 @@ DEDUP_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
               "capture id and agent address; frames: VLAN tags, MAC addresses, cooked "
               "capture's interface, tunnel addresses) is counted as dedup:<node> and not "
               "stored. Retransmissions are stored: a capture point's second copy is stored "
-              "unless another capture point's second copy was. With --workers N each "
-              "worker has its own window (copies reaching different workers are stored). "
+              "unless another capture point's second copy was. With hep --workers N each "
+              "worker has its own window (copies from agents that reach different workers "
+              "are stored). "
               "0: off. See docs/operators.md. [default: 0]"}),
     (("--dedup-max-entries",), "dedup_max_entries",
      {"metavar": "N",
