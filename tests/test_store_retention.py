@@ -393,7 +393,8 @@ def test_two_writers_extending_partitions_at_once(mysql_url):
         barrier = threading.Barrier(2)
         results: list[object] = []
 
-        def one() -> None:
+        def one(m: Maintenance = m, barrier: threading.Barrier = barrier,
+                results: list[object] = results) -> None:
             b = _adapter(mysql_url)
             try:
                 barrier.wait(10)
