@@ -153,7 +153,7 @@ def test_timer_units_verify(unit, tmp_path):
     for suffix in (".service", ".timer"):
         text = (ROOT / "contrib" / (unit + suffix)).read_text()
         (tmp_path / (unit + suffix)).write_text(
-            text.replace("/usr/bin/sipcaptool", f"{sys.executable} -m sipcaptool"))
+            text.replace("ExecStart=sipcaptool ", f"ExecStart={sys.executable} -m sipcaptool "))
     r = subprocess.run([analyze, "verify", "--man=no", str(tmp_path / (unit + ".service")),
                         str(tmp_path / (unit + ".timer"))], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

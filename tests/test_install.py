@@ -119,3 +119,11 @@ def test_units_name_the_command_systemd_finds_and_wait_for_readiness(unit):
         problems = [ln for ln in r.stderr.splitlines()
                     if ln.strip() and "is not executable" not in ln]
         assert problems == [], r.stderr
+
+
+@pytest.mark.parametrize("unit", ["sipcaptool-db-init.service", "sipcaptool-prune.service"])
+def test_timer_services_name_the_command_as_the_others_do(unit):
+    text = (ROOT / "contrib" / unit).read_text()
+    lines = re.findall(r"^ExecStart=(.*)$", text, re.M)
+    assert lines and all(line.split()[0] == "sipcaptool" for line in lines), lines
+    assert "systemctl edit" in text
