@@ -59,10 +59,13 @@ def tables_for_init(settings: Settings, days: int,
     and of the routes, strftime names expanded (UTC) for today and the next
     ``days - 1`` days, so that ``db init`` creates exactly the tables the collectors
     would write to, and refuses what they refuse."""
+    import time
+
     from ..store.retention import names_for_days, today_utc
 
     first = today or today_utc()
-    return {url: names_for_days(patterns, first, days)
+    now_us = None if today is not None else time.time_ns() // 1000
+    return {url: names_for_days(patterns, first, days, now_us)
             for url, patterns in table_patterns(settings).items()}
 
 

@@ -502,7 +502,8 @@ class Maintenance:
         counts: dict[str, int] = {}
         have = adapter.existing_tables()
         if dated:
-            report = ensure_days(adapter, names_for_days(dated, today, 2), aux=False,
+            now_us = int(self.clock() * 1_000_000)
+            report = ensure_days(adapter, names_for_days(dated, today, 2, now_us), aux=False,
                                  existing=have)
             for t in report.created:
                 log.info("created table %s ahead of its day", t)
@@ -530,13 +531,18 @@ class Maintenance:
         return counts
 
 
-def names_for_days(patterns: Iterable[str], first: _dt.date, days: int) -> list[str]:
+def names_for_days(patterns: Iterable[str], first: _dt.date, days: int,
+                   now_us: int | None = None) -> list[str]:
     """The tables ``patterns`` name on each of ``days`` days from ``first`` (UTC): a
     strftime name once per distinct expansion (``sip_%Y%m`` once a month), a plain
-    name once."""
+    name once. Each day's name is its midnight's; with ``now_us`` the name of that
+    moment comes first, so a name with codes finer than a day (``sip_%Y%m%d_%H``) also
+    gives the table the collectors write to now."""
     out: list[str] = []
     start = _dt.datetime(first.year, first.month, first.day, tzinfo=_dt.UTC)
     for p in patterns:
+        if now_us is not None and "%" in p and expand_table_name(p, now_us) not in out:
+            out.append(expand_table_name(p, now_us))
         for d in range(max(1, days) if "%" in p else 1):
             ts_us = int((start + d * _DAY).timestamp()) * 1_000_000
             name = expand_table_name(p, ts_us)
