@@ -87,14 +87,26 @@ class Collector:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 120) -> tuple[int, dict, str]:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
+        # stdout is read here and stderr only by the reader thread: communicate() would
+        # read stderr too, and the log lines it took would be missing from err_lines
+        assert self.proc.stdout is not None
+        stdout = self.proc.stdout
+        chunks: list[str] = []
+        out_reader = threading.Thread(target=lambda: chunks.append(stdout.read()), daemon=True)
+        out_reader.start()
         try:
-            out, _ = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _ = self.proc.communicate()
+            self.proc.wait()
             raise AssertionError("collector did not stop:\n"
                                  + "\n".join(self.err_lines)) from None
+        out_reader.join(10)
+        out = "".join(chunks)
         self._reader.join(5)
+        stdout.close()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
         self.udp_sock.close()
         try:
             summary = json.loads(out) if out.strip().startswith("{") else {"text": out}
