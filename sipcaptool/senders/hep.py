@@ -386,13 +386,7 @@ class _Stream:
             self.last_log = now
             log.warning("HEP target %s: %s; its calls go to the next collector, connecting "
                         "again in %.1fs", self.label, text, self.backoff)
-        if self.sock is not None:
-            try:
-                self.sock.close()
-            except OSError:
-                pass
-        self.sock = None
-        self.state = DOWN
+        self.close()
         self.next_try = now + self.backoff
         self.backoff = min(BACKOFF_MAX, self.backoff * 2)
         back = [(key, pkt) for _end, key, pkt in self.pending]
