@@ -35,26 +35,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from clickhouse_server import CLUSTER, ClickHouseGroup  # noqa: E402
+from clickhouse_server import CLUSTER, ClickHouseGroup, wait_count  # noqa: E402
 from hep_load import Collector, build_datagrams, count_rows, drop_table, send_paced  # noqa: E402
 
 from sipcaptool.store import open_adapter  # noqa: E402
 from sipcaptool.store.clickhouse import shard_of  # noqa: E402
 from sipcaptool.store.schema import init_db  # noqa: E402
-
-
-def ch_count(url: str, table: str, expect: int, wait: float = 60.0) -> int:
-    a = open_adapter(url)
-    try:
-        end = time.monotonic() + wait
-        n = a.count(table)
-        while n < expect and time.monotonic() < end:
-            time.sleep(0.25)
-            n = a.count(table)
-        return n
-    finally:
-        a.close()
-
 
 # -- hep: the zero-loss rate ---------------------------------------------------------------
 
@@ -74,7 +60,7 @@ def hep_step(url: str, n: int, rate: float, k: int, extra: tuple[str, ...] = ())
     finally:
         if coll.proc.poll() is None:
             coll.proc.kill()
-    stored = ch_count(url, table, n) if ch else count_rows(url, table)
+    stored = wait_count(url, table, n) if ch else count_rows(url, table)
     if not ch:
         drop_table(url, table)
     return {"rate": rate, "sent": n, "stored": stored, "lost": n - stored,
@@ -150,7 +136,7 @@ def cmd_replay(a: argparse.Namespace) -> dict:
             for name, u, extra in runs:
                 dt, doc = time_replay(u, pcap, *extra)
                 times[name].append(dt)
-        stored = ch_count(url, "sip_capture", 2 * a.n * a.repeat)
+        stored = wait_count(url, "sip_capture", 2 * a.n * a.repeat)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"replay of {a.n} messages, median of {a.repeat} (alternated):")
     for k, v in med.items():
@@ -202,7 +188,7 @@ def cmd_writes(a: argparse.Namespace) -> dict:
                         if rs:
                             sh.write("sip_capture_local", "sip", rs, f"{mode}-{i}-{k}", len(rs))
             taken = time.perf_counter() - t0
-            visible = ch_count(url, "sip_capture", len(rows))
+            visible = wait_count(url, "sip_capture", len(rows))
             settled = time.perf_counter() - t0
             out[mode] = {"insert_s": round(taken, 2), "rows_per_s": round(len(rows) / taken),
                          "all_visible_s": round(settled, 2), "rows": visible}

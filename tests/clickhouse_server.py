@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 CLUSTER = "sipcap"
 
@@ -241,4 +242,28 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["CLUSTER", "ClickHouseGroup", "ClickHouseServer", "clickhouse_binary", "free_ports"]
+__all__ = ["CLUSTER", "ClickHouseGroup", "ClickHouseServer", "clickhouse_binary", "free_ports",
+           "wait_count", "wait_count_on"]
+
+
+def wait_count_on(adapter: Any, table: str, n: int, timeout: float = 60) -> int:
+    """Rows in ``table`` through the connected ``adapter`` (through the Distributed table
+    on a cluster), waiting up to ``timeout`` seconds for ``n`` (a Distributed table sends
+    its shards their rows in the background)."""
+    deadline = time.monotonic() + timeout
+    got = adapter.count(table)
+    while got < n and time.monotonic() < deadline:
+        time.sleep(0.25)
+        got = adapter.count(table)
+    return int(got)
+
+
+def wait_count(url: str, table: str, n: int, timeout: float = 60) -> int:
+    """:func:`wait_count_on` with an adapter of its own on ``url``."""
+    from sipcaptool.store import open_adapter
+
+    a = open_adapter(url)
+    try:
+        return wait_count_on(a, table, n, timeout)
+    finally:
+        a.close()

@@ -176,10 +176,10 @@ def sqlite_url(tmp_path):
     return "sqlite:///" + str(tmp_path / "capture.db")
 
 
-@pytest.fixture(scope="session")
-def ch_single():
-    """A private ClickHouse server (Debian's clickhouse-server, own config, data directory
-    and ports; tests/clickhouse_server.py) for the whole session, stopped by its PID."""
+def _clickhouse_group(n: int, what: str):
+    """Start ``n`` private ClickHouse servers (tests/clickhouse_server.py), yield the
+    group, stop them by their PIDs; skip, or fail when services are required, when the
+    server or the driver is missing or ``what`` does not start."""
     from clickhouse_server import ClickHouseGroup, clickhouse_binary
     if clickhouse_binary() is None:
         _skip_or_fail("clickhouse-server is not installed (apt-get install clickhouse-server)")
@@ -187,29 +187,27 @@ def ch_single():
         import clickhouse_driver  # noqa: F401
     except ImportError as e:
         _unavailable("clickhouse-driver (pip install '.[clickhouse]')", e)
-    group = ClickHouseGroup(1)
+    group = ClickHouseGroup(n)
     try:
         group.start()
     except RuntimeError as e:
-        _unavailable("a private clickhouse-server", e)
+        _unavailable(what, e)
     yield group
     group.stop()
+
+
+@pytest.fixture(scope="session")
+def ch_single():
+    """A private ClickHouse server (Debian's clickhouse-server, own config, data directory
+    and ports; tests/clickhouse_server.py) for the whole session, stopped by its PID."""
+    yield from _clickhouse_group(1, "a private clickhouse-server")
 
 
 @pytest.fixture(scope="session")
 def ch_pair():
     """Two private ClickHouse servers, each listing both as the shards of cluster
     ``sipcap``, for the whole session."""
-    from clickhouse_server import ClickHouseGroup, clickhouse_binary
-    if clickhouse_binary() is None:
-        _skip_or_fail("clickhouse-server is not installed (apt-get install clickhouse-server)")
-    group = ClickHouseGroup(2)
-    try:
-        group.start()
-    except RuntimeError as e:
-        _unavailable("private clickhouse-servers", e)
-    yield group
-    group.stop()
+    yield from _clickhouse_group(2, "private clickhouse-servers")
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from clickhouse_server import wait_count_on
 from store_helpers import AWKWARD, MSGS, aux_row, sip_row
 
 from sipcaptool.errors import ConfigError, StoreError
@@ -310,15 +311,6 @@ def test_shard_of_is_the_servers_hash(ch_url):
 
 # -- a two-shard cluster -----------------------------------------------------------------
 
-def _wait_count(a, table: str, n: int, timeout: float = 30) -> int:
-    deadline = time.monotonic() + timeout
-    got = a.count(table)
-    while got < n and time.monotonic() < deadline:
-        time.sleep(0.2)
-        got = a.count(table)
-    return got
-
-
 def test_cluster_local_tables_distributed_reads_sharded_by_callid(ch_cluster):
     url, group = ch_cluster
     stmts = init_db(url, ["sip_capture"])
@@ -336,7 +328,7 @@ def test_cluster_local_tables_distributed_reads_sharded_by_callid(ch_cluster):
     a.write("sip_capture", "sip", rows[:100], "c-1", 100)
     a.write("sip_capture", "sip", rows[100:], "c-2", 100)
     assert a.write("sip_capture", "sip", rows[100:], "c-2", 100) is False
-    assert _wait_count(a, "sip_capture", 200) == 200
+    assert wait_count_on(a, "sip_capture", 200, timeout=30) == 200
     # every call on the one shard its Call-ID hashes to
     for k, s in enumerate(group.servers):
         c = _client(s.url + "/x", as_bytes=False)

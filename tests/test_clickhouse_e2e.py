@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import test_search as ts
+from clickhouse_server import wait_count
 from test_hep_collector import message
 
 from sipcaptool.encode.hep import encode_hep3
@@ -30,22 +31,6 @@ def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
     if ok:
         assert p.returncode == 0, p.stderr
     return p
-
-
-def wait_count(url: str, table: str, n: int, timeout: float = 60) -> int:
-    """Rows in ``table`` (through the Distributed table on a cluster), waiting up to
-    ``timeout`` seconds for ``n`` (a Distributed table sends its shards their rows in
-    the background)."""
-    a = open_adapter(url)
-    try:
-        deadline = time.monotonic() + timeout
-        got = a.count(table)
-        while got < n and time.monotonic() < deadline:
-            time.sleep(0.25)
-            got = a.count(table)
-        return got
-    finally:
-        a.close()
 
 
 def callid_counts(url: str) -> dict[str, int]:
