@@ -32,6 +32,60 @@ TS = 1_767_225_601_000_001  # 2026-01-01 00:00:01.000001 UTC
 
 # --------------------------------------------------------------------------- helpers
 
+def follow_stderr(proc: subprocess.Popen[str], lines: list[str], want: int,
+                  what: str = "collector") -> tuple[dict[str, int], threading.Thread]:
+    """Read ``proc``'s stderr into ``lines`` in a thread until it ends, and wait until it
+    has said 'listening on' for ``want`` listeners: their ports by transport, and the
+    thread. Kills ``proc`` and raises AssertionError when it does not start."""
+    ports: dict[str, int] = {}
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            m = re.search(r"listening on (udp|tcp):\S*:(\d+)", line)
+            if m:
+                ports[m.group(1)] = int(m.group(2))
+                if len(ports) == want:
+                    ready.set()
+        ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    if not ready.wait(60) or len(ports) != want:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"{what} did not start:\n" + "\n".join(lines))
+    return ports, reader
+
+
+def stop_process(proc: subprocess.Popen[str], reader: threading.Thread, lines: list[str],
+                 sig: int = signal.SIGTERM, timeout: float = 120) -> str:
+    """Send ``sig``, wait for ``proc`` to end and return its stdout. stdout is read here and
+    stderr only by ``reader`` (follow_stderr): communicate() would read stderr too, and
+    the log lines it took would be missing from ``lines``."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    chunks: list[str] = []
+    out_reader = threading.Thread(target=lambda: chunks.append(stdout.read()), daemon=True)
+    out_reader.start()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError("process did not stop:\n" + "\n".join(lines)) from None
+    out_reader.join(10)
+    reader.join(5)
+    stdout.close()
+    if proc.stderr is not None:
+        proc.stderr.close()
+    return "".join(chunks)
+
+
 class Collector:
     """``python -m sipcaptool hep`` on 127.0.0.1 with ephemeral UDP and TCP ports.
 
@@ -55,26 +109,8 @@ class Collector:
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
         self.err_lines: list[str] = []
-        self.ports: dict[str, int] = {}
-        want = int(udp) + int(tcp)
-        ready = threading.Event()
-
-        def read_err() -> None:
-            for line in self.proc.stderr:
-                self.err_lines.append(line.rstrip("\n"))
-                m = re.search(r"listening on (udp|tcp):\S*:(\d+)", line)
-                if m:
-                    self.ports[m.group(1)] = int(m.group(2))
-                    if len(self.ports) == want:
-                        ready.set()
-            ready.set()
-
-        self._reader = threading.Thread(target=read_err, daemon=True)
-        self._reader.start()
-        if not ready.wait(60) or len(self.ports) != want:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("collector did not start:\n" + "\n".join(self.err_lines))
+        self.ports, self._reader = follow_stderr(self.proc, self.err_lines,
+                                                 int(udp) + int(tcp))
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.udp_sock = socket.socket(self.family, socket.SOCK_DGRAM)
 
@@ -85,28 +121,7 @@ class Collector:
         return socket.create_connection((self.host, self.ports["tcp"]), timeout=10)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 120) -> tuple[int, dict, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        # stdout is read here and stderr only by the reader thread: communicate() would
-        # read stderr too, and the log lines it took would be missing from err_lines
-        assert self.proc.stdout is not None
-        stdout = self.proc.stdout
-        chunks: list[str] = []
-        out_reader = threading.Thread(target=lambda: chunks.append(stdout.read()), daemon=True)
-        out_reader.start()
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("collector did not stop:\n"
-                                 + "\n".join(self.err_lines)) from None
-        out_reader.join(10)
-        out = "".join(chunks)
-        self._reader.join(5)
-        stdout.close()
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+        out = stop_process(self.proc, self._reader, self.err_lines, sig, timeout)
         self.udp_sock.close()
         try:
             summary = json.loads(out) if out.strip().startswith("{") else {"text": out}

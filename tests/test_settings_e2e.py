@@ -14,17 +14,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from store_helpers import read_rows
-from test_hep_collector import message
+from test_hep_collector import follow_stderr, message, stop_process
 
 from sipcaptool.encode.hep import encode_hep3
 from sipcaptool.record import SIP_COLUMN_NAMES
@@ -60,26 +58,7 @@ class Hep:
                                      cwd=ROOT, env=full, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         self.err: list[str] = []
-        self.ports: dict[str, int] = {}
-        ready = threading.Event()
-
-        def read() -> None:
-            assert self.proc.stderr is not None
-            for line in self.proc.stderr:
-                self.err.append(line.rstrip("\n"))
-                m = re.search(r"listening on (udp|tcp):\S*:(\d+)", line)
-                if m:
-                    self.ports[m.group(1)] = int(m.group(2))
-                    if len(self.ports) == want:
-                        ready.set()
-            ready.set()
-
-        self.reader = threading.Thread(target=read, daemon=True)
-        self.reader.start()
-        if not ready.wait(60) or len(self.ports) != want:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("hep did not start:\n" + "\n".join(self.err))
+        self.ports, self.reader = follow_stderr(self.proc, self.err, want, "hep")
 
     def send_udp(self, data: bytes) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -90,14 +69,7 @@ class Hep:
             s.sendall(data)
 
     def stop(self) -> tuple[int, str, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            out, _ = self.proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, _ = self.proc.communicate()
-        self.reader.join(5)
+        out = stop_process(self.proc, self.reader, self.err)
         return self.proc.returncode, out, "\n".join(self.err)
 
     def kill(self) -> None:
