@@ -222,6 +222,27 @@ def test_writer_refused_rows_dropped_the_rest_stored(ch_url):
     a.close()
 
 
+def test_batches_joined_into_large_inserts_each_row_once(ch_url):
+    """The writer process joins the batches waiting for ClickHouse into one insert (an
+    insert costs the server much whatever its size); every batch is still counted and
+    every row stored once."""
+    init_db(ch_url, ["sip_capture"])
+    st = Stats()
+    w = Writer(ch_url, st, batch_size=100, flush_interval=0, background=True)
+    for i in range(3000):
+        w.add("sip_capture", "sip", sip_row(i))
+    w.close()
+    assert st["stored:sip_capture"] == 3000 and st["db:batches"] == 30
+    assert st["queue_depth"] == 0
+    a = open_adapter(ch_url)
+    got = a.select("SELECT micro_ts, count() FROM sip_capture GROUP BY micro_ts")
+    assert sorted(m for m, _ in got) == sorted(sip_row(i)[1] for i in range(3000))
+    assert {n for _, n in got} == {1}
+    (inserts,) = a.select("SELECT count() FROM sipcaptool_batches")[0]
+    assert 1 <= inserts < 30
+    a.close()
+
+
 def test_server_down_batches_spooled_then_written_once(tmp_path):
     from clickhouse_server import ClickHouseGroup, clickhouse_binary
     if clickhouse_binary() is None:
@@ -248,6 +269,7 @@ def test_server_down_batches_spooled_then_written_once(tmp_path):
             time.sleep(0.2)
         w.close()
         assert st["stored:sip_capture"] == 80 and st["spool_batches"] == 0
+        assert st["queue_depth"] == 0 and st["db:batches"] == 8
         a = open_adapter(url)
         got = a.select("SELECT micro_ts, count() FROM sip_capture GROUP BY micro_ts")
         assert sorted(m for m, _ in got) == [sip_row(i)[1] for i in range(80)]

@@ -410,3 +410,118 @@ def test_a_failing_search_for_refused_rows_drops_the_batch_as_before(sqlite_url)
     a.close()
     assert [type(e) for e in events] == [DroppedDbError, Written]
     assert events[0].rows == 4 and count(sqlite_url, "narrow") == 2
+
+
+# -- joining batches for a database that wants large inserts (coalesce) ----------------
+
+class _Source:
+    """A job source that hands out ``jobs`` and then nothing (queue.Empty), recording the
+    timeouts it was asked to wait."""
+
+    def __init__(self, jobs, later=()):
+        import queue
+        self.jobs = list(jobs)
+        self.later = list(later)      # jobs that "arrive" only on a blocking get
+        self.waits: list[float] = []
+        self.Empty = queue.Empty
+
+    def get(self, *, timeout):
+        self.waits.append(timeout)
+        if self.jobs:
+            return self.jobs.pop(0)
+        if self.later:
+            return self.later.pop(0)
+        raise self.Empty
+
+    def get_nowait(self):
+        if self.jobs:
+            return self.jobs.pop(0)
+        raise self.Empty
+
+
+def _batch(table, first, n, bid, kind="sip"):
+    from sipcaptool.store.jobs import Batch
+    rows = [sip_row(i) for i in range(first, first + n)] if kind == "sip" else \
+        [aux_row(i) for i in range(first, first + n)]
+    return Batch(table, kind, n, rows, bid)
+
+
+def test_coalesce_joins_batches_of_one_table_in_order():
+    from sipcaptool.store.jobs import Sync
+    from sipcaptool.store.writer_process import coalesce
+    a, b, c = _batch("t", 0, 10, "a"), _batch("t", 10, 10, "b"), _batch("t", 20, 5, "c")
+    sync = Sync(7)
+    src = _Source([b, c, sync, _batch("t", 25, 3, "d")])
+    got, held = coalesce(a, src, 1000, 1 << 30, 5.0)
+    assert (got.table, got.kind, got.rows, got.parts, got.batch_id) == ("t", "sip", 25, 3, "c")
+    assert got.payload == [sip_row(i) for i in range(25)]
+    assert held is sync                     # handled next, before anything after it
+    assert [j.batch_id for j in src.jobs] == ["d"]
+
+
+def test_coalesce_stops_at_another_table_kind_or_the_bounds():
+    from sipcaptool.store.writer_process import coalesce
+    a = _batch("t", 0, 10, "a")
+    other = _batch("u", 0, 10, "u")
+    got, held = coalesce(a, _Source([other]), 1000, 1 << 30, 1.0)
+    assert got is a and held is other
+    aux = _batch("t", 0, 1, "x", kind="aux")
+    got, held = coalesce(a, _Source([aux]), 1000, 1 << 30, 1.0)
+    assert got is a and held is aux
+    # rows: a batch that would pass the bound is not joined, it comes next
+    b, c = _batch("t", 10, 10, "b"), _batch("t", 20, 10, "c")
+    got, held = coalesce(a, _Source([b, c]), 25, 1 << 30, 1.0)
+    assert (got.rows, got.parts, held) == (20, 2, c)
+    # bytes of messages: joining stops once about max_bytes are held
+    from sipcaptool.record import SIP_COLUMN_NAMES
+    size_a = sum(len(r[SIP_COLUMN_NAMES.index("msg")]) for r in a.payload)
+    got, held = coalesce(a, _Source([b, c]), 1000, size_a + 1, 1.0)
+    assert (got.rows, got.parts, held) == (20, 2, None)
+    # a batch already at the bound is not joined to anything
+    got, held = coalesce(a, _Source([b]), 10, 1 << 30, 1.0)
+    assert got is a and held is None
+
+
+def test_coalesce_waits_for_more_only_within_its_time():
+    from sipcaptool.store.writer_process import coalesce
+    a, b = _batch("t", 0, 10, "a"), _batch("t", 10, 10, "b")
+    now = [100.0]
+    src = _Source([], later=[b])
+    got, held = coalesce(a, src, 1000, 1 << 30, 0.5, clock=lambda: now[0])
+    assert (got.rows, got.parts, held) == (20, 2, None)
+    assert src.waits and all(0 < w <= 0.5 for w in src.waits)
+    # past its time it takes only what is already there, without waiting
+    src = _Source([b])
+    got, held = coalesce(a, src, 1000, 1 << 30, 0.0)
+    assert (got.rows, got.parts, src.waits) == (20, 2, [])
+
+
+def test_coalesce_leaves_formatted_payloads_alone():
+    from sipcaptool.store.jobs import Batch
+    from sipcaptool.store.writer_process import coalesce
+    a = Batch("t", "sip", 2, b"COPY TEXT\n", "a")
+    b = _batch("t", 0, 2, "b")
+    assert coalesce(a, _Source([b]), 1000, 1 << 30, 1.0) == (a, None)
+    c = _batch("t", 0, 2, "c")
+    assert coalesce(c, _Source([a]), 1000, 1 << 30, 1.0) == (c, a)
+
+
+def test_writer_counts_every_part_of_a_joined_batch(tmp_path, monkeypatch):
+    """A database that wants large inserts: the writer process joins the batches waiting
+    for it; each one is still counted (db:batches) and the gauges come back to 0."""
+    from sipcaptool.store.sqlite import SqliteAdapter
+    monkeypatch.setattr(SqliteAdapter, "coalesce_rows", 100_000)
+    monkeypatch.setattr(SqliteAdapter, "coalesce_wait", 0.3)
+    url = f"sqlite:///{tmp_path}/j.db"
+    st = Stats()
+    w = Writer(url, st, batch_size=50, flush_interval=0, background=True)
+    for i in range(2000):
+        w.add("sip_capture", "sip", sip_row(i))
+    w.close()
+    assert st["stored:sip_capture"] == 2000 and st["db:batches"] == 40
+    assert st["queue_depth"] == 0 and st["dropped:db-error"] == 0
+    assert sorted(r[1] for r in read_rows(url, "sip_capture")) == \
+        sorted(sip_row(i)[1] for i in range(2000))
+    ids = [r[0] for r in sqlite3.connect(f"{tmp_path}/j.db").execute(
+        "SELECT batch_id FROM sipcaptool_batches")]
+    assert 1 <= len(ids) < 40               # joined: fewer inserts than batches

@@ -81,6 +81,14 @@ class Adapter(ABC):
     """
 
     dialect: str = ""
+    # a database that wants few large inserts (ClickHouse: each insert is a part on disk
+    # that the server merges later) has the writer process join consecutive batches of
+    # one table into one insert of up to ``coalesce_rows`` rows and about
+    # ``coalesce_bytes`` bytes of messages, waiting at most ``coalesce_wait`` seconds
+    # for more (see writer_process.coalesce); 0 rows: every batch is its own insert
+    coalesce_rows: int = 0
+    coalesce_bytes: int = 64 << 20
+    coalesce_wait: float = 0.0
 
     def __init__(self, url: DbUrl, *, partition_days: int | None = None) -> None:
         self.url = url

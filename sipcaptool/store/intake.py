@@ -65,7 +65,8 @@ class AsyncIntake:
                     self.cond.wait(0.5)
                 over = size and self.bytes + size > self.limit and self.items
             if over and self.core.spool is not None and isinstance(job, Batch):
-                self.core.to_spool(job.table, job.kind, job.rows, job.payload, job.batch_id, 0)
+                self.core.to_spool(job.table, job.kind, job.rows, job.payload, job.batch_id, 0,
+                                   job.parts)
                 continue
             with self.cond:
                 self.items.append((job, size))

@@ -16,13 +16,17 @@ __all__ = ["Batch", "Close", "Job", "Sync"]
 @dataclass(frozen=True, slots=True)
 class Batch:
     """Write ``rows`` rows, formatted by the adapter's ``format_batch`` (``payload``), into
-    ``table``; ``batch_id`` is stored with them so that the batch is written once."""
+    ``table``; ``batch_id`` is stored with them so that the batch is written once.
+    ``parts``: how many batches of the capturing process this one holds (the writer
+    process joins consecutive batches for a database that wants large inserts, see
+    :func:`~sipcaptool.store.writer_process.coalesce`); each outcome reports as many."""
 
     table: str
     kind: str       # "sip" or "aux"
     rows: int
     payload: object
     batch_id: str
+    parts: int = 1
 
 
 @dataclass(frozen=True, slots=True)

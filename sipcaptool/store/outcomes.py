@@ -7,7 +7,8 @@ are named in :mod:`sipcaptool.store.writer`). The same outcomes come from a
 (``background=False``) and from ``sipcaptool spool drain``.
 
 In every outcome ``rows`` is the number of rows of the batch and ``retries`` the retries
-it took (``insert_retries``).
+it took (``insert_retries``); ``parts`` (outcomes of a new batch) is how many of the
+capturing process's batches it held (see :class:`~sipcaptool.store.jobs.Batch`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Written:
     rows: int
     retries: int
     written_now: bool
+    parts: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,7 @@ class Spooled:
     table: str
     rows: int
     retries: int
+    parts: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,7 @@ class Drained:
     table: str
     rows: int
     written_now: bool
+    parts: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,7 @@ class DroppedSpoolFull:
     rows: int
     retries: int
     text: str
+    parts: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +106,7 @@ class DroppedDbError:
     retries: int
     text: str
     from_spool: bool = False
+    parts: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +128,7 @@ class Split:
     spool_full: int
     text: str
     new: bool
+    parts: int = 1
 
     @property
     def finished(self) -> bool:

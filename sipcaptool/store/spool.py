@@ -94,6 +94,7 @@ class SpoolRecord:
     size: int = 0          # bytes on disk (header included)
     segment: str = ""
     end: int = 0           # offset just after this record
+    parts: int = 1         # batches of the capturing process it holds (jobs.Batch)
 
 
 def encode_record(rec: SpoolRecord) -> bytes:
@@ -101,9 +102,11 @@ def encode_record(rec: SpoolRecord) -> bytes:
         enc, data = "raw", bytes(rec.payload)
     else:
         enc, data = "marshal", marshal.dumps(list(cast("Iterable[object]", rec.payload)), 4)
-    head = json.dumps({"id": rec.batch_id, "table": rec.table, "kind": rec.kind,
-                       "rows": rec.rows, "created": rec.created, "enc": enc},
-                      separators=(",", ":")).encode()
+    fields: dict[str, object] = {"id": rec.batch_id, "table": rec.table, "kind": rec.kind,
+                                 "rows": rec.rows, "created": rec.created, "enc": enc}
+    if rec.parts != 1:
+        fields["parts"] = rec.parts
+    head = json.dumps(fields, separators=(",", ":")).encode()
     body = head + b"\n" + data
     return _HEAD.pack(MAGIC, len(body), zlib.crc32(body)) + body
 
@@ -116,7 +119,7 @@ def _decode_body(body: bytes, with_payload: bool) -> SpoolRecord:
         data = body[nl + 1:]
         payload = data if h["enc"] == "raw" else [tuple(r) for r in marshal.loads(data)]
     return SpoolRecord(h["id"], h["table"], h["kind"], int(h["rows"]), float(h["created"]),
-                       payload)
+                       payload, parts=int(h.get("parts", 1)))
 
 
 def scan_segment(path: str, start: int = 0,
@@ -285,9 +288,10 @@ class Spool:
         self._active, self._active_fd = path, fd
 
     # -- append / drain ----------------------------------------------------------------
-    def append(self, batch_id: str, table: str, kind: str, rows: int, payload: object) -> None:
+    def append(self, batch_id: str, table: str, kind: str, rows: int, payload: object,
+               parts: int = 1) -> None:
         """Write one batch durably at the end of the spool. SpoolFullError when it does not fit."""
-        rec = SpoolRecord(batch_id, table, kind, rows, time.time(), payload)
+        rec = SpoolRecord(batch_id, table, kind, rows, time.time(), payload, parts=parts)
         data = encode_record(rec)
         with self._lock:
             if self.disk_bytes + len(data) > self.max_bytes:

@@ -74,6 +74,7 @@ from ..errors import StoreError
 from ..record import AUX_COLUMN_NAMES, SIP_COLUMN_NAMES
 from ..stats import Stats
 from . import Adapter, open_adapter
+from .heap import retain_freed_memory
 from .jobs import Batch, Close, Job, Sync
 from .outcomes import (
     Closed,
@@ -242,6 +243,7 @@ class Writer:
                        mp_context: str | None) -> None:
         # (typeshed gives the context of a method named at run time no Process class;
         # every concrete context has one)
+        retain_freed_memory()    # (each batch's pickle would be a fresh mapping)
         ctx = cast("DefaultContext", multiprocessing.get_context(mp_context or "fork"))
         jobs: Queue[Job] = ctx.Queue(maxsize=max(1, int(queue_batches)))
         results: Queue[Outcome] = ctx.Queue()
@@ -291,36 +293,37 @@ class Writer:
             setattr(self, name, value)
             self.stats[name] += value - old
 
-    def _landed(self, rows: int) -> None:
-        """A batch handed to the writer has its outcome (written, spooled, dropped)."""
+    def _landed(self, rows: int, parts: int) -> None:
+        """``parts`` batches handed to the writer (``rows`` rows) have their outcome
+        (written, spooled, dropped)."""
         self._in_flight -= rows
-        self._gauge("queue_depth", self.queue_depth - 1)
+        self._gauge("queue_depth", self.queue_depth - parts)
 
     def _handle(self, msg: Outcome) -> None:
         """One outcome reported by the writer process (or the in-process core)."""
         st = self.stats
         match msg:
             case Written():
-                self._landed(msg.rows)
-                st["db:batches"] += 1
+                self._landed(msg.rows, msg.parts)
+                st["db:batches"] += msg.parts
                 st["stored:" + msg.table] += msg.rows
                 if not msg.written_now:
                     st["db:already-written"] += 1
                 if msg.retries:
                     st["db:retries"] += msg.retries
             case Spooled():
-                self._landed(msg.rows)
+                self._landed(msg.rows, msg.parts)
                 st["db:spooled"] += 1
                 if msg.retries:
                     st["db:retries"] += msg.retries
             case Drained():
-                st["db:batches"] += 1
+                st["db:batches"] += msg.parts
                 st["db:drained"] += 1
                 st["stored:" + msg.table] += msg.rows
                 if not msg.written_now:
                     st["db:already-written"] += 1
             case DroppedSpoolFull():
-                self._landed(msg.rows)
+                self._landed(msg.rows, msg.parts)
                 st["db:errors"] += 1
                 st["dropped:spool-full"] += msg.rows
                 if msg.retries:
@@ -330,7 +333,7 @@ class Writer:
                                              f"{msg.rows} rows dropped")
             case DroppedDbError():
                 if not msg.from_spool:  # a spooled batch is no longer in flight
-                    self._landed(msg.rows)
+                    self._landed(msg.rows, msg.parts)
                 st["db:errors"] += 1
                 st["dropped:db-error"] += msg.rows
                 if msg.retries:
@@ -343,8 +346,8 @@ class Writer:
                 self.spool_rows = msg.rows
             case Split():
                 if msg.new:
-                    self._landed(msg.rows)
-                    st["db:batches"] += 1
+                    self._landed(msg.rows, msg.parts)
+                    st["db:batches"] += msg.parts
                 if msg.finished:  # (not a search cut short by a lost connection)
                     st["db:split"] += 1
                 st["stored:" + msg.table] += msg.stored

@@ -30,10 +30,12 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, assert_never
+from typing import TYPE_CHECKING, Any, Protocol, assert_never, cast
 
 from ..errors import StoreError
-from . import Adapter, open_adapter
+from ..record import AUX_COLUMN_NAMES, SIP_COLUMN_NAMES
+from . import Adapter, open_adapter, payload_list
+from .heap import retain_freed_memory
 from .intake import AsyncIntake
 from .isolate import can_isolate, isolate, isolation_text
 from .jobs import Batch, Close, Job, Sync
@@ -62,12 +64,13 @@ if TYPE_CHECKING:
     from .retention import Maintenance
     from .spool import Spool, SpoolRecord
 
-__all__ = ["CLOSE_DRAIN_SECONDS", "WriterCore", "writer_main"]
+__all__ = ["CLOSE_DRAIN_SECONDS", "WriterCore", "coalesce", "writer_main"]
 
 CLOSE_DRAIN_SECONDS = 30.0  # at close, drain the spool this long if the database is up
 _PRUNE_EVERY = 3600.0       # seconds between prunes of old batch ids
 
 log = logging.getLogger("sipcaptool.store")
+_BLOB_INDEX = {"sip": SIP_COLUMN_NAMES.index("msg"), "aux": AUX_COLUMN_NAMES.index("msg")}
 
 Emit = Callable[[Outcome], object]
 
@@ -185,10 +188,12 @@ class WriterCore:
             self.emit(Counts(counts))
 
     # -- new batches ---------------------------------------------------------------------
-    def batch(self, table: str, kind: str, n: int, payload: object, batch_id: str) -> None:
+    def batch(self, table: str, kind: str, n: int, payload: object, batch_id: str,
+              parts: int = 1) -> None:
+        """Write (or spool) one new batch of ``n`` rows; its outcome is emitted."""
         with self._lock:
             if self.spool is not None and (self.down or self.spool.pending_batches):
-                self.to_spool(table, kind, n, payload, batch_id, 0)
+                self.to_spool(table, kind, n, payload, batch_id, 0, parts)
                 return
         try:
             used, err, written = write_retrying(self.adapter, table, kind, payload,
@@ -201,25 +206,25 @@ class WriterCore:
         with self._lock:
             if err is None:
                 self._mark_up()
-                self.emit(Written(table, n, used, written))
+                self.emit(Written(table, n, used, written, parts))
                 self._emit_warnings(table)
             elif self.spool is not None and err.transient:
                 self._mark_down(err)
-                self.to_spool(table, kind, n, payload, batch_id, used)
+                self.to_spool(table, kind, n, payload, batch_id, used, parts)
             elif can_isolate(self.adapter, err, n, table):
-                self._isolate_new(table, kind, n, payload, batch_id, used, err)
+                self._isolate_new(table, kind, n, payload, batch_id, used, err, parts)
             else:
-                self.emit(DroppedDbError(table, n, used, str(err)))
+                self.emit(DroppedDbError(table, n, used, str(err), parts=parts))
 
     def _isolate_new(self, table: str, kind: str, n: int, payload: object, batch_id: str,
-                     used: int, err: StoreError) -> None:
+                     used: int, err: StoreError, parts: int = 1) -> None:
         try:
             res = isolate(self.adapter, table, kind, n, payload, batch_id,
                           self._emit_warnings)
         except Exception as bug:  # noqa: BLE001 - a bug must not kill the writer
             log.error("cannot look for the refused rows of a batch for %s: %s: %s", table,
                       type(bug).__name__, bug)
-            self.emit(DroppedDbError(table, n, used, str(err)))
+            self.emit(DroppedDbError(table, n, used, str(err), parts=parts))
             return
         spooled = full = lost = 0
         if res.transient is not None:  # the connection failed: res.pending were not tried
@@ -235,20 +240,20 @@ class WriterCore:
                 except SpoolFullError:
                     full += k
         if res.written == 0 and res.already == 0 and not spooled:
-            self.emit(DroppedDbError(table, n, used, str(err)))
+            self.emit(DroppedDbError(table, n, used, str(err), parts=parts))
             self.status()
             return
         text = isolation_text(n, res, err, lost)
         self.emit(Split(table, n, used, res.written, res.refused + lost, spooled, full,
-                        text, True))
+                        text, True, parts))
         self.status()
 
     def to_spool(self, table: str, kind: str, n: int, payload: object, batch_id: str,
-                 used: int) -> None:
+                 used: int, parts: int = 1) -> None:
         from .spool import SpoolFullError
         assert self.spool is not None  # callers spool only with a spool
         try:
-            self.spool.append(batch_id, table, kind, n, payload)
+            self.spool.append(batch_id, table, kind, n, payload, parts)
         except SpoolFullError as e:
             self._full_since_log += n
             now = time.monotonic()
@@ -256,9 +261,9 @@ class WriterCore:
                 log.critical("SPOOL FULL: %s; %d rows dropped (counted as dropped:spool-full)",
                              e, self._full_since_log)
                 self._last_full_log, self._full_since_log = now, 0
-            self.emit(DroppedSpoolFull(table, n, used, str(e)))
+            self.emit(DroppedSpoolFull(table, n, used, str(e), parts))
             return
-        self.emit(Spooled(table, n, used))
+        self.emit(Spooled(table, n, used, parts))
         self.status()
 
     # -- the days ahead -------------------------------------------------------------------
@@ -337,7 +342,7 @@ class WriterCore:
                 return False
             sp.pop()
             self._mark_up()
-            self.emit(Drained(rec.table, rec.rows, written is not False))
+            self.emit(Drained(rec.table, rec.rows, written is not False, rec.parts))
             self._emit_warnings(rec.table)
             self.status()
             return True
@@ -400,6 +405,60 @@ class _JobSource(Protocol):
     def get_nowait(self) -> Job: ...
 
 
+def _message_bytes(job: Batch) -> int:
+    """About how many bytes of messages a batch of rows holds (its ``msg`` column)."""
+    idx = _BLOB_INDEX.get(job.kind)
+    n = 0
+    if idx is None:
+        return n
+    for r in payload_list(job.payload):
+        v = r[idx] if len(r) > idx else None
+        if isinstance(v, (bytes, str)):
+            n += len(v)
+    return n
+
+
+def coalesce(first: Batch, source: _JobSource, max_rows: int, max_bytes: int,
+             wait: float, clock: Callable[[], float] = time.monotonic
+             ) -> tuple[Batch, Job | None]:
+    """``first`` joined with the batches of the same table that follow it on ``source``
+    (those waiting now, and those that come within ``wait`` seconds of ``first``), up to
+    ``max_rows`` rows and about ``max_bytes`` bytes of messages: one insert instead of
+    several, for a database where each insert costs much (ClickHouse). Returns the joined
+    batch -- its rows in order, the id of its last part (a replay's position: the file
+    position of its last row), ``parts`` the number joined -- and the first job that did
+    not belong (another table, a Sync, a Close, a batch past the bounds), to be handled
+    next, or None. Batches are only joined when their payloads are lists of rows."""
+    if first.rows >= max_rows or not isinstance(first.payload, list):
+        return first, None
+    parts = [first]
+    rows = first.rows
+    size = _message_bytes(first)
+    deadline = clock() + wait
+    nxt: Job | None = None
+    while rows < max_rows and size < max_bytes:
+        left = deadline - clock()
+        try:
+            job = source.get(timeout=left) if left > 0 else source.get_nowait()
+        except queue.Empty:
+            break
+        if not (isinstance(job, Batch) and job.table == first.table
+                and job.kind == first.kind and isinstance(job.payload, list)
+                and rows + job.rows <= max_rows):
+            nxt = job
+            break
+        parts.append(job)
+        rows += job.rows
+        size += _message_bytes(job)
+    if len(parts) == 1:
+        return first, nxt
+    payload: list[Any] = []
+    for p in parts:
+        payload.extend(cast("list[Any]", p.payload))
+    return Batch(first.table, first.kind, rows, payload, parts[-1].batch_id,
+                 sum(p.parts for p in parts)), nxt
+
+
 def writer_main(url: DbUrl, partition_days: int | None, jobs: Queue[Job],
                 results: Queue[Outcome], retries: int, retry_timeout: float,
                 parent_pid: int, spool_dir: str | None = None, spool_max_bytes: int = 0,
@@ -411,6 +470,7 @@ def writer_main(url: DbUrl, partition_days: int | None, jobs: Queue[Job],
     # the parent is gone)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
+    retain_freed_memory()
     adapter = open_adapter(url, partition_days=partition_days)
     adapter.insert_mode = insert_mode
     spool = None
@@ -428,22 +488,29 @@ def writer_main(url: DbUrl, partition_days: int | None, jobs: Queue[Job],
         return
     results.put(Ready())
     source: _JobSource = AsyncIntake(jobs, core) if insert_mode == 2 else jobs
+    held: Job | None = None    # taken off the source by coalesce() and not yet handled
     try:
         while True:
             core.maintain()
-            wait = core.idle_wait()
-            try:
-                job = source.get(timeout=wait) if wait > 0 else source.get_nowait()
-            except queue.Empty:
-                if core.pump():
+            if held is not None:
+                job, held = held, None
+            else:
+                wait = core.idle_wait()
+                try:
+                    job = source.get(timeout=wait) if wait > 0 else source.get_nowait()
+                except queue.Empty:
+                    if core.pump():
+                        continue
+                    if os.getppid() != parent_pid:  # the parent is gone: nothing more comes
+                        break
                     continue
-                if os.getppid() != parent_pid:  # the parent is gone: nothing more comes
-                    break
-                continue
+            if isinstance(job, Batch) and adapter.coalesce_rows > 0:
+                job, held = coalesce(job, source, adapter.coalesce_rows,
+                                     adapter.coalesce_bytes, adapter.coalesce_wait)
             match job:
                 case Batch(table=table, kind=kind, rows=n, payload=payload,
-                           batch_id=batch_id):
-                    core.batch(table, kind, n, payload, batch_id)
+                           batch_id=batch_id, parts=parts):
+                    core.batch(table, kind, n, payload, batch_id, parts)
                     core.pump()  # spooled batches drain while new ones keep coming
                 case Sync(token=token):
                     results.put(Synced(token))
