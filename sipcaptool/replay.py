@@ -394,7 +394,7 @@ class _Run:
 
 
 #: the databases whose replays are remembered (sipcaptool_replays)
-BOOKKEPT = ("sqlite", "mysql", "postgresql")
+BOOKKEPT = ("sqlite", "mysql", "postgresql", "clickhouse")
 
 
 class _Book:
@@ -419,7 +419,6 @@ class _Book:
         by_url: dict[DbUrl, list[Any]] = {}
         for mode in settings.active_modes():
             u = parse_db_url(mode.db_url)
-            # (a ClickHouse database does not remember replays yet)
             if u.dialect in BOOKKEPT:
                 by_url.setdefault(u, []).append(mode)
         idents = {p: file_identity(p) for p in paths}

@@ -298,6 +298,22 @@ def test_replay_bookkeeping_table(ch_url):
     a.close()
 
 
+def test_a_batch_taken_but_not_recorded_counts_for_resume(ch_url):
+    """The writer was killed after the server took a replay's batch and before its id
+    was recorded: --resume still knows those rows are stored (the server's query log)."""
+    from sipcaptool.store.clickhouse import columns_of
+    init_db(ch_url, ["sip_capture"])
+    a = open_adapter(ch_url)
+    a.connect()
+    rows = [sip_row(i) for i in range(7)]
+    assert a.write("sip_capture", "sip", rows, "rRUN1:3:w-1", 3)
+    a._insert("sip_capture", "sip", columns_of("sip", rows), "rRUN1:57:w-2")  # no _mark
+    a._insert("sip_capture", "sip", columns_of("sip", rows), "rRUN10:99:w-1")  # another run
+    assert replays.stored_positions(a, "RUN1") == {"sip_capture": 57}
+    assert replays.stored_positions(a, "RUN9") == {}
+    a.close()
+
+
 def test_drop_days_before(ch_url):
     init_db(ch_url, ["sip_capture"])
     a = open_adapter(ch_url)

@@ -2,7 +2,7 @@
 of the same file into the same tables is refused (exit 2) unless --again, a replay
 killed in the middle continues with --resume and stores every message exactly once,
 and --explain lists the frames that were not stored, numbered as tshark numbers them.
-Run as a user runs it (subprocesses), into SQLite, MariaDB and PostgreSQL."""
+Run as a user runs it (subprocesses), into SQLite, MariaDB, PostgreSQL and ClickHouse."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from sipcaptool.export.pcap import PcapWriter
 from sipcaptool.store import open_adapter
@@ -60,7 +62,21 @@ def make_pcap(path: Path, n: int) -> None:
             w.write(ts, udp4_frame(src, sport, dst, dport, msg))
 
 
-def test_second_replay_refused_then_again(any_db_url):
+@pytest.fixture(params=["sqlite", "mysql", "postgresql", "clickhouse"])
+def book_url(request):
+    """Each database that remembers replays, in turn (ClickHouse's created by db init, as
+    a user makes it)."""
+    if request.param == "clickhouse":
+        url = request.getfixturevalue("ch_url")
+        r = run("db", "init", "--db", url)
+        assert r.returncode == 0, r.stderr
+        return url
+    name = {"sqlite": "sqlite_url", "mysql": "mysql_url", "postgresql": "pg_url"}[request.param]
+    return request.getfixturevalue(name)
+
+
+def test_second_replay_refused_then_again(book_url):
+    any_db_url = book_url
     r = run("replay", "-q", "--db", any_db_url, str(EXAMPLE))
     assert r.returncode == 0, r.stderr
     assert count(any_db_url) == 30
@@ -98,7 +114,8 @@ def test_standard_input_is_not_remembered(sqlite_url):
     assert count(sqlite_url) == 60
 
 
-def test_resume_after_kill_stores_every_message_once(any_db_url, tmp_path):
+def test_resume_after_kill_stores_every_message_once(book_url, tmp_path):
+    any_db_url = book_url
     n = 40_000
     pcap = tmp_path / "big.pcap"
     make_pcap(pcap, n)

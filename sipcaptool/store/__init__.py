@@ -314,6 +314,13 @@ class Adapter(ABC):
         from .schema import batches_table_sql
         self.execute_ddl(batches_table_sql(self.dialect))
 
+    def unrecorded_batches(self, prefix: str) -> list[tuple[str, str]]:
+        """``(table, batch_id)`` of batches whose id starts with ``prefix`` that the
+        database took although their id is not in ``sipcaptool_batches``: none where the
+        id is stored in the batch's own transaction (MySQL, PostgreSQL, SQLite); see
+        ClickHouse's."""
+        return []
+
     def prune_batches(self) -> None:
         """Forget batch ids older than a week (best effort)."""
         from .schema import batches_prune_sql

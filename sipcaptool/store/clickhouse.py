@@ -583,10 +583,53 @@ class ClickHouseAdapter(Adapter):
         m = re.match(r"\s*UPDATE\s+(\S+)\s+SET\s+(.*)\Z", text, re.S | re.I)
         if m:
             text = f"ALTER TABLE {m.group(1)} UPDATE {m.group(2)}"
-        settings = {"mutations_sync": 1} if text.startswith("ALTER") and \
-            self.features.version >= (20, 1) else None
-        self._run("cannot write", text, settings=settings)
+        mutation = text.startswith("ALTER")
+        sync = mutation and self.features.version >= (20, 1)
+        self._run("cannot write", text, settings={"mutations_sync": 1} if sync else None)
+        if mutation and not sync:
+            self._wait_mutations(text)
         return 0
+
+    def _wait_mutations(self, text: str, timeout: float = 30.0) -> None:
+        """Wait until the mutations of the table ``text`` altered are applied (servers
+        before 20.1 apply them in the background; the next replay must read the row as
+        it is now)."""
+        m = re.match(r"ALTER TABLE\s+(`(?:[^`\\]|\\.)*`|\S+)", text)
+        table = m.group(1).strip("`").split("`.`")[-1] if m else ""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            left = self._run("cannot read", substitute(
+                "SELECT count() FROM system.mutations WHERE database = %s AND table = %s "
+                "AND is_done = 0", (self.url.database, table)))[0][0]
+            if not left:
+                return
+            time.sleep(0.05)
+        log.warning("%s: a change of %s is not applied after %.0f s; it is applied in the "
+                    "background", self.url.redacted(), table, timeout)
+
+    def unrecorded_batches(self, prefix: str) -> list[tuple[str, str]]:
+        """The inserts this server logged as finished (``system.query_log``, where the
+        batch id is the query id) with ids starting with ``prefix``: a batch the server
+        took while the writer was killed before recording its id. Empty when the server
+        keeps no query log."""
+        try:
+            self._run("cannot read", "SYSTEM FLUSH LOGS")
+            got = self._run("cannot read", substitute(
+                "SELECT query_id, query FROM system.query_log WHERE type = 2 AND "
+                "query_id LIKE %s AND query LIKE 'INSERT INTO%'",
+                (prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                 + "%",)))
+        except StoreError as e:
+            log.debug("%s: no query log to read: %s", self.url.redacted(), e)
+            return []
+        out = []
+        for qid, query in got:
+            m = re.match(r"\s*INSERT INTO\s+`(?:[^`\\]|\\.)*`\.`((?:[^`\\]|\\.)*)`",
+                         _text(query))
+            if m:
+                out.append((m.group(1).replace("\\`", "`").replace("\\\\", "\\"),
+                            _text(qid)))
+        return out
 
     def drop_table(self, table: str) -> None:
         """Drop a table (a day table all of whose days are past): on a cluster, the
@@ -881,6 +924,10 @@ def server_text(exc: BaseException) -> str:
         body = body.split("\n", 1)[0].strip().rstrip(".")
         return f"Code {code}: {body}" if code is not None else body
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _text(v: object) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
 def _is_server_error(e: BaseException) -> bool:

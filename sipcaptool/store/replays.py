@@ -12,7 +12,8 @@ committed in the batch's own transaction. The batches of one table are written i
 order they were cut, so the highest position among a table's committed batches says
 that every message of the file up to it that goes to that table is stored:
 :func:`stored_positions` gives them, and a resumed replay skips what they cover.
-Times are integers (µs since the epoch, UTC) in the three databases alike.
+Times are integers (µs since the epoch, UTC) in every database alike. ClickHouse keeps
+this table too (a MergeTree; the DELETE and UPDATE below are mutations, waited for).
 """
 
 from __future__ import annotations
@@ -133,7 +134,9 @@ def batch_tag(run_id: str) -> str:
 
 def stored_positions(adapter: Adapter, run_id: str) -> dict[str, int]:
     """For each table, the position in the file of the last message of the run's
-    committed batches (``sipcaptool_batches``; the table is created when missing)."""
+    committed batches (``sipcaptool_batches``, and what the database knows it took
+    without the id recorded: :meth:`~sipcaptool.store.Adapter.unrecorded_batches`; the
+    table is created when missing)."""
     adapter.create_batches_table()
     d = adapter.dialect
     tag = batch_tag(run_id)
@@ -141,7 +144,7 @@ def stored_positions(adapter: Adapter, run_id: str) -> dict[str, int]:
                           f"{q(BATCHES_TABLE, d)} WHERE {q('batch_id', d)} LIKE "
                           f"{adapter.placeholder}", (tag + "%",))
     out: dict[str, int] = {}
-    for table, batch_id in rows:
+    for table, batch_id in [*rows, *adapter.unrecorded_batches(tag)]:
         try:
             pos = int(str(batch_id)[len(tag):].split(":", 1)[0])
         except ValueError:
