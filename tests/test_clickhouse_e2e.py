@@ -143,6 +143,89 @@ def test_cluster_option_and_a_shard_stopped_for_seconds_loses_nothing(tmp_path, 
         g.stop()
 
 
+def _capture(path: Path, n: int, tag: bytes, start_us: int) -> None:
+    """``n`` generated messages (calls, registrations, OPTIONS) whose Call-IDs start with
+    ``tag`` (another capture's Call-IDs differ), from ``start_us`` on."""
+    from sipcaptool.export.pcap import PcapWriter
+    from sipcaptool.testing.pcapgen import realistic_messages, udp4_frame
+    with open(path, "wb") as f:
+        w = PcapWriter(f)
+        for ts_, (src, sport, dst, dport, msg) in realistic_messages(n, start_us=start_us):
+            msg = msg.replace(b"\r\nCall-ID: ", b"\r\nCall-ID: " + tag)
+            w.write(ts_, udp4_frame(src, sport, dst, dport, msg))
+
+
+def _on(port: int, sql: str) -> list[tuple]:
+    """One query on one server (its own connection, closed)."""
+    from clickhouse_driver import Client
+    c = Client("127.0.0.1", port=port)
+    try:
+        return c.execute(sql)
+    finally:
+        c.disconnect()
+
+
+def test_a_third_shard_added_as_docs_scale_out_says(tmp_path):
+    """docs/scale-out.md, "Adding a shard", done as written: a cluster of two shards holds
+    a first capture; a third server is added to remote_servers of every node (read by the
+    servers without a restart) and db init is run again, which creates the database and
+    the local tables on the new shard; a second capture is spread over the three shards;
+    every message of both is stored once, and search finds a call that lives on the new
+    shard through the Distributed table."""
+    from clickhouse_server import CLUSTER, ClickHouseGroup, clickhouse_binary
+    if clickhouse_binary() is None:
+        pytest.skip("clickhouse-server is not installed")
+    g = ClickHouseGroup(3, base=str(tmp_path))
+    ports = [s.tcp_port for s in g.servers]
+    for s in g.servers:
+        s.write_config(ports[:2])                   # the cluster has two shards at first
+    g.start()
+    try:
+        url = g.servers[0].url + "/homer"
+        curl = url + "?cluster=" + CLUSTER
+        run("db", "init", "--db", url, "--cluster", CLUSTER)
+        first, second = tmp_path / "first.pcap", tmp_path / "second.pcap"
+        _capture(first, 3000, b"one-", 1_764_000_000_000_000)
+        _capture(second, 3000, b"two-", 1_764_000_100_000_000)
+        run("replay", "-q", "--db", curl, str(first))
+        assert wait_count(curl, "sip_capture", 3000, timeout=120) == 3000
+        assert _on(ports[2], "SELECT count() FROM system.databases WHERE name = 'homer'") \
+            == [(0,)]
+        # 1. the new server goes into remote_servers of every node
+        for s in g.servers:
+            s.write_config(ports)
+        shards = f"SELECT count() FROM system.clusters WHERE cluster = '{CLUSTER}'"
+        deadline = time.monotonic() + 60
+        while _on(ports[0], shards) != [(3,)] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _on(ports[0], shards) == [(3,)]
+        # 2. db init again: the new shard gets the database and the local tables
+        p = run("db", "init", "--db", url, "--cluster", CLUSTER, "--json")
+        (doc,) = json.loads(p.stdout)
+        assert "sip_capture" in doc["created"], doc
+        assert _on(ports[2], "EXISTS TABLE homer.sip_capture_local") == [(1,)]
+        # 3. new rows are spread over the three shards, old ones stay where they are
+        run("replay", "-q", "--db", curl, str(second))
+        assert wait_count(curl, "sip_capture", 6000, timeout=120) == 6000
+        local = [{str(r[0]) for r in _on(p_, "SELECT DISTINCT callid FROM "
+                                         "homer.sip_capture_local")} for p_ in ports]
+        counts = callid_counts(curl)
+        assert sum(counts.values()) == 6000
+        assert len(set().union(*local)) == len(counts)          # each call on one shard
+        assert all(shard_of(cid, [1, 1, 1]) == 2 for cid in local[2])
+        assert local[2] and len(local[2]) > len(counts) // 10
+        assert _on(ports[0], "SELECT count(), uniqExact(micro_ts) FROM homer.sip_capture"
+                   ) == [(6000, 6000)]                           # every message once
+        on_third = sorted(local[2])[0]
+        assert on_third.startswith("two-")
+        p = run("search", "--db", curl, "--call-id", on_third, "--json")
+        doc = json.loads(p.stdout)
+        assert [c["call_id"] for c in doc["calls"]] == [on_third], p.stdout[:500]
+        assert doc["calls"][0]["messages"] == counts[on_third]
+    finally:
+        g.stop()
+
+
 # -- db init and db prune -----------------------------------------------------------------
 
 def test_db_init_cluster_again_recreates_a_shards_tables_and_prune(ch_cluster):
