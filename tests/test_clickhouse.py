@@ -201,6 +201,36 @@ def test_ack_lost_after_the_insert_is_not_written_twice(ch_url):
     a.close()
 
 
+def test_a_batch_over_midnight_is_written_day_by_day_once(ch_url):
+    """A batch with rows of two days is two parts on the server; each day is its own
+    insert with its own id, so a failure after the first day writes only the second day
+    again."""
+    init_db(ch_url, ["sip_capture"])
+    a = open_adapter(ch_url)
+    rows = [sip_row(i, date=d) for i, d in enumerate(
+        ["2026-03-01 23:59:59"] * 4 + ["2026-03-02 00:00:00"] * 3)]
+    real_insert = a._insert
+    failed = []
+
+    def second_day_fails_once(table, kind, cols, batch_id):
+        if batch_id.startswith("day1:") and not failed:
+            failed.append(batch_id)
+            raise ConnectionResetError("the server went away")
+        return real_insert(table, kind, cols, batch_id)
+
+    a._insert = second_day_fails_once
+    events: list = []
+    core = WriterCore(a, 3, 30, None, events.append)
+    core.start()
+    core.batch("sip_capture", "sip", 7, a.format_batch("sip", rows), "midnight-1")
+    assert failed and events[-1].written_now is True and events[-1].retries == 1
+    got = a.select("SELECT micro_ts, count() FROM sip_capture GROUP BY micro_ts")
+    assert sorted(m for m, _ in got) == [r[1] for r in rows] and {n for _, n in got} == {1}
+    assert sorted(r[0] for r in a.select("SELECT batch_id FROM sipcaptool_batches")) == \
+        ["day0:midnight-1", "day1:midnight-1", "midnight-1"]
+    a.close()
+
+
 def test_writer_refused_rows_dropped_the_rest_stored(ch_url):
     init_db(ch_url, ["sip_capture"])
     port = SIP_COLUMN_NAMES.index("source_port")

@@ -808,7 +808,11 @@ class ClickHouseAdapter(Adapter):
                     return False
                 if batch_id is not None:
                     self._tried.add(batch_id)
-                self._insert(table, kind, cols, batch_id)
+                days = _by_day(cols)
+                if batch_id is None or len(days) == 1:
+                    self._insert(table, kind, cols, batch_id)
+                else:
+                    self._insert_days(table, kind, days, batch_id)
                 if batch_id is not None:
                     self._mark(batch_id, table, n)
                     self._tried.discard(batch_id)
@@ -824,6 +828,21 @@ class ClickHouseAdapter(Adapter):
                 if err.kind != "refused" or not _is_server_error(e):
                     self.close()
                 raise err from None
+
+    def _insert_days(self, table: str, kind: str, days: list[list[Sequence[Any]]],
+                     batch_id: str) -> None:
+        """A batch whose rows fall on several days is several parts on the server (one a
+        day partition), which an insert does not make all or nothing: each day is its own
+        insert with its own id (``day<N>:<batch id>``, recorded like a batch's, and not
+        read as a replay's position), so that a retry writes only the days not yet in."""
+        for k, cols in enumerate(days):
+            sub = f"day{k}:{batch_id}"
+            if self._committed(sub):
+                continue
+            self._tried.add(sub)
+            self._insert(table, kind, cols, sub)
+            self._mark(sub, table, len(cols[0]))
+            self._tried.discard(sub)
 
     def write_each(self, table: str, kind: str, formatted: object, batch_id: str,
                    rows: int) -> tuple[bool, list[tuple[int, str]]]:
@@ -924,6 +943,19 @@ def server_text(exc: BaseException) -> str:
         body = body.split("\n", 1)[0].strip().rstrip(".")
         return f"Code {code}: {body}" if code is not None else body
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _by_day(cols: list[Sequence[Any]]) -> list[list[Sequence[Any]]]:
+    """The columns of a batch (``date`` first, epoch seconds) cut into one set of columns
+    per UTC day, in day order (one set, the same columns, for a batch of one day)."""
+    dates = cols[0]
+    first, last = min(dates) // 86400, max(dates) // 86400
+    if first == last:
+        return [cols]
+    rows: dict[int, list[int]] = {}
+    for i, d in enumerate(dates):
+        rows.setdefault(d // 86400, []).append(i)
+    return [[[c[i] for i in idx] for c in cols] for _, idx in sorted(rows.items())]
 
 
 def _text(v: object) -> str:
