@@ -89,6 +89,10 @@ class Adapter(ABC):
     coalesce_rows: int = 0
     coalesce_bytes: int = 64 << 20
     coalesce_wait: float = 0.0
+    # False: a changed row of a small bookkeeping table (sipcaptool_replays) is stored as
+    # a new version of it and the newest is read (ClickHouse, where UPDATE and DELETE are
+    # mutations applied later)
+    updates_in_place: bool = True
 
     def __init__(self, url: DbUrl, *, partition_days: int | None = None) -> None:
         self.url = url

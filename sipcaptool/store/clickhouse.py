@@ -383,6 +383,7 @@ class ClickHouseAdapter(Adapter):
     coalesce_rows = 50_000
     coalesce_bytes = 64 << 20
     coalesce_wait = 0.5
+    updates_in_place = False
 
     def __init__(self, url: DbUrl, *, partition_days: int | None = None) -> None:
         super().__init__(url, partition_days=partition_days)

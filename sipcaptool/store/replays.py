@@ -13,12 +13,13 @@ order they were cut, so the highest position among a table's committed batches s
 that every message of the file up to it that goes to that table is stored:
 :func:`stored_positions` gives them, and a resumed replay skips what they cover.
 Times are integers (µs since the epoch, UTC) in every database alike. ClickHouse keeps
-this table too (a MergeTree; the DELETE and UPDATE below are mutations, waited for).
+this table too, as versions of each row (a new row for each change, the newest read;
+an UPDATE there is a mutation the server applies later).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import Adapter
 from .schema import BATCHES_TABLE, quote_ident
@@ -85,7 +86,8 @@ def ensure_table(adapter: Adapter) -> None:
 
 def find(adapter: Adapter, file_key: str) -> ReplayRecord | None:
     """The record of ``file_key`` in this database, or None (the table is created when
-    missing)."""
+    missing). Where rows are versions (:attr:`~sipcaptool.store.Adapter.updates_in_place`
+    False), the newest: the latest start, finished before running."""
     ensure_table(adapter)
     d = adapter.dialect
     cols = ", ".join(q(c, d) for c in _COLUMNS)
@@ -93,7 +95,7 @@ def find(adapter: Adapter, file_key: str) -> ReplayRecord | None:
                           f"WHERE {q('file_key', d)} = {adapter.placeholder}", (file_key,))
     if not rows:
         return None
-    r = rows[0]
+    r = max(rows, key=lambda x: (int(x[11]), x[12] is not None, int(x[12] or 0)))
     return ReplayRecord(str(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]),
                         None if r[5] is None else int(r[5]),
                         None if r[6] is None else int(r[6]), str(r[7]), str(r[8]),
@@ -104,8 +106,14 @@ def find(adapter: Adapter, file_key: str) -> ReplayRecord | None:
 def mark_started(adapter: Adapter, rec: ReplayRecord) -> None:
     """Record (or replace) the file's row as ``running``."""
     d, ph = adapter.dialect, adapter.placeholder
-    adapter.execute(f"DELETE FROM {q(REPLAYS_TABLE, d)} WHERE {q('file_key', d)} = {ph}",
-                    (rec.file_key,))
+    if adapter.updates_in_place:
+        adapter.execute(f"DELETE FROM {q(REPLAYS_TABLE, d)} WHERE {q('file_key', d)} = {ph}",
+                        (rec.file_key,))
+    _insert(adapter, rec)
+
+
+def _insert(adapter: Adapter, rec: ReplayRecord) -> None:
+    d, ph = adapter.dialect, adapter.placeholder
     cols = ", ".join(q(c, d) for c in _COLUMNS)
     adapter.execute(f"INSERT INTO {q(REPLAYS_TABLE, d)} ({cols}) VALUES "
                     f"({', '.join([ph] * len(_COLUMNS))})",
@@ -117,8 +125,16 @@ def mark_started(adapter: Adapter, rec: ReplayRecord) -> None:
 def mark_done(adapter: Adapter, file_key: str, run_id: str, *, state: str, packets: int,
               messages: int, first_us: int | None, last_us: int | None,
               finished_us: int) -> None:
-    """How the run ``run_id`` of the file ended (``complete`` or ``interrupted``)."""
+    """How the run ``run_id`` of the file ended (``complete`` or ``interrupted``): the
+    row updated, or where rows are versions a new version of it."""
     d, ph = adapter.dialect, adapter.placeholder
+    if not adapter.updates_in_place:
+        rec = find(adapter, file_key)
+        if rec is not None and rec.run_id == run_id:
+            _insert(adapter, replace(rec, state=state, packets=packets, messages=messages,
+                                     first_us=first_us, last_us=last_us,
+                                     finished_us=finished_us))
+        return
     sets = ", ".join(f"{q(c, d)} = {ph}" for c in ("state", "packets", "messages",
                                                    "first_us", "last_us", "finished_us"))
     adapter.execute(f"UPDATE {q(REPLAYS_TABLE, d)} SET {sets} WHERE {q('file_key', d)} = {ph} "
