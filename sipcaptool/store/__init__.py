@@ -142,6 +142,12 @@ class Adapter(ABC):
     def format_batch(self, kind: str, rows: list[Row]) -> object:
         """Turn rows into the payload :meth:`write` sends (pure: no connection needed)."""
 
+    def payload_rows(self, payload: object) -> list[Row] | None:
+        """The rows of a formatted batch, where they can be joined with another batch's
+        (:func:`~sipcaptool.store.writer_process.coalesce`): a list of rows as it is;
+        None for a payload that is text for the database (COPY, LOAD DATA)."""
+        return payload if isinstance(payload, list) else None
+
     @abstractmethod
     def write(self, table: str, kind: str, formatted: object, batch_id: str | None = None,
               rows: int = 0) -> bool:

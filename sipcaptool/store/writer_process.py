@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol, assert_never, cast
 
 from ..errors import StoreError
 from ..record import AUX_COLUMN_NAMES, SIP_COLUMN_NAMES
-from . import Adapter, open_adapter, payload_list
+from . import Adapter, open_adapter
 from .heap import retain_freed_memory
 from .intake import AsyncIntake
 from .isolate import can_isolate, isolate, isolation_text
@@ -405,13 +405,13 @@ class _JobSource(Protocol):
     def get_nowait(self) -> Job: ...
 
 
-def _message_bytes(job: Batch) -> int:
-    """About how many bytes of messages a batch of rows holds (its ``msg`` column)."""
-    idx = _BLOB_INDEX.get(job.kind)
+def _message_bytes(kind: str, rows: list[Any]) -> int:
+    """About how many bytes of messages these rows hold (their ``msg`` column)."""
+    idx = _BLOB_INDEX.get(kind)
     n = 0
     if idx is None:
         return n
-    for r in payload_list(job.payload):
+    for r in rows:
         v = r[idx] if len(r) > idx else None
         if isinstance(v, (bytes, str)):
             n += len(v)
@@ -419,43 +419,45 @@ def _message_bytes(job: Batch) -> int:
 
 
 def coalesce(first: Batch, source: _JobSource, max_rows: int, max_bytes: int,
-             wait: float, clock: Callable[[], float] = time.monotonic
-             ) -> tuple[Batch, Job | None]:
+             wait: float, rows_of: Callable[[object], list[Any] | None],
+             clock: Callable[[], float] = time.monotonic) -> tuple[Batch, Job | None]:
     """``first`` joined with the batches of the same table that follow it on ``source``
     (those waiting now, and those that come within ``wait`` seconds of ``first``), up to
     ``max_rows`` rows and about ``max_bytes`` bytes of messages: one insert instead of
     several, for a database where each insert costs much (ClickHouse). Returns the joined
-    batch -- its rows in order, the id of its last part (a replay's position: the file
-    position of its last row), ``parts`` the number joined -- and the first job that did
-    not belong (another table, a Sync, a Close, a batch past the bounds), to be handled
-    next, or None. Batches are only joined when their payloads are lists of rows."""
-    if first.rows >= max_rows or not isinstance(first.payload, list):
+    batch -- its rows in order (a list), the id of its last part (a replay's position:
+    the file position of its last row), ``parts`` the number joined -- and the first job
+    that did not belong (another table, a Sync, a Close, a batch past the bounds), to be
+    handled next, or None. ``rows_of`` gives a payload's rows (None: a payload that
+    cannot be joined, see :meth:`~sipcaptool.store.Adapter.payload_rows`)."""
+    if first.rows >= max_rows:
+        return first, None
+    head = rows_of(first.payload)
+    if head is None:
         return first, None
     parts = [first]
-    rows = first.rows
-    size = _message_bytes(first)
+    payload = list(head)
+    size = _message_bytes(first.kind, payload)
     deadline = clock() + wait
     nxt: Job | None = None
-    while rows < max_rows and size < max_bytes:
+    while len(payload) < max_rows and size < max_bytes:
         left = deadline - clock()
         try:
             job = source.get(timeout=left) if left > 0 else source.get_nowait()
         except queue.Empty:
             break
-        if not (isinstance(job, Batch) and job.table == first.table
-                and job.kind == first.kind and isinstance(job.payload, list)
-                and rows + job.rows <= max_rows):
+        more = rows_of(job.payload) if isinstance(job, Batch) and job.table == first.table \
+            and job.kind == first.kind and len(payload) + job.rows <= max_rows else None
+        if more is None:
             nxt = job
             break
-        parts.append(job)
-        rows += job.rows
-        size += _message_bytes(job)
-    if len(parts) == 1:
-        return first, nxt
-    payload: list[Any] = []
-    for p in parts:
-        payload.extend(cast("list[Any]", p.payload))
-    return Batch(first.table, first.kind, rows, payload, parts[-1].batch_id,
+        parts.append(cast(Batch, job))
+        payload.extend(more)
+        size += _message_bytes(first.kind, more)
+    if len(parts) == 1:     # (its rows, so that they are not taken out again)
+        return Batch(first.table, first.kind, first.rows, payload, first.batch_id,
+                     first.parts), nxt
+    return Batch(first.table, first.kind, len(payload), payload, parts[-1].batch_id,
                  sum(p.parts for p in parts)), nxt
 
 
@@ -506,7 +508,8 @@ def writer_main(url: DbUrl, partition_days: int | None, jobs: Queue[Job],
                     continue
             if isinstance(job, Batch) and adapter.coalesce_rows > 0:
                 job, held = coalesce(job, source, adapter.coalesce_rows,
-                                     adapter.coalesce_bytes, adapter.coalesce_wait)
+                                     adapter.coalesce_bytes, adapter.coalesce_wait,
+                                     adapter.payload_rows)
             match job:
                 case Batch(table=table, kind=kind, rows=n, payload=payload,
                            batch_id=batch_id, parts=parts):
