@@ -439,7 +439,7 @@ class _Source:
         raise self.Empty
 
 
-def _rows(payload):
+def _joinable(payload):
     """The joinable rows of a payload, as the adapters say (a list: its rows)."""
     return payload if isinstance(payload, list) else None
 
@@ -457,7 +457,7 @@ def test_coalesce_joins_batches_of_one_table_in_order():
     a, b, c = _batch("t", 0, 10, "a"), _batch("t", 10, 10, "b"), _batch("t", 20, 5, "c")
     sync = Sync(7)
     src = _Source([b, c, sync, _batch("t", 25, 3, "d")])
-    got, held = coalesce(a, src, 1000, 1 << 30, 5.0, _rows)
+    got, held = coalesce(a, src, 1000, 1 << 30, 5.0, _joinable)
     assert (got.table, got.kind, got.rows, got.parts, got.batch_id) == ("t", "sip", 25, 3, "c")
     assert got.payload == [sip_row(i) for i in range(25)]
     assert held is sync                     # handled next, before anything after it
@@ -468,22 +468,22 @@ def test_coalesce_stops_at_another_table_kind_or_the_bounds():
     from sipcaptool.store.writer_process import coalesce
     a = _batch("t", 0, 10, "a")
     other = _batch("u", 0, 10, "u")
-    got, held = coalesce(a, _Source([other]), 1000, 1 << 30, 1.0, _rows)
+    got, held = coalesce(a, _Source([other]), 1000, 1 << 30, 1.0, _joinable)
     assert got == a and held is other
     aux = _batch("t", 0, 1, "x", kind="aux")
-    got, held = coalesce(a, _Source([aux]), 1000, 1 << 30, 1.0, _rows)
+    got, held = coalesce(a, _Source([aux]), 1000, 1 << 30, 1.0, _joinable)
     assert got == a and held is aux
     # rows: a batch that would pass the bound is not joined, it comes next
     b, c = _batch("t", 10, 10, "b"), _batch("t", 20, 10, "c")
-    got, held = coalesce(a, _Source([b, c]), 25, 1 << 30, 1.0, _rows)
+    got, held = coalesce(a, _Source([b, c]), 25, 1 << 30, 1.0, _joinable)
     assert (got.rows, got.parts, held) == (20, 2, c)
     # bytes of messages: joining stops once about max_bytes are held
     from sipcaptool.record import SIP_COLUMN_NAMES
     size_a = sum(len(r[SIP_COLUMN_NAMES.index("msg")]) for r in a.payload)
-    got, held = coalesce(a, _Source([b, c]), 1000, size_a + 1, 1.0, _rows)
+    got, held = coalesce(a, _Source([b, c]), 1000, size_a + 1, 1.0, _joinable)
     assert (got.rows, got.parts, held) == (20, 2, None)
     # a batch already at the bound is not joined to anything
-    got, held = coalesce(a, _Source([b]), 10, 1 << 30, 1.0, _rows)
+    got, held = coalesce(a, _Source([b]), 10, 1 << 30, 1.0, _joinable)
     assert got == a and held is None
 
 
@@ -492,12 +492,12 @@ def test_coalesce_waits_for_more_only_within_its_time():
     a, b = _batch("t", 0, 10, "a"), _batch("t", 10, 10, "b")
     now = [100.0]
     src = _Source([], later=[b])
-    got, held = coalesce(a, src, 1000, 1 << 30, 0.5, _rows, clock=lambda: now[0])
+    got, held = coalesce(a, src, 1000, 1 << 30, 0.5, _joinable, clock=lambda: now[0])
     assert (got.rows, got.parts, held) == (20, 2, None)
     assert src.waits and all(0 < w <= 0.5 for w in src.waits)
     # past its time it takes only what is already there, without waiting
     src = _Source([b])
-    got, held = coalesce(a, src, 1000, 1 << 30, 0.0, _rows)
+    got, held = coalesce(a, src, 1000, 1 << 30, 0.0, _joinable)
     assert (got.rows, got.parts, src.waits) == (20, 2, [])
 
 
@@ -506,9 +506,9 @@ def test_coalesce_leaves_formatted_payloads_alone():
     from sipcaptool.store.writer_process import coalesce
     a = Batch("t", "sip", 2, b"COPY TEXT\n", "a")
     b = _batch("t", 0, 2, "b")
-    assert coalesce(a, _Source([b]), 1000, 1 << 30, 1.0, _rows) == (a, None)
+    assert coalesce(a, _Source([b]), 1000, 1 << 30, 1.0, _joinable) == (a, None)
     c = _batch("t", 0, 2, "c")
-    assert coalesce(c, _Source([a]), 1000, 1 << 30, 1.0, _rows) == (c, a)
+    assert coalesce(c, _Source([a]), 1000, 1 << 30, 1.0, _joinable) == (c, a)
 
 
 def test_clickhouse_batches_are_marshalled_rows_that_join():
