@@ -135,7 +135,7 @@ def drain(as_json: bool, settings: Settings) -> int:
     for ev in events:
         match ev:
             case Drained():
-                stats["db:batches"] += 1
+                stats["db:batches"] += ev.parts
                 stats["stored:" + ev.table] += ev.rows
                 if not ev.written_now:
                     stats["db:already-written"] += 1
