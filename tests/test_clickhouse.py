@@ -315,6 +315,7 @@ def test_spool_drain_command_writes_a_clickhouse_spool_once(tmp_path):
     once; a second drain finds nothing to do."""
     import json
     import subprocess
+
     from clickhouse_server import ClickHouseGroup, clickhouse_binary
     if clickhouse_binary() is None:
         pytest.skip("clickhouse-server is not installed")
