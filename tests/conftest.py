@@ -196,6 +196,36 @@ def _clickhouse_group(n: int, what: str):
     group.stop()
 
 
+@pytest.fixture
+def ch_servers(tmp_path):
+    """``ch_servers(n, start=True)``: ``n`` private ClickHouse servers of this test's own
+    (in its temporary directory), for a test that stops, starts or reconfigures them;
+    ``start=False`` leaves starting to the test (``group.start()``, after changing the
+    servers' configuration). Stopped by their PIDs at the end. Missing server or driver:
+    as for the session's servers (skip, or fail when services are required)."""
+    from clickhouse_server import ClickHouseGroup, clickhouse_binary
+    groups = []
+
+    def make(n: int, start: bool = True):
+        if clickhouse_binary() is None:
+            _skip_or_fail("clickhouse-server is not installed (apt-get install clickhouse-server)")
+        try:
+            import clickhouse_driver  # noqa: F401
+        except ImportError as e:
+            _unavailable("clickhouse-driver (pip install '.[clickhouse]')", e)
+        group = ClickHouseGroup(n, base=str(tmp_path))
+        groups.append(group)
+        if start:
+            try:
+                group.start()
+            except RuntimeError as e:
+                _unavailable("private clickhouse-servers", e)
+        return group
+    yield make
+    for g in groups:
+        g.stop()
+
+
 @pytest.fixture(scope="session")
 def ch_single():
     """A private ClickHouse server (Debian's clickhouse-server, own config, data directory

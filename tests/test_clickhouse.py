@@ -273,87 +273,72 @@ def test_batches_joined_into_large_inserts_each_row_once(ch_url):
     a.close()
 
 
-def test_server_down_batches_spooled_then_written_once(tmp_path):
-    from clickhouse_server import ClickHouseGroup, clickhouse_binary
-    if clickhouse_binary() is None:
-        pytest.skip("clickhouse-server is not installed")
-    g = ClickHouseGroup(1, base=str(tmp_path))
-    g.start()
-    try:
-        url = g.servers[0].url + "/spooltest"
-        init_db(url, ["sip_capture"])
-        st = Stats()
-        w = Writer(url, st, batch_size=10, flush_interval=0.05, insert_retries=0,
-                   spool_dir=str(tmp_path / "spool"))
-        for i in range(30):
-            w.add("sip_capture", "sip", sip_row(i))
-        w.flush()
-        g.servers[0].stop()
-        for i in range(30, 80):
-            w.add("sip_capture", "sip", sip_row(i))
-        w.flush()
-        assert st["db:spooled"] >= 1
-        g.servers[0].start()
-        deadline = time.monotonic() + 60
-        while st["stored:sip_capture"] < 80 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        w.close()
-        assert st["stored:sip_capture"] == 80 and st["spool_batches"] == 0
-        assert st["queue_depth"] == 0 and st["db:batches"] == 8
-        a = open_adapter(url)
-        got = a.select("SELECT micro_ts, count() FROM sip_capture GROUP BY micro_ts")
-        assert sorted(m for m, _ in got) == [sip_row(i)[1] for i in range(80)]
-        assert {n for _, n in got} == {1}
-        a.close()
-    finally:
-        g.stop()
+def test_server_down_batches_spooled_then_written_once(tmp_path, ch_servers):
+    g = ch_servers(1)
+    url = g.servers[0].url + "/spooltest"
+    init_db(url, ["sip_capture"])
+    st = Stats()
+    w = Writer(url, st, batch_size=10, flush_interval=0.05, insert_retries=0,
+               spool_dir=str(tmp_path / "spool"))
+    for i in range(30):
+        w.add("sip_capture", "sip", sip_row(i))
+    w.flush()
+    g.servers[0].stop()
+    for i in range(30, 80):
+        w.add("sip_capture", "sip", sip_row(i))
+    w.flush()
+    assert st["db:spooled"] >= 1
+    g.servers[0].start()
+    deadline = time.monotonic() + 60
+    while st["stored:sip_capture"] < 80 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    w.close()
+    assert st["stored:sip_capture"] == 80 and st["spool_batches"] == 0
+    assert st["queue_depth"] == 0 and st["db:batches"] == 8
+    a = open_adapter(url)
+    got = a.select("SELECT micro_ts, count() FROM sip_capture GROUP BY micro_ts")
+    assert sorted(m for m, _ in got) == [sip_row(i)[1] for i in range(80)]
+    assert {n for _, n in got} == {1}
+    a.close()
 
 
-def test_spool_drain_command_writes_a_clickhouse_spool_once(tmp_path):
+def test_spool_drain_command_writes_a_clickhouse_spool_once(tmp_path, ch_servers):
     """Batches spooled while the server was down (marshalled rows, joined by the writer
     process) are written by `sipcaptool spool drain` once the server is back, each row
     once; a second drain finds nothing to do."""
     import json
     import subprocess
+    g = ch_servers(1)
+    url = g.servers[0].url + "/draintest"
+    init_db(url, ["sip_capture"])
+    g.servers[0].stop()
+    spool = tmp_path / "spool"
+    st = Stats()
+    w = Writer(url, st, batch_size=25, flush_interval=0, insert_retries=0,
+               spool_dir=str(spool))
+    for i in range(200):
+        w.add("sip_capture", "sip", sip_row(i))
+    w.close()
+    assert st["stored:sip_capture"] == 0 and st["db:spooled"] >= 1
+    assert st["dropped:db-error"] == 0 and st["queue_depth"] == 0
+    g.servers[0].start()
 
-    from clickhouse_server import ClickHouseGroup, clickhouse_binary
-    if clickhouse_binary() is None:
-        pytest.skip("clickhouse-server is not installed")
-    g = ClickHouseGroup(1, base=str(tmp_path))
-    g.start()
-    try:
-        url = g.servers[0].url + "/draintest"
-        init_db(url, ["sip_capture"])
-        g.servers[0].stop()
-        spool = tmp_path / "spool"
-        st = Stats()
-        w = Writer(url, st, batch_size=25, flush_interval=0, insert_retries=0,
-                   spool_dir=str(spool))
-        for i in range(200):
-            w.add("sip_capture", "sip", sip_row(i))
-        w.close()
-        assert st["stored:sip_capture"] == 0 and st["db:spooled"] >= 1
-        assert st["dropped:db-error"] == 0 and st["queue_depth"] == 0
-        g.servers[0].start()
-
-        def drain():
-            p = subprocess.run([sys.executable, "-m", "sipcaptool", "spool", "drain", "--db",
-                                url, "--spool-dir", str(spool), "--json"],
-                               capture_output=True, text=True, timeout=120)
-            assert p.returncode == 0, p.stderr
-            return json.loads(p.stdout)
-        first = drain()
-        assert first["stored"] == {"sip_capture": 200} and first["left"]["rows"] == 0, first
-        assert first["db"]["batches"] == 8               # the 8 batches cut, however joined
-        again = drain()
-        assert (again["before"]["rows"], again["stored"]) == (0, {})
-        a = open_adapter(url)
-        got = a.select("SELECT micro_ts, count() FROM sip_capture GROUP BY micro_ts")
-        assert sorted(m for m, _ in got) == [sip_row(i)[1] for i in range(200)]
-        assert {n for _, n in got} == {1}
-        a.close()
-    finally:
-        g.stop()
+    def drain():
+        p = subprocess.run([sys.executable, "-m", "sipcaptool", "spool", "drain", "--db",
+                            url, "--spool-dir", str(spool), "--json"],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+    first = drain()
+    assert first["stored"] == {"sip_capture": 200} and first["left"]["rows"] == 0, first
+    assert first["db"]["batches"] == 8               # the 8 batches cut, however joined
+    again = drain()
+    assert (again["before"]["rows"], again["stored"]) == (0, {})
+    a = open_adapter(url)
+    got = a.select("SELECT micro_ts, count() FROM sip_capture GROUP BY micro_ts")
+    assert sorted(m for m, _ in got) == [sip_row(i)[1] for i in range(200)]
+    assert {n for _, n in got} == {1}
+    a.close()
 
 
 def test_replay_bookkeeping_table(ch_url):

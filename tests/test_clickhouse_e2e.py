@@ -104,43 +104,37 @@ def test_hep_collector_stores_every_message_once(where, request, collectors):
     assert len(counts) == n and set(counts.values()) == {1}
 
 
-def test_cluster_option_and_a_shard_stopped_for_seconds_loses_nothing(tmp_path, collectors):
+def test_cluster_option_and_a_shard_stopped_for_seconds_loses_nothing(ch_servers, collectors):
     """hep --cluster writes through the Distributed table of the first server; the
     second shard is stopped for a few seconds while messages keep coming, then started
     again: every message is stored once, on the shard its Call-ID hashes to."""
-    from clickhouse_server import CLUSTER, ClickHouseGroup, clickhouse_binary
-    if clickhouse_binary() is None:
-        pytest.skip("clickhouse-server is not installed")
-    g = ClickHouseGroup(2, base=str(tmp_path))
-    g.start()
-    try:
-        url = g.servers[0].url + "/homer"
-        run("db", "init", "--db", url, "--cluster", CLUSTER)
-        c = collectors(url, "--cluster", CLUSTER, "--rcvbuf", "4M", tcp=False)
-        _send(c.ports["udp"], 1000, "before")
-        g.servers[1].stop()
-        _send(c.ports["udp"], 2000, "during", rate=1000)     # two seconds, shard 2 down
-        time.sleep(1)
-        g.servers[1].start()
-        _send(c.ports["udp"], 1000, "after")
-        time.sleep(0.5)
-        rc, summary, err = c.stop()
-        assert rc == 0, err
-        assert summary["stored_total"] == 4000, summary
-        cluster_url = url + "?cluster=" + CLUSTER
-        assert wait_count(cluster_url, "sip_capture", 4000, timeout=120) == 4000
-        counts = callid_counts(cluster_url)
-        assert len(counts) == 4000 and set(counts.values()) == {1}
-        # each shard holds exactly the calls that hash to it
-        db = parse_db_url(url).database
-        from clickhouse_driver import Client
-        for k, s in enumerate(g.servers):
-            cl = Client("127.0.0.1", port=s.tcp_port)
-            calls = [r[0] for r in cl.execute(f"SELECT callid FROM `{db}`.sip_capture_local")]
-            cl.disconnect()
-            assert calls and all(shard_of(x, [1, 1]) == k for x in calls)
-    finally:
-        g.stop()
+    from clickhouse_server import CLUSTER
+    g = ch_servers(2)
+    url = g.servers[0].url + "/homer"
+    run("db", "init", "--db", url, "--cluster", CLUSTER)
+    c = collectors(url, "--cluster", CLUSTER, "--rcvbuf", "4M", tcp=False)
+    _send(c.ports["udp"], 1000, "before")
+    g.servers[1].stop()
+    _send(c.ports["udp"], 2000, "during", rate=1000)     # two seconds, shard 2 down
+    time.sleep(1)
+    g.servers[1].start()
+    _send(c.ports["udp"], 1000, "after")
+    time.sleep(0.5)
+    rc, summary, err = c.stop()
+    assert rc == 0, err
+    assert summary["stored_total"] == 4000, summary
+    cluster_url = url + "?cluster=" + CLUSTER
+    assert wait_count(cluster_url, "sip_capture", 4000, timeout=120) == 4000
+    counts = callid_counts(cluster_url)
+    assert len(counts) == 4000 and set(counts.values()) == {1}
+    # each shard holds exactly the calls that hash to it
+    db = parse_db_url(url).database
+    from clickhouse_driver import Client
+    for k, s in enumerate(g.servers):
+        cl = Client("127.0.0.1", port=s.tcp_port)
+        calls = [r[0] for r in cl.execute(f"SELECT callid FROM `{db}`.sip_capture_local")]
+        cl.disconnect()
+        assert calls and all(shard_of(x, [1, 1]) == k for x in calls)
 
 
 def _capture(path: Path, n: int, tag: bytes, start_us: int) -> None:
@@ -165,65 +159,60 @@ def _on(port: int, sql: str) -> list[tuple]:
         c.disconnect()
 
 
-def test_a_third_shard_added_as_docs_scale_out_says(tmp_path):
+def test_a_third_shard_added_as_docs_scale_out_says(tmp_path, ch_servers):
     """docs/scale-out.md, "Adding a shard", done as written: a cluster of two shards holds
     a first capture; a third server is added to remote_servers of every node (read by the
     servers without a restart) and db init is run again, which creates the database and
     the local tables on the new shard; a second capture is spread over the three shards;
     every message of both is stored once, and search finds a call that lives on the new
     shard through the Distributed table."""
-    from clickhouse_server import CLUSTER, ClickHouseGroup, clickhouse_binary
-    if clickhouse_binary() is None:
-        pytest.skip("clickhouse-server is not installed")
-    g = ClickHouseGroup(3, base=str(tmp_path))
+    from clickhouse_server import CLUSTER
+    g = ch_servers(3, start=False)
     ports = [s.tcp_port for s in g.servers]
     for s in g.servers:
         s.write_config(ports[:2])                   # the cluster has two shards at first
     g.start()
-    try:
-        url = g.servers[0].url + "/homer"
-        curl = url + "?cluster=" + CLUSTER
-        run("db", "init", "--db", url, "--cluster", CLUSTER)
-        first, second = tmp_path / "first.pcap", tmp_path / "second.pcap"
-        _capture(first, 3000, b"one-", 1_764_000_000_000_000)
-        _capture(second, 3000, b"two-", 1_764_000_100_000_000)
-        run("replay", "-q", "--db", curl, str(first))
-        assert wait_count(curl, "sip_capture", 3000, timeout=120) == 3000
-        assert _on(ports[2], "SELECT count() FROM system.databases WHERE name = 'homer'") \
-            == [(0,)]
-        # 1. the new server goes into remote_servers of every node
-        for s in g.servers:
-            s.write_config(ports)
-        shards = f"SELECT count() FROM system.clusters WHERE cluster = '{CLUSTER}'"
-        deadline = time.monotonic() + 60
-        while _on(ports[0], shards) != [(3,)] and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert _on(ports[0], shards) == [(3,)]
-        # 2. db init again: the new shard gets the database and the local tables
-        p = run("db", "init", "--db", url, "--cluster", CLUSTER, "--json")
-        (doc,) = json.loads(p.stdout)
-        assert "sip_capture" in doc["created"], doc
-        assert _on(ports[2], "EXISTS TABLE homer.sip_capture_local") == [(1,)]
-        # 3. new rows are spread over the three shards, old ones stay where they are
-        run("replay", "-q", "--db", curl, str(second))
-        assert wait_count(curl, "sip_capture", 6000, timeout=120) == 6000
-        local = [{str(r[0]) for r in _on(p_, "SELECT DISTINCT callid FROM "
-                                         "homer.sip_capture_local")} for p_ in ports]
-        counts = callid_counts(curl)
-        assert sum(counts.values()) == 6000
-        assert len(set().union(*local)) == len(counts)          # each call on one shard
-        assert all(shard_of(cid, [1, 1, 1]) == 2 for cid in local[2])
-        assert local[2] and len(local[2]) > len(counts) // 10
-        assert _on(ports[0], "SELECT count(), uniqExact(micro_ts) FROM homer.sip_capture"
-                   ) == [(6000, 6000)]                           # every message once
-        on_third = sorted(local[2])[0]
-        assert on_third.startswith("two-")
-        p = run("search", "--db", curl, "--call-id", on_third, "--json")
-        doc = json.loads(p.stdout)
-        assert [c["call_id"] for c in doc["calls"]] == [on_third], p.stdout[:500]
-        assert doc["calls"][0]["messages"] == counts[on_third]
-    finally:
-        g.stop()
+    url = g.servers[0].url + "/homer"
+    curl = url + "?cluster=" + CLUSTER
+    run("db", "init", "--db", url, "--cluster", CLUSTER)
+    first, second = tmp_path / "first.pcap", tmp_path / "second.pcap"
+    _capture(first, 3000, b"one-", 1_764_000_000_000_000)
+    _capture(second, 3000, b"two-", 1_764_000_100_000_000)
+    run("replay", "-q", "--db", curl, str(first))
+    assert wait_count(curl, "sip_capture", 3000, timeout=120) == 3000
+    assert _on(ports[2], "SELECT count() FROM system.databases WHERE name = 'homer'") \
+        == [(0,)]
+    # 1. the new server goes into remote_servers of every node
+    for s in g.servers:
+        s.write_config(ports)
+    shards = f"SELECT count() FROM system.clusters WHERE cluster = '{CLUSTER}'"
+    deadline = time.monotonic() + 60
+    while _on(ports[0], shards) != [(3,)] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _on(ports[0], shards) == [(3,)]
+    # 2. db init again: the new shard gets the database and the local tables
+    p = run("db", "init", "--db", url, "--cluster", CLUSTER, "--json")
+    (doc,) = json.loads(p.stdout)
+    assert "sip_capture" in doc["created"], doc
+    assert _on(ports[2], "EXISTS TABLE homer.sip_capture_local") == [(1,)]
+    # 3. new rows are spread over the three shards, old ones stay where they are
+    run("replay", "-q", "--db", curl, str(second))
+    assert wait_count(curl, "sip_capture", 6000, timeout=120) == 6000
+    local = [{str(r[0]) for r in _on(p_, "SELECT DISTINCT callid FROM "
+                                     "homer.sip_capture_local")} for p_ in ports]
+    counts = callid_counts(curl)
+    assert sum(counts.values()) == 6000
+    assert len(set().union(*local)) == len(counts)          # each call on one shard
+    assert all(shard_of(cid, [1, 1, 1]) == 2 for cid in local[2])
+    assert local[2] and len(local[2]) > len(counts) // 10
+    assert _on(ports[0], "SELECT count(), uniqExact(micro_ts) FROM homer.sip_capture"
+               ) == [(6000, 6000)]                           # every message once
+    on_third = sorted(local[2])[0]
+    assert on_third.startswith("two-")
+    p = run("search", "--db", curl, "--call-id", on_third, "--json")
+    doc = json.loads(p.stdout)
+    assert [c["call_id"] for c in doc["calls"]] == [on_third], p.stdout[:500]
+    assert doc["calls"][0]["messages"] == counts[on_third]
 
 
 # -- db init and db prune -----------------------------------------------------------------
