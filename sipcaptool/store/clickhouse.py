@@ -585,29 +585,10 @@ class ClickHouseAdapter(Adapter):
         m = re.match(r"\s*UPDATE\s+(\S+)\s+SET\s+(.*)\Z", text, re.S | re.I)
         if m:
             text = f"ALTER TABLE {m.group(1)} UPDATE {m.group(2)}"
-        mutation = text.startswith("ALTER")
-        sync = mutation and self.features.version >= (20, 1)
-        self._run("cannot write", text, settings={"mutations_sync": 1} if sync else None)
-        if mutation and not sync:
-            self._wait_mutations(text)
+        settings = {"mutations_sync": 1} if text.startswith("ALTER") and \
+            self.features.version >= (20, 1) else None
+        self._run("cannot write", text, settings=settings)
         return 0
-
-    def _wait_mutations(self, text: str, timeout: float = 30.0) -> None:
-        """Wait until the mutations of the table ``text`` altered are applied (servers
-        before 20.1 apply them in the background; the next replay must read the row as
-        it is now)."""
-        m = re.match(r"ALTER TABLE\s+(`(?:[^`\\]|\\.)*`|\S+)", text)
-        table = m.group(1).strip("`").split("`.`")[-1] if m else ""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            left = self._run("cannot read", substitute(
-                "SELECT count() FROM system.mutations WHERE database = %s AND table = %s "
-                "AND is_done = 0", (self.url.database, table)))[0][0]
-            if not left:
-                return
-            time.sleep(0.05)
-        log.warning("%s: a change of %s is not applied after %.0f s; it is applied in the "
-                    "background", self.url.redacted(), table, timeout)
 
     def unrecorded_batches(self, prefix: str) -> list[tuple[str, str]]:
         """The inserts this server logged as finished (``system.query_log``, where the
@@ -616,21 +597,21 @@ class ClickHouseAdapter(Adapter):
         keeps no query log."""
         try:
             self._run("cannot read", "SYSTEM FLUSH LOGS")
-            got = self._run("cannot read", substitute(
+            got = self.select(
                 "SELECT query_id, query FROM system.query_log WHERE type = 2 AND "
                 "query_id LIKE %s AND query LIKE 'INSERT INTO%'",
                 (prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                 + "%",)))
+                 + "%",))
         except StoreError as e:
             log.debug("%s: no query log to read: %s", self.url.redacted(), e)
             return []
         out = []
         for qid, query in got:
             m = re.match(r"\s*INSERT INTO\s+`(?:[^`\\]|\\.)*`\.`((?:[^`\\]|\\.)*)`",
-                         _text(query))
+                         query)
             if m:
                 out.append((m.group(1).replace("\\`", "`").replace("\\\\", "\\"),
-                            _text(qid)))
+                            qid))
         return out
 
     def drop_table(self, table: str) -> None:
@@ -970,10 +951,6 @@ def _by_day(cols: list[Sequence[Any]]) -> list[list[Sequence[Any]]]:
     for i, d in enumerate(dates):
         rows.setdefault(d // 86400, []).append(i)
     return [[[c[i] for i in idx] for c in cols] for _, idx in sorted(rows.items())]
-
-
-def _text(v: object) -> str:
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
 def _is_server_error(e: BaseException) -> bool:

@@ -71,7 +71,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, assert_never, cast
 
 from ..errors import StoreError
-from ..record import AUX_COLUMN_NAMES, SIP_COLUMN_NAMES
 from ..stats import Stats
 from . import Adapter, open_adapter
 from .heap import retain_freed_memory
@@ -93,7 +92,7 @@ from .outcomes import (
     Written,
 )
 from .url import DbUrl, parse_db_url
-from .writer_process import WriterCore, writer_main
+from .writer_process import MSG_INDEX, WriterCore, writer_main
 
 if TYPE_CHECKING:
     from multiprocessing.context import DefaultContext
@@ -107,7 +106,6 @@ __all__ = ["BATCH_MAX_BYTES", "Position", "Writer"]
 _START_TIMEOUT = 60.0   # seconds to wait for the writer process to connect
 BATCH_MAX_BYTES = 8 << 20  # default batch_max_bytes
 _ROW_OVERHEAD = 256        # formatted bytes of a row besides its message (an estimate)
-_BLOB_INDEX = {"sip": SIP_COLUMN_NAMES.index("msg"), "aux": AUX_COLUMN_NAMES.index("msg")}
 
 
 class Position:
@@ -461,7 +459,7 @@ class Writer:
                 self._sizes[key] = 0
             buf.append(row)
             try:
-                size = 2 * len(row[_BLOB_INDEX[kind]]) + _ROW_OVERHEAD
+                size = 2 * len(row[MSG_INDEX[kind]]) + _ROW_OVERHEAD
             except (TypeError, IndexError, KeyError):
                 size = _ROW_OVERHEAD
             size += self._sizes[key]

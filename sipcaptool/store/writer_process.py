@@ -70,7 +70,8 @@ CLOSE_DRAIN_SECONDS = 30.0  # at close, drain the spool this long if the databas
 _PRUNE_EVERY = 3600.0       # seconds between prunes of old batch ids
 
 log = logging.getLogger("sipcaptool.store")
-_BLOB_INDEX = {"sip": SIP_COLUMN_NAMES.index("msg"), "aux": AUX_COLUMN_NAMES.index("msg")}
+# the msg column of each kind of row (also for the capturing side's batch sizes)
+MSG_INDEX = {"sip": SIP_COLUMN_NAMES.index("msg"), "aux": AUX_COLUMN_NAMES.index("msg")}
 
 Emit = Callable[[Outcome], object]
 
@@ -407,7 +408,7 @@ class _JobSource(Protocol):
 
 def _message_bytes(kind: str, rows: list[Any]) -> int:
     """About how many bytes of messages these rows hold (their ``msg`` column)."""
-    idx = _BLOB_INDEX.get(kind)
+    idx = MSG_INDEX.get(kind)
     n = 0
     if idx is None:
         return n
