@@ -176,17 +176,23 @@ def sqlite_url(tmp_path):
     return "sqlite:///" + str(tmp_path / "capture.db")
 
 
-def _clickhouse_group(n: int, what: str):
-    """Start ``n`` private ClickHouse servers (tests/clickhouse_server.py), yield the
-    group, stop them by their PIDs; skip, or fail when services are required, when the
-    server or the driver is missing or ``what`` does not start."""
-    from clickhouse_server import ClickHouseGroup, clickhouse_binary
+def _need_clickhouse() -> None:
+    """Skip, or fail when services are required, without the server or the driver."""
+    from clickhouse_server import clickhouse_binary
     if clickhouse_binary() is None:
         _skip_or_fail("clickhouse-server is not installed (apt-get install clickhouse-server)")
     try:
         import clickhouse_driver  # noqa: F401
     except ImportError as e:
         _unavailable("clickhouse-driver (pip install '.[clickhouse]')", e)
+
+
+def _clickhouse_group(n: int, what: str):
+    """Start ``n`` private ClickHouse servers (tests/clickhouse_server.py), yield the
+    group, stop them by their PIDs; skip, or fail when services are required, when the
+    server or the driver is missing or ``what`` does not start."""
+    from clickhouse_server import ClickHouseGroup
+    _need_clickhouse()
     group = ClickHouseGroup(n)
     try:
         group.start()
@@ -203,16 +209,11 @@ def ch_servers(tmp_path):
     ``start=False`` leaves starting to the test (``group.start()``, after changing the
     servers' configuration). Stopped by their PIDs at the end. Missing server or driver:
     as for the session's servers (skip, or fail when services are required)."""
-    from clickhouse_server import ClickHouseGroup, clickhouse_binary
+    from clickhouse_server import ClickHouseGroup
     groups = []
 
     def make(n: int, start: bool = True):
-        if clickhouse_binary() is None:
-            _skip_or_fail("clickhouse-server is not installed (apt-get install clickhouse-server)")
-        try:
-            import clickhouse_driver  # noqa: F401
-        except ImportError as e:
-            _unavailable("clickhouse-driver (pip install '.[clickhouse]')", e)
+        _need_clickhouse()
         group = ClickHouseGroup(n, base=str(tmp_path))
         groups.append(group)
         if start:
