@@ -551,3 +551,90 @@ def test_writer_counts_every_part_of_a_joined_batch(tmp_path, monkeypatch):
     ids = [r[0] for r in sqlite3.connect(f"{tmp_path}/j.db").execute(
         "SELECT batch_id FROM sipcaptool_batches")]
     assert 1 <= len(ids) < 40               # joined: fewer inserts than batches
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@127.0.0.1:1/x", "mysql://u@127.0.0.1:1/x",
+                                 "clickhouse://default@127.0.0.1:1/x"])
+@pytest.mark.parametrize("k", [1, 4, 7, 250])
+def test_parts_put_together_are_the_whole_batch(url, k):
+    """The capturing process formats a batch ``part_rows`` rows at a time as they come;
+    the parts put together are the whole batch formatted at once: the COPY and LOAD DATA
+    text byte for byte (parts with and without a large message among them), and
+    ClickHouse's rows."""
+    ad = open_adapter(url)
+    assert ad.part_rows > 0
+    for kind, rows in (("sip", [sip_row(i) for i in range(30)]),
+                       ("aux", [aux_row(i) for i in range(9)])):
+        parts = [ad.format_batch(kind, rows[i:i + k]) for i in range(0, len(rows), k)]
+        joined = ad.join_parts(kind, parts)
+        if ad.dialect == "clickhouse":
+            assert isinstance(joined, bytes) and ad.payload_rows(joined) == rows
+        else:
+            assert joined == ad.format_batch(kind, rows)
+
+
+def test_clickhouse_parts_with_rows_marshal_does_not_take(tmp_path):
+    """A part marshal could not take stays a list of rows; the batch is then the list of
+    all its rows, in order. A payload of parts in the spool comes back as its rows."""
+    from sipcaptool.store.spool import Spool
+    ad = open_adapter("clickhouse://default@127.0.0.1:1/x")
+    rows = [sip_row(i) for i in range(6)]
+    odd = (*rows[5][:-1], object())
+    parts = [ad.format_batch("sip", rows[:3]), ad.format_batch("sip", [rows[3], rows[4], odd])]
+    assert isinstance(parts[1], list)
+    assert ad.join_parts("sip", parts) == [*rows[:5], odd]
+    joined = ad.join_parts("sip", [ad.format_batch("sip", rows[:2]),
+                                   ad.format_batch("sip", rows[2:])])
+    sp = Spool(str(tmp_path), ad.url, 1 << 30)
+    sp.append("b-1", "sip_capture", "sip", 6, joined, parts=3)
+    rec = sp.peek()
+    assert rec is not None and (rec.rows, rec.parts) == (6, 3)
+    assert ad.payload_rows(rec.payload) == rows
+    sp.close()
+
+
+def test_writer_formats_parts_as_rows_come(pg_url):
+    """Rows are formatted ``part_rows`` at a time while a batch fills; ``pending`` and the
+    batch size count them all, and every row is stored once, in order."""
+    st = Stats()
+    w = Writer(pg_url, st, batch_size=600, flush_interval=0, background=True)
+    try:
+        assert w.adapter is not None and w.adapter.part_rows == 250
+        rows = [sip_row(i, msg=b"m" * (i % 300)) for i in range(1337)]
+        for i, r in enumerate(rows[:520]):
+            w.add("sip_capture", "sip", r)
+            assert w.pending() == i + 1
+        buf = w._buffers[("sip_capture", "sip")]
+        assert (buf.formatted, len(buf.rows), len(buf.parts)) == (500, 20, 2)
+        for r in rows[520:]:
+            w.add("sip_capture", "sip", r)
+    finally:
+        w.close()
+    assert st["stored:sip_capture"] == 1337 and st["db:batches"] == 3
+    assert read_rows(pg_url, "sip_capture") == rows
+
+
+def test_clickhouse_columns_made_while_the_parts_come():
+    """Joining batches for ClickHouse, the writer process turns each one into columns as
+    it comes, so that only the sending is left at the end; a batch with a row that does
+    not fit leaves the columns to write(), which names the row."""
+    from sipcaptool.record import SIP_COLUMN_NAMES
+    from sipcaptool.store import JoinedRows
+    from sipcaptool.store.clickhouse import columns_of
+    from sipcaptool.store.jobs import Batch
+    from sipcaptool.store.writer_process import coalesce
+    ad = open_adapter("clickhouse://default@127.0.0.1:1/x")
+    rows = [sip_row(i) for i in range(9)]
+    a = Batch("t", "sip", 4, ad.format_batch("sip", rows[:4]), "a")
+    b = Batch("t", "sip", 5, ad.format_batch("sip", rows[4:]), "b")
+    got, _ = coalesce(a, _Source([b]), 1000, 1 << 30, 0.0, ad.payload_rows,
+                      columns=ad.columns)
+    assert isinstance(got.payload, JoinedRows) and got.payload == rows
+    assert got.payload.columns == [list(c) for c in columns_of("sip", rows)]
+    bad = list(rows[6])
+    bad[SIP_COLUMN_NAMES.index("source_port")] = 1 << 40
+    c = Batch("t", "sip", 3, ad.format_batch("sip", [*rows[4:6], tuple(bad)]), "c")
+    got, _ = coalesce(a, _Source([c]), 1000, 1 << 30, 0.0, ad.payload_rows,
+                      columns=ad.columns)
+    assert isinstance(got.payload, JoinedRows) and got.payload.columns is None
+    assert got.rows == 7

@@ -39,6 +39,19 @@ Value = str | int | bytes | None
 Row = tuple[Value, ...]
 
 
+class JoinedRows(list[Row]):
+    """The rows of a joined batch (:func:`~sipcaptool.store.writer_process.coalesce`),
+    with ``columns``: the same rows as the adapter's columns, made while the parts came
+    (:meth:`Adapter.columns`), or None. Everything that wants rows (the spool, the
+    search for refused rows) takes it as the list it is."""
+
+    __slots__ = ("columns",)
+
+    def __init__(self, rows: list[Row], columns: list[list[Any]] | None) -> None:
+        super().__init__(rows)
+        self.columns = columns
+
+
 def payload_bytes(payload: object) -> bytes:
     """A formatted TAB/LF batch (COPY text, LOAD DATA buffer) as bytes. Payloads are
     opaque to the writer and the spool; the adapter that formatted one takes it back."""
@@ -89,6 +102,11 @@ class Adapter(ABC):
     coalesce_rows: int = 0
     coalesce_bytes: int = 64 << 20
     coalesce_wait: float = 0.0
+    # rows the capturing process formats at a time while a batch fills, and joins
+    # (join_parts) when it is handed over; 0: the whole batch at once. A few hundred rows
+    # formatted just after they were made, while they are in the processor's cache, cost
+    # less than thousands formatted later
+    part_rows: int = 0
     # False: a changed row of a small bookkeeping table (sipcaptool_replays) is stored as
     # a new version of it and the newest is read (ClickHouse, where UPDATE and DELETE are
     # mutations applied later)
@@ -142,11 +160,25 @@ class Adapter(ABC):
     def format_batch(self, kind: str, rows: list[Row]) -> object:
         """Turn rows into the payload :meth:`write` sends (pure: no connection needed)."""
 
+    def join_parts(self, kind: str, parts: list[object]) -> object:
+        """One payload of the payloads :meth:`format_batch` made of consecutive rows, in
+        order (``part_rows``): what :meth:`format_batch` of all the rows would give, or
+        a payload :meth:`write` and :meth:`payload_rows` take as that."""
+        raise NotImplementedError(f"{type(self).__name__} formats whole batches")
+
     def payload_rows(self, payload: object) -> list[Row] | None:
         """The rows of a formatted batch, where they can be joined with another batch's
         (:func:`~sipcaptool.store.writer_process.coalesce`): a list of rows as it is;
         None for a payload that is text for the database (COPY, LOAD DATA)."""
         return payload if isinstance(payload, list) else None
+
+    def columns(self, kind: str, rows: list[Row]) -> list[Sequence[Any]] | None:
+        """``rows`` as the columns :meth:`write` sends, for an adapter that sends columns
+        (ClickHouse): :func:`~sipcaptool.store.writer_process.coalesce` makes them part
+        by part while it waits for the rest of a joined batch, so that the insert at the
+        end has only the sending left. None: the adapter takes rows (the default), or
+        a row does not fit (:meth:`write` then says which)."""
+        return None
 
     @abstractmethod
     def write(self, table: str, kind: str, formatted: object, batch_id: str | None = None,

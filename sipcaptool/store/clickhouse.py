@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
 from ..record import AUX_COLUMNS, BIGINT, BLOB, DATETIME, INT, SIP_COLUMNS
-from . import COLUMN_NAMES, Adapter, Row, payload_list
+from . import COLUMN_NAMES, Adapter, JoinedRows, Row, payload_list
 from .url import DbUrl
 
 if TYPE_CHECKING:
@@ -383,7 +383,8 @@ class ClickHouseAdapter(Adapter):
     # own advice is about one insert a second: batches are joined up to these
     coalesce_rows = 50_000
     coalesce_bytes = 64 << 20
-    coalesce_wait = 0.5
+    coalesce_wait = 0.2
+    part_rows = 250
     updates_in_place = False
 
     def __init__(self, url: DbUrl, *, partition_days: int | None = None) -> None:
@@ -722,9 +723,25 @@ class ClickHouseAdapter(Adapter):
         except ValueError:      # a value marshal does not take: the list as it is
             return list(rows)
 
+    def join_parts(self, kind: str, parts: list[object]) -> object:
+        """The parts, each marshalled rows, marshalled as a list of bytes (one copy of
+        them, no work on the rows); with a part that is a list (rows marshal did not
+        take), the list of all the rows."""
+        if all(isinstance(p, bytes) for p in parts):
+            return marshal.dumps(parts, 4)
+        rows: list[Row] = []
+        for p in parts:
+            rows.extend(self.payload_rows(p))
+        return rows
+
     def payload_rows(self, payload: object) -> list[Row]:
         if isinstance(payload, (bytes, bytearray, memoryview)):
             rows = marshal.loads(payload)
+            if rows and isinstance(rows[0], bytes):    # parts (join_parts)
+                joined: list[Row] = []
+                for p in rows:
+                    joined.extend(marshal.loads(p))
+                return joined
         else:
             rows = payload_list(payload)
         return rows if isinstance(rows, list) else list(rows)
@@ -768,7 +785,7 @@ class ClickHouseAdapter(Adapter):
                             "(batch_id, table_name, row_count) VALUES",
                             [(batch_id, table, rows)])
 
-    def _insert(self, table: str, kind: str, cols: list[Sequence[Any]], batch_id: str | None
+    def _insert(self, table: str, kind: str, cols: Sequence[Sequence[Any]], batch_id: str | None
                 ) -> None:
         names = ", ".join(quote(c) for c in COLUMN_NAMES[kind])
         sql = f"INSERT INTO {quote(self.url.database)}.{quote(table)} ({names}) VALUES"
@@ -780,8 +797,18 @@ class ClickHouseAdapter(Adapter):
         self.client.execute(sql, cols, columnar=True, query_id=batch_id or "",
                             settings=settings or None)
 
+    def columns(self, kind: str, rows: list[Row]) -> list[Sequence[Any]] | None:
+        try:
+            return columns_of(kind, rows)
+        except (ValueError, TypeError):
+            return None
+
     def write(self, table: str, kind: str, formatted: object, batch_id: str | None = None,
               rows: int = 0) -> bool:
+        if isinstance(formatted, JoinedRows) and formatted.columns is not None:
+            # (made by coalesce() while the parts came)
+            return self._write_columns(table, kind, formatted.columns, batch_id,
+                                       len(formatted))
         data = self.payload_rows(formatted)
         if not data:
             return True
@@ -793,7 +820,7 @@ class ClickHouseAdapter(Adapter):
                              kind="refused") from None
         return self._write_columns(table, kind, cols, batch_id, len(data))
 
-    def _write_columns(self, table: str, kind: str, cols: list[Sequence[Any]],
+    def _write_columns(self, table: str, kind: str, cols: Sequence[Sequence[Any]],
                        batch_id: str | None, n: int) -> bool:
         self.connect_for_write()
         created = False
@@ -824,7 +851,7 @@ class ClickHouseAdapter(Adapter):
                     self.close()
                 raise err from None
 
-    def _insert_days(self, table: str, kind: str, days: list[list[Sequence[Any]]],
+    def _insert_days(self, table: str, kind: str, days: list[Sequence[Sequence[Any]]],
                      batch_id: str) -> None:
         """A batch whose rows fall on several days is several parts on the server (one a
         day partition), which an insert does not make all or nothing: each day is its own
@@ -940,7 +967,7 @@ def server_text(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _by_day(cols: list[Sequence[Any]]) -> list[list[Sequence[Any]]]:
+def _by_day(cols: Sequence[Sequence[Any]]) -> list[Sequence[Sequence[Any]]]:
     """The columns of a batch (``date`` first, epoch seconds) cut into one set of columns
     per UTC day, in day order (one set, the same columns, for a batch of one day)."""
     dates = cols[0]

@@ -352,6 +352,13 @@ class MysqlAdapter(Adapter):
     def format_batch(self, kind: str, rows: list[Row]) -> bytes:
         return _FORMATTERS[kind](rows)
 
+    # the LOAD DATA text of a batch is its rows' lines one after the other: formatted
+    # part by part as the rows come, and the parts put end to end
+    part_rows = 250
+
+    def join_parts(self, kind: str, parts: list[object]) -> bytes:
+        return b"".join(payload_bytes(p) for p in parts)
+
     def _load_sql(self, table: str, kind: str) -> str:
         key = (table, kind)
         sql = self._sql.get(key)

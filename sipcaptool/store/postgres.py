@@ -286,6 +286,13 @@ class PostgresAdapter(Adapter):
     def format_batch(self, kind: str, rows: list[Row]) -> bytes:
         return _FORMATTERS[kind](rows)
 
+    # the COPY text of a batch is its rows' lines one after the other: formatted
+    # part by part as the rows come, and the parts put end to end
+    part_rows = 250
+
+    def join_parts(self, kind: str, parts: list[object]) -> bytes:
+        return b"".join(payload_bytes(p) for p in parts)
+
     def _fit(self, kind: str, formatted: bytes, counts: Counter[str]) -> bytes:
         return fit_encoding(kind, formatted, self.server_encoding, counts)
 

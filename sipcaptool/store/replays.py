@@ -19,6 +19,7 @@ an UPDATE there is a mutation the server applies later).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, replace
 
 from . import Adapter
@@ -80,8 +81,15 @@ class ReplayRecord:
     finished_us: int | None
 
 
+# the adapters that made sure of the table already (a statement less per file)
+_READY: weakref.WeakSet[Adapter] = weakref.WeakSet()
+
+
 def ensure_table(adapter: Adapter) -> None:
+    if adapter in _READY:
+        return
     adapter.execute_ddl(replays_table_sql(adapter.dialect))
+    _READY.add(adapter)
 
 
 def find(adapter: Adapter, file_key: str) -> ReplayRecord | None:

@@ -118,6 +118,25 @@ class Position:
         self.seq = 0
 
 
+class _Buffer:
+    """The rows of one ``(table, kind)`` not yet handed over: ``parts`` already formatted
+    (:attr:`~sipcaptool.store.Adapter.part_rows` at a time; ``formatted`` rows in all),
+    then ``rows`` not yet formatted."""
+
+    __slots__ = ("rows", "parts", "formatted", "size", "first", "last_seq")
+
+    def __init__(self, first: float) -> None:
+        self.rows: list[tuple[Any, ...]] = []
+        self.parts: list[object] = []
+        self.formatted = 0
+        self.size = 0           # about the bytes of the batch once formatted
+        self.first = first      # when its first row came (time.monotonic)
+        self.last_seq = 0       # a replay's file position of its last row
+
+    def __len__(self) -> int:
+        return self.formatted + len(self.rows)
+
+
 class Writer:
     """Batch rows per table and write them into one database.
 
@@ -166,13 +185,12 @@ class Writer:
         self.stats = stats
         self.batch_size = max(1, int(batch_size))
         self.batch_max_bytes = max(1, int(batch_max_bytes))
-        self._sizes: dict[tuple[str, str], int] = {}
         self.flush_interval = float(flush_interval)
         self.retries = max(0, int(insert_retries))
         self.retry_timeout = float(insert_retry_timeout)
         self.background = bool(background) and not self.url.is_none
-        self._buffers: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
-        self._first: dict[tuple[str, str], float] = {}
+        self._buffers: dict[tuple[str, str], _Buffer] = {}
+        self._part_rows = 0      # the adapter's part_rows (0: format whole batches)
         self._lock = threading.RLock()
         self._error: StoreError | None = None
         self._closed = False
@@ -196,7 +214,6 @@ class Writer:
         # each buffer's last row, and what an earlier run of the file stored
         self._position: Position | None = None
         self._tag = ""
-        self._last_seq: dict[tuple[str, str], int] = {}
         self._stored_before: dict[str, int] = {}
         self._core: WriterCore | None = None
         # gauges (their changes are added to the stats, so that several writers and
@@ -208,6 +225,7 @@ class Writer:
             return
         self.adapter = open_adapter(self.url, partition_days=partition_days)
         self.adapter.insert_mode = self.insert_mode
+        self._part_rows = self.adapter.part_rows
         if self.background:
             self._start_process(queue_batches, partition_days, mp_context)
         else:
@@ -428,7 +446,6 @@ class Writer:
             self._tag = tag
             self._position = position
             self._stored_before = dict(stored_before or {})
-            self._last_seq.clear()
 
     def _raise_pending(self) -> None:
         err = self._error
@@ -450,21 +467,25 @@ class Writer:
             self.stats["dropped:stored-before"] += 1
             return
         with self._lock:
-            if pos is not None:
-                self._last_seq[key] = pos.seq
             buf = self._buffers.get(key)
             if buf is None:
-                buf = self._buffers[key] = []
-                self._first[key] = time.monotonic()
-                self._sizes[key] = 0
-            buf.append(row)
+                buf = self._buffers[key] = _Buffer(time.monotonic())
+            if pos is not None:
+                buf.last_seq = pos.seq
+            rows = buf.rows
+            rows.append(row)
             try:
-                size = 2 * len(row[MSG_INDEX[kind]]) + _ROW_OVERHEAD
+                size = buf.size + 2 * len(row[MSG_INDEX[kind]]) + _ROW_OVERHEAD
             except (TypeError, IndexError, KeyError):
-                size = _ROW_OVERHEAD
-            size += self._sizes[key]
-            self._sizes[key] = size
-            if len(buf) >= self.batch_size or size >= self.batch_max_bytes:
+                size = buf.size + _ROW_OVERHEAD
+            buf.size = size
+            if len(rows) == self._part_rows and self.adapter is not None:
+                # formatted now, while these rows are still in the processor's cache
+                buf.parts.append(self.adapter.format_batch(kind, rows))
+                buf.rows = []
+                buf.formatted += len(rows)
+            if buf.formatted + len(buf.rows) >= self.batch_size \
+                    or size >= self.batch_max_bytes:
                 self._flush_key(key)
         if self._error is not None:
             self._raise_pending()
@@ -477,27 +498,23 @@ class Writer:
         until the formatted job exists, and the job is kept in ``_unsent`` until the
         queue has it; close() sends what is left.
         """
-        rows = self._buffers.get(key)
-        if not rows:
+        buf = self._buffers.get(key)
+        if buf is None or not len(buf) or self.adapter is None:  # (db_url none)
             self._buffers.pop(key, None)
-            self._first.pop(key, None)
-            self._sizes.pop(key, None)
             return
         table, kind = key
-        if self.adapter is None:  # db_url none
-            self._buffers.pop(key, None)
-            self._first.pop(key, None)
-            self._sizes.pop(key, None)
-            return
-        n = len(rows)
         batch_id = self._batch_prefix + str(next(self._batch_seq))
         if self._tag:  # a replay's: the file position of the batch's last row first
-            batch_id = f"{self._tag}{self._last_seq.get(key, 0)}:{batch_id}"
-        job = Batch(table, kind, n, self.adapter.format_batch(kind, rows), batch_id)
+            batch_id = f"{self._tag}{buf.last_seq}:{batch_id}"
+        if buf.parts:
+            parts = buf.parts + [self.adapter.format_batch(kind, buf.rows)] if buf.rows \
+                else buf.parts
+            payload = self.adapter.join_parts(kind, parts)
+        else:
+            payload = self.adapter.format_batch(kind, buf.rows)
+        job = Batch(table, kind, len(buf), payload, batch_id)
         self._unsent.append(job)
         self._buffers.pop(key, None)
-        self._first.pop(key, None)
-        self._sizes.pop(key, None)
         self._send_unsent()
 
     def _send_unsent(self) -> None:
@@ -533,14 +550,14 @@ class Writer:
                     if self._closed:
                         return
                     now = time.monotonic()
-                    due = [k for k, t0 in self._first.items() if now - t0 >= interval]
+                    due = [k for k, b in self._buffers.items() if now - b.first >= interval]
                     for key in due:
                         self._flush_key(key)
                     self._drain()
                     if self._core is not None:
                         while self._core.pump() and not self._stop.is_set():
                             pass
-                    oldest = min(self._first.values(), default=None)
+                    oldest = min((b.first for b in self._buffers.values()), default=None)
                 # sleep until the oldest batch is due (results are drained at least 4/s)
                 wait = 0.25 if oldest is None else \
                     min(0.25, max(0.002, oldest + interval - time.monotonic()))

@@ -29,12 +29,12 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, assert_never, cast
 
 from ..errors import StoreError
 from ..record import AUX_COLUMN_NAMES, SIP_COLUMN_NAMES
-from . import Adapter, open_adapter
+from . import Adapter, JoinedRows, open_adapter
 from .heap import retain_freed_memory
 from .intake import AsyncIntake
 from .isolate import can_isolate, isolate, isolation_text
@@ -421,16 +421,21 @@ def _message_bytes(kind: str, rows: list[Any]) -> int:
 
 def coalesce(first: Batch, source: _JobSource, max_rows: int, max_bytes: int,
              wait: float, rows_of: Callable[[object], list[Any] | None],
-             clock: Callable[[], float] = time.monotonic) -> tuple[Batch, Job | None]:
+             clock: Callable[[], float] = time.monotonic,
+             columns: Callable[[str, list[Any]], list[Sequence[Any]] | None] | None = None,
+             ) -> tuple[Batch, Job | None]:
     """``first`` joined with the batches of the same table that follow it on ``source``
     (those waiting now, and those that come within ``wait`` seconds of ``first``), up to
     ``max_rows`` rows and about ``max_bytes`` bytes of messages: one insert instead of
     several, for a database where each insert costs much (ClickHouse). Returns the joined
-    batch -- its rows in order (a list), the id of its last part (a replay's position:
-    the file position of its last row), ``parts`` the number joined -- and the first job
-    that did not belong (another table, a Sync, a Close, a batch past the bounds), to be
-    handled next, or None. ``rows_of`` gives a payload's rows (None: a payload that
-    cannot be joined, see :meth:`~sipcaptool.store.Adapter.payload_rows`)."""
+    batch -- its rows in order (:class:`~sipcaptool.store.JoinedRows`), the id of its
+    last part (a replay's position: the file position of its last row), ``parts`` the
+    number joined -- and the first job that did not belong (another table, a Sync, a
+    Close, a batch past the bounds), to be handled next, or None. ``rows_of`` gives a
+    payload's rows (None: a payload that cannot be joined, see
+    :meth:`~sipcaptool.store.Adapter.payload_rows`); ``columns``, the adapter's
+    :meth:`~sipcaptool.store.Adapter.columns`, turns each part into columns as it comes,
+    while this waits for the next (so that the insert has only the sending left)."""
     if first.rows >= max_rows:
         return first, None
     head = rows_of(first.payload)
@@ -439,6 +444,7 @@ def coalesce(first: Batch, source: _JobSource, max_rows: int, max_bytes: int,
     parts = [first]
     payload = list(head)
     size = _message_bytes(first.kind, payload)
+    cols = _columns(columns, first.kind, payload)
     deadline = clock() + wait
     nxt: Job | None = None
     while len(payload) < max_rows and size < max_bytes:
@@ -455,11 +461,27 @@ def coalesce(first: Batch, source: _JobSource, max_rows: int, max_bytes: int,
         parts.append(cast(Batch, job))
         payload.extend(more)
         size += _message_bytes(first.kind, more)
+        if cols is not None:
+            add = _columns(columns, first.kind, more)
+            if add is None:
+                cols = None     # (write() finds the row that does not fit)
+            else:
+                for c, a in zip(cols, add, strict=True):
+                    c.extend(a)
+    joined = JoinedRows(payload, cols)
     if len(parts) == 1:     # (its rows, so that they are not taken out again)
-        return Batch(first.table, first.kind, first.rows, payload, first.batch_id,
+        return Batch(first.table, first.kind, first.rows, joined, first.batch_id,
                      first.parts), nxt
-    return Batch(first.table, first.kind, len(payload), payload, parts[-1].batch_id,
+    return Batch(first.table, first.kind, len(payload), joined, parts[-1].batch_id,
                  sum(p.parts for p in parts)), nxt
+
+
+def _columns(columns: Callable[[str, list[Any]], list[Sequence[Any]] | None] | None, kind: str,
+             rows: list[Any]) -> list[list[Any]] | None:
+    if columns is None:
+        return None
+    cols = columns(kind, rows)
+    return None if cols is None else [c if isinstance(c, list) else list(c) for c in cols]
 
 
 def writer_main(url: DbUrl, partition_days: int | None, jobs: Queue[Job],
@@ -510,7 +532,7 @@ def writer_main(url: DbUrl, partition_days: int | None, jobs: Queue[Job],
             if isinstance(job, Batch) and adapter.coalesce_rows > 0:
                 job, held = coalesce(job, source, adapter.coalesce_rows,
                                      adapter.coalesce_bytes, adapter.coalesce_wait,
-                                     adapter.payload_rows)
+                                     adapter.payload_rows, columns=adapter.columns)
             match job:
                 case Batch(table=table, kind=kind, rows=n, payload=payload,
                            batch_id=batch_id, parts=parts):
