@@ -148,6 +148,9 @@ class PostgresAdapter(Adapter):
     """PostgreSQL via psycopg2; COPY text with bytea as ``\\x`` hex."""
 
     dialect = "postgresql"
+    # the COPY text of a batch is its rows' lines one after the other: formatted
+    # part by part as the rows come (Adapter.part_rows), the parts put end to end
+    part_rows = 250
 
     def __init__(self, url: DbUrl, *, partition_days: int | None = None) -> None:
         super().__init__(url, partition_days=partition_days)
@@ -286,11 +289,8 @@ class PostgresAdapter(Adapter):
     def format_batch(self, kind: str, rows: list[Row]) -> bytes:
         return _FORMATTERS[kind](rows)
 
-    # the COPY text of a batch is its rows' lines one after the other: formatted
-    # part by part as the rows come, and the parts put end to end
-    part_rows = 250
-
     def join_parts(self, kind: str, parts: list[object]) -> bytes:
+        """The parts' lines end to end (what one format_batch of all the rows gives)."""
         return b"".join(payload_bytes(p) for p in parts)
 
     def _fit(self, kind: str, formatted: bytes, counts: Counter[str]) -> bytes:
