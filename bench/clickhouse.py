@@ -95,11 +95,14 @@ def cmd_hep(a: argparse.Namespace) -> dict:
         for name, url in targets:
             best, runs = zero_loss_rate(name, url, a.n, rates)
             out["targets"][name] = {"zero_loss_rate": best, "runs": runs}
-    pg = out["targets"]["postgresql"]["zero_loss_rate"] or 1
-    print(f"\nzero-loss HEP rate, {a.n} messages a step, --rcvbuf 4M (same run):")
+    pg = out["targets"]["postgresql"]["zero_loss_rate"]
+    print(f"\nzero-loss HEP rate, {a.n} messages a step, --rcvbuf 4M (same run; 0: lost "
+          "at the lowest rate tried):")
     print(f"  {'target':<20} {'msg/s':>8} {'vs PostgreSQL':>14}")
     for name, t in out["targets"].items():
-        print(f"  {name:<20} {t['zero_loss_rate']:>8.0f} {t['zero_loss_rate'] / pg:>13.2f}x")
+        rate = t["zero_loss_rate"]
+        ratio = f"{rate / pg:>13.2f}x" if pg else f"{'-':>14}"
+        print(f"  {name:<20} {rate:>8.0f} {ratio}")
     return out
 
 
