@@ -593,11 +593,18 @@ def test_clickhouse_parts_with_rows_marshal_does_not_take(tmp_path):
     sp.close()
 
 
-def test_writer_formats_parts_as_rows_come(pg_url):
+@pytest.fixture(params=["postgresql", "mysql"])
+def text_db_url(request):
+    """The databases whose batches are text formatted part by part."""
+    return request.getfixturevalue({"postgresql": "pg_url", "mysql": "mysql_url"}
+                                   [request.param])
+
+
+def test_writer_formats_parts_as_rows_come(text_db_url):
     """Rows are formatted ``part_rows`` at a time while a batch fills; ``pending`` and the
     batch size count them all, and every row is stored once, in order."""
     st = Stats()
-    w = Writer(pg_url, st, batch_size=600, flush_interval=0, background=True)
+    w = Writer(text_db_url, st, batch_size=600, flush_interval=0, background=True)
     try:
         assert w.adapter is not None and w.adapter.part_rows == 250
         rows = [sip_row(i, msg=b"m" * (i % 300)) for i in range(1337)]
@@ -611,7 +618,7 @@ def test_writer_formats_parts_as_rows_come(pg_url):
     finally:
         w.close()
     assert st["stored:sip_capture"] == 1337 and st["db:batches"] == 3
-    assert read_rows(pg_url, "sip_capture") == rows
+    assert read_rows(text_db_url, "sip_capture") == rows
 
 
 def test_clickhouse_columns_made_while_the_parts_come():
@@ -638,3 +645,22 @@ def test_clickhouse_columns_made_while_the_parts_come():
                       columns=ad.columns)
     assert isinstance(got.payload, JoinedRows) and got.payload.columns is None
     assert got.rows == 7
+
+
+def test_a_batch_of_parts_is_written_when_its_first_row_is_old(text_db_url):
+    """The timer writes a batch whose rows are partly formatted already, once its first
+    row is ``flush_interval`` old."""
+    st = Stats()
+    w = Writer(text_db_url, st, batch_size=100_000, flush_interval=0.3, background=True)
+    try:
+        rows = [sip_row(i, msg=b"m" * (i % 50)) for i in range(620)]
+        for r in rows:
+            w.add("sip_capture", "sip", r)
+        deadline = time.monotonic() + 10
+        while st["stored:sip_capture"] < 620 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert st["stored:sip_capture"] == 620 and st["db:batches"] == 1
+        assert w.pending() == 0
+    finally:
+        w.close()
+    assert read_rows(text_db_url, "sip_capture") == rows
