@@ -91,6 +91,20 @@ def test_dates_and_rows_that_do_not_fit():
     assert "values for" in (check_row("sip", sip_row(1)[:-1]) or "")
 
 
+def test_columns_of_turns_every_date_into_seconds():
+    """Dates seen before (cached), new ones, the epoch itself (0, which the cache gives
+    back as false) and seconds already: each becomes its epoch second; a date that does
+    not parse is a ValueError, as check_row says."""
+    from sipcaptool.store.clickhouse import columns_of
+    epoch("2026-01-02 03:04:05")            # (cached)
+    dates = ["2026-01-02 03:04:05", "1970-01-01 00:00:00", "2031-07-08 09:10:11",
+             1767323045, "1970-01-01 00:00:00"]
+    rows = [(d, *sip_row(i)[1:]) for i, d in enumerate(dates)]
+    assert list(columns_of("sip", rows)[0]) == [1767323045, 0, 1941268211, 1767323045, 0]
+    with pytest.raises(ValueError):
+        columns_of("sip", rows + [("2026-02-30 00:00:00", *sip_row(9)[1:])])
+
+
 def test_bookkeeping_ddl_made_portable():
     ddl = portable_ddl('CREATE TABLE IF NOT EXISTS `t` (`k` VARCHAR(64) NOT NULL PRIMARY KEY, '
                        '`p` VARCHAR(1024) NOT NULL, `n` BIGINT, `m` BIGINT NOT NULL DEFAULT 0)')

@@ -487,6 +487,30 @@ def test_coalesce_stops_at_another_table_kind_or_the_bounds():
     assert got == a and held is None
 
 
+def test_coalesce_bytes_bound_is_the_same_with_columns():
+    """With the rows made columns as they come (ClickHouse), the bytes of messages are
+    summed from the msg column: joining stops where it stops without columns."""
+    from sipcaptool.record import SIP_COLUMN_NAMES
+    from sipcaptool.store.writer_process import _message_bytes, coalesce
+
+    def as_columns(kind, rows):
+        return [list(c) for c in zip(*rows, strict=True)]
+
+    a, b, c = _batch("t", 0, 10, "a"), _batch("t", 10, 10, "b"), _batch("t", 20, 10, "c")
+    size_a = sum(len(r[SIP_COLUMN_NAMES.index("msg")]) for r in a.payload)
+    for bound in (size_a, size_a + 1, 2 * size_a + 1, 1 << 30):
+        want = coalesce(a, _Source([b, c]), 1000, bound, 1.0, _joinable)
+        got = coalesce(a, _Source([b, c]), 1000, bound, 1.0, _joinable, columns=as_columns)
+        assert (got[0].rows, got[0].parts, got[1]) == (want[0].rows, want[0].parts, want[1])
+        assert got[0].payload.columns == as_columns("sip", want[0].payload)
+    # a message that has no length (None): counted row by row, as without columns
+    rows = list(a.payload)
+    msg = SIP_COLUMN_NAMES.index("msg")
+    rows[3] = (*rows[3][:msg], None, *rows[3][msg + 1:])
+    assert _message_bytes("sip", rows, as_columns("sip", rows)) == \
+        _message_bytes("sip", rows) == size_a - len(a.payload[3][msg])
+
+
 def test_coalesce_waits_for_more_only_within_its_time():
     from sipcaptool.store.writer_process import coalesce
     a, b = _batch("t", 0, 10, "a"), _batch("t", 10, 10, "b")

@@ -347,10 +347,7 @@ def columns_of(kind: str, rows: Sequence[Row]) -> list[Sequence[Any]]:
     if len(cols) != len(_COLUMNS[kind]):
         raise ValueError(f"{len(cols)} columns for {len(_COLUMNS[kind])}")
     get = _DATE_CACHE.get
-    dates = [get(d, -1) for d in cols[0]]
-    if -1 in dates:
-        dates = [epoch(d) for d in cols[0]]
-    cols[0] = dates
+    cols[0] = [get(d) or epoch(d) for d in cols[0]]   # (epoch() for a text not yet seen)
     for i, code in _INT_CODES[kind]:
         try:
             array(code, cols[i])
