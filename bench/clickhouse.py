@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -129,11 +130,18 @@ def _cpu_of(pid: int | None) -> float:
 _SPIN = "x = 0\nwhile True:\n    x = (x * 7 + 1) % 1000003\n"
 
 
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def time_replay(url: str, pcap: Path, *extra: str, server_pid: int | None = None,
-                neighbour: bool = False) -> tuple[float, dict, float]:
+                neighbour: bool = False) -> tuple[float, dict, float, float]:
     """One ``sipcaptool replay`` as a user runs it: (wall seconds, its --json summary, CPU
-    seconds the server used meanwhile). ``neighbour``: with another process keeping a
-    core busy all the time (the reference for what sharing the machine costs)."""
+    seconds the server used meanwhile, CPU seconds of the replay's own processes: the
+    capturing process and its writer process). ``neighbour``: with another process
+    keeping a core busy all the time (the reference for what sharing the machine costs;
+    its CPU is not the replay's: reported as 0)."""
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)   # as installed: modules compiled once
     spin = subprocess.Popen([sys.executable, "-c", _SPIN]) if neighbour else None
@@ -141,6 +149,7 @@ def time_replay(url: str, pcap: Path, *extra: str, server_pid: int | None = None
         if spin is not None:
             time.sleep(0.2)
         srv0 = _cpu_of(server_pid)
+        own0 = _children_cpu()
         t0 = time.perf_counter()
         p = subprocess.Popen([sys.executable, "-m", "sipcaptool", "replay", "--json", "-q",
                               "--again", "--db", url, *extra, str(pcap)],
@@ -149,13 +158,14 @@ def time_replay(url: str, pcap: Path, *extra: str, server_pid: int | None = None
         out, err = p.communicate()
         dt = time.perf_counter() - t0
         srv = _cpu_of(server_pid) - srv0
+        own = _children_cpu() - own0      # (waited for: it and its writer process)
     finally:
         if spin is not None:
             spin.kill()
             spin.wait()
     if p.returncode != 0:
         raise SystemExit(err)
-    return dt, json.loads(out), srv
+    return dt, json.loads(out), srv, 0.0 if neighbour else own
 
 
 def cmd_replay(a: argparse.Namespace) -> dict:
@@ -176,13 +186,15 @@ def cmd_replay(a: argparse.Namespace) -> dict:
             except Exception as e:  # noqa: BLE001 - context only
                 print(f"(PostgreSQL left out: {e})", file=sys.stderr)
         times: dict[str, list[float]] = {name: [] for name, _, _ in runs}
+        cpu: dict[str, list[float]] = {name: [] for name, _, _ in runs}
         server: list[float] = []
         time_replay("none", pcap)          # (compiles the modules once, as an install has)
         for _ in range(a.repeat):     # alternated, so all see the same machine
             for name, u, extra in runs:
-                dt, _doc, srv = time_replay(u, pcap, *extra, server_pid=pid,
-                                            neighbour=name == "none, core busy")
+                dt, _doc, srv, own = time_replay(u, pcap, *extra, server_pid=pid,
+                                                 neighbour=name == "none, core busy")
                 times[name].append(dt)
+                cpu[name].append(own)
                 if name == "clickhouse":
                     server.append(srv)
         stored = wait_count(url, "sip_capture", a.n * a.repeat)
@@ -192,10 +204,18 @@ def cmd_replay(a: argparse.Namespace) -> dict:
         print(f"  --db {k:<16} {v:6.2f} s  {a.n / v:>8.0f} msg/s  "
               f"{100 * (v / med['none'] - 1):+6.1f}% against --db none   "
               f"(runs: {', '.join(f'{x:.2f}' for x in times[k])})")
-    print(f"  ClickHouse server CPU per replay: {statistics.median(server):.2f} s")
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items() if k != "none, core busy"}
+    srv_cpu = statistics.median(server)
+    # what the machine had to do: on a machine of C cores a replay cannot take less than
+    # (all the CPU it needs) / C, nor less than its capturing process alone needs
+    print("  CPU per replay (sipcaptool's processes: capturing + writer):  " + ", ".join(
+        f"{k} {v:.2f} s" for k, v in med_cpu.items()))
+    print(f"  ClickHouse server CPU per replay: {srv_cpu:.2f} s; ClickHouse in all "
+          f"{med_cpu['clickhouse'] + srv_cpu:.2f} s of CPU for {med['clickhouse']:.2f} s "
+          f"on {os.cpu_count()} cores")
     print(f"  rows stored {stored} (expected {a.n * a.repeat})")
     return {"n": a.n, "median_s": med, "runs_s": times, "stored": stored,
-            "server_cpu_s": statistics.median(server)}
+            "server_cpu_s": srv_cpu, "cpu_s": med_cpu}
 
 
 def sip_rows(n: int) -> tuple[list, int]:
