@@ -4,7 +4,8 @@ here differ by up to 3x from day to day, so the figures that mean something are 
 
     python bench/clickhouse.py hep        # zero-loss HEP rate: ClickHouse single, 2-shard
                                           # cluster, PostgreSQL (300,000 messages a step,
-                                          # --rcvbuf 4M)
+                                          # --rcvbuf 4M; the collector with the CPU
+                                          # priority its systemd unit gives it)
     python bench/clickhouse.py replay     # replay into ClickHouse vs --db none
     python bench/clickhouse.py writes     # a cluster: through the Distributed table vs
                                           # straight to the shard of each row
