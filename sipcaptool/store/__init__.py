@@ -163,8 +163,11 @@ class Adapter(ABC):
     def join_parts(self, kind: str, parts: list[object]) -> object:
         """One payload of the payloads :meth:`format_batch` made of consecutive rows, in
         order (``part_rows``): what :meth:`format_batch` of all the rows would give, or
-        a payload :meth:`write` and :meth:`payload_rows` take as that."""
-        raise NotImplementedError(f"{type(self).__name__} formats whole batches")
+        a payload :meth:`write` and :meth:`payload_rows` take as that. Here, for a
+        TAB/LF text batch (COPY, LOAD DATA: its rows' lines one after the other), the
+        parts end to end; TypeError for a payload that is not such text (an adapter
+        with other payloads and ``part_rows`` has its own)."""
+        return b"".join(payload_bytes(p) for p in parts)
 
     def payload_rows(self, payload: object) -> list[Row] | None:
         """The rows of a formatted batch, where they can be joined with another batch's

@@ -188,6 +188,7 @@ class MysqlAdapter(Adapter):
     dialect = "mysql"
     # the LOAD DATA text of a batch is its rows' lines one after the other: formatted
     # part by part as the rows come (Adapter.part_rows), the parts put end to end
+    # (Adapter.join_parts)
     part_rows = 250
 
     def __init__(self, url: DbUrl, *, partition_days: int | None = None) -> None:
@@ -354,10 +355,6 @@ class MysqlAdapter(Adapter):
 
     def format_batch(self, kind: str, rows: list[Row]) -> bytes:
         return _FORMATTERS[kind](rows)
-
-    def join_parts(self, kind: str, parts: list[object]) -> bytes:
-        """The parts' lines end to end (what one format_batch of all the rows gives)."""
-        return b"".join(payload_bytes(p) for p in parts)
 
     def _load_sql(self, table: str, kind: str) -> str:
         key = (table, kind)

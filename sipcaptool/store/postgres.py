@@ -150,6 +150,7 @@ class PostgresAdapter(Adapter):
     dialect = "postgresql"
     # the COPY text of a batch is its rows' lines one after the other: formatted
     # part by part as the rows come (Adapter.part_rows), the parts put end to end
+    # (Adapter.join_parts)
     part_rows = 250
 
     def __init__(self, url: DbUrl, *, partition_days: int | None = None) -> None:
@@ -288,10 +289,6 @@ class PostgresAdapter(Adapter):
 
     def format_batch(self, kind: str, rows: list[Row]) -> bytes:
         return _FORMATTERS[kind](rows)
-
-    def join_parts(self, kind: str, parts: list[object]) -> bytes:
-        """The parts' lines end to end (what one format_batch of all the rows gives)."""
-        return b"".join(payload_bytes(p) for p in parts)
 
     def _fit(self, kind: str, formatted: bytes, counts: Counter[str]) -> bytes:
         return fit_encoding(kind, formatted, self.server_encoding, counts)
