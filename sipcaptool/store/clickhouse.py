@@ -378,11 +378,13 @@ class ClickHouseAdapter(Adapter):
     # each insert is a part the server merges later (50,000 rows: 25 inserts cost 18.16
     # 1.9 s of CPU, 5 inserts 0.44 s, one 0.18 s; bench/clickhouse.py replay), and
     # ClickHouse's own advice is about one insert a second: batches are joined up to
-    # these. (0.2 s, not more: what joins after the last message of a replay is what the
-    # replay waits for at its end)
+    # these. (1 s: a collector at 16,000-24,000 msg/s into a 2-shard cluster cost the
+    # servers half the CPU it did with 0.2 s -- inserts of 16,000-24,000 rows instead of
+    # 3,000-5,000 -- and that CPU is what the collector lost packets for when they share
+    # a machine. A replay is not held up at its end: its Sync or Close ends the joining.)
     coalesce_rows = 50_000
     coalesce_bytes = 64 << 20
-    coalesce_wait = 0.2
+    coalesce_wait = 1.0
     # marshalled 250 rows at a time as they come; the parts are marshalled as a list
     part_rows = 250
     updates_in_place = False
