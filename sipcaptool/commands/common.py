@@ -224,7 +224,7 @@ STORAGE_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     (("--custom-field3-header",), "custom_field3_header", {"metavar": "NAME", "help": "[default: Port]"}),
     (("--batch-size",), "batch_size",
      {"type": int, "metavar": "N", "help": "Rows per database batch (ClickHouse: the "
-      "batches waiting to be written are joined into inserts of up to 50,000 rows). "
+      "batches waiting to be written are joined into inserts of up to 20,000 rows). "
       "[default: 2000]"}),
     (("--batch-max-bytes",), "batch_max_bytes",
      {"metavar": "BYTES", "help": "A batch is written once its rows make this many bytes "

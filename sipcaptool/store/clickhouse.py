@@ -381,8 +381,11 @@ class ClickHouseAdapter(Adapter):
     # these. (1 s: a collector at 16,000-24,000 msg/s into a 2-shard cluster cost the
     # servers half the CPU it did with 0.2 s -- inserts of 16,000-24,000 rows instead of
     # 3,000-5,000 -- and that CPU is what the collector lost packets for when they share
-    # a machine. A replay is not held up at its end: its Sync or Close ends the joining.)
-    coalesce_rows = 50_000
+    # a machine. 20,000 rows, not more: a replay waits at its end for the insert of what
+    # joined after its last message -- its Sync or Close ends the joining, not that
+    # insert -- and up to 50,000 rows put a replay of 100,000 messages 0.3 s further
+    # behind, with 20,000 it is where 0.2 s was.)
+    coalesce_rows = 20_000
     coalesce_bytes = 64 << 20
     coalesce_wait = 1.0
     # marshalled 250 rows at a time as they come; the parts are marshalled as a list
