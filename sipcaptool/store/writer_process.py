@@ -23,6 +23,7 @@ process group must not lose what is queued -- and ends on
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import queue
@@ -502,6 +503,12 @@ def writer_main(url: DbUrl, partition_days: int | None, jobs: Queue[Job],
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     retain_freed_memory()
+    # the rows a batch is taken apart into (a tuple each) and the columns made of them
+    # are thousands of new containers an insert, none in a cycle: with Python's default
+    # (a young collection every 700) the collector walked them again and again, 13% of
+    # this process's CPU on a replay of 300,000 messages (2.37 s against 2.06 s, median
+    # of 3 alternated runs); cycles are still collected, only less often
+    gc.set_threshold(100_000, 50, 50)
     adapter = open_adapter(url, partition_days=partition_days)
     adapter.insert_mode = insert_mode
     spool = None
