@@ -379,7 +379,7 @@ class ClickHouseAdapter(Adapter):
     # 1.9 s of CPU, 5 inserts 0.44 s, one 0.18 s; bench/clickhouse.py replay), and
     # ClickHouse's own advice is about one insert a second: batches are joined up to
     # these. (1 s: a collector at 16,000-24,000 msg/s into a 2-shard cluster cost the
-    # servers half the CPU it did with 0.2 s -- inserts of 16,000-24,000 rows instead of
+    # servers half the CPU it did with 0.2 s -- inserts of 16,000-20,000 rows instead of
     # 3,000-5,000 -- and that CPU is what the collector lost packets for when they share
     # a machine. 20,000 rows, not more: a replay waits at its end for the insert of what
     # joined after its last message -- its Sync or Close ends the joining, not that
