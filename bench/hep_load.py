@@ -124,12 +124,10 @@ class Collector:
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True,
                                      start_new_session=True)
-        self.priority = True
         try:
             with open(f"/proc/{self.proc.pid}/autogroup", "w") as f:
                 f.write("-6")
         except OSError as e:   # not root, or a kernel without autogroups
-            self.priority = False
             print(f"(the collector runs without priority: {e})", file=sys.stderr)
         self.stderr: list[str] = []
         self.port = None

@@ -532,9 +532,8 @@ def test_coalesce_ends_its_wait_when_the_close_comes():
     from sipcaptool.store.writer_process import coalesce
     a, b = _batch("t", 0, 10, "a"), _batch("t", 10, 10, "b")
     close = Close()
-    now = [100.0]
     src = _Source([], later=[b, close, _batch("t", 20, 5, "c")])
-    got, held = coalesce(a, src, 1000, 1 << 30, 1.0, _joinable, clock=lambda: now[0])
+    got, held = coalesce(a, src, 1000, 1 << 30, 1.0, _joinable, clock=lambda: 100.0)
     assert (got.rows, got.parts, got.batch_id, held) == (20, 2, "b", close)
     assert len(src.waits) == 2 and [j.batch_id for j in src.later] == ["c"]
 
