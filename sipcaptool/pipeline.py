@@ -8,7 +8,7 @@ message gives the same row whichever way it arrived.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .config import Settings
@@ -16,13 +16,15 @@ from .decode.sip import looks_like_sip, parse_sip, parse_sip_lenient
 from .dedup import Dedup
 from .errors import DecodeError, StoreError
 from .record import AUX_TABLES, HEP_TYPE_SIP, CapturedMessage
-from .row import RowOptions, aux_row, hash_key, sip_row
+from .row import Row, RowOptions, aux_row, hash_key, sip_row
 from .stats import Stats
 from .store.router import Router
 from .store.writer import Writer
 
 if TYPE_CHECKING:
+    from .decode.sip import SipMessage
     from .store.retention import Maintenance
+    from .store.writer import Position
 
 
 def _arrival_us() -> int:
@@ -166,37 +168,17 @@ class Pipeline:
                                clock=_arrival_us if dedup_by_arrival else None)
 
     def submit(self, msg: CapturedMessage) -> None:
-        stats = self.stats
-        stats["messages"] += 1
-        if not self.capture_flag.value:
-            stats["dropped:capture-off"] += 1
+        got = self._sip_row(msg)
+        if got is None:
             return
-        if self.dedup is not None and self.dedup.duplicate(msg):
-            return  # counted as dedup:<node>
-        hep_type = msg.hep_type
-        if hep_type != HEP_TYPE_SIP and not self._submit_aux(msg):
-            return
-        try:
-            sip = parse_sip(msg.payload)
-        except DecodeError as e:
-            stats["malformed:" + e.reason] += 1
-            if not self.capture_bad:
-                return
-            sip = parse_sip_lenient(msg.payload)
-            stats["stored-bad:" + e.reason] += 1
-        if sip.lenient:  # stored as meant, counted (decode/sip.py names the leniencies)
-            for what in sip.lenient:
-                stats["lenient:" + what] += 1
-        if hep_type != HEP_TYPE_SIP:
-            stats[f"lenient:hep-type-{hep_type}"] += 1
-        row = sip_row(msg, sip, self.opts, stats)
+        sip, row = got
         ts = msg.ts_us
         skew = self.skew_us
         if skew:
             now = time.time_ns() // 1000
             if not -skew <= ts - now <= skew:
                 ts = now  # the table only: the row keeps the message's time
-                stats["adjusted:clock-skew"] += 1
+                self.stats["adjusted:clock-skew"] += 1
         if self.single_target:
             t = self.targets[0]
             table = t.table
@@ -216,6 +198,66 @@ class Pipeline:
                 error = error or e
         if error is not None:
             raise error
+
+    def submit_all(self, msgs: Sequence[CapturedMessage], position: Position | None = None,
+                   ) -> None:
+        """:meth:`submit` each of ``msgs`` in order; with ``position`` (a replay's
+        bookkeeping), its ``seq`` counted up first for each. Where every SIP row goes to
+        one table (one target, a table without strftime codes, no routes), the rows are
+        handed to the writer together at the end (:meth:`Writer.add_rows`: one call
+        instead of one a message, and a third less of the time it takes). A StoreError
+        for an earlier batch ends the loop at the message it came with, as from
+        :meth:`submit`; the rows made until then are handed over all the same."""
+        target = self.targets[0] if self.single_target else None
+        if target is None or target.table is None:
+            for m in msgs:
+                if position is not None:
+                    position.seq += 1
+                self.submit(m)
+            return
+        rows: list[Row] = []
+        seqs: list[int] = []
+        row_of = self._sip_row
+        try:
+            for m in msgs:
+                if position is not None:
+                    position.seq += 1
+                got = row_of(m)     # (an aux row is added here and now)
+                if got is not None:
+                    rows.append(got[1])
+                    seqs.append(position.seq if position is not None else 0)
+        finally:
+            if rows:
+                target.writer.add_rows(target.table, "sip", rows,
+                                       seqs if position is not None else None)
+
+    def _sip_row(self, msg: CapturedMessage) -> tuple[SipMessage, Row] | None:
+        """The parsed message and its row, or None: not SIP (an aux row is added to its
+        table here), not captured (counted), or malformed and not stored (counted)."""
+        stats = self.stats
+        stats["messages"] += 1
+        if not self.capture_flag.value:
+            stats["dropped:capture-off"] += 1
+            return None
+        if self.dedup is not None and self.dedup.duplicate(msg):
+            return None  # counted as dedup:<node>
+        hep_type = msg.hep_type
+        if hep_type != HEP_TYPE_SIP and not self._submit_aux(msg):
+            return None
+        try:
+            sip = parse_sip(msg.payload)
+        except DecodeError as e:
+            stats["malformed:" + e.reason] += 1
+            if not self.capture_bad:
+                return None
+            sip = parse_sip_lenient(msg.payload)
+            stats["stored-bad:" + e.reason] += 1
+        if sip.lenient:  # stored as meant, counted (decode/sip.py names the leniencies)
+            for what in sip.lenient:
+                stats["lenient:" + what] += 1
+        if hep_type != HEP_TYPE_SIP:
+            stats[f"lenient:hep-type-{hep_type}"] += 1
+        return sip, sip_row(msg, sip, self.opts, stats)
 
     def _submit_aux(self, msg: CapturedMessage) -> bool:
         """Store a HEP packet that is not of the SIP type; True when it is to be stored

@@ -528,16 +528,6 @@ def _when(us: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(us / 1e6))
 
 
-def _also(send: Callable[[CapturedMessage], None], submit: Callable[[CapturedMessage], None],
-          ) -> Any:
-    """``submit`` that hands each message to ``send`` first (typed Any: it takes the
-    place of a bound ``Pipeline.submit``)."""
-    def both(m: CapturedMessage) -> None:
-        send(m)
-        submit(m)
-    return both
-
-
 def _replay_file(cap: CaptureFile, pipeline: Pipeline, stats: Stats, opts: ReplayOptions,
                  progress: Progress | None, total_bytes: int | None,
                  stop: list[str], position: Position | None = None) -> FileReport:
@@ -559,14 +549,20 @@ def _replay_file(cap: CaptureFile, pipeline: Pipeline, stats: Stats, opts: Repla
         return FileReport(cap.path, linktype=linktype,
                           error=f"{cap.path}: unknown or unsupported link type {linktype} "
                                 f"({e.detail or e.reason}); nothing read")
-    submit: Callable[[Any], None] = pipeline.submit
-    if position is not None:  # the bookkeeping: each message's place in the file
-        def counted(m: Any, _submit: Any = pipeline.submit, _pos: Position = position) -> None:
-            _pos.seq += 1
-            _submit(m)
-        submit = counted
+    # the messages of a decoded batch, submitted together; with the bookkeeping, each
+    # one's place in the file counted first
+    submit_all: Callable[[Sequence[Any]], None]
     if opts.hep_send is not None:  # --hep-to: every message also goes to the collectors
-        submit = _also(opts.hep_send, submit)
+        def submit_all(msgs: Sequence[Any], _send: Any = opts.hep_send) -> None:
+            for m in msgs:
+                _send(m)
+                pipeline.submit_all((m,), position)
+    else:
+        def submit_all(msgs: Sequence[Any]) -> None:
+            pipeline.submit_all(msgs, position)
+
+    def submit(m: Any) -> None:
+        submit_all((m,))
     decode_batch = decoder.decode_batch
     explain = opts.explain
     explaining = None
@@ -594,8 +590,7 @@ def _replay_file(cap: CaptureFile, pipeline: Pipeline, stats: Stats, opts: Repla
             messages += explaining(data, meta, submit)
         else:
             msgs = decode_batch(data, meta)
-            for m in msgs:
-                submit(m)
+            submit_all(msgs)
             messages += len(msgs)
         stats["packets"] += n // 4
         if progress is not None:
@@ -605,8 +600,7 @@ def _replay_file(cap: CaptureFile, pipeline: Pipeline, stats: Stats, opts: Repla
             interrupted = True
             break
     msgs = decoder.flush()
-    for m in msgs:
-        submit(m)
+    submit_all(msgs)
     messages += len(msgs)
     if isinstance(stats, _Watch):
         stats.take()  # (what the end of the file gave up belongs to no frame)

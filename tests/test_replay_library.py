@@ -144,3 +144,62 @@ def test_the_library_imports_neither_click_nor_tqdm():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == ""
+
+
+def _messages() -> list:
+    """SIP messages, one malformed, and a HEP log (type 100, its own table)."""
+    from sipcaptool.record import CapturedMessage
+
+    def sip(i: int) -> bytes:
+        return (f"OPTIONS sip:{i}@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK{i}"
+                f"\r\nFrom: <sip:a@example.com>;tag={i}\r\nTo: <sip:{i}@example.com>\r\n"
+                f"Call-ID: c{i}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode()
+    out = []
+    for i in range(40):
+        payload = b"NOT SIP AT ALL\r\n\r\n" if i == 7 else sip(i)
+        out.append(CapturedMessage(1_764_000_000_000_000 + i, "10.0.0.1", 5060, "10.0.0.2",
+                                   5060, 17, 2, payload,
+                                   hep_type=100 if i == 20 else 1))
+    return out
+
+
+@pytest.mark.parametrize("table", ["sip_capture", "sip_%Y%m%d"])
+def test_pipeline_submit_all_is_submit_for_each(tmp_path, table):
+    """``Pipeline.submit_all`` (a replay's decoded batch; with one fixed table the rows go
+    to the writer together) stores what ``submit`` stores message by message, counts the
+    same, and counts a replay's positions one a message (the aux row's too)."""
+    from sipcaptool.pipeline import Pipeline
+    from sipcaptool.store.writer import Position
+    got = {}
+    for how in ("submit", "submit_all"):
+        url = f"sqlite:///{tmp_path / how}.db"
+        s = Settings.load(None, {"db_url": url, "table_name": table}, env={})
+        stats = Stats()
+        p = Pipeline(s, stats, background=False, use_spool=False)
+        pos = Position()
+        for w in p.writers:
+            w.follow("rtest:", pos)
+        msgs = _messages()
+        if how == "submit":
+            for m in msgs:
+                pos.seq += 1
+                p.submit(m)
+        else:
+            p.submit_all(msgs[:25], pos)
+            p.submit_all(msgs[25:], pos)
+        assert pos.seq == 40
+        p.close()
+        db = sqlite3.connect(tmp_path / f"{how}.db")
+        names = [n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='table' "
+                                          "AND name LIKE 'sip\\_%' ESCAPE '\\' ORDER BY name")]
+        got[how] = (names, [db.execute(f'SELECT callid, msg FROM "{n}" ORDER BY id').fetchall()
+                            for n in names],
+                    db.execute("SELECT count(*) FROM logs_capture").fetchone(), dict(stats),
+                    sorted(int(b.split(":")[1]) for (b,) in
+                           db.execute("SELECT batch_id FROM sipcaptool_batches")))
+        db.close()
+    assert got["submit"] == got["submit_all"]
+    names, rows, logs, stats, positions = got["submit"]
+    assert len(names) == 1 and len(rows[0]) == 38 and logs == (1,)
+    assert sum(v for k, v in stats.items() if k.startswith("malformed:")) == 1
+    assert positions == [21, 40]    # the log's batch, the SIP rows' batch

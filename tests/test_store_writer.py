@@ -18,7 +18,7 @@ from sipcaptool.stats import Stats
 from sipcaptool.store import open_adapter
 from sipcaptool.store.outcomes import Drained, DroppedDbError, Split, Written
 from sipcaptool.store.retry import write_with_retries
-from sipcaptool.store.writer import Writer
+from sipcaptool.store.writer import Position, Writer
 from sipcaptool.store.writer_process import WriterCore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -701,3 +701,66 @@ def test_a_batch_of_parts_is_written_when_its_first_row_is_old(text_db_url):
     finally:
         w.close()
     assert read_rows(text_db_url, "sip_capture") == rows
+
+
+def _batch_positions(url: str, tag: str) -> list[int]:
+    """The file positions a replay's batches (ids ``<tag><position>:...``) were marked
+    with, in ``sipcaptool_batches``."""
+    ad = open_adapter(url)
+    ad.connect()
+    try:
+        ids = ad.select(f"SELECT batch_id FROM sipcaptool_batches WHERE batch_id LIKE "
+                        f"{ad.placeholder}", (tag + "%",))
+    finally:
+        ad.close()
+    return sorted(int(str(i)[len(tag):].split(":", 1)[0]) for (i,) in ids)
+
+
+@pytest.mark.parametrize("fixture", ["sqlite_url", "pg_url"])
+def test_rows_added_together_are_cut_where_add_cuts_them(request, fixture):
+    """A replay hands the rows of a decoded batch over in one call (add_rows); the
+    batches are those add() makes row by row: the same rows, cut at the same places,
+    each marked with the file position of its own last row -- also when a batch fills in
+    the middle of a call, parts are formatted (PostgreSQL: 250 rows at a time), and an
+    earlier run stored the first rows (skipped and counted)."""
+    url = request.getfixturevalue(fixture)
+    rows = [sip_row(i, msg=b"m" * (i % 300)) for i in range(1100)]
+    seqs = [3 * i + 1 for i in range(1100)]    # (messages that made no row in between)
+    got = {}
+    for how in ("add", "add_rows"):
+        table, tag = f"sip_{how}", f"r{how}:"
+        st = Stats()
+        pos = Position()
+        w = Writer(url, st, batch_size=600, flush_interval=0, background=True)
+        try:
+            w.follow(tag, pos, {table: seqs[99]})    # rows 0-99: stored by an earlier run
+            if how == "add":
+                for r, s in zip(rows, seqs, strict=True):
+                    pos.seq = s
+                    w.add(table, "sip", r)
+            else:
+                for k in range(0, len(rows), 170):    # a batch fills inside a call
+                    w.add_rows(table, "sip", rows[k:k + 170], seqs[k:k + 170])
+            w.flush()
+        finally:
+            w.close()
+        assert st["dropped:stored-before"] == 100
+        assert st["stored:" + table] == 1000 and st["db:batches"] == 2
+        assert read_rows(url, table) == rows[100:]
+        got[how] = _batch_positions(url, tag)
+    assert got["add"] == got["add_rows"] == [seqs[699], seqs[1099]]
+
+
+def test_rows_added_together_with_a_batch_full_by_bytes(sqlite_url):
+    """batch_max_bytes cuts a batch at the row that fills it, inside an add_rows call as
+    with add()."""
+    st = Stats()
+    w = Writer(sqlite_url, st, batch_size=1000, batch_max_bytes=10_000, flush_interval=0,
+               background=False)
+    rows = [sip_row(i, msg=b"x" * 1000) for i in range(12)]  # 2,256 bytes a row: 5 a batch
+    try:
+        w.add_rows("sip_capture", "sip", rows)
+        assert st["db:batches"] == 2 and w.pending() == 2
+    finally:
+        w.close()
+    assert st["db:batches"] == 3 and read_rows(sqlite_url, "sip_capture") == rows
