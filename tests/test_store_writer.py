@@ -674,7 +674,11 @@ def test_clickhouse_columns_made_while_the_parts_come():
     got, _ = coalesce(a, _Source([b]), 1000, 1 << 30, 0.0, ad.payload_rows,
                       columns=ad.columns)
     assert isinstance(got.payload, JoinedRows) and got.payload == rows
-    assert got.payload.columns == [list(c) for c in columns_of("sip", rows)]
+    assert got.payload.columns == [list(c) for c in columns_of("sip", rows, ad.encoded("sip"))]
+    # the text already UTF-8, so that the insert has nothing to encode
+    callid = SIP_COLUMN_NAMES.index("callid")
+    assert callid in ad.encoded("sip")
+    assert got.payload.columns[callid] == [r[callid].encode() for r in rows]
     bad = list(rows[6])
     bad[SIP_COLUMN_NAMES.index("source_port")] = 1 << 40
     c = Batch("t", "sip", 3, ad.format_batch("sip", [*rows[4:6], tuple(bad)]), "c")

@@ -65,7 +65,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
-from ..record import AUX_COLUMNS, BIGINT, BLOB, DATETIME, INT, SIP_COLUMNS
+from ..record import AUX_COLUMNS, BIGINT, BLOB, DATETIME, INT, SIP_COLUMNS, TEXT
 from . import COLUMN_NAMES, Adapter, JoinedRows, Row, payload_list
 from .url import DbUrl
 
@@ -92,6 +92,8 @@ _COLUMNS = {"sip": SIP_COLUMNS, "aux": AUX_COLUMNS}
 _INT_CODES = {k: [(i, "q" if t == BIGINT else "i") for i, (_, t, _) in enumerate(v)
                   if t in (INT, BIGINT)] for k, v in _COLUMNS.items()}
 _INDEX = {k: {n: i for i, n in enumerate(v)} for k, v in COLUMN_NAMES.items()}
+# the text columns of each kind (String, or LowCardinality(String) where the server has it)
+_TEXT = {k: [(i, n) for i, (n, t, _) in enumerate(v) if t == TEXT] for k, v in _COLUMNS.items()}
 
 
 @dataclass(frozen=True)
@@ -339,10 +341,12 @@ def check_row(kind: str, row: Row) -> str | None:
     return None
 
 
-def columns_of(kind: str, rows: Sequence[Row]) -> list[Sequence[Any]]:
-    """The rows as columns (tuples; ``date`` a list of epoch seconds): ValueError for a
-    row that does not fit (:func:`check_row` says which). The numbers are checked by
-    packing them as the server's widths (C speed)."""
+def columns_of(kind: str, rows: Sequence[Row], encode: Sequence[int] = ()
+               ) -> list[Sequence[Any]]:
+    """The rows as columns (tuples; ``date`` a list of epoch seconds; the columns of
+    ``encode``, text, a list of their UTF-8 bytes): ValueError or TypeError for a row
+    that does not fit (:func:`check_row` says which). The numbers are checked by packing
+    them as the server's widths (C speed)."""
     cols: list[Sequence[Any]] = list(zip(*rows, strict=True))
     if len(cols) != len(_COLUMNS[kind]):
         raise ValueError(f"{len(cols)} columns for {len(_COLUMNS[kind])}")
@@ -353,6 +357,9 @@ def columns_of(kind: str, rows: Sequence[Row]) -> list[Sequence[Any]]:
             array(code, cols[i])
         except (OverflowError, TypeError):
             raise ValueError("a number does not fit its column") from None
+    utf8 = str.encode      # (TypeError for a value that is not text)
+    for i in encode:
+        cols[i] = list(map(utf8, cols[i]))
     return cols
 
 
@@ -802,9 +809,20 @@ class ClickHouseAdapter(Adapter):
         self.client.execute(sql, cols, columnar=True, query_id=batch_id or "",
                             settings=settings or None)
 
+    def encoded(self, kind: str) -> list[int]:
+        """The columns whose text this adapter turns into UTF-8 itself (:func:`columns_of`)
+        before an insert: every String column. The driver would encode them during the
+        insert, value by value -- 0.12 s of 0.16 s for 20,000 rows, the time a replay
+        waits at its end for its last insert; made as each part comes, while the writer
+        process waits for the next, the insert takes 0.05 s (and the two together less
+        CPU than the driver alone). Not a LowCardinality column: the driver encodes only
+        its few distinct values."""
+        lc = self.features.low_cardinality
+        return [i for i, name in _TEXT[kind] if not (lc and name in LOW_CARDINALITY)]
+
     def columns(self, kind: str, rows: list[Row]) -> list[Sequence[Any]] | None:
         try:
-            return columns_of(kind, rows)
+            return columns_of(kind, rows, self.encoded(kind))
         except (ValueError, TypeError):
             return None
 
@@ -818,7 +836,7 @@ class ClickHouseAdapter(Adapter):
         if not data:
             return True
         try:
-            cols = columns_of(kind, data)
+            cols = columns_of(kind, data, self.encoded(kind))
         except (ValueError, TypeError) as e:
             bad = next((why for r in data if (why := check_row(kind, r))), str(e))
             raise self.error(f"cannot write to {table}", ValueError(bad),
@@ -886,7 +904,8 @@ class ClickHouseAdapter(Adapter):
                 refused.append((i, why))
         if not good:
             return True, refused
-        written = self._write_columns(table, kind, columns_of(kind, good), batch_id, len(good))
+        written = self._write_columns(table, kind, columns_of(kind, good, self.encoded(kind)),
+                                      batch_id, len(good))
         return written, refused if written else []
 
     def split_batch(self, payload: object, rows: int) -> tuple[object, int, object, int]:
