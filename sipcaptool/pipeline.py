@@ -201,8 +201,9 @@ class Pipeline:
 
     def submit_all(self, msgs: Sequence[CapturedMessage], position: Position | None = None,
                    ) -> None:
-        """:meth:`submit` each of ``msgs`` in order; with ``position`` (a replay's
-        bookkeeping), its ``seq`` counted up first for each. Where every SIP row goes to
+        """:meth:`submit` each of ``msgs`` in order (a decoded batch of ``replay`` or
+        ``live``); with ``position`` (a replay's bookkeeping), its ``seq`` counted up
+        first for each. Where every SIP row goes to
         one table (one target, a table without strftime codes, no routes), the rows are
         handed to the writer together at the end (:meth:`Writer.add_rows`: one call
         instead of one a message, and a third less of the time it takes). A StoreError

@@ -336,9 +336,7 @@ class Worker:
             for msg in msgs:
                 sender.send(msg)
         if self.pipeline is not None:
-            submit = self.pipeline.submit
-            for msg in msgs:
-                submit(msg)
+            self.pipeline.submit_all(msgs)
         else:
             self.stats["messages"] += len(msgs)
             if not shared.capture_flag.value:

@@ -497,7 +497,7 @@ class Writer:
 
     def add_rows(self, table: str, kind: str, rows: Sequence[tuple[Any, ...]],
                  seqs: Sequence[int] | None = None) -> None:
-        """:meth:`add` each of ``rows`` in order, in one call (a replay's rows of one
+        """:meth:`add` each of ``rows`` in order, in one call (the rows of one
         decoded batch). ``seqs``: a replay's file position of each row (see
         :meth:`follow`), instead of ``position.seq`` at the time of the call. Batches are
         cut where :meth:`add` would cut them."""
