@@ -1,6 +1,7 @@
 """The batching writer: foreground and background, size and time flushes, errors,
 retries, and no loss on SIGINT."""
 
+import itertools
 import os
 import signal
 import sqlite3
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from store_helpers import aux_row, count, read_rows, rows_refusable_by_method, sip_row
 
 from sipcaptool.errors import ConfigError, StoreError
@@ -768,3 +771,51 @@ def test_rows_added_together_with_a_batch_full_by_bytes(sqlite_url):
     finally:
         w.close()
     assert st["db:batches"] == 3 and read_rows(sqlite_url, "sip_capture") == rows
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_add_rows_is_add_row_by_row(pg_url, data):
+    """Whatever the batch size, the byte bound, the messages' sizes, the calls' lengths
+    and what an earlier run stored: add_rows stores the rows add() stores, in the same
+    batches, each marked with the same file position (PostgreSQL: parts of 250 rows)."""
+    n = data.draw(st.integers(0, 900), label="rows")
+    sizes = data.draw(st.lists(st.integers(0, 3000), min_size=n, max_size=n), label="sizes")
+    rows = [sip_row(i, msg=b"m" * size) for i, size in enumerate(sizes)]
+    seqs = list(itertools.accumulate(data.draw(st.lists(st.integers(1, 3), min_size=n,
+                                                        max_size=n), label="gaps")))
+    batch_size = data.draw(st.integers(1, 700), label="batch_size")
+    max_bytes = data.draw(st.integers(2_000, 400_000), label="batch_max_bytes")
+    stored = data.draw(st.integers(0, seqs[-1] if seqs else 0), label="stored before")
+    cuts = sorted(set(data.draw(st.lists(st.integers(0, n), max_size=8), label="cuts")))
+    k = next(_EXAMPLE)
+    got = {}
+    for how in ("add", "add_rows"):
+        table, tag = f"sip_{how}_{k}", f"r{how}{k}:"
+        st_ = Stats()
+        pos = Position()
+        w = Writer(pg_url, st_, batch_size=batch_size, batch_max_bytes=max_bytes,
+                   flush_interval=0, background=False)
+        try:
+            w.follow(tag, pos, {table: stored})
+            if how == "add":
+                for r, s in zip(rows, seqs, strict=True):
+                    pos.seq = s
+                    w.add(table, "sip", r)
+            else:
+                for a, b in zip([0, *cuts], [*cuts, n], strict=True):
+                    w.add_rows(table, "sip", rows[a:b], seqs[a:b])
+            w.flush()
+        finally:
+            w.close()
+        kept = sum(1 for s in seqs if s > stored)
+        assert st_["stored:" + table] == kept
+        assert st_["dropped:stored-before"] == n - kept
+        got[how] = (st_["db:batches"], _batch_positions(pg_url, tag) if kept else [],
+                    read_rows(pg_url, table) if kept else [])
+    assert got["add"] == got["add_rows"]
+    assert got["add"][2] == [r for r, s in zip(rows, seqs, strict=True) if s > stored]
+
+
+_EXAMPLE = itertools.count()
