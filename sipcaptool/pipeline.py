@@ -203,12 +203,13 @@ class Pipeline:
                    ) -> None:
         """:meth:`submit` each of ``msgs`` in order (a decoded batch of ``replay`` or
         ``live``); with ``position`` (a replay's bookkeeping), its ``seq`` counted up
-        first for each. Where every SIP row goes to
-        one table (one target, a table without strftime codes, no routes), the rows are
-        handed to the writer together at the end (:meth:`Writer.add_rows`: one call
-        instead of one a message, and a third less of the time it takes). A StoreError
-        for an earlier batch ends the loop at the message it came with, as from
-        :meth:`submit`; the rows made until then are handed over all the same."""
+        first for each. Where every SIP row goes to one table (one target, a table
+        without strftime codes, no routes), the rows are handed to the writer together
+        at the end (:meth:`Writer.add_rows`, with each row's position: one call instead
+        of one a message, and a third less of the time it takes). A StoreError for an
+        earlier batch is raised once, after the row it came with was taken: by the SIP
+        rows' writer at the end; by an aux row's writer at its message, which ends the
+        loop there -- the rows made until then are handed over all the same."""
         target = self.targets[0] if self.single_target else None
         if target is None or target.table is None:
             for m in msgs:
@@ -226,7 +227,8 @@ class Pipeline:
                 got = row_of(m)     # (an aux row is added here and now)
                 if got is not None:
                     rows.append(got[1])
-                    seqs.append(position.seq if position is not None else 0)
+                    if position is not None:
+                        seqs.append(position.seq)
         finally:
             if rows:
                 target.writer.add_rows(target.table, "sip", rows,

@@ -536,11 +536,16 @@ class Writer:
             self._raise_pending()
 
     def _new_buffer(self, table: str, kind: str) -> _Buffer:
-        part = self._part_rows
         buf = self._buffers[(table, kind)] = _Buffer(
-            time.monotonic(), min(part, self.batch_size) if part else self.batch_size,
-            MSG_INDEX.get(kind))
+            time.monotonic(), self._check_at(0, self.batch_size), MSG_INDEX.get(kind))
         return buf
+
+    def _check_at(self, pending: int, left: int) -> int:
+        """The length of a buffer's unformatted rows at which to look at it again: when
+        its part is due (``part_rows``, if not reached yet) or its batch is full
+        (``left`` rows more than the ``pending`` ones)."""
+        part = self._part_rows
+        return min(part, pending + left) if part > pending else pending + left
 
     def _look_at(self, key: tuple[str, str], buf: _Buffer) -> None:
         """A buffer whose rows reached its ``check_at`` or whose size reached
@@ -556,9 +561,7 @@ class Writer:
         if left <= 0 or buf.size >= self.batch_max_bytes:
             self._flush_key(key)
             return
-        part = self._part_rows
-        buf.check_at = len(buf.rows) + left if not part or part <= len(buf.rows) \
-            else min(part, len(buf.rows) + left)
+        buf.check_at = self._check_at(len(buf.rows), left)
 
     def _flush_key(self, key: tuple[str, str]) -> None:
         """Format and dispatch one buffer (caller holds the lock).
