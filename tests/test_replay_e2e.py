@@ -532,3 +532,45 @@ def test_rows_postgres_refuses_are_counted_and_the_rest_stored(tmp_path, pg_url)
     assert s["db"]["split"] == 1
     assert normalise(fetch_rows(pg_url)) == normalise(expected)
     assert "refused" in p.stderr and "value too long" in p.stderr
+
+
+def _closed_port() -> int:
+    """A loopback TCP port nothing listens on (connecting is refused)."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    s.close()
+    return port
+
+
+def test_hep_to_messages_lost_exit_4_and_spooled_ones_do_not(tmp_path):
+    """``replay --db none --hep-to`` with no collector up: what the spool holds waits for
+    the next run (exit 0); what neither memory nor the spool could hold is lost, said in
+    one line and in the JSON errors, and the exit status is 4."""
+    from sipcaptool.testing.pcapgen import PcapWriter, realistic_messages, udp4_frame
+
+    cap = tmp_path / "many.pcap"
+    with open(cap, "wb") as f:
+        w = PcapWriter(f)
+        for ts, (src, sport, dst, dport, msg) in realistic_messages(1000):
+            w.write(ts, udp4_frame(src, sport, dst, dport, msg))
+    target = f"tcp:127.0.0.1:{_closed_port()}"
+    kept = run("replay", str(cap), "--db", "none", "--hep-to", target, "--json", "-q",
+               "--spool-dir", str(tmp_path / "spool-a"))
+    assert kept.returncode == 0, kept.stderr
+    doc = json.loads(kept.stdout)
+    assert doc["errors"] == [] and not doc["dropped"]
+    assert doc["hep_out"]["spooled"] == 1000
+    lost = run("replay", str(cap), "--db", "none", "--hep-to", target, "--json", "-q",
+               "--hep-buffer", "64K", "--spool-max-bytes", "64K",
+               "--spool-dir", str(tmp_path / "spool-b"))
+    assert lost.returncode == 4, lost.stderr
+    doc = json.loads(lost.stdout)
+    dropped = sum(v for k, v in doc["dropped"].items() if k.startswith("hep-"))
+    assert 0 < dropped < 1000
+    assert dropped + doc["hep_out"]["spooled"] == 1000     # every message: spooled or lost
+    line = f"{dropped} messages could not be sent on as HEP and are lost (dropped: "
+    assert [e for e in doc["errors"] if e.startswith(line)], doc["errors"]
+    assert f"sipcaptool: error: {line}" in lost.stderr

@@ -12,11 +12,12 @@ from typing import Any
 import click
 
 from ..config import Settings
+from ..errors import EXIT_DATABASE
 from ..net import parse_ports
 from ..replay import Explained, ReplayOptions, replay_files
 from ..stats import Stats
 from .common import dedup_options, print_summary, setting_option, storage_options, summary_dict
-from .hep_out import hep_out_from, hep_out_summary, hep_to_options
+from .hep_out import hep_losses, hep_out_from, hep_out_summary, hep_to_options
 
 
 @click.command("replay")
@@ -76,7 +77,8 @@ def command(files: tuple[str, ...], quiet: bool,
     the database before (--again, --resume); 3 a file is missing, not a capture, has
     an unknown link type or is cut off (everything before the cut is stored); 4 the
     database failed, or refused some rows (the others are stored; the summary counts
-    them as dropped: db-error); 130 interrupted.
+    them as dropped: db-error), or --hep-to lost messages (no collector took them and
+    the spool could not hold them: dropped: hep-*); 130 interrupted.
 
     \b
     Example:
@@ -129,6 +131,7 @@ def command(files: tuple[str, ...], quiet: bool,
             sender.close()  # what is queued goes out (or waits in the spool)
     if sent is not None:
         report.stats.update(sent)
+    lost = hep_losses(report.stats) if sent is not None else ""
     if report.snapped:
         click.echo(f"sipcaptool: warning: {report.snapped} frames were cut short by the "
                    "capture's snap length (tcpdump -s); the messages in them are not stored "
@@ -139,7 +142,7 @@ def command(files: tuple[str, ...], quiet: bool,
             "files": [f.to_dict() for f in report.files], "seconds": report.seconds,
             "interrupted_by": report.interrupted_by, "spool": report.spool}
         if as_json:  # (as text, the errors are the lines on stderr below: once)
-            extra["errors"] = [str(e) for e in report.errors]
+            extra["errors"] = [str(e) for e in report.errors] + ([lost] if lost else [])
             if keep:
                 extra["hint"] = keep
             if explain:
@@ -150,15 +153,17 @@ def command(files: tuple[str, ...], quiet: bool,
         print_summary(summary, as_json)
         if keep and not as_json:
             click.echo(f"hint: {keep}")
+    for e in report.errors:
+        click.echo(f"sipcaptool: error: {e}", err=True)
+    if lost:
+        click.echo(f"sipcaptool: error: {lost}", err=True)
     if report.errors:
-        for e in report.errors:
-            click.echo(f"sipcaptool: error: {e}", err=True)
         return report.errors[0].exit_code
     if report.interrupted_by:
         click.echo(f"sipcaptool: interrupted ({report.interrupted_by}); everything read "
                    "before it is stored", err=True)
         return 130
-    return 0
+    return EXIT_DATABASE if lost else 0
 
 
 def _keep_hint(stats: Stats, settings: Settings) -> str:

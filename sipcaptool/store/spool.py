@@ -251,8 +251,10 @@ class Spool:
                 found += len(recs)
             self._queue.sort(key=lambda r: (r.segment, r.end))
         if found:
-            log.warning("spool %s: %d batches (%d rows) left by an earlier run wait for the "
-                        "database", self.dir, found, self.pending_rows)
+            log.warning("spool %s: %d batches (%d rows) left by an earlier run wait for %s",
+                        self.dir, found, self.pending_rows,
+                        "a collector" if getattr(self.url, "dialect", "") == "hep"
+                        else "the database")
         return found
 
     def _forget(self, path: str) -> None:
