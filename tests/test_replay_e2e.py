@@ -563,6 +563,13 @@ def test_hep_to_messages_lost_exit_4_and_spooled_ones_do_not(tmp_path):
     doc = json.loads(kept.stdout)
     assert doc["errors"] == [] and not doc["dropped"]
     assert doc["hep_out"]["spooled"] == 1000
+    # what waits for a collector shows in spool status, per collector
+    st = run("spool", "status", "--spool-dir", str(tmp_path / "spool-a"), "--json")
+    assert st.returncode == 0, st.stderr
+    hep = json.loads(st.stdout)["hep"]
+    assert hep["messages"] == 1000 and hep["collectors"][0]["db_url"] == f"hep:{target[4:]}"
+    st = run("spool", "status", "--spool-dir", str(tmp_path / "spool-a"))
+    assert f"HEP to {target[4:]}: " in st.stdout and " 1000 messages, " in st.stdout
     lost = run("replay", str(cap), "--db", "none", "--hep-to", target, "--json", "-q",
                "--hep-buffer", "64K", "--spool-max-bytes", "64K",
                "--spool-dir", str(tmp_path / "spool-b"))

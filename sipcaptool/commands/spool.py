@@ -54,32 +54,46 @@ def _age(ts: float | None) -> str:
 @config_option
 def status(as_json: bool, settings: Settings) -> None:
     """Show what waits in the spool, per database: batches, rows, bytes, the oldest
-    batch, and how many segments a running process holds.
+    batch, and how many segments a running process holds. An agent's HEP packets
+    waiting for a collector (live or replay with --hep-to, in SPOOL_DIR-hep; the next
+    run sends them) are shown too, per collector, as messages.
 
     \b
     Example:
       sipcaptool spool status --json
     """
+    from ..senders.backlog import hep_spool_dir
     from ..store.spool import status as spool_status
 
     root = _spool_dir(settings.spool_dir)
     targets = spool_status(root)
+    hep_root = hep_spool_dir(root) or ""
+    hep = spool_status(hep_root)
     if as_json:
         click.echo(json.dumps({"spool_dir": root, "targets": targets,
                                "batches": sum(t["batches"] for t in targets),
                                "rows": sum(t["rows"] for t in targets),
-                               "bytes": sum(t["bytes"] for t in targets)}, indent=2))
+                               "bytes": sum(t["bytes"] for t in targets),
+                               "hep": {"spool_dir": hep_root, "collectors": hep,
+                                       "messages": sum(t["rows"] for t in hep),
+                                       "bytes": sum(t["bytes"] for t in hep)}}, indent=2))
         return
-    if not any(t["batches"] for t in targets):
-        click.echo(f"spool {root}: empty")
-        return
-    click.echo(f"spool {root}:")
-    for t in targets:
-        if not t["batches"]:
+    for where, what, unit in ((root, targets, "rows"), (hep_root, hep, "messages")):
+        if not any(t["batches"] for t in what):
+            if what is targets or what:   # (no HEP spool at all: nothing to say)
+                click.echo(f"spool {where}: empty")
             continue
-        click.echo(f"  {t['db_url'] or t['target']}: {t['batches']} batches, {t['rows']} rows, "
-                   f"{t['bytes']} bytes, oldest {_age(t['oldest'])} ago"
-                   + (f", {t['held']} segments held by a running process" if t["held"] else ""))
+        click.echo(f"spool {where}:")
+        for t in what:
+            if not t["batches"]:
+                continue
+            name = t["db_url"] or t["target"]
+            if what is hep:
+                name = "HEP to " + name.removeprefix("hep:")
+            click.echo(f"  {name}: {t['batches']} batches, {t['rows']} {unit}, "
+                       f"{t['bytes']} bytes, oldest {_age(t['oldest'])} ago"
+                       + (f", {t['held']} segments held by a running process"
+                          if t["held"] else ""))
 
 
 @command.command("drain")
