@@ -26,6 +26,14 @@ that collector. When every collector a message may go to is down it waits in the
 :class:`~sipcaptool.senders.backlog.Backlog` (memory, then disk) and is sent once one
 is back.
 
+A collector named by a host name is looked up again, in a thread of its own so that a
+slow resolver never holds up the capture: a stream target each time it is to connect
+again after a failure, a datagram target every ``RESOLVE_EVERY`` seconds. When the name
+points somewhere else now (a collector moved, a DNS fail-over) the new address is used
+and a warning says so (``hep_target:<target>:moved``); when the lookup fails the last
+address is kept (``hep_target:<target>:resolve-failed``). A name that cannot be
+resolved at the start is an error, as a mistyped one would be.
+
 A collector that is killed (SIGKILL, power cut) loses what it had received and not yet
 stored, and the agent cannot know how much: HEP has no acknowledgements. The agent
 counts the connection's failure (``hep_target:<target>:reset``).
@@ -44,8 +52,8 @@ collector that is not the call's first choice), ``hep_out:buffered``,
 ``dropped:hep-buffer-full``, ``dropped:hep-shutdown`` (still waiting at the end, with
 no spool to keep it); per target ``hep_target:<target>:<event>`` (``sent``,
 ``connected``, ``connect-failed``, ``timeout``, ``closed-by-peer``, ``reset``,
-``stalled``, ``requeued``, TLS ``bad-certificate``, ``plain-text``,
-``handshake-failed``).
+``stalled``, ``requeued``, ``moved``, ``resolve-failed``, TLS ``bad-certificate``,
+``plain-text``, ``handshake-failed``).
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ import logging
 import select
 import socket
 import ssl
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -87,6 +96,7 @@ CLOSE_TIMEOUT = 10.0    # at the end: seconds to send what is queued and waiting
 DRAIN_SLICE = 0.02      # seconds of backlog sending per look (the capture goes on)
 LOG_EVERY = 10.0
 ORDER_CACHE = 65536     # calls whose collector order is remembered (then forgotten at once)
+RESOLVE_EVERY = 30.0    # seconds between two lookups of a datagram target's host name
 
 DOWN, CONNECTING, HANDSHAKE, UP = range(4)
 
@@ -110,6 +120,84 @@ def _resolve(t: TargetSpec, socktype: int) -> tuple[socket.AddressFamily, _Addre
         raise ConfigError(f"--hep-to {t.label}: cannot resolve {t.host!r} ({e.strerror})") from None
     fam, _t, _p, _c, addr = info[0]
     return fam, addr
+
+
+def _is_address(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address (nothing to look up)."""
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(fam, host.split("%", 1)[0])
+            return True
+        except OSError:
+            pass
+    return False
+
+
+class _Lookup:
+    """The host name of a target looked up again in a thread of its own (a resolver
+    that does not answer takes seconds: the capture must not wait for it)."""
+
+    __slots__ = ("spec", "socktype", "named", "_thread", "_result")
+
+    def __init__(self, spec: TargetSpec, socktype: int) -> None:
+        self.spec = spec
+        self.socktype = socktype
+        self.named = not _is_address(spec.host)
+        self._thread: threading.Thread | None = None
+        self._result: tuple[socket.AddressFamily, _Address] | OSError | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Started, and what it found not taken yet."""
+        return self._thread is not None
+
+    @property
+    def busy(self) -> bool:
+        """Still looking."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if not self.named or self._thread is not None:
+            return
+
+        def run() -> None:
+            try:
+                info = socket.getaddrinfo(self.spec.host, self.spec.port, 0, self.socktype)
+                self._result = (info[0][0], info[0][4])
+            except OSError as e:     # (socket.gaierror among them)
+                self._result = e
+
+        self._result = None
+        self._thread = threading.Thread(target=run, name="sipcaptool-resolve", daemon=True)
+        self._thread.start()
+
+    def result(self) -> tuple[socket.AddressFamily, _Address] | OSError | None:
+        """The new (family, address), the lookup's error, or None: still looking (or
+        not started)."""
+        t = self._thread
+        if t is None or t.is_alive():
+            return None
+        self._thread = None
+        return self._result
+
+
+def _looked_up(lookup: _Lookup, label: str, stats: Stats, family: socket.AddressFamily,
+               addr: _Address) -> tuple[socket.AddressFamily, _Address] | None:
+    """What a finished lookup means for a target now at ``addr``: its new (family,
+    address) when it moved (counted, a warning), else None (a failed lookup is counted
+    and the address kept)."""
+    r = lookup.result()
+    if isinstance(r, OSError):
+        stats[f"hep_target:{label}:resolve-failed"] += 1
+        log.warning("HEP target %s: cannot resolve %r again (%s); still using %s", label,
+                    lookup.spec.host, getattr(r, "strerror", None) or r, addr[0])
+        return None
+    if r is None or r[1][:2] == addr[:2]:
+        return None
+    stats[f"hep_target:{label}:moved"] += 1
+    log.warning("HEP target %s: %s resolves to %s now (was %s)", label, lookup.spec.host,
+                r[1][0], addr[0])
+    return r
 
 
 def target_counters(stats: Stats) -> dict[str, dict[str, int]]:
@@ -182,6 +270,7 @@ class _Stream:
         self.ctx = ctx
         self.stats = stats
         self.family, self.addr = _resolve(spec, socket.SOCK_STREAM)
+        self.lookup = _Lookup(spec, socket.SOCK_STREAM)
         self.sock: socket.socket | None = None
         self.state = DOWN
         self.out = bytearray()
@@ -209,6 +298,13 @@ class _Stream:
         the packets to send elsewhere when it failed."""
         if self.state == DOWN:
             if now >= self.next_try:
+                if self.lookup.pending:     # (started when the connection failed)
+                    if self.lookup.busy:
+                        return []           # connect when it answers
+                    moved = _looked_up(self.lookup, self.label, self.stats, self.family,
+                                       self.addr)
+                    if moved is not None:
+                        self.family, self.addr = moved
                 self._start(now)
             return []
         if self.state == UP:
@@ -389,6 +485,7 @@ class _Stream:
         self.close()
         self.next_try = now + self.backoff
         self.backoff = min(BACKOFF_MAX, self.backoff * 2)
+        self.lookup.start()     # the name again before the next attempt (it may have moved)
         back = [(key, pkt) for _end, key, pkt in self.pending]
         if back:
             self.count("requeued", len(back))
@@ -408,7 +505,8 @@ class _Stream:
 
 
 class _Collector:
-    __slots__ = ("spec", "udp", "udp_max", "udp_label", "udp_sent", "stream", "seed")
+    __slots__ = ("spec", "udp", "udp_max", "udp_label", "udp_sent", "stream", "seed",
+                 "udp_lookup", "udp_addr", "udp_next")
 
     def __init__(self, spec: CollectorSpec, tls_ctx: ssl.SSLContext | None,
                  stats: Stats) -> None:
@@ -419,23 +517,68 @@ class _Collector:
         self.udp_label = ""
         self.udp_sent = ""
         self.stream: _Stream | None = None
+        self.udp_lookup: _Lookup | None = None
+        self.udp_addr: _Address = ()
+        self.udp_next = 0.0
         if spec.dgram is not None:
             fam, addr = _resolve(spec.dgram, socket.SOCK_DGRAM)
-            s = socket.socket(fam, socket.SOCK_DGRAM)
-            s.connect(addr)
-            try:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
-            except OSError:
-                pass
-            self.udp = s
-            self.udp_max = UDP_MAX.get(fam, 65507)
             self.udp_label = spec.dgram.label
             self.udp_sent = f"hep_target:{self.udp_label}:sent"
+            self._udp_to(fam, addr)
+            lookup = _Lookup(spec.dgram, socket.SOCK_DGRAM)
+            if lookup.named:
+                self.udp_lookup = lookup
+                self.udp_next = time.monotonic() + RESOLVE_EVERY
         if spec.stream is not None:
             if spec.stream.transport == "tls" and tls_ctx is None:
                 raise ConfigError(f"--hep-to {spec.stream.label}: TLS needs a context")
             self.stream = _Stream(spec.stream, tls_ctx if spec.stream.transport == "tls"
                                   else None, stats)
+
+    def _udp_to(self, fam: socket.AddressFamily, addr: _Address) -> None:
+        """Send the datagrams to ``addr`` from now on (a socket of that family)."""
+        s = self.udp
+        if s is None or s.family != fam:
+            s = socket.socket(fam, socket.SOCK_DGRAM)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+            except OSError:
+                pass
+            try:
+                s.connect(addr)
+            except BaseException:
+                s.close()
+                raise
+            if self.udp is not None:
+                self.udp.close()
+            self.udp = s
+        else:
+            s.connect(addr)
+        self.udp_addr = addr
+        self.udp_max = UDP_MAX.get(fam, 65507)
+
+    def look_up(self, now: float, stats: Stats) -> None:
+        """The datagram target's name again every RESOLVE_EVERY seconds (in a thread);
+        when it points somewhere else, the datagrams go there."""
+        lk = self.udp_lookup
+        if lk is None:
+            return
+        if lk.pending:
+            if lk.busy:
+                return
+            assert self.udp is not None
+            moved = _looked_up(lk, self.udp_label, stats, self.udp.family, self.udp_addr)
+            if moved is not None:
+                try:
+                    self._udp_to(*moved)
+                except OSError as e:
+                    stats[f"hep_target:{self.udp_label}:resolve-failed"] += 1
+                    log.warning("HEP target %s: cannot send to %s (%s); still using %s",
+                                self.udp_label, moved[1][0], e.strerror or e,
+                                self.udp_addr[0])
+        elif now >= self.udp_next:
+            self.udp_next = now + RESOLVE_EVERY
+            lk.start()
 
     @property
     def available(self) -> bool:
@@ -478,6 +621,7 @@ class HepSender:
         if any(c.stream is not None and c.stream.transport == "tls" for c in specs):
             tls_ctx = _client_context(tls_ca, tls_cert, tls_key)
         self.collectors: list[_Collector] = []
+        self._closed = False
         try:
             for spec in specs:
                 self.collectors.append(_Collector(spec, tls_ctx, stats))
@@ -486,6 +630,9 @@ class HepSender:
             raise
         self.seeds = [c.seed for c in self.collectors]
         self.streams = [c.stream for c in self.collectors if c.stream is not None]
+        # datagram targets named by a host name, looked up again now and then
+        self.named_udp = [c for c in self.collectors if c.udp_lookup is not None]
+        self._looks = bool(self.streams or self.named_udp)   # (send() calls tick())
         self.backlog = Backlog(stats, max_bytes=buffer_bytes, spool_dir=spool_dir,
                                spool_max_bytes=spool_max_bytes,
                                name="-".join(c.spec.name for c in self.collectors)[:200])
@@ -493,7 +640,6 @@ class HepSender:
         self._next_poll = 0.0
         self._requeue: deque[tuple[bytes, bytes]] = deque()
         self._orders: dict[bytes, list[int]] = {}
-        self._closed = False
         if self.streams:
             self.tick()
             end = time.monotonic() + connect_wait
@@ -537,6 +683,8 @@ class HepSender:
                     self._requeue.extend(s.fail("closed-by-peer", "closed by the collector"))
         for s in self.streams:
             self._requeue.extend(s.poll(now))
+        for c in self.named_udp:
+            c.look_up(now, self.stats)
         self._resend()
         if not self.backlog.empty and any(c.available for c in self.collectors):
             end = time.monotonic() + DRAIN_SLICE
@@ -571,7 +719,7 @@ class HepSender:
             return None
 
     def send(self, msg: CapturedMessage) -> None:
-        if time.monotonic() >= self._next_poll and self.streams:
+        if time.monotonic() >= self._next_poll and self._looks:
             self.tick()
         key = call_key(msg) if len(self.collectors) > 1 else b""
         pkt = self._encode(msg, False)
