@@ -70,10 +70,20 @@ def test_man_pages_found_in_a_venv(venv):
 
 def test_man_pages_under_a_system_prefix(tmp_path):
     # what `pip install .` as root writes to /usr/local, written under a scratch root
+    # (--ignore-installed: without it pip first uninstalls the sipcaptool installed in
+    # the running environment -- the developer's own -- though it writes under --root)
     src = _source_copy(tmp_path)
     root = tmp_path / "root"
-    _pip(sys.executable, "--root", str(root), "--prefix", "/usr/local",
+
+    def installed_here() -> str:
+        r = subprocess.run([sys.executable, "-m", "pip", "show", "-f", "sipcaptool"],
+                           capture_output=True, text=True, timeout=120)
+        return r.stdout if r.returncode == 0 else ""
+
+    before = installed_here()
+    _pip(sys.executable, "--root", str(root), "--prefix", "/usr/local", "--ignore-installed",
          "--no-warn-script-location", str(src))
+    assert installed_here() == before    # the running environment's install untouched
     man1 = root / "usr" / "local" / "share" / "man" / "man1"
     assert sorted(p.name for p in man1.glob("*.1")) == PAGES
     assert (root / "usr" / "local" / "bin" / "sipcaptool").exists()
