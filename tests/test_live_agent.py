@@ -170,3 +170,26 @@ def test_sngrep_accepts_what_agent_mode_sends(tmp_path):
     assert json.loads(p.out)["hep_out"] == {"sent_udp": 4}
     counts = [int(n) for n in re.findall(r"Dialog count: (\d+)", out)]
     assert counts and counts[-1] == 4, out[-300:]
+
+
+def test_agent_mode_messages_lost_at_the_end_exit_4(tmp_path):
+    """``live --hep-to`` with no collector up and a spool too small for what it
+    captured: what it could not keep is counted, said in one line and in the JSON
+    errors, and the exit status is 4 (a stop that lost nothing exits 0: the tests
+    above)."""
+    with VethPair() as net:
+        with live_capture(net, "-i", net.if_b, "--db", "none",
+                          "--hep-to", "tcp:127.0.0.1:9", "--hep-buffer", "64K",
+                          "--spool-dir", str(tmp_path / "spool"), "--spool-max-bytes", "64K",
+                          "--json") as p:
+            net.sender("udp", "--dst", net.ip_b, "--src", net.ip_a, "-n", "400", "--size",
+                       "1000", "--tag", "lost")
+            time.sleep(1.0)
+    assert p.returncode == 4, p.err
+    s = json.loads(p.out)
+    dropped = sum(v for k, v in s["dropped"].items() if k.startswith("hep-"))
+    assert s["messages"] == 400 and 0 < dropped < 400
+    assert dropped + s["hep_out"]["spooled"] == 400
+    line = f"{dropped} messages could not be sent on as HEP and are lost (dropped: "
+    assert [e for e in s["errors"] if e.startswith(line)], s["errors"]
+    assert f"sipcaptool: error: {line}" in p.err

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..config import Settings
-from ..errors import ConfigError, SipcaptoolError
-from .hep_out import hep_out_from, hep_out_summary, hep_to_options
+from ..errors import EXIT_DATABASE, ConfigError, SipcaptoolError
+from .hep_out import hep_losses, hep_out_from, hep_out_summary, hep_to_options
 
 if TYPE_CHECKING:
     from ..control import Endpoints
@@ -116,8 +116,9 @@ def command(duration: float | None, count: int | None, as_json: bool,
     stored and a summary printed. Needs root or CAP_NET_RAW (+CAP_NET_ADMIN for
     promiscuous mode); --user drops to another user after the sockets are open.
 
-    Exit status: 0 stopped normally; 2 bad option; 4 database error; 5 the interface
-    or socket could not be opened or failed.
+    Exit status: 0 stopped normally; 2 bad option; 4 database error, or --hep-to lost
+    messages (no collector took them and the spool could not hold them: dropped:
+    hep-*); 5 the interface or socket could not be opened or failed.
 
     \b
     Example:
@@ -195,8 +196,10 @@ def command(duration: float | None, count: int | None, as_json: bool,
     elapsed = time.monotonic() - started
     if cap.error is not None and error is None:
         error = cap.error
+    lost = hep_losses(stats) if opts.hep_to else ""
     extra: dict[str, Any] = {"seconds": round(elapsed, 3), "source": opts.describe(),
-             "workers": opts.workers, "errors": [str(error)] if error else []}
+             "workers": opts.workers,
+             "errors": ([str(error)] if error else []) + ([lost] if lost else [])}
     if not ipip_mode:
         extra["kernel"] = kernel_summary(stats)
     if opts.workers > 1:
@@ -225,7 +228,12 @@ def command(duration: float | None, count: int | None, as_json: bool,
             if lines:
                 click.echo("\n".join(lines))
     if error is not None:
+        if lost:
+            click.echo(f"sipcaptool: error: {lost}", err=True)
         raise error
+    if lost:
+        click.echo(f"sipcaptool: error: {lost}", err=True)
+        return EXIT_DATABASE
     return 0
 
 
