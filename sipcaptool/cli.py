@@ -86,7 +86,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
     \b
     Exit codes: 0 success, 1 internal error, 2 bad usage or setting,
-    3 bad input file, 4 database error, 5 capture (interface/socket) error.
+    3 bad input file, 4 database error or messages lost on the way out (to a
+    database or a HEP collector), 5 capture (interface/socket) error.
 
     \b
     Example:

@@ -33,7 +33,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .config import Settings
-from .errors import SipcaptoolError, StoreError
+from .errors import DeliveryError, SipcaptoolError, StoreError
 from .stats import Stats
 from .workers import WorkerLink, WorkerPool
 
@@ -179,6 +179,12 @@ def run_collector(options: CollectorOptions, settings: Settings, *,
             "dropped:shutdown")
         report = dataclasses.replace(report, exit_error=error,
                                      errors=[*report.errors, str(error)])
+    from .senders.hep import lost_line
+
+    lost = lost_line(report.stats)   # (--forward-to)
+    if lost and report.exit_error is None:
+        report = dataclasses.replace(report, exit_error=DeliveryError(lost),
+                                     errors=[*report.errors, lost])
     return dataclasses.replace(report, workers=options.workers,
                                uptime_seconds=round(time.monotonic() - started, 3))
 

@@ -8,7 +8,8 @@ these exit codes (documented in ``sipcaptool(1)``):
 1     internal error (a bug: please report it with ``--debug`` output)
 2     bad usage or bad setting (ConfigError, click usage errors)
 3     bad input: a capture file missing, unreadable, not a capture, or cut off
-4     database error: unreachable, refusing, or a statement that failed
+4     database error: unreachable, refusing, or a statement that failed; or messages
+      lost on their way to a database or a HEP target (DeliveryError)
 5     capture error: an interface or socket could not be opened
 ====  =====================================================================
 """
@@ -87,6 +88,13 @@ class StoreError(SipcaptoolError):
         self.hint = hint  # operator errors: what to fix, in a few words
         self.transient = (kind in ("connection", "operator")) if transient is None \
             else bool(transient)
+
+
+class DeliveryError(SipcaptoolError):
+    """Messages that were received but could not be passed on and are lost (a HEP
+    target that did not take them and a spool that could not hold them)."""
+
+    exit_code = EXIT_DATABASE
 
 
 class CaptureError(SipcaptoolError):

@@ -287,3 +287,37 @@ def test_live_agent_over_tls_to_two_collectors_and_a_front_forwarding_over_tls(t
     assert fs["hep_out"] == {"sent_tls": fs["messages"]} and fs["messages"] > 100, fs
     assert s1["stored_total"] > 100 and s2["stored_total"] == fs["messages"]
     assert all(s["tls"] == {} for s in (s1, s2, fs))
+
+
+def test_a_front_collector_that_loses_forwarded_messages_exits_4(tmp_path):
+    """``hep --forward-to`` with no collector behind it up and a spool too small: what it
+    could not keep is counted, said in one line, and the exit status at the stop is 4."""
+    import struct
+
+    front_port = free_port()
+    front = Coll(front_port, "none", "--forward-to", f"tcp:127.0.0.1:{free_port()}",
+                 "--forward-buffer", "64K", "--spool-dir", str(tmp_path / "spool"),
+                 "--spool-max-bytes", "64K", listen="udp")
+    try:
+        header, msgs, recs = replay_capture(400)
+        cap = tmp_path / "front.pcap"
+        cap.write_bytes(header + b"".join(
+            struct.pack("<IIII", ts // 1_000_000, ts % 1_000_000, len(f), len(f)) + f
+            for ts, f in recs))
+        r = subprocess.run(sipcaptool_cmd("replay", str(cap), "--db", "none", "--hep-to",
+                                          f"udp:127.0.0.1:{front_port}", "-q"),
+                           capture_output=True, text=True, env=env(), timeout=120)
+        assert r.returncode == 0, r.stderr
+        time.sleep(1.0)
+    finally:
+        front.proc.send_signal(signal.SIGTERM)
+        out, rest = front.proc.communicate(timeout=120)
+    err = "".join(front.err) + (rest or "")   # (read by its thread, or here at the end)
+    assert front.proc.returncode == 4, err
+    s = json.loads(out)
+    dropped = sum(v for k, v in s["dropped"].items() if k.startswith("hep-"))
+    assert s["messages"] == 400 and 0 < dropped < 400
+    assert dropped + s["hep_out"]["spooled"] == 400
+    line = f"{dropped} messages could not be sent on as HEP and are lost (dropped: "
+    assert f"sipcaptool: error: {line}" in err
+    assert err.count(line) == 1

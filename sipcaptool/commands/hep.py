@@ -129,10 +129,11 @@ def command(duration: float | None, count: int | None, as_json: bool, foreground
     table, what was dropped or malformed and why, uptime and per-listener counts.
     Garbage, truncated or hostile input is counted and never stops the collector.
 
-    Exit status: 0 stopped normally; 2 bad option; 4 database error, or messages
+    Exit status: 0 stopped normally; 2 bad option; 4 database error, messages
     received before the stop that the database did not take within
-    --stop-drain-timeout (dropped:shutdown); 5 an address or the control socket could
-    not be bound.
+    --stop-drain-timeout (dropped:shutdown), or messages --forward-to lost (no
+    collector took them and the spool could not hold them: dropped: hep-*); 5 an
+    address or the control socket could not be bound.
 
     With --forward-to it sends every message on to other collectors as HEPv3 (each
     call to one of them, by a hash of its Call-ID, as agents do); with --db none it

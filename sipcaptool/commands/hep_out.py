@@ -13,7 +13,7 @@ from ..config import Settings
 from ..senders.hep import HepOut
 from .common import setting_option
 
-__all__ = ["HepOut", "hep_losses", "hep_out_from", "hep_out_summary", "hep_to_options"]
+__all__ = ["HepOut", "hep_out_from", "hep_out_summary", "hep_to_options"]
 
 _TARGET_HELP = (
     "(repeatable). Targets on one host are one collector: one udp and one tcp or tls "
@@ -102,16 +102,3 @@ def hep_out_summary(stats: Any) -> dict[str, Any]:
 
     return {"hep_out": stats.group("hep_out"), "hep_targets": target_counters(stats)}
 
-
-def hep_losses(stats: Any) -> str:
-    """What sending HEP on lost, as one line for the end of a run (empty: nothing): the
-    ``dropped:hep-*`` counters -- messages no collector took and no spool held, or too
-    large for HEP. Spooled messages are not lost (the next run sends them)."""
-    lost = {k.split(":", 1)[1]: v for k, v in stats.items()
-            if k.startswith("dropped:hep-") and v}
-    if not lost:
-        return ""
-    n = sum(lost.values())
-    why = ", ".join(f"{k} {v}" for k, v in sorted(lost.items()))
-    return (f"{n} message{'s' if n != 1 else ''} could not be sent on as HEP and "
-            f"{'are' if n != 1 else 'is'} lost (dropped: {why})")

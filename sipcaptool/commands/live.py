@@ -12,7 +12,8 @@ import click
 
 from ..config import Settings
 from ..errors import EXIT_DATABASE, ConfigError, SipcaptoolError
-from .hep_out import hep_losses, hep_out_from, hep_out_summary, hep_to_options
+from ..senders.hep import lost_line
+from .hep_out import hep_out_from, hep_out_summary, hep_to_options
 
 if TYPE_CHECKING:
     from ..control import Endpoints
@@ -196,7 +197,7 @@ def command(duration: float | None, count: int | None, as_json: bool,
     elapsed = time.monotonic() - started
     if cap.error is not None and error is None:
         error = cap.error
-    lost = hep_losses(stats) if opts.hep_to else ""
+    lost = lost_line(stats) if opts.hep_to else ""
     extra: dict[str, Any] = {"seconds": round(elapsed, 3), "source": opts.describe(),
              "workers": opts.workers,
              "errors": ([str(error)] if error else []) + ([lost] if lost else [])}

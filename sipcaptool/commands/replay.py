@@ -15,9 +15,10 @@ from ..config import Settings
 from ..errors import EXIT_DATABASE
 from ..net import parse_ports
 from ..replay import Explained, ReplayOptions, replay_files
+from ..senders.hep import lost_line
 from ..stats import Stats
 from .common import dedup_options, print_summary, setting_option, storage_options, summary_dict
-from .hep_out import hep_losses, hep_out_from, hep_out_summary, hep_to_options
+from .hep_out import hep_out_from, hep_out_summary, hep_to_options
 
 
 @click.command("replay")
@@ -131,7 +132,7 @@ def command(files: tuple[str, ...], quiet: bool,
             sender.close()  # what is queued goes out (or waits in the spool)
     if sent is not None:
         report.stats.update(sent)
-    lost = hep_losses(report.stats) if sent is not None else ""
+    lost = lost_line(report.stats) if sent is not None else ""
     if report.snapped:
         click.echo(f"sipcaptool: warning: {report.snapped} frames were cut short by the "
                    "capture's snap length (tcpdump -s); the messages in them are not stored "

@@ -76,7 +76,7 @@ from ..stats import Stats
 from .backlog import DEFAULT_MAX_BYTES, Backlog
 from .route import CollectorSpec, TargetSpec, call_key, group_targets, hrw_order, seed_of
 
-__all__ = ["HepOut", "HepSender", "parse_target", "target_counters"]
+__all__ = ["HepOut", "HepSender", "lost_line", "parse_target", "target_counters"]
 
 log = logging.getLogger("sipcaptool.live")
 
@@ -198,6 +198,20 @@ def _looked_up(lookup: _Lookup, label: str, stats: Stats, family: socket.Address
     log.warning("HEP target %s: %s resolves to %s now (was %s)", label, lookup.spec.host,
                 r[1][0], addr[0])
     return r
+
+
+def lost_line(stats: Stats) -> str:
+    """What sending HEP on lost, as one line for the end of a run (empty: nothing): the
+    ``dropped:hep-*`` counters -- messages no collector took and no spool held, or too
+    large for HEP. Spooled messages are not lost (the next run sends them)."""
+    lost = {k.split(":", 1)[1]: v for k, v in stats.items()
+            if k.startswith("dropped:hep-") and v}
+    if not lost:
+        return ""
+    n = sum(lost.values())
+    why = ", ".join(f"{k} {v}" for k, v in sorted(lost.items()))
+    return (f"{n} message{'s' if n != 1 else ''} could not be sent on as HEP and "
+            f"{'are' if n != 1 else 'is'} lost (dropped: {why})")
 
 
 def target_counters(stats: Stats) -> dict[str, dict[str, int]]:
