@@ -293,6 +293,7 @@ def replay_files(paths: Sequence[str], settings: Settings, options: ReplayOption
                                   position)
             book.end(report, pipeline)
             file_reports.append(report)
+        book.finish(pipeline)
     except BaseException:
         try:
             pipeline.close()
@@ -391,6 +392,7 @@ class _Run:
     tables: str
     run_id: str
     stored: dict[str, int]
+    record: Any = None      # its row as mark_started wrote it (a ReplayRecord)
 
 
 #: the databases whose replays are remembered (sipcaptool_replays)
@@ -401,9 +403,21 @@ class _Book:
     """The bookkeeping of a replay: for each file and database, the run that stores it
     (a new one, or the one ``resume`` continues)."""
 
+    #: files whose end is recorded together (settle()): at most this many, or what ended
+    #: within this many seconds
+    SETTLE_FILES = 100
+    SETTLE_SECONDS = 1.0
+    #: the files recorded as running together (_start_ahead): at most SETTLE_FILES, and
+    #: this many bytes of them after the first
+    START_AHEAD_BYTES = 64 << 20
+
     def __init__(self) -> None:
         self.adapters: list[Adapter] = []
         self.runs: dict[str, dict[DbUrl, _Run]] = {}
+        self.ended: list[FileReport] = []     # read, their end not recorded yet
+        self.settled_at = time.monotonic()
+        self.order: list[str] = []            # the files with runs, in the order read
+        self.begun: set[str] = set()
 
     @classmethod
     def plan(cls, paths: list[str], settings: Settings, opts: ReplayOptions) -> _Book:
@@ -440,11 +454,13 @@ class _Book:
                 book.adapters.append(a)
                 tables = " + ".join(f"{'|'.join(m.tables)};{m.mt_mode};{m.hash_source}"
                                     for m in modes)
+                known = replays.find_many(a, [ident.key(tables) for ident in idents.values()
+                                              if ident is not None])
                 for p, ident in idents.items():
                     if ident is None:
                         continue
                     key = ident.key(tables)
-                    rec = replays.find(a, key)
+                    rec = known.get(key)
                     run = _Run(a, key, ident, tables, uuid.uuid4().hex[:12], {})
                     if rec is not None and not opts.again:
                         when = _when(rec.finished_us or rec.started_us)
@@ -462,6 +478,8 @@ class _Book:
                         run.run_id = rec.run_id
                         run.stored = replays.stored_positions(a, rec.run_id)
                     book.runs.setdefault(p, {})[u] = run
+                    if p not in book.order:
+                        book.order.append(p)
         except BaseException:
             book.close()
             raise
@@ -487,28 +505,101 @@ class _Book:
                 w.follow("", None)
             else:
                 w.follow(replays.batch_tag(run.run_id), position, run.stored)
-        for run in (runs or {}).values():
-            self._try(replays.mark_started, run.adapter, replays.ReplayRecord(
-                run.key, path, run.identity.size, run.identity.head_sha256, run.tables,
-                None, None, run.run_id, "running", 0, 0, time.time_ns() // 1000, None))
+        if runs and any(run.record is None for run in runs.values()):
+            self._start_ahead(path)
+        self.begun.add(path)
         return position
 
-    def end(self, report: FileReport, pipeline: Pipeline) -> None:
-        """After reading a file: once its batches are committed, how its runs ended."""
+    def _start_ahead(self, path: str) -> None:
+        """The runs of ``path`` recorded as running, and with them those of the files
+        that follow it (up to SETTLE_FILES files, START_AHEAD_BYTES of them after the
+        first): one statement or two per database instead of one or two a file. Those
+        never begun are taken back at the end (:meth:`finish`)."""
         from .store import replays
 
-        runs = self.runs.get(report.path)
-        if not runs:
+        group: list[str] = []
+        size = 0
+        for p in self.order[self.order.index(path):]:
+            runs = self.runs.get(p, {})
+            if p in group or not runs or any(r.record is not None for r in runs.values()):
+                continue
+            ident = next(iter(runs.values())).identity
+            if group and (len(group) >= self.SETTLE_FILES
+                          or size + ident.size > self.START_AHEAD_BYTES):
+                break
+            group.append(p)
+            if p != path:
+                size += ident.size
+        now = time.time_ns() // 1000
+        by_adapter: dict[int, tuple[Adapter, list[Any]]] = {}
+        for p in group:
+            for run in self.runs[p].values():
+                run.record = replays.ReplayRecord(
+                    run.key, p, run.identity.size, run.identity.head_sha256, run.tables,
+                    None, None, run.run_id, "running", 0, 0, now, None)
+                by_adapter.setdefault(id(run.adapter), (run.adapter, []))[1].append(
+                    run.record)
+        for adapter, records in by_adapter.values():
+            self._try(replays.mark_started_many, adapter, records)
+
+    def finish(self, pipeline: Pipeline) -> None:
+        """At the end of the replay: how the runs of the files read ended recorded, and
+        the files recorded ahead and never begun (an interrupted replay) taken back."""
+        from .store import replays
+
+        self.settle(pipeline)
+        now = time.time_ns() // 1000
+        by_adapter: dict[int, tuple[Adapter, list[Any]]] = {}
+        for p, runs in self.runs.items():
+            if p in self.begun:
+                continue
+            for run in runs.values():
+                if run.record is not None:
+                    by_adapter.setdefault(id(run.adapter), (run.adapter, []))[1].append(
+                        run.record)
+        for adapter, records in by_adapter.values():
+            self._try(replays.mark_unstarted_many, adapter, records, now)
+
+    def end(self, report: FileReport, pipeline: Pipeline) -> None:
+        """After reading a file: how its runs ended is recorded once its batches are
+        committed -- with the next files' (:meth:`settle`), so that a replay of many small
+        files does not wait for the database at the end of each one. A run whose end was
+        not recorded (the process killed meanwhile) stays ``running``: --resume then
+        stores what is missing of it, nothing when nothing is."""
+        if not self.runs.get(report.path):
+            return
+        self.ended.append(report)
+        if (report.interrupted or len(self.ended) >= self.SETTLE_FILES
+                or time.monotonic() - self.settled_at >= self.SETTLE_SECONDS):
+            self.settle(pipeline)
+
+    def settle(self, pipeline: Pipeline) -> None:
+        """Wait until every batch handed over is committed, then record how the runs of
+        the files read until now ended (one statement per database where it can)."""
+        from dataclasses import replace
+
+        from .store import replays
+
+        self.settled_at = time.monotonic()
+        if not self.ended:
             return
         pipeline.flush()
-        state = "interrupted" if report.interrupted else "complete"
-        if report.packets is None:
-            state = "unread"
-        for run in runs.values():
-            self._try(replays.mark_done, run.adapter, run.key, run.run_id, state=state,
-                      packets=report.packets or 0, messages=report.messages,
-                      first_us=report.first_us, last_us=report.last_us,
-                      finished_us=time.time_ns() // 1000)
+        done: dict[int, tuple[Adapter, list[Any]]] = {}
+        now = time.time_ns() // 1000
+        for report in self.ended:
+            state = "interrupted" if report.interrupted else "complete"
+            if report.packets is None:
+                state = "unread"
+            for run in self.runs.get(report.path, {}).values():
+                if run.record is None:
+                    continue
+                done.setdefault(id(run.adapter), (run.adapter, []))[1].append(replace(
+                    run.record, state=state, packets=report.packets or 0,
+                    messages=report.messages, first_us=report.first_us,
+                    last_us=report.last_us, finished_us=now))
+        self.ended.clear()
+        for adapter, records in done.values():
+            self._try(replays.mark_done_many, adapter, records)
 
     @staticmethod
     def _try(fn: Callable[..., None], adapter: Adapter, *args: Any, **kw: Any) -> None:

@@ -52,12 +52,13 @@ def replays_now(url: str, columns: str) -> list[tuple]:
     """``columns`` of each file's row of sipcaptool_replays as it is now (ClickHouse keeps
     versions of a row: the newest, as replay reads it)."""
     newest: dict[str, tuple] = {}
-    for r in select(url, f"SELECT file_key, started_us, finished_us, {columns} "
+    for r in select(url, f"SELECT file_key, started_us, finished_us, state, {columns} "
                          "FROM sipcaptool_replays"):
         rank = (int(r[1]), r[2] is not None, int(r[2] or 0))
         if r[0] not in newest or rank > newest[r[0]][0]:
-            newest[r[0]] = (rank, tuple(r[3:]))
-    return [v for _, v in newest.values()]
+            newest[r[0]] = (rank, r[3], tuple(r[4:]))
+    # (a version "unstarted": recorded ahead and never begun, read as no row)
+    return [v for _, state, v in newest.values() if state != "unstarted"]
 
 
 def count(url: str, table: str = "sip_capture") -> int:
@@ -115,6 +116,84 @@ def test_second_replay_refused_then_again(book_url):
     r = run("replay", "-q", "--db", any_db_url, "--table-name", "sip_other", str(EXAMPLE))
     assert r.returncode == 0, r.stderr
     assert count(any_db_url, "sip_other") == 30
+
+
+def test_many_files_remembered_together_and_those_an_interrupt_left_are_new(book_url,
+                                                                              tmp_path):
+    """30 small files in one replay: each is remembered as complete (their rows written
+    a few statements at a time, not one or two a file). A replay interrupted in the
+    middle of many files: those read are remembered, those it never began are not (a
+    plain replay takes them, and refuses the others)."""
+    first = [tmp_path / f"a{i:02d}.pcap" for i in range(30)]
+    for i, f in enumerate(first):
+        make_pcap(f, 5 + i)          # (each its own size: each its own file)
+    r = run("replay", "-q", "--db", book_url, *map(str, first))
+    assert r.returncode == 0, r.stderr
+    rows = replays_now(book_url, "path, state, messages")
+    assert sorted(rows) == sorted((str(f), "complete", 5 + i) for i, f in enumerate(first))
+    assert count(book_url) == sum(5 + i for i in range(30))
+    r = run("replay", "-q", "--db", book_url, *map(str, first))
+    assert r.returncode == 2 and "(and 29 more: " in r.stderr, r.stderr
+    # interrupted while it waits for the 11th file, a pipe: files 1-10 read, 12-30 not
+    second = [tmp_path / f"b{i:02d}.pcap" for i in range(30)]
+    for i, f in enumerate(second):
+        make_pcap(f, 40 + i)
+    fifo = tmp_path / "slow.fifo"
+    os.mkfifo(fifo)
+    files = [*second[:10], fifo, *second[10:]]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen(cmd("replay", "-q", "--db", book_url, *map(str, files)),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    with open(fifo, "wb") as pipe:     # (opened once the replay opens its end)
+        deadline = time.monotonic() + 60
+        while count(book_url) < sum(5 + i for i in range(30)) + sum(40 + i for i in
+                                                                    range(10)):
+            assert time.monotonic() < deadline, "the first ten files were not stored"
+            time.sleep(0.1)
+        p.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        pipe.write(EXAMPLE.read_bytes())
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    rows = {r[0]: r[1:] for r in replays_now(book_url, "path, state, messages")}
+    for i, f in enumerate(second[:10]):
+        assert rows[str(f)] == ("complete", 40 + i)
+    assert not [f for f in second[10:] if str(f) in rows]      # never begun: no row
+    r = run("replay", "-q", "--db", book_url, *map(str, second[10:]))
+    assert r.returncode == 0, r.stderr       # taken as new
+    r = run("replay", "-q", "--db", book_url, *map(str, second[:10]))
+    assert r.returncode == 2 and "(and 9 more: " in r.stderr, r.stderr
+
+
+def test_records_written_and_read_many_at_a_time(book_url, monkeypatch):
+    """mark_started_many / find_many / mark_done_many / mark_unstarted_many, in chunks
+    smaller than the files (the statements of several rows each, in every database)."""
+    from sipcaptool.store import replays
+
+    monkeypatch.setattr(replays, "FIND_CHUNK", 7)
+    monkeypatch.setattr(replays, "MANY_CHUNK", 6)
+    a = open_adapter(parse_db_url(book_url))
+    try:
+        recs = [replays.ReplayRecord(f"k{i}", f"/f{i}.pcap", 100 + i, "ab", "sip_capture",
+                                     None, None, f"run{i}", "running", 0, 0, 1000 + i, None)
+                for i in range(20)]
+        keys = [r.file_key for r in recs]
+        assert replays.find_many(a, keys) == {}
+        replays.mark_started_many(a, recs)
+        assert replays.find_many(a, keys) == {r.file_key: r for r in recs}
+        from dataclasses import replace
+        done = [replace(r, state="complete", packets=3, messages=2, first_us=1, last_us=2,
+                        finished_us=5000) for r in recs[:12]]
+        replays.mark_done_many(a, done)
+        replays.mark_unstarted_many(a, recs[12:], 6000)
+        got = replays.find_many(a, keys)
+        assert got == {r.file_key: r for r in done}     # the others: as if never replayed
+        # started again later (a new run of the same files): those rows are the ones read
+        again = [replace(r, run_id="x" + r.run_id, started_us=9000) for r in recs]
+        replays.mark_started_many(a, again)
+        assert replays.find_many(a, keys) == {r.file_key: r for r in again}
+    finally:
+        a.close()
 
 
 def test_standard_input_is_not_remembered(sqlite_url):

@@ -490,6 +490,20 @@ def test_coalesce_stops_at_another_table_kind_or_the_bounds():
     assert got == a and held is None
 
 
+def test_coalesce_joins_no_batches_of_two_replay_runs():
+    """The batches of two files of one replay (two runs) are not joined: the joined
+    insert is recorded under its last part's id, which must tell how far each run got."""
+    from sipcaptool.store.writer_process import coalesce
+    a1, a2 = _batch("t", 0, 10, "rAAA:10:x-1"), _batch("t", 10, 10, "rAAA:20:x-2")
+    b1 = _batch("t", 20, 10, "rBBB:5:x-3")
+    got, held = coalesce(a1, _Source([a2, b1]), 1000, 1 << 30, 1.0, _joinable)
+    assert (got.rows, got.parts, got.batch_id, held) == (20, 2, "rAAA:20:x-2", b1)
+    # batches of no replay join as before
+    c1, c2 = _batch("t", 0, 10, "0123abcd-1"), _batch("t", 10, 10, "0123abcd-2")
+    got, held = coalesce(c1, _Source([c2]), 1000, 1 << 30, 1.0, _joinable)
+    assert (got.rows, got.parts, held) == (20, 2, None)
+
+
 def test_coalesce_bytes_bound_is_the_same_with_columns():
     """With the rows made columns as they come (ClickHouse), the bytes of messages are
     summed from the msg column: joining stops where it stops without columns."""

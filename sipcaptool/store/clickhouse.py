@@ -587,10 +587,13 @@ class ClickHouseAdapter(Adapter):
         """One small bookkeeping statement (``sipcaptool_replays``): INSERT as it is,
         DELETE and UPDATE as mutations (``ALTER TABLE ... DELETE/UPDATE``, which apply to
         the rows there now). Returns 0 (ClickHouse does not count them)."""
-        m = re.match(r"(\s*INSERT\s+INTO\s+.*?\bVALUES)\s*\(.*\)\s*\Z", sql, re.S | re.I)
+        m = re.match(r"(\s*INSERT\s+INTO\s+.*?\bVALUES)\s*(\(.*?\)).*\Z", sql, re.S | re.I)
         if m:   # the values go as a block (the driver sends an INSERT's data itself)
-            self._run("cannot write", m.group(1), [tuple(params)])
-            return 1
+            width = m.group(2).count("%s")      # (a row each; several: VALUES (..), (..))
+            values = tuple(params)
+            rows = [values[i:i + width] for i in range(0, len(values), width or 1)]
+            self._run("cannot write", m.group(1), rows)
+            return len(rows)
         text = substitute(sql, params, typed_ints=True)
         m = re.match(r"\s*DELETE\s+FROM\s+(\S+)\s+WHERE\s+(.*)\Z", text, re.S | re.I)
         if m:

@@ -6,6 +6,15 @@ it went to), its first and last packet time, how far the replay got (``state``:
 ``running``, ``complete`` or ``interrupted``; packets and messages) and ``run_id``, the
 tag of that run's batch ids in ``sipcaptool_batches``.
 
+A replay of several files writes these rows a few statements at a time: it records the
+files it reads next as ``running`` together before the first of them is read (up to 100,
+and 64 MB of them after the first; :func:`mark_started_many`), and how each ended once
+the batches of a group of them are committed (:func:`mark_done_many`). A file it
+recorded ahead and then did not begin (the replay was interrupted) is taken back at the
+end (:func:`mark_unstarted_many`: its row removed, or a version ``unstarted`` that reads
+as no row); after a kill it stays ``running``, and ``--resume`` stores what is missing
+of it (all of it, or nothing).
+
 A replay marks each batch it writes with the position in the file of the batch's last
 message (``r<run_id>:<position>:...``, see :class:`~sipcaptool.store.writer.Writer`),
 committed in the batch's own transaction. The batches of one table are written in the
@@ -25,7 +34,8 @@ from dataclasses import dataclass, replace
 from . import Adapter
 from .schema import BATCHES_TABLE, quote_ident
 
-__all__ = ["REPLAYS_TABLE", "ReplayRecord", "find", "mark_done", "mark_started",
+__all__ = ["REPLAYS_TABLE", "UNSTARTED", "ReplayRecord", "find", "find_many", "mark_done",
+           "mark_done_many", "mark_started", "mark_started_many", "mark_unstarted_many",
            "replays_table_sql", "stored_positions"]
 
 REPLAYS_TABLE = "sipcaptool_replays"
@@ -96,19 +106,99 @@ def find(adapter: Adapter, file_key: str) -> ReplayRecord | None:
     """The record of ``file_key`` in this database, or None (the table is created when
     missing). Where rows are versions (:attr:`~sipcaptool.store.Adapter.updates_in_place`
     False), the newest: the latest start, finished before running."""
+    return find_many(adapter, [file_key]).get(file_key)
+
+
+#: file keys looked up by one statement (find_many)
+FIND_CHUNK = 200
+
+
+def find_many(adapter: Adapter, file_keys: list[str]) -> dict[str, ReplayRecord]:
+    """:func:`find` for many files: a statement per FIND_CHUNK keys instead of one a
+    file (a replay of a thousand small captures asks once, not a thousand times)."""
     ensure_table(adapter)
-    d = adapter.dialect
+    d, ph = adapter.dialect, adapter.placeholder
     cols = ", ".join(q(c, d) for c in _COLUMNS)
-    rows = adapter.select(f"SELECT {cols} FROM {q(REPLAYS_TABLE, d)} "
-                          f"WHERE {q('file_key', d)} = {adapter.placeholder}", (file_key,))
-    if not rows:
-        return None
-    r = max(rows, key=lambda x: (int(x[11]), x[12] is not None, int(x[12] or 0)))
-    return ReplayRecord(str(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]),
-                        None if r[5] is None else int(r[5]),
-                        None if r[6] is None else int(r[6]), str(r[7]), str(r[8]),
-                        int(r[9]), int(r[10]), int(r[11]),
-                        None if r[12] is None else int(r[12]))
+    newest: dict[str, tuple[int, bool, int]] = {}
+    out: dict[str, ReplayRecord] = {}
+    keys = list(dict.fromkeys(file_keys))
+    for i in range(0, len(keys), FIND_CHUNK):
+        chunk = keys[i:i + FIND_CHUNK]
+        rows = adapter.select(f"SELECT {cols} FROM {q(REPLAYS_TABLE, d)} WHERE "
+                              f"{q('file_key', d)} IN ({', '.join([ph] * len(chunk))})",
+                              tuple(chunk))
+        for r in rows:
+            order = (int(r[11]), r[12] is not None, int(r[12] or 0))
+            key = str(r[0])
+            if key in newest and newest[key] >= order:
+                continue
+            newest[key] = order
+            if str(r[8]) == UNSTARTED:
+                out.pop(key, None)
+                continue
+            out[key] = ReplayRecord(str(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]),
+                                    None if r[5] is None else int(r[5]),
+                                    None if r[6] is None else int(r[6]), str(r[7]),
+                                    str(r[8]), int(r[9]), int(r[10]), int(r[11]),
+                                    None if r[12] is None else int(r[12]))
+    return out
+
+
+#: the state of a file a replay recorded as running ahead (with the files before it,
+#: mark_started_many) and then never began: as if it had no row (find_many)
+UNSTARTED = "unstarted"
+
+#: records written by one statement
+MANY_CHUNK = 50
+
+
+def _insert_many(adapter: Adapter, records: list[ReplayRecord]) -> None:
+    d, ph = adapter.dialect, adapter.placeholder
+    cols = ", ".join(q(c, d) for c in _COLUMNS)
+    row = f"({', '.join([ph] * len(_COLUMNS))})"
+    for i in range(0, len(records), MANY_CHUNK):
+        chunk = records[i:i + MANY_CHUNK]
+        params: list[object] = []
+        for rec in chunk:
+            params.extend((rec.file_key, rec.path, rec.size, rec.head_sha256, rec.tables,
+                           rec.first_us, rec.last_us, rec.run_id, rec.state, rec.packets,
+                           rec.messages, rec.started_us, rec.finished_us))
+        adapter.execute(f"INSERT INTO {q(REPLAYS_TABLE, d)} ({cols}) VALUES "
+                        + ", ".join([row] * len(chunk)), tuple(params))
+
+
+def mark_started_many(adapter: Adapter, records: list[ReplayRecord]) -> None:
+    """:func:`mark_started` for several files at once (a statement or two, not one or
+    two a file): a replay of many files records those it reads next together, each
+    before any batch of it is written."""
+    if not records:
+        return
+    d, ph = adapter.dialect, adapter.placeholder
+    if adapter.updates_in_place:
+        keys = list(dict.fromkeys(r.file_key for r in records))
+        for i in range(0, len(keys), MANY_CHUNK):
+            chunk = keys[i:i + MANY_CHUNK]
+            adapter.execute(f"DELETE FROM {q(REPLAYS_TABLE, d)} WHERE {q('file_key', d)} "
+                            f"IN ({', '.join([ph] * len(chunk))})", tuple(chunk))
+    _insert_many(adapter, records)
+
+
+def mark_unstarted_many(adapter: Adapter, records: list[ReplayRecord],
+                        finished_us: int) -> None:
+    """The files of ``records`` (as :func:`mark_started_many` wrote them) were not begun
+    after all (the replay was interrupted before them): their rows are removed, or where
+    rows are versions a version in state UNSTARTED is added -- either way the next
+    replay takes them as new."""
+    if not records:
+        return
+    d, ph = adapter.dialect, adapter.placeholder
+    if not adapter.updates_in_place:
+        _insert_many(adapter, [replace(r, state=UNSTARTED, finished_us=finished_us)
+                               for r in records])
+        return
+    for rec in records:
+        adapter.execute(f"DELETE FROM {q(REPLAYS_TABLE, d)} WHERE {q('file_key', d)} = {ph} "
+                        f"AND {q('run_id', d)} = {ph}", (rec.file_key, rec.run_id))
 
 
 def mark_started(adapter: Adapter, rec: ReplayRecord) -> None:
@@ -149,6 +239,22 @@ def mark_done(adapter: Adapter, file_key: str, run_id: str, *, state: str, packe
                     f"AND {q('run_id', d)} = {ph}",
                     (state, packets, messages, first_us, last_us, finished_us, file_key,
                      run_id))
+
+
+def mark_done_many(adapter: Adapter, done: list[ReplayRecord]) -> None:
+    """How several runs ended, each given as its record from :func:`mark_started` with
+    the state, counts and times of its end: where rows are versions, one statement
+    inserts the new versions (a later run of the same file started later, so its row
+    stays the newest); elsewhere each row is updated."""
+    if not done:
+        return
+    if adapter.updates_in_place:
+        for rec in done:
+            mark_done(adapter, rec.file_key, rec.run_id, state=rec.state, packets=rec.packets,
+                      messages=rec.messages, first_us=rec.first_us, last_us=rec.last_us,
+                      finished_us=rec.finished_us or 0)
+        return
+    _insert_many(adapter, done)
 
 
 def batch_tag(run_id: str) -> str:

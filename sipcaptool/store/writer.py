@@ -445,8 +445,9 @@ class Writer:
         of its last row (:mod:`sipcaptool.store.replays` reads them back), and a row
         submitted at a position an earlier run of the file stored for its table
         (``stored_before``: table -> position) is skipped, counted as
-        ``dropped:stored-before``. ``follow("", None)`` ends it. Call between files,
-        after :meth:`flush`."""
+        ``dropped:stored-before``. ``follow("", None)`` ends it. Call between files: the
+        rows of the file before are cut into batches of their own here (the writer
+        process joins no batches of two runs)."""
         with self._lock:
             self._flush_all()
             self._tag = tag

@@ -426,6 +426,15 @@ def _message_bytes(kind: str, rows: list[Any], cols: list[list[Any]] | None = No
     return n
 
 
+def _run_of(batch_id: str) -> str:
+    """The replay run a batch id belongs to (``r<run_id>`` of ``r<run_id>:<position>:...``,
+    see :mod:`sipcaptool.store.replays`), '' for a batch of no replay. Batches of two runs
+    (two files) are never joined: the joined insert is recorded under the id of its last
+    part, which must say how far the file of every part got."""
+    i = batch_id.find(":")
+    return batch_id[:i] if i >= 0 else ""
+
+
 def coalesce(first: Batch, source: _JobSource, max_rows: int, max_bytes: int,
              wait: float, rows_of: Callable[[object], list[Any] | None],
              clock: Callable[[], float] = time.monotonic,
@@ -438,7 +447,8 @@ def coalesce(first: Batch, source: _JobSource, max_rows: int, max_bytes: int,
     batch -- its rows in order (:class:`~sipcaptool.store.JoinedRows`), the id of its
     last part (a replay's position: the file position of its last row), ``parts`` the
     number joined -- and the first job that did not belong (another table, a Sync, a
-    Close, a batch past the bounds), to be handled next, or None. ``rows_of`` gives a
+    Close, a batch past the bounds or of another replay run), to be handled next, or
+    None. ``rows_of`` gives a
     payload's rows (None: a payload that cannot be joined, see
     :meth:`~sipcaptool.store.Adapter.payload_rows`); ``columns``, the adapter's
     :meth:`~sipcaptool.store.Adapter.columns`, turns each part into columns as it comes,
@@ -449,6 +459,7 @@ def coalesce(first: Batch, source: _JobSource, max_rows: int, max_bytes: int,
     if head is None:
         return first, None
     parts = [first]
+    run = _run_of(first.batch_id)
     payload = list(head)
     cols = _columns(columns, first.kind, payload)
     size = _message_bytes(first.kind, payload, cols)
@@ -461,7 +472,8 @@ def coalesce(first: Batch, source: _JobSource, max_rows: int, max_bytes: int,
         except queue.Empty:
             break
         more = rows_of(job.payload) if isinstance(job, Batch) and job.table == first.table \
-            and job.kind == first.kind and len(payload) + job.rows <= max_rows else None
+            and job.kind == first.kind and len(payload) + job.rows <= max_rows \
+            and _run_of(job.batch_id) == run else None
         if more is None:
             nxt = job
             break
