@@ -14,14 +14,18 @@ from __future__ import annotations
 import collections
 import queue
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .jobs import Batch, Close, Job
 
 if TYPE_CHECKING:
-    from multiprocessing.queues import Queue
-
     from .writer_process import WriterCore
+
+
+class _Jobs(Protocol):
+    """What the jobs come from (the writer process's side of the jobs queue)."""
+
+    def get(self, *, timeout: float | None = None) -> Job: ...
 
 __all__ = ["ASYNC_MEMORY_BYTES", "AsyncIntake"]
 
@@ -35,7 +39,7 @@ class AsyncIntake:
     without a spool, the thread waits -- back-pressure). The main loop of the writer
     process takes the jobs with :meth:`get` as it would from the queue."""
 
-    def __init__(self, jobs: Queue[Job], core: WriterCore,
+    def __init__(self, jobs: _Jobs, core: WriterCore,
                  limit: int = ASYNC_MEMORY_BYTES) -> None:
         self.jobs = jobs
         self.core = core

@@ -407,6 +407,32 @@ class _JobSource(Protocol):
     def get_nowait(self) -> Job: ...
 
 
+class _FromParent:
+    """The jobs queue as this process reads it: its copy of the queue's sending end closed
+    (only the parent sends), so that a parent that is gone -- killed in the middle of
+    sending a batch, say -- is the end of the pipe instead of a read that waits forever
+    for the rest; that end is taken as a Close (what this process holds is written, then
+    it ends)."""
+
+    def __init__(self, jobs: Queue[Job]) -> None:
+        self.jobs = jobs
+        sending = getattr(jobs, "_writer", None)    # (multiprocessing's Queue)
+        if sending is not None:
+            sending.close()
+
+    def get(self, *, timeout: float | None = None) -> Job:
+        try:
+            return self.jobs.get(timeout=timeout)
+        except (EOFError, OSError):
+            return Close()
+
+    def get_nowait(self) -> Job:
+        try:
+            return self.jobs.get_nowait()
+        except (EOFError, OSError):
+            return Close()
+
+
 def _message_bytes(kind: str, rows: list[Any], cols: list[list[Any]] | None = None) -> int:
     """About how many bytes of messages these rows hold (their ``msg`` column; taken
     from ``cols``, the rows as columns, where they were made: one pass in C)."""
@@ -537,7 +563,8 @@ def writer_main(url: DbUrl, partition_days: int | None, jobs: Queue[Job],
         results.put(StartFailed(f"{url.redacted()}: {type(e).__name__}: {e}"))
         return
     results.put(Ready())
-    source: _JobSource = AsyncIntake(jobs, core) if insert_mode == 2 else jobs
+    parent = _FromParent(jobs)
+    source: _JobSource = AsyncIntake(parent, core) if insert_mode == 2 else parent
     held: Job | None = None    # taken off the source by coalesce() and not yet handled
     try:
         while True:
