@@ -155,6 +155,7 @@ class FileReport:
         interrupted: a signal stopped reading this file.
         truncated: the file is cut off inside a packet (every packet before is read).
         error: why the file was not read, or not to its end; None when it was.
+        skipped: not read: ``resume`` and every database has the whole file already.
     """
 
     path: str
@@ -164,6 +165,7 @@ class FileReport:
     interrupted: bool = False
     truncated: bool = False
     error: str | None = None
+    skipped: bool = False
     first_us: int | None = field(default=None, compare=False)
     last_us: int | None = field(default=None, compare=False)
 
@@ -181,6 +183,8 @@ class FileReport:
             d["truncated"] = True
         if self.error is not None:
             d["error"] = self.error
+        if self.skipped:
+            d["skipped"] = "replayed completely before"
         return d
 
 
@@ -288,6 +292,9 @@ def replay_files(paths: Sequence[str], settings: Settings, options: ReplayOption
         for cap in captures:
             if stop:
                 break
+            if cap.path in book.skipped:
+                file_reports.append(FileReport(cap.path, skipped=True))
+                continue
             position = book.begin(cap.path, pipeline)
             report = _replay_file(cap, pipeline, stats, opts, progress, total_bytes, stop,
                                   position)
@@ -418,6 +425,7 @@ class _Book:
         self.settled_at = time.monotonic()
         self.order: list[str] = []            # the files with runs, in the order read
         self.begun: set[str] = set()
+        self.skipped: set[str] = set()        # resume: every database has the whole file
 
     @classmethod
     def plan(cls, paths: list[str], settings: Settings, opts: ReplayOptions) -> _Book:
@@ -448,6 +456,7 @@ class _Book:
                             "chooses anew each time (mt_mode hash does not); --again "
                             "stores the whole file again")
         refusals: list[str] = []
+        complete: dict[str, list[str]] = {}   # resume: file -> where it was replayed whole
         try:
             for u, modes in by_url.items():
                 a = open_adapter(u)
@@ -464,6 +473,11 @@ class _Book:
                     run = _Run(a, key, ident, tables, uuid.uuid4().hex[:12], {})
                     if rec is not None and not opts.again:
                         when = _when(rec.finished_us or rec.started_us)
+                        if rec.state == "complete" and opts.resume:
+                            complete.setdefault(p, []).append(
+                                f"{p} was replayed into {u.redacted()} before ({when}, "
+                                f"{rec.messages} messages)")
+                            continue
                         if rec.state == "complete":
                             refusals.append(
                                 f"{p} was replayed into {u.redacted()} before ({when}, "
@@ -483,6 +497,15 @@ class _Book:
         except BaseException:
             book.close()
             raise
+        # resume of a file replayed whole: skipped, where every database has all of it;
+        # where another needs the rest, refused (its rows would go to both again)
+        for p, where in complete.items():
+            if p in book.runs:
+                refusals.append(f"{where[0]}; --resume would store it there again with the "
+                                "rest it stores elsewhere: replay it into each database "
+                                "on its own")
+            else:
+                book.skipped.add(p)
         # the writer processes are forked next: no connection of ours goes with them
         # (each reconnects when it is used)
         book.close()

@@ -247,9 +247,14 @@ def test_resume_after_kill_stores_every_message_once(book_url, tmp_path):
     assert select(any_db_url, "SELECT COUNT(DISTINCT micro_ts) FROM sip_capture")[0][0] == n
     assert replays_now(any_db_url, "state, messages") == \
         [("complete", n)]
-    # and now it is complete: a third run is refused
-    r = run("replay", "-q", "--resume", "--db", any_db_url, str(pcap))
+    # and now it is complete: a third run without --resume is refused, with it the file
+    # is skipped (and said so), nothing stored
+    r = run("replay", "-q", "--db", any_db_url, str(pcap))
     assert r.returncode == 2 and "--again" in r.stderr
+    r = run("replay", "--resume", "--db", any_db_url, str(pcap))
+    assert r.returncode == 0, r.stderr
+    assert f"{pcap}: replayed completely before, skipped (--resume)" in r.stderr
+    assert select(any_db_url, "SELECT COUNT(*) FROM sip_capture")[0][0] == n
 
 
 def test_resume_refused_when_the_table_is_chosen_at_random(sqlite_url):
@@ -308,3 +313,53 @@ def test_errors_are_printed_once(tmp_path, sqlite_url):
     assert r.returncode == 3
     both = r.stdout + r.stderr
     assert both.count("cut off") == 1, both
+
+
+def test_many_files_killed_then_resumed_with_the_same_command_line(book_url, tmp_path):
+    """``replay *.pcap`` killed (SIGKILL) in the middle of many files, then the same
+    command line with --resume: the files stored whole are skipped (said once), the one
+    cut short and those not begun are stored, every message exactly once."""
+    files = [tmp_path / f"c{i:02d}.pcap" for i in range(40)]
+    for i, f in enumerate(files):
+        make_pcap(f, 200 + i)
+    total = sum(200 + i for i in range(40))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen(cmd("replay", "-q", "--db", book_url, *map(str, files)),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 60
+    while count(book_url) < total // 3:
+        assert time.monotonic() < deadline and p.poll() is None, "nothing stored in time"
+        time.sleep(0.02)
+    writers = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+    p.kill()
+    p.communicate(timeout=60)
+    deadline = time.monotonic() + 60      # its writer process ends once it is alone
+
+    def alive(pid: str) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    while any(alive(w) for w in writers):
+        assert time.monotonic() < deadline, "the writer process did not end"
+        time.sleep(0.05)
+    before = count(book_url)
+    assert 0 < before < total
+    r = run("replay", "--db", book_url, *map(str, files))
+    assert r.returncode == 2, r.stderr         # without --resume: refused
+    r = run("replay", "--resume", "--db", book_url, *map(str, files))
+    assert r.returncode == 0, r.stderr
+    assert count(book_url) == total            # each message once
+    rows = replays_now(book_url, "path, state, messages")
+    assert sorted(rows) == sorted((str(f), "complete", 200 + i) for i, f in enumerate(files))
+    # again with --resume: everything is complete, every file skipped, nothing stored
+    r = run("replay", "--resume", "--db", book_url, "--json", *map(str, files))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["stored_total"] == 0
+    assert [f.get("skipped") for f in doc["files"]] == ["replayed completely before"] * 40
+    assert count(book_url) == total
+    r = run("replay", "--resume", "--db", book_url, *map(str, files))
+    assert f"{files[0]} and 39 more: replayed completely before, skipped (--resume)" \
+        in r.stderr

@@ -39,7 +39,9 @@ from .hep_out import hep_out_from, hep_out_summary, hep_to_options
 @click.option("--resume", is_flag=True,
               help="Continue a replay of a file that was cut short (a signal, a kill, a "
                    "crash): the messages its stored batches hold are skipped (dropped: "
-                   "stored-before), the rest stored; each message is stored once.")
+                   "stored-before), the rest stored; each message is stored once. Of "
+                   "several files, those replayed completely before are skipped (said "
+                   "once), so the same command line continues where it stopped.")
 @click.option("--explain", is_flag=True,
               help="List every frame that was skipped, malformed or dropped: file, frame "
                    "number (as Wireshark counts), time, addresses, reasons.")
@@ -137,6 +139,11 @@ def command(files: tuple[str, ...], quiet: bool,
         click.echo(f"sipcaptool: warning: {report.snapped} frames were cut short by the "
                    "capture's snap length (tcpdump -s); the messages in them are not stored "
                    "(malformed: snapped); capture with -s 0 to keep whole frames", err=True)
+    skipped = [f.path for f in report.files if f.skipped]
+    if skipped and not quiet:
+        more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+        click.echo(f"sipcaptool: {skipped[0]}{more}: replayed completely before, skipped "
+                   "(--resume)", err=True)
     keep = _keep_hint(report.stats, settings)
     if not quiet or as_json:
         extra: dict[str, Any] = {
