@@ -241,6 +241,43 @@ def live_capture(net: VethPair, *args: str, side: str = "b", ready_timeout: floa
         p.err = buf + err  # type: ignore[attr-defined]
 
 
+class HepCollector:
+    """``sipcaptool hep --listen PROTO:HOST:PORT --db URL --json`` started and waited for
+    ("listening on"); ``prefix`` runs it elsewhere (``ip netns exec NS``). ``stop()``
+    sends SIGTERM and returns its JSON summary (exit 0 asserted); ``err`` collects its
+    standard error."""
+
+    def __init__(self, listen: str, db_url: str, *extra: str,
+                 prefix: tuple[str, ...] = ()) -> None:
+        import threading
+
+        self.proc = subprocess.Popen(
+            [*prefix, *sipcaptool_cmd("hep", "--listen", listen, "--db", db_url, "--json",
+                                      "--control", "none", *extra)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+        self.err: list[str] = []
+        ready = threading.Event()
+
+        def read() -> None:
+            assert self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.err.append(line)
+                if "listening on" in line:
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(30) or self.proc.poll() is not None:
+            self.proc.kill()
+            raise AssertionError("collector did not start: " + "".join(self.err))
+
+    def stop(self) -> dict:
+        self.proc.send_signal(15)
+        out, _ = self.proc.communicate(timeout=120)
+        assert self.proc.returncode == 0, "".join(self.err)
+        return dict(json.loads(out))
+
+
 # --------------------------------------------------------------------------- sender
 
 

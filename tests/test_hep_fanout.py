@@ -23,7 +23,14 @@ from collections import Counter
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from netns import VethPair, env, live_capture, sip_messages, sipcaptool_cmd  # noqa: E402
+from netns import (  # noqa: E402
+    HepCollector,
+    VethPair,
+    env,
+    live_capture,
+    sip_messages,
+    sipcaptool_cmd,
+)
 from store_helpers import connect  # noqa: E402
 
 from sipcaptool.testing.pcapgen import PcapWriter, realistic_messages, udp4_frame  # noqa: E402
@@ -39,37 +46,13 @@ def free_port() -> int:
     return int(port)
 
 
-class Coll:
+class Coll(HepCollector):
     """``sipcaptool hep`` on 127.0.0.1 in this namespace; ``stop()`` sends SIGTERM and
     returns its JSON summary."""
 
     def __init__(self, port: int, db_url: str, *extra: str, listen: str = "tcp") -> None:
         self.port = port
-        self.proc = subprocess.Popen(
-            sipcaptool_cmd("hep", "--listen", f"{listen}:127.0.0.1:{port}", "--db", db_url,
-                           "--json", "--control", "none", *extra),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
-        self.err: list[str] = []
-        ready = threading.Event()
-
-        def read() -> None:
-            assert self.proc.stderr is not None
-            for line in self.proc.stderr:
-                self.err.append(line)
-                if "listening on" in line:
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(30) or self.proc.poll() is not None:
-            self.proc.kill()
-            raise AssertionError("collector did not start: " + "".join(self.err))
-
-    def stop(self) -> dict:
-        self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=120)
-        assert self.proc.returncode == 0, "".join(self.err)
-        return dict(json.loads(out))
+        super().__init__(f"{listen}:127.0.0.1:{port}", db_url, *extra)
 
 
 def stored_messages(url: str) -> Counter[bytes]:

@@ -12,12 +12,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -27,7 +25,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from netns import env, sh, sipcaptool_cmd  # noqa: E402
+from netns import HepCollector, env, sh, sipcaptool_cmd  # noqa: E402
 
 from sipcaptool.testing.pcapgen import PcapWriter, realistic_messages, udp4_frame  # noqa: E402
 
@@ -60,37 +58,14 @@ def in_ns(ns: str, cmd: list[str]) -> list[str]:
     return ["ip", "netns", "exec", ns, *cmd]
 
 
-class Collector:
-    """``sipcaptool hep --listen tcp:ADDRESS:9061`` into its own SQLite file."""
+class Collector(HepCollector):
+    """``sipcaptool hep --listen tcp:ADDRESS:9061`` in the namespace, into its own SQLite
+    file."""
 
     def __init__(self, ns: str, address: str, db: Path) -> None:
         self.db = db
-        self.proc = subprocess.Popen(
-            in_ns(ns, sipcaptool_cmd("hep", "--listen", f"tcp:{address}:9061", "--db",
-                                     f"sqlite:///{db}", "--json", "--control", "none",
-                                     "--spool-dir", "none")),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
-        self.err: list[str] = []
-        ready = threading.Event()
-
-        def read() -> None:
-            assert self.proc.stderr is not None
-            for line in self.proc.stderr:
-                self.err.append(line)
-                if "listening on" in line:
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(30) or self.proc.poll() is not None:
-            self.proc.kill()
-            raise AssertionError("collector did not start: " + "".join(self.err))
-
-    def stop(self) -> dict:
-        self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=120)
-        assert self.proc.returncode == 0, "".join(self.err)
-        return dict(json.loads(out))
+        super().__init__(f"tcp:{address}:9061", f"sqlite:///{db}", "--spool-dir", "none",
+                         prefix=("ip", "netns", "exec", ns))
 
     def messages(self) -> Counter[bytes]:
         con = sqlite3.connect(self.db)
