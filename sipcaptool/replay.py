@@ -432,9 +432,11 @@ class _Book:
         """Look each file up in each database; ConfigError (exit 2) for a file replayed
         there before (unless ``again``) or stopped before its end (unless ``resume``)."""
         from .store import open_adapter, replays
+        from .store.spool import pending_ids, resolve_spool_dir
         from .store.url import parse_db_url
 
         book = cls()
+        spool_root = resolve_spool_dir(settings.spool_dir)
         if opts.again and opts.resume:
             raise ConfigError("--again and --resume exclude each other (--again stores "
                               "the whole file again; --resume only what is missing)")
@@ -490,7 +492,8 @@ class _Book:
                                 "--again all of it again")
                             continue
                         run.run_id = rec.run_id
-                        run.stored = replays.stored_positions(a, rec.run_id)
+                        run.stored = replays.stored_positions(a, rec.run_id, pending_ids(
+                            spool_root, u, replays.batch_tag(rec.run_id)))
                     book.runs.setdefault(p, {})[u] = run
                     if p not in book.order:
                         book.order.append(p)

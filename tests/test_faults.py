@@ -508,3 +508,56 @@ def test_collector_starts_with_the_database_down(postgres, collectors, server_up
     row = _report("database down when the collector starts (db_insert_mode 2)",
                   postgres.dialect, sent, postgres.callids(db), "start")
     assert row["lost"] == 0 and row["duplicated"] == 0, row
+
+
+def test_replay_resumed_after_an_outage_stores_the_spooled_batches_once(
+        postgres, server_up, tmp_path):
+    """A replay during which the database stops: its batches wait in the spool and the
+    replay ends with exit 4, its file remembered as not complete. Once the server is
+    back, ``replay --resume`` (what the refusal of a plain replay says to run) stores the
+    rest: the spooled batches are written by its writer process, and the resumed reading
+    skips them as it skips the committed ones -- every message once."""
+    from sipcaptool.testing.pcapgen import PcapWriter, realistic_messages, udp4_frame
+
+    url = postgres.create_db("replay_outage")
+    n = 150_000
+    pcap = tmp_path / "big.pcap"
+    with open(pcap, "wb") as f:
+        w = PcapWriter(f)
+        for ts, (src, sport, dst, dport, msg) in realistic_messages(n):
+            w.write(ts, udp4_frame(src, sport, dst, dport, msg))
+    spool = str(tmp_path / "spool")
+
+    def stored() -> int:
+        c = postgres._conn("replay_outage")
+        try:
+            with c.cursor() as cur:
+                cur.execute("SELECT COUNT(*), COUNT(DISTINCT micro_ts) FROM sip_capture")
+                total, distinct = cur.fetchone()
+                assert total == distinct, (total, distinct)   # nothing twice
+                return int(total)
+        finally:
+            c.close()
+
+    args = ["--db", url, "--spool-dir", spool, "--insert-retries", "0", "-q"]
+    p = subprocess.Popen([sys.executable, "-m", "sipcaptool", "replay", *args, str(pcap)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    _wait(lambda: stored() >= 10_000, 60, "the first rows", step=0.05)
+    server_up.append(postgres)
+    postgres.stop("immediate")
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 4 and "wait in the spool" in err, err
+    postgres.start()
+    before = stored()
+    assert 0 < before < n
+    r = subprocess.run([sys.executable, "-m", "sipcaptool", "replay", *args, str(pcap)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 2 and "--resume" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "sipcaptool", "replay", "--resume", "--json",
+                        *args, str(pcap)], capture_output=True, text=True, cwd=ROOT,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert stored() == n
+    st = subprocess.run([sys.executable, "-m", "sipcaptool", "spool", "status", "--spool-dir",
+                         spool, "--json"], capture_output=True, text=True, cwd=ROOT)
+    assert json.loads(st.stdout)["rows"] == 0

@@ -29,6 +29,7 @@ an UPDATE there is a mutation the server applies later).
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from . import Adapter
@@ -262,11 +263,15 @@ def batch_tag(run_id: str) -> str:
     return f"r{run_id}:"
 
 
-def stored_positions(adapter: Adapter, run_id: str) -> dict[str, int]:
+def stored_positions(adapter: Adapter, run_id: str,
+                     spooled: Iterable[tuple[str, str]] = ()) -> dict[str, int]:
     """For each table, the position in the file of the last message of the run's
     committed batches (``sipcaptool_batches``, and what the database knows it took
     without the id recorded: :meth:`~sipcaptool.store.Adapter.unrecorded_batches`; the
-    table is created when missing)."""
+    table is created when missing) and of ``spooled``, the (table, batch id) of its
+    batches waiting in the spool (:func:`~sipcaptool.store.spool.pending_ids`), which the
+    writer process writes before anything new: a replay stopped while the database was
+    down is resumed without storing those rows a second time."""
     adapter.create_batches_table()
     d = adapter.dialect
     tag = batch_tag(run_id)
@@ -274,7 +279,7 @@ def stored_positions(adapter: Adapter, run_id: str) -> dict[str, int]:
                           f"{q(BATCHES_TABLE, d)} WHERE {q('batch_id', d)} LIKE "
                           f"{adapter.placeholder}", (tag + "%",))
     out: dict[str, int] = {}
-    for table, batch_id in [*rows, *adapter.unrecorded_batches(tag)]:
+    for table, batch_id in [*rows, *adapter.unrecorded_batches(tag), *spooled]:
         try:
             pos = int(str(batch_id)[len(tag):].split(":", 1)[0])
         except ValueError:

@@ -382,6 +382,29 @@ class Spool:
 
 # --------------------------------------------------------------------------- status
 
+def pending_ids(root: str | None, url: DbUrl, prefix: str) -> list[tuple[str, str]]:
+    """(table, batch id) of each batch waiting in the spool ``root`` for ``url`` whose id
+    starts with ``prefix`` (read-only; no locks taken). A resumed replay counts these as
+    stored: the writer process writes them before anything new."""
+    out: list[tuple[str, str]] = []
+    if not root:
+        return out
+    d = os.path.join(root, target_key(url))
+    try:
+        names = sorted(x for x in os.listdir(d) if x.endswith(".seg"))
+    except OSError:
+        return out
+    for seg in names:
+        path = os.path.join(d, seg)
+        try:
+            for rec in scan_segment(path, _read_ack(path)):
+                if rec.batch_id.startswith(prefix):
+                    out.append((rec.table, rec.batch_id))
+        except OSError:
+            continue
+    return out
+
+
 def status(root: str) -> list[dict[str, Any]]:
     """What waits in a spool directory, per database (read-only; no locks taken)."""
     out: list[dict[str, Any]] = []
