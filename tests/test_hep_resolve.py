@@ -194,7 +194,7 @@ def test_a_name_that_stops_resolving_keeps_the_last_address(tmp_path):
     assert doc["got"]["127.0.0.2"] == [True] * 50 + [False] * 50   # all to the last address
     assert doc["got"]["127.0.0.3"] == []
     assert doc["stats"][f"hep_target:udp:{NAME}:9060:resolve-failed"] >= 1
-    assert f"cannot resolve {NAME!r} again" in r.stderr
+    assert r.stderr.count(f"cannot resolve {NAME!r} again") == 1    # said once
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])

@@ -137,12 +137,13 @@ class _Lookup:
     """The host name of a target looked up again in a thread of its own (a resolver
     that does not answer takes seconds: the capture must not wait for it)."""
 
-    __slots__ = ("spec", "socktype", "named", "_thread", "_result")
+    __slots__ = ("spec", "socktype", "named", "failing", "_thread", "_result")
 
     def __init__(self, spec: TargetSpec, socktype: int) -> None:
         self.spec = spec
         self.socktype = socktype
         self.named = not _is_address(spec.host)
+        self.failing = False        # the last lookup failed (said once, until it works)
         self._thread: threading.Thread | None = None
         self._result: tuple[socket.AddressFamily, _Address] | OSError | None = None
 
@@ -189,9 +190,14 @@ def _looked_up(lookup: _Lookup, label: str, stats: Stats, family: socket.Address
     r = lookup.result()
     if isinstance(r, OSError):
         stats[f"hep_target:{label}:resolve-failed"] += 1
-        log.warning("HEP target %s: cannot resolve %r again (%s); still using %s", label,
-                    lookup.spec.host, getattr(r, "strerror", None) or r, addr[0])
+        if not lookup.failing:      # (once, not at every attempt while it lasts)
+            log.warning("HEP target %s: cannot resolve %r again (%s); still using %s",
+                        label, lookup.spec.host, getattr(r, "strerror", None) or r, addr[0])
+        lookup.failing = True
         return None
+    if r is not None and lookup.failing:
+        lookup.failing = False
+        log.warning("HEP target %s: %s resolves again", label, lookup.spec.host)
     if r is None or r[1][:2] == addr[:2]:
         return None
     stats[f"hep_target:{label}:moved"] += 1
