@@ -204,21 +204,7 @@ def mark_unstarted_many(adapter: Adapter, records: list[ReplayRecord],
 
 def mark_started(adapter: Adapter, rec: ReplayRecord) -> None:
     """Record (or replace) the file's row as ``running``."""
-    d, ph = adapter.dialect, adapter.placeholder
-    if adapter.updates_in_place:
-        adapter.execute(f"DELETE FROM {q(REPLAYS_TABLE, d)} WHERE {q('file_key', d)} = {ph}",
-                        (rec.file_key,))
-    _insert(adapter, rec)
-
-
-def _insert(adapter: Adapter, rec: ReplayRecord) -> None:
-    d, ph = adapter.dialect, adapter.placeholder
-    cols = ", ".join(q(c, d) for c in _COLUMNS)
-    adapter.execute(f"INSERT INTO {q(REPLAYS_TABLE, d)} ({cols}) VALUES "
-                    f"({', '.join([ph] * len(_COLUMNS))})",
-                    (rec.file_key, rec.path, rec.size, rec.head_sha256, rec.tables,
-                     rec.first_us, rec.last_us, rec.run_id, rec.state, rec.packets,
-                     rec.messages, rec.started_us, rec.finished_us))
+    mark_started_many(adapter, [rec])
 
 
 def mark_done(adapter: Adapter, file_key: str, run_id: str, *, state: str, packets: int,
@@ -230,9 +216,9 @@ def mark_done(adapter: Adapter, file_key: str, run_id: str, *, state: str, packe
     if not adapter.updates_in_place:
         rec = find(adapter, file_key)
         if rec is not None and rec.run_id == run_id:
-            _insert(adapter, replace(rec, state=state, packets=packets, messages=messages,
-                                     first_us=first_us, last_us=last_us,
-                                     finished_us=finished_us))
+            _insert_many(adapter, [replace(rec, state=state, packets=packets,
+                                           messages=messages, first_us=first_us,
+                                           last_us=last_us, finished_us=finished_us)])
         return
     sets = ", ".join(f"{q(c, d)} = {ph}" for c in ("state", "packets", "messages",
                                                    "first_us", "last_us", "finished_us"))
