@@ -458,7 +458,7 @@ class _Book:
                             "chooses anew each time (mt_mode hash does not); --again "
                             "stores the whole file again")
         refusals: list[str] = []
-        complete: dict[str, list[str]] = {}   # resume: file -> where it was replayed whole
+        complete: dict[str, str] = {}         # resume: file -> where it was replayed whole
         try:
             for u, modes in by_url.items():
                 a = open_adapter(u)
@@ -476,9 +476,9 @@ class _Book:
                     if rec is not None and not opts.again:
                         when = _when(rec.finished_us or rec.started_us)
                         if rec.state == "complete" and opts.resume:
-                            complete.setdefault(p, []).append(
-                                f"{p} was replayed into {u.redacted()} before ({when}, "
-                                f"{rec.messages} messages)")
+                            complete.setdefault(
+                                p, f"{p} was replayed into {u.redacted()} before ({when}, "
+                                   f"{rec.messages} messages)")
                             continue
                         if rec.state == "complete":
                             refusals.append(
@@ -504,7 +504,7 @@ class _Book:
         # where another needs the rest, refused (its rows would go to both again)
         for p, where in complete.items():
             if p in book.runs:
-                refusals.append(f"{where[0]}; --resume would store it there again with the "
+                refusals.append(f"{where}; --resume would store it there again with the "
                                 "rest it stores elsewhere: replay it into each database "
                                 "on its own")
             else:
@@ -557,16 +557,14 @@ class _Book:
             if p != path:
                 size += ident.size
         now = time.time_ns() // 1000
-        by_adapter: dict[int, tuple[Adapter, list[Any]]] = {}
+        started: list[tuple[Adapter, Any]] = []
         for p in group:
             for run in self.runs[p].values():
                 run.record = replays.ReplayRecord(
                     run.key, p, run.identity.size, run.identity.head_sha256, run.tables,
                     None, None, run.run_id, "running", 0, 0, now, None)
-                by_adapter.setdefault(id(run.adapter), (run.adapter, []))[1].append(
-                    run.record)
-        for adapter, records in by_adapter.values():
-            self._try(replays.mark_started_many, adapter, records)
+                started.append((run.adapter, run.record))
+        self._each_database(replays.mark_started_many, started)
 
     def finish(self, pipeline: Pipeline) -> None:
         """At the end of the replay: how the runs of the files read ended recorded, and
@@ -574,17 +572,9 @@ class _Book:
         from .store import replays
 
         self.settle(pipeline)
-        now = time.time_ns() // 1000
-        by_adapter: dict[int, tuple[Adapter, list[Any]]] = {}
-        for p, runs in self.runs.items():
-            if p in self.begun:
-                continue
-            for run in runs.values():
-                if run.record is not None:
-                    by_adapter.setdefault(id(run.adapter), (run.adapter, []))[1].append(
-                        run.record)
-        for adapter, records in by_adapter.values():
-            self._try(replays.mark_unstarted_many, adapter, records, now)
+        unbegun = [(run.adapter, run.record) for p, runs in self.runs.items()
+                   if p not in self.begun for run in runs.values() if run.record is not None]
+        self._each_database(replays.mark_unstarted_many, unbegun, time.time_ns() // 1000)
 
     def end(self, report: FileReport, pipeline: Pipeline) -> None:
         """After reading a file: how its runs ended is recorded once its batches are
@@ -610,7 +600,7 @@ class _Book:
         if not self.ended:
             return
         pipeline.flush()
-        done: dict[int, tuple[Adapter, list[Any]]] = {}
+        done: list[tuple[Adapter, Any]] = []
         now = time.time_ns() // 1000
         for report in self.ended:
             state = "interrupted" if report.interrupted else "complete"
@@ -619,13 +609,22 @@ class _Book:
             for run in self.runs.get(report.path, {}).values():
                 if run.record is None:
                     continue
-                done.setdefault(id(run.adapter), (run.adapter, []))[1].append(replace(
+                done.append((run.adapter, replace(
                     run.record, state=state, packets=report.packets or 0,
                     messages=report.messages, first_us=report.first_us,
-                    last_us=report.last_us, finished_us=now))
+                    last_us=report.last_us, finished_us=now)))
         self.ended.clear()
-        for adapter, records in done.values():
-            self._try(replays.mark_done_many, adapter, records)
+        self._each_database(replays.mark_done_many, done)
+
+    def _each_database(self, fn: Callable[..., None], records: list[tuple[Adapter, Any]],
+                       *args: Any) -> None:
+        """``fn(adapter, its records, *args)`` once for each database among ``records``
+        ((adapter, record) pairs, in order), as :meth:`_try` calls it."""
+        by_adapter: dict[int, tuple[Adapter, list[Any]]] = {}
+        for adapter, rec in records:
+            by_adapter.setdefault(id(adapter), (adapter, []))[1].append(rec)
+        for adapter, recs in by_adapter.values():
+            self._try(fn, adapter, recs, *args)
 
     @staticmethod
     def _try(fn: Callable[..., None], adapter: Adapter, *args: Any, **kw: Any) -> None:

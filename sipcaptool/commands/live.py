@@ -228,14 +228,11 @@ def command(duration: float | None, count: int | None, as_json: bool,
                                                             for k, v in events.items()))
             if lines:
                 click.echo("\n".join(lines))
-    if error is not None:
-        if lost:
-            click.echo(f"sipcaptool: error: {lost}", err=True)
-        raise error
     if lost:
         click.echo(f"sipcaptool: error: {lost}", err=True)
-        return EXIT_DATABASE
-    return 0
+    if error is not None:
+        raise error
+    return EXIT_DATABASE if lost else 0
 
 
 def _start_control(path: str | None, metrics_addr: str | None, cap: LiveCapture,
