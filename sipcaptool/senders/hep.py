@@ -113,13 +113,18 @@ def parse_target(text: str) -> tuple[str, str, int]:
     return t.transport, t.host, t.port
 
 
+def _address(t: TargetSpec, socktype: int) -> tuple[socket.AddressFamily, _Address]:
+    """The first address of a target's host (OSError, socket.gaierror among them, when
+    it has none)."""
+    fam, _t, _p, _c, addr = socket.getaddrinfo(t.host, t.port, 0, socktype)[0]
+    return fam, addr
+
+
 def _resolve(t: TargetSpec, socktype: int) -> tuple[socket.AddressFamily, _Address]:
     try:
-        info = socket.getaddrinfo(t.host, t.port, 0, socktype)
+        return _address(t, socktype)
     except socket.gaierror as e:
         raise ConfigError(f"--hep-to {t.label}: cannot resolve {t.host!r} ({e.strerror})") from None
-    fam, _t, _p, _c, addr = info[0]
-    return fam, addr
 
 
 def _is_address(host: str) -> bool:
@@ -163,8 +168,7 @@ class _Lookup:
 
         def run() -> None:
             try:
-                info = socket.getaddrinfo(self.spec.host, self.spec.port, 0, self.socktype)
-                self._result = (info[0][0], info[0][4])
+                self._result = _address(self.spec, self.socktype)
             except OSError as e:     # (socket.gaierror among them)
                 self._result = e
 
