@@ -241,6 +241,30 @@ def live_capture(net: VethPair, *args: str, side: str = "b", ready_timeout: floa
         p.err = buf + err  # type: ignore[attr-defined]
 
 
+def replay_capture(n: int) -> tuple[bytes, list[bytes], list[tuple[int, bytes]]]:
+    """A pcap of ``n`` realistic SIP messages, in pieces to write or feed as a test
+    wants: (file header, messages, (ts µs, frame) records; :func:`pcap_records`)."""
+    import io
+
+    from sipcaptool.testing.pcapgen import PcapWriter, realistic_messages, udp4_frame
+
+    buf = io.BytesIO()
+    PcapWriter(buf)
+    msgs, recs = [], []
+    for ts, (src, sport, dst, dport, msg) in realistic_messages(n):
+        msgs.append(msg)
+        recs.append((ts, udp4_frame(src, sport, dst, dport, msg)))
+    return buf.getvalue(), msgs, recs
+
+
+def pcap_records(recs: list[tuple[int, bytes]]) -> bytes:
+    """(ts µs, frame) records as they follow a pcap file header."""
+    import struct
+
+    return b"".join(struct.pack("<IIII", ts // 1_000_000, ts % 1_000_000, len(f), len(f)) + f
+                    for ts, f in recs)
+
+
 class HepCollector:
     """``sipcaptool hep --listen PROTO:HOST:PORT --db URL --json`` started and waited for
     ("listening on"); ``prefix`` runs it elsewhere (``ip netns exec NS``). ``stop()``

@@ -28,12 +28,12 @@ from netns import (  # noqa: E402
     VethPair,
     env,
     live_capture,
+    pcap_records,
+    replay_capture,
     sip_messages,
     sipcaptool_cmd,
 )
 from store_helpers import connect  # noqa: E402
-
-from sipcaptool.testing.pcapgen import PcapWriter, realistic_messages, udp4_frame  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("netns")
 
@@ -84,31 +84,13 @@ def _wait_rows(url: str, node: str, timeout: float = 20) -> None:
     raise AssertionError(f"collector {node} stored nothing in {timeout}s")
 
 
-def replay_capture(n: int) -> tuple[bytes, list[bytes], list[tuple[int, bytes]]]:
-    """A pcap of ``n`` realistic SIP messages: (header, messages, (ts, frame) records)."""
-    import io
-
-    buf = io.BytesIO()
-    PcapWriter(buf)
-    header = buf.getvalue()
-    msgs, recs = [], []
-    for ts, (src, sport, dst, dport, msg) in realistic_messages(n):
-        msgs.append(msg)
-        recs.append((ts, udp4_frame(src, sport, dst, dport, msg)))
-    return header, msgs, recs
-
-
 def feed_slowly(proc: subprocess.Popen, header: bytes, recs: list[tuple[int, bytes]],
                 seconds: float) -> None:
-    import struct
-
     assert proc.stdin is not None
     proc.stdin.write(header)
     step = max(1, len(recs) // 100)
     for i in range(0, len(recs), step):
-        chunk = b"".join(struct.pack("<IIII", ts // 1_000_000, ts % 1_000_000, len(f), len(f))
-                         + f for ts, f in recs[i:i + step])
-        proc.stdin.write(chunk)
+        proc.stdin.write(pcap_records(recs[i:i + step]))
         proc.stdin.flush()
         time.sleep(seconds / 100)
     proc.stdin.close()
@@ -197,11 +179,7 @@ def test_a_front_collector_forwards_each_call_to_one_back_collector(pg_url, tmp_
                  str(tmp_path / "spool-front"), listen="udp")
     header, msgs, recs = replay_capture(2000)
     cap = tmp_path / "front.pcap"
-    import struct
-
-    cap.write_bytes(header + b"".join(
-        struct.pack("<IIII", ts // 1_000_000, ts % 1_000_000, len(f), len(f)) + f
-        for ts, f in recs))
+    cap.write_bytes(header + pcap_records(recs))
     r = subprocess.run(sipcaptool_cmd("replay", str(cap), "--db", "none", "--hep-to",
                                       f"udp:127.0.0.1:{front_port}", "--json", "-q"),
                        capture_output=True, text=True, env=env(), timeout=120)
@@ -275,8 +253,6 @@ def test_live_agent_over_tls_to_two_collectors_and_a_front_forwarding_over_tls(t
 def test_a_front_collector_that_loses_forwarded_messages_exits_4(tmp_path):
     """``hep --forward-to`` with no collector behind it up and a spool too small: what it
     could not keep is counted, said in one line, and the exit status at the stop is 4."""
-    import struct
-
     front_port = free_port()
     front = Coll(front_port, "none", "--forward-to", f"tcp:127.0.0.1:{free_port()}",
                  "--forward-buffer", "64K", "--spool-dir", str(tmp_path / "spool"),
@@ -284,9 +260,7 @@ def test_a_front_collector_that_loses_forwarded_messages_exits_4(tmp_path):
     try:
         header, msgs, recs = replay_capture(400)
         cap = tmp_path / "front.pcap"
-        cap.write_bytes(header + b"".join(
-            struct.pack("<IIII", ts // 1_000_000, ts % 1_000_000, len(f), len(f)) + f
-            for ts, f in recs))
+        cap.write_bytes(header + pcap_records(recs))
         r = subprocess.run(sipcaptool_cmd("replay", str(cap), "--db", "none", "--hep-to",
                                           f"udp:127.0.0.1:{front_port}", "-q"),
                            capture_output=True, text=True, env=env(), timeout=120)

@@ -25,9 +25,14 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from netns import HepCollector, env, sh, sipcaptool_cmd  # noqa: E402
-
-from sipcaptool.testing.pcapgen import PcapWriter, realistic_messages, udp4_frame  # noqa: E402
+from netns import (  # noqa: E402
+    HepCollector,
+    env,
+    pcap_records,
+    replay_capture,
+    sh,
+    sipcaptool_cmd,
+)
 
 pytestmark = pytest.mark.usefixtures("netns")
 
@@ -77,17 +82,8 @@ class Collector(HepCollector):
 
 
 def test_a_tcp_collector_that_moves_is_followed_when_its_connection_ends(tmp_path):
-    import io
-    import struct
-
     n = 2000
-    buf = io.BytesIO()
-    PcapWriter(buf)
-    header = buf.getvalue()
-    msgs, recs = [], []
-    for ts, (src, sport, dst, dport, msg) in realistic_messages(n):
-        msgs.append(msg)
-        recs.append((ts, udp4_frame(src, sport, dst, dport, msg)))
+    header, msgs, recs = replay_capture(n)
     with named_namespace() as ns:
         old = Collector(ns, "127.0.0.2", tmp_path / "old.db")
         new = Collector(ns, "127.0.0.3", tmp_path / "new.db")
@@ -103,9 +99,7 @@ def test_a_tcp_collector_that_moves_is_followed_when_its_connection_ends(tmp_pat
             if i == 40 * step:   # the name moves, and the old collector stops
                 hosts(ns, "127.0.0.3")
                 old_summary = old.stop()
-            agent.stdin.write(b"".join(
-                struct.pack("<IIII", ts // 1_000_000, ts % 1_000_000, len(f), len(f)) + f
-                for ts, f in recs[i:i + step]))
+            agent.stdin.write(pcap_records(recs[i:i + step]))
             agent.stdin.flush()
             time.sleep(0.05)
         out, err = agent.communicate(timeout=120)
