@@ -12,9 +12,13 @@ Each file replayed into a database is remembered there (``sipcaptool_replays``, 
 :mod:`sipcaptool.store.replays`): a second replay of the same file into the same tables
 is refused (ConfigError, exit 2) unless ``again``; one that was cut short (a signal, a
 kill, a crash) continues with ``resume`` after the last batch it stored, so every
-message is stored once. Standard input is not remembered (it has no identity before it
-is read). With ``explain``, each frame that was skipped, malformed or dropped is handed
-to that callback (file, frame number, time, addresses, reasons).
+message is stored once. A file whose start cannot be recorded because the database
+cannot be reached is not read, nor are the files after it (its batches would wait in the
+spool under a run no later replay knows, and ``resume`` would store it again beside
+them): the report's errors say so, and ``resume`` stores them once the database is
+back. Standard input is not remembered (it has no identity before it is read). With
+``explain``, each frame that was skipped, malformed or dropped is handed to that
+callback (file, frame number, time, addresses, reasons).
 
 A file that cannot be read once its turn comes (not a capture after all, an unknown
 link type, cut off in the middle) does not stop the others: its
@@ -286,16 +290,21 @@ def replay_files(paths: Sequence[str], settings: Settings, options: ReplayOption
     sizes = [c.size for c in captures]
     total_bytes = None if None in sizes else (sum(s or 0 for s in sizes) or 1)
     started = time.monotonic()
+    unread: tuple[_UnrememberedError, list[str]] | None = None
     try:
         if progress is not None:
             progress(0, total_bytes)
-        for cap in captures:
+        for i, cap in enumerate(captures):
             if stop:
                 break
             if cap.path in book.skipped:
                 file_reports.append(FileReport(cap.path, skipped=True))
                 continue
-            position = book.begin(cap.path, pipeline)
+            try:
+                position = book.begin(cap.path, pipeline)
+            except _UnrememberedError as e:
+                unread = e, [c.path for c in captures[i:] if c.path not in book.skipped]
+                break
             report = _replay_file(cap, pipeline, stats, opts, progress, total_bytes, stop,
                                   position)
             book.end(report, pipeline)
@@ -320,6 +329,15 @@ def replay_files(paths: Sequence[str], settings: Settings, options: ReplayOption
     if refused:
         errors.append(StoreError(f"the database refused {refused} rows (dropped:db-error; "
                                  "the log says why); every other message was stored"))
+    if unread is not None:
+        why, paths_left = unread
+        more = f" and the {len(paths_left) - 1} files after it were" \
+            if len(paths_left) > 2 else " and the file after it were" \
+            if len(paths_left) == 2 else " was"
+        errors.append(StoreError(
+            f"{paths_left[0]}{more} not read: the replay cannot be remembered in "
+            f"sipcaptool_replays ({why.error}); once the database is back, the same "
+            "command with --resume stores what is missing"))
     spool = pipeline.spool_report()
     if spool["batches"]:
         errors.append(StoreError(
@@ -402,6 +420,15 @@ class _Run:
     record: Any = None      # its row as mark_started wrote it (a ReplayRecord)
 
 
+class _UnrememberedError(Exception):
+    """The start of a file's run could not be recorded: the database cannot be reached
+    (``error``, after :attr:`_Book.START_RETRY`). The file is not read."""
+
+    def __init__(self, error: StoreError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 #: the databases whose replays are remembered (sipcaptool_replays)
 BOOKKEPT = ("sqlite", "mysql", "postgresql", "clickhouse")
 
@@ -417,6 +444,9 @@ class _Book:
     #: the files recorded as running together (_start_ahead): at most SETTLE_FILES, and
     #: this many bytes of them after the first
     START_AHEAD_BYTES = 64 << 20
+    #: a start the database cannot take (the connection lost) is tried again after these
+    #: pauses (seconds) before the file is given up (_UnrememberedError)
+    START_RETRY = (0.5, 1.0, 2.0, 4.0)
 
     def __init__(self) -> None:
         self.adapters: list[Adapter] = []
@@ -564,7 +594,13 @@ class _Book:
                     run.key, p, run.identity.size, run.identity.head_sha256, run.tables,
                     None, None, run.run_id, "running", 0, 0, now, None)
                 started.append((run.adapter, run.record))
-        self._each_database(replays.mark_started_many, started)
+        try:
+            self._each_database(replays.mark_started_many, started, start=True)
+        except _UnrememberedError:
+            for p in group:         # (not recorded: nothing to take back at the end)
+                for run in self.runs[p].values():
+                    run.record = None
+            raise
 
     def finish(self, pipeline: Pipeline) -> None:
         """At the end of the replay: how the runs of the files read ended recorded, and
@@ -617,23 +653,37 @@ class _Book:
         self._each_database(replays.mark_done_many, done)
 
     def _each_database(self, fn: Callable[..., None], records: list[tuple[Adapter, Any]],
-                       *args: Any) -> None:
+                       *args: Any, start: bool = False) -> None:
         """``fn(adapter, its records, *args)`` once for each database among ``records``
-        ((adapter, record) pairs, in order), as :meth:`_try` calls it."""
+        ((adapter, record) pairs, in order), as :meth:`_try` calls it (``start``: the
+        start records, which raise :class:`_UnrememberedError`)."""
         by_adapter: dict[int, tuple[Adapter, list[Any]]] = {}
         for adapter, rec in records:
             by_adapter.setdefault(id(adapter), (adapter, []))[1].append(rec)
         for adapter, recs in by_adapter.values():
-            self._try(fn, adapter, recs, *args)
+            self._try(fn, adapter, recs, *args, retry=self.START_RETRY if start else None)
 
     @staticmethod
-    def _try(fn: Callable[..., None], adapter: Adapter, *args: Any, **kw: Any) -> None:
-        # the bookkeeping must not cost the data: a failure is a warning
-        try:
-            fn(adapter, *args, **kw)
-        except StoreError as e:
-            log.warning("%s: cannot record the replay in sipcaptool_replays: %s",
-                        adapter.url.redacted(), e)
+    def _try(fn: Callable[..., None], adapter: Adapter, *args: Any,
+             retry: Sequence[float] | None = None) -> None:
+        """The bookkeeping must not cost the data: a failure is a warning. Except, with
+        ``retry`` (a start), a database that cannot be reached: tried again after each
+        pause, then :class:`_UnrememberedError` -- a file read without its start recorded
+        would be stored again by a later replay (its spooled batches belong to a run no
+        record names)."""
+        pauses = list(retry or ())
+        while True:
+            try:
+                fn(adapter, *args)
+                return
+            except StoreError as e:
+                if retry is None or e.kind != "connection":
+                    log.warning("%s: cannot record the replay in sipcaptool_replays: %s",
+                                adapter.url.redacted(), e)
+                    return
+                if not pauses:
+                    raise _UnrememberedError(e) from None
+                time.sleep(pauses.pop(0))
 
     def close(self) -> None:
         for a in self.adapters:

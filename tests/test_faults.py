@@ -561,3 +561,63 @@ def test_replay_resumed_after_an_outage_stores_the_spooled_batches_once(
     st = subprocess.run([sys.executable, "-m", "sipcaptool", "spool", "status", "--spool-dir",
                          spool, "--json"], capture_output=True, text=True, cwd=ROOT)
     assert json.loads(st.stdout)["rows"] == 0
+
+
+def test_replay_stops_before_a_file_it_cannot_remember(postgres, server_up, tmp_path):
+    """Files whose starts are recorded one at a time (each larger than what a replay
+    records ahead: here every file, so that small files show it). The database stops
+    while the first is read: the rest of the first waits in the spool. The second is not
+    read: its start cannot be recorded, and its batches would wait in the spool under a
+    run no later replay knows (``--resume`` would store it again beside them, each of
+    its messages twice once the spool is drained). The replay ends with exit 4 and says
+    what to run; once the server is back, ``replay --resume`` stores the rest of the
+    first and all of the second: every message once."""
+    from sipcaptool.testing.pcapgen import PcapWriter, realistic_messages, udp4_frame
+
+    url = postgres.create_db("replay_unremembered")
+    sizes = {"first.pcap": (150_000, 1_764_000_000_000_000),
+             "second.pcap": (3_000, 1_765_000_000_000_000)}
+    for name, (n, start) in sizes.items():
+        with open(tmp_path / name, "wb") as f:
+            w = PcapWriter(f)
+            for ts, (src, sport, dst, dport, msg) in realistic_messages(n, start):
+                w.write(ts, udp4_frame(src, sport, dst, dport, msg))
+    total = sum(n for n, _ in sizes.values())
+    spool = str(tmp_path / "spool")
+
+    def stored(since_us: int = 0) -> int:
+        c = postgres._conn("replay_unremembered")
+        try:
+            with c.cursor() as cur:
+                cur.execute("SELECT COUNT(*), COUNT(DISTINCT micro_ts) FROM sip_capture "
+                            "WHERE micro_ts >= %s", (since_us,))
+                n, distinct = cur.fetchone()
+                assert n == distinct, (n, distinct)   # nothing twice
+                return int(n)
+        finally:
+            c.close()
+
+    # (every file recorded on its own, as files larger than START_AHEAD_BYTES are)
+    run = [sys.executable, "-c", "import sys; from sipcaptool.replay import _Book; "
+           "_Book.START_AHEAD_BYTES = 0; from sipcaptool.cli import main; "
+           "sys.argv[0] = 'sipcaptool'; main()", "replay"]
+    args = ["--db", url, "--spool-dir", spool, "--insert-retries", "0", "-q"]
+    files = [str(tmp_path / name) for name in sizes]
+    p = subprocess.Popen([*run, *args, *files], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    _wait(lambda: stored() >= 10_000, 60, "the first rows", step=0.05)
+    server_up.append(postgres)
+    postgres.stop("immediate")
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 4, err
+    assert "second.pcap" in err and "not read" in err and "--resume" in err, err
+    postgres.start()
+    assert 0 < stored() < sizes["first.pcap"][0]
+    assert stored(sizes["second.pcap"][1]) == 0
+    r = subprocess.run([*run, "--resume", "--json", *args, *files], capture_output=True,
+                       text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert stored() == total
+    st = subprocess.run([sys.executable, "-m", "sipcaptool", "spool", "status", "--spool-dir",
+                         spool, "--json"], capture_output=True, text=True, cwd=ROOT)
+    assert json.loads(st.stdout)["rows"] == 0
