@@ -7,7 +7,9 @@ here differ by up to 3x from day to day, so the figures that mean something are 
                                           # --rcvbuf 4M; the collector with the CPU
                                           # priority its systemd unit gives it; the three
                                           # take turns at each rate)
-    python bench/clickhouse.py replay     # replay into ClickHouse vs --db none
+    python bench/clickhouse.py replay     # replay into ClickHouse vs --db none (and the
+                                          # hand-over alone: a writer process that
+                                          # throws the batches away)
     python bench/clickhouse.py writes     # a cluster: through the Distributed table vs
                                           # straight to the shard of each row
     python bench/clickhouse.py lookups    # Call-ID and user-in-an-hour on 10,000,000 rows
@@ -146,12 +148,14 @@ def _children_cpu() -> float:
 
 
 def time_replay(url: str, pcap: Path, *extra: str, server_pid: int | None = None,
-                neighbour: bool = False) -> tuple[float, dict, float, float]:
+                neighbour: bool = False, prog: tuple[str, ...] = ("-m", "sipcaptool")
+                ) -> tuple[float, dict, float, float]:
     """One ``sipcaptool replay`` as a user runs it: (wall seconds, its --json summary, CPU
     seconds the server used meanwhile, CPU seconds of the replay's own processes: the
     capturing process and its writer process). ``neighbour``: with another process
     keeping a core busy all the time (the reference for what sharing the machine costs;
-    its CPU is not the replay's: reported as 0)."""
+    its CPU is not the replay's: reported as 0). ``prog``: what Python runs instead of
+    ``-m sipcaptool`` (bench/handover_only.py)."""
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)   # as installed: modules compiled once
     spin = subprocess.Popen([sys.executable, "-c", _SPIN]) if neighbour else None
@@ -161,7 +165,7 @@ def time_replay(url: str, pcap: Path, *extra: str, server_pid: int | None = None
         srv0 = _cpu_of(server_pid)
         own0 = _children_cpu()
         t0 = time.perf_counter()
-        p = subprocess.Popen([sys.executable, "-m", "sipcaptool", "replay", "--json", "-q",
+        p = subprocess.Popen([sys.executable, *prog, "replay", "--json", "-q",
                               "--again", "--db", url, *extra, str(pcap)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              cwd=ROOT, env=env)
@@ -188,7 +192,11 @@ def cmd_replay(a: argparse.Namespace) -> dict:
         # "none, core busy": --db none beside a process that only keeps the other core
         # busy -- what the machine's sharing alone costs a replay (the writer process and
         # the server keep that core busy during a replay into a database)
-        runs = [("none", "none", ()), ("none, core busy", "none", ()), ("clickhouse", url, ())]
+        # "hand-over only": into ClickHouse with a writer process that throws each batch
+        # away (bench/handover_only.py) -- what handing the rows to any writer process
+        # costs the capturing process, the floor of a replay into a database
+        runs = [("none", "none", ()), ("none, core busy", "none", ()),
+                ("hand-over only", url, ()), ("clickhouse", url, ())]
         if a.pg:
             try:
                 init_db(a.pg, ["sip_capture"])
@@ -201,8 +209,11 @@ def cmd_replay(a: argparse.Namespace) -> dict:
         time_replay("none", pcap)          # (compiles the modules once, as an install has)
         for _ in range(a.repeat):     # alternated, so all see the same machine
             for name, u, extra in runs:
+                prog = (str(ROOT / "bench" / "handover_only.py"),) \
+                    if name == "hand-over only" else ("-m", "sipcaptool")
                 dt, _doc, srv, own = time_replay(u, pcap, *extra, server_pid=pid,
-                                                 neighbour=name == "none, core busy")
+                                                 neighbour=name == "none, core busy",
+                                                 prog=prog)
                 times[name].append(dt)
                 cpu[name].append(own)
                 if name == "clickhouse":
@@ -211,7 +222,8 @@ def cmd_replay(a: argparse.Namespace) -> dict:
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"replay of {a.n} messages, median of {a.repeat} runs (alternated):")
     for k, v in med.items():
-        print(f"  --db {k:<16} {v:6.2f} s  {a.n / v:>8.0f} msg/s  "
+        label = k if k == "hand-over only" else "--db " + k
+        print(f"  {label:<21} {v:6.2f} s  {a.n / v:>8.0f} msg/s  "
               f"{100 * (v / med['none'] - 1):+6.1f}% against --db none   "
               f"(runs: {', '.join(f'{x:.2f}' for x in times[k])})")
     med_cpu = {k: statistics.median(v) for k, v in cpu.items() if k != "none, core busy"}
