@@ -16,7 +16,11 @@ message is stored once. A file whose start cannot be recorded because the databa
 cannot be reached is not read, nor are the files after it (its batches would wait in the
 spool under a run no later replay knows, and ``resume`` would store it again beside
 them): the report's errors say so, and ``resume`` stores them once the database is
-back. Standard input is not remembered (it has no identity before it is read). With
+back. Likewise a file one of whose batches is lost for want of the database (the spool
+full, or no spool): the writer process drops the rest of its run too
+(:attr:`~sipcaptool.store.writer_process.WriterCore.cut_runs`), so that what a run
+stored is a beginning of the file, and the replay stops there for ``resume``. Standard
+input is not remembered (it has no identity before it is read). With
 ``explain``, each frame that was skipped, malformed or dropped is handed to that
 callback (file, frame number, time, addresses, reasons).
 
@@ -50,7 +54,7 @@ if TYPE_CHECKING:
     from .sources.pcapfile import CaptureFile
     from .store import Adapter
     from .store.url import DbUrl
-    from .store.writer import Position
+    from .store.writer import Position, Writer
 
 __all__ = ["Explained", "FileIdentity", "FileReport", "Progress", "ReplayOptions",
            "ReplayReport", "file_identity", "replay_files"]
@@ -291,6 +295,7 @@ def replay_files(paths: Sequence[str], settings: Settings, options: ReplayOption
     total_bytes = None if None in sizes else (sum(s or 0 for s in sizes) or 1)
     started = time.monotonic()
     unread: tuple[_UnrememberedError, list[str]] | None = None
+    left: list[str] = []      # not read after a file the database could not take
     try:
         if progress is not None:
             progress(0, total_bytes)
@@ -309,6 +314,9 @@ def replay_files(paths: Sequence[str], settings: Settings, options: ReplayOption
                                   position)
             book.end(report, pipeline)
             file_reports.append(report)
+            if _cut(pipeline.writers):
+                left = [c.path for c in captures[i + 1:] if c.path not in book.skipped]
+                break
         book.finish(pipeline)
     except BaseException:
         try:
@@ -338,6 +346,17 @@ def replay_files(paths: Sequence[str], settings: Settings, options: ReplayOption
             f"{paths_left[0]}{more} not read: the replay cannot be remembered in "
             f"sipcaptool_replays ({why.error}); once the database is back, the same "
             "command with --resume stores what is missing"))
+    cut = set().union(*(w.cut_runs for w in pipeline.writers))
+    if cut:
+        # (a loss reported while the next file was read stops that one too)
+        cut_files = [r.path for r in file_reports
+                     if book.was_cut(r.path, cut) or (r.interrupted and not stop)]
+        after = f"; the {len(left)} files after it were not read" if len(left) > 1 else \
+            f"; {left[0]} after it was not read" if left else ""
+        errors.append(StoreError(
+            f"{', '.join(cut_files) or 'the replay'} stopped where the database could not "
+            f"take its rows (the spool full, or no spool){after}: once the database is "
+            "back, the same command with --resume stores the rest, each message once"))
     spool = pipeline.spool_report()
     if spool["batches"]:
         errors.append(StoreError(
@@ -418,6 +437,12 @@ class _Run:
     run_id: str
     stored: dict[str, int]
     record: Any = None      # its row as mark_started wrote it (a ReplayRecord)
+
+
+def _cut(writers: Sequence[Writer]) -> bool:
+    """Whether a replay run lost a batch for want of the database (``Writer.cut_runs``):
+    the writer processes drop the rest of its file, and the replay stops reading."""
+    return any(w.cut_runs for w in writers)
 
 
 class _UnrememberedError(Exception):
@@ -635,9 +660,14 @@ class _Book:
         self.settled_at = time.monotonic()
         if not self.ended:
             return
-        pipeline.flush()
+        try:
+            pipeline.flush()
+        except StoreError:
+            if not _cut(pipeline.writers):   # (a run cut: recorded as such below)
+                raise
         done: list[tuple[Adapter, Any]] = []
         now = time.time_ns() // 1000
+        cut = set().union(*(w.cut_runs for w in pipeline.writers))
         for report in self.ended:
             state = "interrupted" if report.interrupted else "complete"
             if report.packets is None:
@@ -646,11 +676,16 @@ class _Book:
                 if run.record is None:
                     continue
                 done.append((run.adapter, replace(
-                    run.record, state=state, packets=report.packets or 0,
+                    run.record, packets=report.packets or 0,
+                    state="interrupted" if "r" + run.run_id in cut else state,
                     messages=report.messages, first_us=report.first_us,
                     last_us=report.last_us, finished_us=now)))
         self.ended.clear()
         self._each_database(replays.mark_done_many, done)
+
+    def was_cut(self, path: str, cut: set[str]) -> bool:
+        """Whether a run of ``path`` is among the ``cut`` runs (``Writer.cut_runs``)."""
+        return any("r" + run.run_id in cut for run in self.runs.get(path, {}).values())
 
     def _each_database(self, fn: Callable[..., None], records: list[tuple[Adapter, Any]],
                        *args: Any, start: bool = False) -> None:
@@ -737,6 +772,7 @@ def _replay_file(cap: CaptureFile, pipeline: Pipeline, stats: Stats, opts: Repla
     before = stats["packets"]
     messages = 0
     interrupted = False
+    writers = pipeline.writers
     first_us: int | None = None
     last_us: int | None = None
     for data, meta in cap.batches():
@@ -752,22 +788,32 @@ def _replay_file(cap: CaptureFile, pipeline: Pipeline, stats: Stats, opts: Repla
         decoder.snaplen = cap.snaplen or 0
         if cap.linktype is not None and cap.linktype != decoder.linktype:
             decoder.set_linktype(cap.linktype)  # pcapng: interfaces of other link types
-        if explaining is not None:
-            messages += explaining(data, meta, submit)
-        else:
-            msgs = decode_batch(data, meta)
-            submit_all(msgs)
-            messages += len(msgs)
+        try:
+            if explaining is not None:
+                messages += explaining(data, meta, submit)
+            else:
+                msgs = decode_batch(data, meta)
+                messages += len(msgs)
+                submit_all(msgs)
+        except StoreError:
+            # (an earlier batch's error, raised once its row was taken): where it is a
+            # replay run cut, the file's reading stops below, else it ends the replay
+            if not _cut(writers):
+                raise
         stats["packets"] += n // 4
         if progress is not None:
             # on-disk size of the batch: frames plus 16-byte record headers (pcap)
             progress(len(data) + 4 * n, total_bytes)
-        if stop:
+        if stop or _cut(writers):
             interrupted = True
             break
     msgs = decoder.flush()
-    submit_all(msgs)
     messages += len(msgs)
+    try:
+        submit_all(msgs)
+    except StoreError:
+        if not _cut(writers):
+            raise
     if isinstance(stats, _Watch):
         stats.take()  # (what the end of the file gave up belongs to no frame)
     stats.update(cap.counts)  # packets not handed on (a link type not decoded), blocks skipped

@@ -621,3 +621,72 @@ def test_replay_stops_before_a_file_it_cannot_remember(postgres, server_up, tmp_
     st = subprocess.run([sys.executable, "-m", "sipcaptool", "spool", "status", "--spool-dir",
                          spool, "--json"], capture_output=True, text=True, cwd=ROOT)
     assert json.loads(st.stdout)["rows"] == 0
+
+
+def test_replay_stops_where_the_spool_is_full_and_resume_stores_the_rest(
+        postgres, server_up, tmp_path):
+    """The database stops during a replay and the spool fills: the batch the spool
+    cannot take is lost, and with it every later batch of that file, even once the
+    database is back -- so that what is stored of the file is always a beginning, which
+    ``--resume`` continues exactly. The replay stops reading there, ends with exit 4 and
+    says to run ``--resume``; that stores the rest: every message once. (Before, the
+    replay read on, stored what came once the server was back, and recorded the file as
+    complete: the batches lost in between were not stored by any later replay.)"""
+    from sipcaptool.testing.pcapgen import PcapWriter, realistic_messages, udp4_frame
+
+    url = postgres.create_db("replay_spool_full")
+    n = 150_000
+    pcap = tmp_path / "big.pcap"
+    with open(pcap, "wb") as f:
+        w = PcapWriter(f)
+        for ts, (src, sport, dst, dport, msg) in realistic_messages(n):
+            w.write(ts, udp4_frame(src, sport, dst, dport, msg))
+    spool = str(tmp_path / "spool")
+    limit = 4 << 20         # (room for one batch)
+
+    def stored() -> int:
+        c = postgres._conn("replay_spool_full")
+        try:
+            with c.cursor() as cur:
+                cur.execute("SELECT COUNT(*), COUNT(DISTINCT micro_ts) FROM sip_capture")
+                total, distinct = cur.fetchone()
+                assert total == distinct, (total, distinct)   # nothing twice
+                return int(total)
+        finally:
+            c.close()
+
+    args = ["--db", url, "--spool-dir", spool, "--spool-max-bytes", str(limit),
+            "--insert-retries", "0", "-q"]
+    p = subprocess.Popen([sys.executable, "-m", "sipcaptool", "replay", *args, str(pcap)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         cwd=ROOT)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(p.stderr.readline, "")),
+                              daemon=True)
+    reader.start()
+    _wait(lambda: stored() >= 10_000, 60, "the first rows", step=0.05)
+    server_up.append(postgres)
+    os.kill(p.pid, signal.SIGSTOP)      # (the capturing process waits while the server stops)
+    postgres.stop("immediate")
+    os.kill(p.pid, signal.SIGCONT)
+    _wait(lambda: any("SPOOL FULL" in line for line in lines), 60, "the spool to be full",
+          step=0.02)
+    if p.poll() is None:                # the server back while the replay may still read
+        os.kill(p.pid, signal.SIGSTOP)
+        postgres.start()
+        os.kill(p.pid, signal.SIGCONT)
+    p.wait(timeout=300)
+    reader.join(10)
+    p.stderr.close()
+    err = "".join(lines)
+    assert p.returncode == 4 and "--resume" in err, err
+    try:
+        postgres._ping()
+    except Exception:  # noqa: BLE001 - the replay stopped before the server was started
+        postgres.start()
+    assert 0 < stored() < n
+    r = subprocess.run([sys.executable, "-m", "sipcaptool", "replay", "--resume", "--json",
+                        *args, str(pcap)], capture_output=True, text=True, cwd=ROOT,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert stored() == n

@@ -833,3 +833,66 @@ def test_add_rows_is_add_row_by_row(pg_url, data):
 
 
 _EXAMPLE = itertools.count()
+
+
+def _unreachable_core(tmp_path, spool_batches: int | None):
+    """A WriterCore for a PostgreSQL server nobody listens for (port 1), with a spool of
+    room for ``spool_batches`` batches (None: no spool)."""
+    from sipcaptool.store.spool import Spool
+    from sipcaptool.store.url import parse_db_url
+
+    url = parse_db_url("postgresql://postgres@127.0.0.1:1/nodb")
+    adapter = open_adapter(url)
+    payload = adapter.format_batch("sip", [sip_row(i) for i in range(20)])
+    spool = None
+    if spool_batches is not None:
+        size = len(payload if isinstance(payload, bytes) else str(payload).encode()) + 1024
+        spool = Spool(str(tmp_path / "spool"), url, max_bytes=spool_batches * size)
+    events: list = []
+    core = WriterCore(adapter, 0, 0, spool, events.append)
+    return core, spool, payload, events
+
+
+def _last(events: list):
+    """The last outcome that is not a SpoolStatus."""
+    from sipcaptool.store.outcomes import SpoolStatus
+    return next(e for e in reversed(events) if not isinstance(e, SpoolStatus))
+
+
+def test_a_replay_run_that_loses_a_batch_loses_the_rest_of_it(tmp_path):
+    """The database unreachable and the spool full: the batch of a replay run (its id
+    ``r<run>:<position>:...``) the spool cannot take is lost, and so is every later batch
+    of that run, also once the spool has room again -- what a run stored is always a
+    beginning of its file, which ``replay --resume`` continues after its last position.
+    The outcomes name the run (``cut``), for the replay to stop reading. Batches of no
+    run (live, hep) and of other runs are not touched."""
+    from sipcaptool.store.outcomes import DroppedSpoolFull, Spooled
+
+    core, spool, p, events = _unreachable_core(tmp_path, 1)
+    assert core.start() is False                      # down: batches go to the spool
+    core.batch("sip_capture", "sip", 20, p, "rA:20:w-1")
+    assert isinstance(_last(events), Spooled)
+    core.batch("sip_capture", "sip", 20, p, "rA:40:w-2")
+    assert isinstance(_last(events), DroppedSpoolFull) and _last(events).cut == "rA"
+    core.batch("sip_capture", "sip", 20, p, "w-3")    # no replay: dropped, nothing cut
+    assert isinstance(_last(events), DroppedSpoolFull) and _last(events).cut == ""
+    spool.pop()                                       # room again (as a drain makes it)
+    core.batch("sip_capture", "sip", 20, p, "rA:60:w-4")
+    assert isinstance(_last(events), DroppedSpoolFull) and _last(events).cut == "rA"
+    assert "replay --resume" in _last(events).text and spool.pending_batches == 0
+    core.batch("sip_capture", "sip", 20, p, "rB:20:w-5")   # another run: spooled
+    assert isinstance(_last(events), Spooled) and spool.pending_batches == 1
+    assert core.cut_runs == {"rA": "spool-full"}
+    spool.close()
+
+
+def test_a_replay_run_with_no_spool_is_cut_by_an_unreachable_database(tmp_path):
+    """No spool: a replay's batch the unreachable database did not take is dropped
+    (``dropped:db-error``) and cuts its run; a refusal of the rows themselves would not
+    (a later reading would not store them either)."""
+    core, _spool, p, events = _unreachable_core(tmp_path, None)
+    core.batch("sip_capture", "sip", 20, p, "rA:20:w-1")
+    assert isinstance(_last(events), DroppedDbError) and _last(events).cut == "rA"
+    core.batch("sip_capture", "sip", 20, p, "w-2")
+    assert isinstance(_last(events), DroppedDbError) and _last(events).cut == ""
+    assert core.cut_runs == {"rA": "db-error"}

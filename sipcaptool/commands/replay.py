@@ -73,9 +73,11 @@ def command(files: tuple[str, ...], quiet: bool,
     Each file is remembered in the database (table sipcaptool_replays: its size, a hash
     of its head and tail, first and last packet time, how far the replay got). Replaying
     the same file into the same tables again is refused (exit 2) unless --again; a
-    replay that was cut short continues with --resume. When the database cannot be
-    reached to remember a file, that file and those after it are not read (exit 4);
-    --resume stores them once it is back. Standard input is not remembered.
+    replay that was cut short continues with --resume. While the database is down,
+    batches wait in the spool; when it is full (or there is none), the replay stops
+    there, as it does before a file it cannot remember for want of the database (exit
+    4): once the database is back, --resume stores the rest, each message once.
+    Standard input is not remembered.
 
     Exit status: 0 all files read completely; 2 bad usage, or a file was replayed into
     the database before (--again, --resume); 3 a file is missing, not a capture, has

@@ -86,13 +86,16 @@ class Drained:
 @dataclass(frozen=True, slots=True)
 class DroppedSpoolFull:
     """A new batch should have gone to the spool, which was full: it is dropped
-    (``dropped:spool-full``). ``text`` is the spool's words."""
+    (``dropped:spool-full``). ``text`` is the spool's words. ``cut``: for a batch of a
+    replay, its run (``r<run_id>``), cut there (see :attr:`WriterCore.cut_runs
+    <sipcaptool.store.writer_process.WriterCore.cut_runs>`)."""
 
     table: str
     rows: int
     retries: int
     text: str
     parts: int = 1
+    cut: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,7 @@ class DroppedDbError:
     text: str
     from_spool: bool = False
     parts: int = 1
+    cut: str = ""     # a replay's run cut for want of the database: see DroppedSpoolFull
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +121,8 @@ class Split:
     the connection failed midway, ``spool_full`` rows of such pieces the full spool could
     not take. ``text`` says what was refused; it is empty when the search was cut short
     by a lost connection (the batch stays in the spool and is searched again). ``new``:
-    a new batch (it was in flight), not one from the spool."""
+    a new batch (it was in flight), not one from the spool. ``cut``: the replay run whose
+    batch lost pieces for want of the database (see :class:`DroppedSpoolFull`)."""
 
     table: str
     rows: int
@@ -129,6 +134,7 @@ class Split:
     text: str
     new: bool
     parts: int = 1
+    cut: str = ""
 
     @property
     def finished(self) -> bool:

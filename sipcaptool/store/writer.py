@@ -222,6 +222,10 @@ class Writer:
         self._tag = ""
         self._stored_before: dict[str, int] = {}
         self._core: WriterCore | None = None
+        #: the replay runs (``r<run_id>``) that lost a batch for want of the database
+        #: (the spool full, or no spool): the writer process drops the rest of their file
+        #: (WriterCore.cut_runs); the replay stops reading, for --resume to store the rest
+        self.cut_runs: set[str] = set()
         # gauges (their changes are added to the stats, so that several writers and
         # several workers add up): batches handed over and not yet done, spool contents
         self.queue_depth = 0
@@ -346,6 +350,8 @@ class Writer:
                     st["db:already-written"] += 1
             case DroppedSpoolFull():
                 self._landed(msg.rows, msg.parts)
+                if msg.cut:
+                    self.cut_runs.add(msg.cut)
                 st["db:errors"] += 1
                 st["dropped:spool-full"] += msg.rows
                 if msg.retries:
@@ -354,6 +360,8 @@ class Writer:
                     self._error = StoreError(f"{self.url.redacted()}: {msg.text}; "
                                              f"{msg.rows} rows dropped")
             case DroppedDbError():
+                if msg.cut:
+                    self.cut_runs.add(msg.cut)
                 if not msg.from_spool:  # a spooled batch is no longer in flight
                     self._landed(msg.rows, msg.parts)
                 st["db:errors"] += 1
@@ -367,6 +375,8 @@ class Writer:
                 self._gauge("spool_bytes", msg.nbytes)
                 self.spool_rows = msg.rows
             case Split():
+                if msg.cut:
+                    self.cut_runs.add(msg.cut)
                 if msg.new:
                     self._landed(msg.rows, msg.parts)
                     st["db:batches"] += msg.parts

@@ -119,6 +119,13 @@ class WriterCore:
         self._last_full_log = 0.0
         self._full_since_log = 0
         self._lock = threading.RLock()  # db_insert_mode 2: the intake thread spools too
+        #: replay runs (``_run_of`` their batch ids) that lost a batch a later reading of
+        #: the file would store -- the spool full, or the database unreachable with no
+        #: spool -- and why: every later batch of theirs is dropped too (counted the same
+        #: way), even once the database is back, so that what a run stored is always a
+        #: beginning of its file, which ``replay --resume`` continues after its last
+        #: position; the capturing process stops reading (the outcomes say ``cut``)
+        self.cut_runs: dict[str, str] = {}
 
     # -- reporting -----------------------------------------------------------------------
     def status(self) -> None:
@@ -190,9 +197,26 @@ class WriterCore:
             self.emit(Counts(counts))
 
     # -- new batches ---------------------------------------------------------------------
+    def _cut(self, batch_id: str, why: str) -> str:
+        """A batch lost for want of the database: its replay run is cut (``cut_runs``);
+        returns the run ('' for a batch of no replay)."""
+        run = _run_of(batch_id)
+        if run:
+            self.cut_runs.setdefault(run, why)
+        return run
+
     def batch(self, table: str, kind: str, n: int, payload: object, batch_id: str,
               parts: int = 1) -> None:
         """Write (or spool) one new batch of ``n`` rows; its outcome is emitted."""
+        run = _run_of(batch_id) if self.cut_runs else ""
+        why = self.cut_runs.get(run) if run else None
+        if why is not None:
+            text = (f"an earlier batch of this replay was lost ({why}): the rest of the "
+                    "file is not stored, replay --resume stores it")
+            self.emit(DroppedSpoolFull(table, n, 0, text, parts, cut=run)
+                      if why == "spool-full" else
+                      DroppedDbError(table, n, 0, text, parts=parts, cut=run))
+            return
         with self._lock:
             if self.spool is not None and (self.down or self.spool.pending_batches):
                 self.to_spool(table, kind, n, payload, batch_id, 0, parts)
@@ -216,7 +240,9 @@ class WriterCore:
             elif can_isolate(self.adapter, err, n, table):
                 self._isolate_new(table, kind, n, payload, batch_id, used, err, parts)
             else:
-                self.emit(DroppedDbError(table, n, used, str(err), parts=parts))
+                self.emit(DroppedDbError(table, n, used, str(err), parts=parts,
+                                         cut=self._cut(batch_id, "db-error")
+                                         if err.transient else ""))
 
     def _isolate_new(self, table: str, kind: str, n: int, payload: object, batch_id: str,
                      used: int, err: StoreError, parts: int = 1) -> None:
@@ -241,13 +267,15 @@ class WriterCore:
                     spooled += k
                 except SpoolFullError:
                     full += k
+        cut = self._cut(batch_id, "spool-full" if full else "db-error") \
+            if lost or full else ""
         if res.written == 0 and res.already == 0 and not spooled:
-            self.emit(DroppedDbError(table, n, used, str(err), parts=parts))
+            self.emit(DroppedDbError(table, n, used, str(err), parts=parts, cut=cut))
             self.status()
             return
         text = isolation_text(n, res, err, lost)
         self.emit(Split(table, n, used, res.written, res.refused + lost, spooled, full,
-                        text, True, parts))
+                        text, True, parts, cut))
         self.status()
 
     def to_spool(self, table: str, kind: str, n: int, payload: object, batch_id: str,
@@ -263,7 +291,8 @@ class WriterCore:
                 log.critical("SPOOL FULL: %s; %d rows dropped (counted as dropped:spool-full)",
                              e, self._full_since_log)
                 self._last_full_log, self._full_since_log = now, 0
-            self.emit(DroppedSpoolFull(table, n, used, str(e), parts))
+            self.emit(DroppedSpoolFull(table, n, used, str(e), parts,
+                                       self._cut(batch_id, "spool-full")))
             return
         self.emit(Spooled(table, n, used, parts))
         self.status()
