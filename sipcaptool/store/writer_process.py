@@ -205,17 +205,23 @@ class WriterCore:
             self.cut_runs.setdefault(run, why)
         return run
 
+    def _after_cut(self, run: str, table: str, n: int, parts: int) -> bool:
+        """A batch of a run that was cut (``cut_runs``): dropped as the lost one was."""
+        why = self.cut_runs.get(run)
+        if why is None:
+            return False
+        text = (f"an earlier batch of this replay was lost ({why}): the rest of the "
+                "file is not stored, replay --resume stores it")
+        self.emit(DroppedSpoolFull(table, n, 0, text, parts, cut=run)
+                  if why == "spool-full" else
+                  DroppedDbError(table, n, 0, text, parts=parts, cut=run))
+        return True
+
     def batch(self, table: str, kind: str, n: int, payload: object, batch_id: str,
               parts: int = 1) -> None:
         """Write (or spool) one new batch of ``n`` rows; its outcome is emitted."""
         run = _run_of(batch_id) if self.cut_runs else ""
-        why = self.cut_runs.get(run) if run else None
-        if why is not None:
-            text = (f"an earlier batch of this replay was lost ({why}): the rest of the "
-                    "file is not stored, replay --resume stores it")
-            self.emit(DroppedSpoolFull(table, n, 0, text, parts, cut=run)
-                      if why == "spool-full" else
-                      DroppedDbError(table, n, 0, text, parts=parts, cut=run))
+        if run and self._after_cut(run, table, n, parts):
             return
         with self._lock:
             if self.spool is not None and (self.down or self.spool.pending_batches):
@@ -282,6 +288,8 @@ class WriterCore:
                  used: int, parts: int = 1) -> None:
         from .spool import SpoolFullError
         assert self.spool is not None  # callers spool only with a spool
+        if self.cut_runs and self._after_cut(_run_of(batch_id), table, n, parts):
+            return      # (db_insert_mode 2 spools without batch())
         try:
             self.spool.append(batch_id, table, kind, n, payload, parts)
         except SpoolFullError as e:
