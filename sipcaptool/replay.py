@@ -311,7 +311,7 @@ def replay_files(paths: Sequence[str], settings: Settings, options: ReplayOption
                 unread = e, [c.path for c in captures[i:] if c.path not in book.skipped]
                 break
             report = _replay_file(cap, pipeline, stats, opts, progress, total_bytes, stop,
-                                  position)
+                                  position, book.held)
             book.end(report, pipeline)
             file_reports.append(report)
             if _cut(pipeline.writers):
@@ -333,8 +333,9 @@ def replay_files(paths: Sequence[str], settings: Settings, options: ReplayOption
     finally:
         book.close()
     errors: list[SipcaptoolError] = [InputError(f.error) for f in file_reports if f.error]
-    refused = stats["dropped:db-error"]
-    if refused:
+    # (the rows of a batch whose loss cut the replay: said by the line of the cut below)
+    refused = stats["dropped:db-error"] - sum(w.cut_rows for w in pipeline.writers)
+    if refused > 0:
         errors.append(StoreError(f"the database refused {refused} rows (dropped:db-error; "
                                  "the log says why); every other message was stored"))
     if unread is not None:
@@ -353,10 +354,12 @@ def replay_files(paths: Sequence[str], settings: Settings, options: ReplayOption
                      if book.was_cut(r.path, cut) or (r.interrupted and not stop)]
         after = f"; the {len(left)} files after it were not read" if len(left) > 1 else \
             f"; {left[0]} after it was not read" if left else ""
+        cause = str(book.held[0]) if book.held else \
+            "the database could not take a batch (the spool full, or no spool)"
         errors.append(StoreError(
-            f"{', '.join(cut_files) or 'the replay'} stopped where the database could not "
-            f"take its rows (the spool full, or no spool){after}: once the database is "
-            "back, the same command with --resume stores the rest, each message once"))
+            f"{cause}; {', '.join(cut_files) or 'the replay'} stopped there{after}: once "
+            "the database can take them again, the same command with --resume stores the "
+            "rest, each message once"))
     spool = pipeline.spool_report()
     if spool["batches"]:
         errors.append(StoreError(
@@ -375,7 +378,7 @@ class _Watch(Stats):
 
     EXPLAINED = ("skipped:", "malformed:", "dropped:", "stored-bad:")
     NOT_A_FRAME = frozenset({"dropped:db-error", "dropped:spool-full",
-                             "dropped:stored-before"})
+                             "dropped:stored-before", "dropped:for-resume"})
 
     def __init__(self) -> None:
         super().__init__()
@@ -481,6 +484,7 @@ class _Book:
         self.order: list[str] = []            # the files with runs, in the order read
         self.begun: set[str] = set()
         self.skipped: set[str] = set()        # resume: every database has the whole file
+        self.held: list[StoreError] = []      # the errors of the lost batches that cut it
 
     @classmethod
     def plan(cls, paths: list[str], settings: Settings, opts: ReplayOptions) -> _Book:
@@ -662,9 +666,10 @@ class _Book:
             return
         try:
             pipeline.flush()
-        except StoreError:
+        except StoreError as e:
             if not _cut(pipeline.writers):   # (a run cut: recorded as such below)
                 raise
+            self.held.append(e)
         done: list[tuple[Adapter, Any]] = []
         now = time.time_ns() // 1000
         cut = set().union(*(w.cut_runs for w in pipeline.writers))
@@ -677,7 +682,7 @@ class _Book:
                     continue
                 done.append((run.adapter, replace(
                     run.record, packets=report.packets or 0,
-                    state="interrupted" if "r" + run.run_id in cut else state,
+                    state="interrupted" if replays.batch_run(run.run_id) in cut else state,
                     messages=report.messages, first_us=report.first_us,
                     last_us=report.last_us, finished_us=now)))
         self.ended.clear()
@@ -685,7 +690,8 @@ class _Book:
 
     def was_cut(self, path: str, cut: set[str]) -> bool:
         """Whether a run of ``path`` is among the ``cut`` runs (``Writer.cut_runs``)."""
-        return any("r" + run.run_id in cut for run in self.runs.get(path, {}).values())
+        from .store.replays import batch_run
+        return any(batch_run(run.run_id) in cut for run in self.runs.get(path, {}).values())
 
     def _each_database(self, fn: Callable[..., None], records: list[tuple[Adapter, Any]],
                        *args: Any, start: bool = False) -> None:
@@ -731,8 +737,10 @@ def _when(us: int) -> str:
 
 def _replay_file(cap: CaptureFile, pipeline: Pipeline, stats: Stats, opts: ReplayOptions,
                  progress: Progress | None, total_bytes: int | None,
-                 stop: list[str], position: Position | None = None) -> FileReport:
-    """Read, decode and submit one capture file."""
+                 stop: list[str], position: Position | None = None,
+                 held: list[StoreError] | None = None) -> FileReport:
+    """Read, decode and submit one capture file. ``held``: where the error of a lost
+    batch goes that cut this replay (:func:`_cut`), which stops the reading."""
     from .decode.packet import PacketDecoder
 
     try:
@@ -795,11 +803,12 @@ def _replay_file(cap: CaptureFile, pipeline: Pipeline, stats: Stats, opts: Repla
                 msgs = decode_batch(data, meta)
                 messages += len(msgs)
                 submit_all(msgs)
-        except StoreError:
+        except StoreError as e:
             # (an earlier batch's error, raised once its row was taken): where it is a
             # replay run cut, the file's reading stops below, else it ends the replay
-            if not _cut(writers):
+            if not _cut(writers) or held is None:
                 raise
+            held.append(e)
         stats["packets"] += n // 4
         if progress is not None:
             # on-disk size of the batch: frames plus 16-byte record headers (pcap)
@@ -811,9 +820,10 @@ def _replay_file(cap: CaptureFile, pipeline: Pipeline, stats: Stats, opts: Repla
     messages += len(msgs)
     try:
         submit_all(msgs)
-    except StoreError:
-        if not _cut(writers):
+    except StoreError as e:
+        if not _cut(writers) or held is None:
             raise
+        held.append(e)
     if isinstance(stats, _Watch):
         stats.take()  # (what the end of the file gave up belongs to no frame)
     stats.update(cap.counts)  # packets not handed on (a link type not decoded), blocks skipped

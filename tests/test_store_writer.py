@@ -866,7 +866,7 @@ def test_a_replay_run_that_loses_a_batch_loses_the_rest_of_it(tmp_path):
     beginning of its file, which ``replay --resume`` continues after its last position.
     The outcomes name the run (``cut``), for the replay to stop reading. Batches of no
     run (live, hep) and of other runs are not touched."""
-    from sipcaptool.store.outcomes import DroppedSpoolFull, Spooled
+    from sipcaptool.store.outcomes import DroppedForResume, DroppedSpoolFull, Spooled
 
     core, spool, p, events = _unreachable_core(tmp_path, 1)
     assert core.start() is False                      # down: batches go to the spool
@@ -878,8 +878,8 @@ def test_a_replay_run_that_loses_a_batch_loses_the_rest_of_it(tmp_path):
     assert isinstance(_last(events), DroppedSpoolFull) and _last(events).cut == ""
     spool.pop()                                       # room again (as a drain makes it)
     core.batch("sip_capture", "sip", 20, p, "rA:60:w-4")
-    assert isinstance(_last(events), DroppedSpoolFull) and _last(events).cut == "rA"
-    assert "replay --resume" in _last(events).text and spool.pending_batches == 0
+    assert _last(events) == DroppedForResume("sip_capture", 20, "rA")
+    assert spool.pending_batches == 0
     core.batch("sip_capture", "sip", 20, p, "rB:20:w-5")   # another run: spooled
     assert isinstance(_last(events), Spooled) and spool.pending_batches == 1
     assert core.cut_runs == {"rA": "spool-full"}
@@ -890,9 +890,13 @@ def test_a_replay_run_with_no_spool_is_cut_by_an_unreachable_database(tmp_path):
     """No spool: a replay's batch the unreachable database did not take is dropped
     (``dropped:db-error``) and cuts its run; a refusal of the rows themselves would not
     (a later reading would not store them either)."""
+    from sipcaptool.store.outcomes import DroppedForResume
+
     core, _spool, p, events = _unreachable_core(tmp_path, None)
     core.batch("sip_capture", "sip", 20, p, "rA:20:w-1")
     assert isinstance(_last(events), DroppedDbError) and _last(events).cut == "rA"
-    core.batch("sip_capture", "sip", 20, p, "w-2")
+    core.batch("sip_capture", "sip", 20, p, "rA:40:w-2")
+    assert _last(events) == DroppedForResume("sip_capture", 20, "rA")
+    core.batch("sip_capture", "sip", 20, p, "w-3")
     assert isinstance(_last(events), DroppedDbError) and _last(events).cut == ""
     assert core.cut_runs == {"rA": "db-error"}

@@ -99,6 +99,18 @@ class DroppedSpoolFull:
 
 
 @dataclass(frozen=True, slots=True)
+class DroppedForResume:
+    """A batch of a replay run that was cut (an earlier batch of it lost for want of the
+    database, see :class:`DroppedSpoolFull`): not stored, so that what the run stored is
+    a beginning of its file; ``replay --resume`` stores it (``dropped:for-resume``)."""
+
+    table: str
+    rows: int
+    run: str
+    parts: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class DroppedDbError:
     """A batch could not be written and is dropped (``dropped:db-error``): the database
     refused it as a whole, or the retries ended with no spool to keep it. ``from_spool``:
@@ -170,4 +182,5 @@ class SpoolStatus:
 
 
 Outcome = (Ready | StartFailed | Synced | Closed | Written | Spooled | Drained
-           | DroppedSpoolFull | DroppedDbError | Split | Warnings | Counts | SpoolStatus)
+           | DroppedSpoolFull | DroppedForResume | DroppedDbError | Split | Warnings | Counts
+           | SpoolStatus)

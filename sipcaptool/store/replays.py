@@ -244,9 +244,15 @@ def mark_done_many(adapter: Adapter, done: list[ReplayRecord]) -> None:
     _insert_many(adapter, done)
 
 
+def batch_run(run_id: str) -> str:
+    """A replay run as its batch ids name it (``r<run_id>``; what the writer process's
+    ``_run_of`` takes out of an id, and the ``cut`` of its outcomes)."""
+    return f"r{run_id}"
+
+
 def batch_tag(run_id: str) -> str:
     """The prefix of the batch ids of a replay run."""
-    return f"r{run_id}:"
+    return batch_run(run_id) + ":"
 
 
 def stored_positions(adapter: Adapter, run_id: str,

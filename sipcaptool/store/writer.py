@@ -81,6 +81,7 @@ from .outcomes import (
     Counts,
     Drained,
     DroppedDbError,
+    DroppedForResume,
     DroppedSpoolFull,
     Outcome,
     Ready,
@@ -226,6 +227,7 @@ class Writer:
         #: (the spool full, or no spool): the writer process drops the rest of their file
         #: (WriterCore.cut_runs); the replay stops reading, for --resume to store the rest
         self.cut_runs: set[str] = set()
+        self.cut_rows = 0    # rows of the batches whose loss cut a run (dropped:db-error)
         # gauges (their changes are added to the stats, so that several writers and
         # several workers add up): batches handed over and not yet done, spool contents
         self.queue_depth = 0
@@ -359,9 +361,14 @@ class Writer:
                 if self._error is None:
                     self._error = StoreError(f"{self.url.redacted()}: {msg.text}; "
                                              f"{msg.rows} rows dropped")
+            case DroppedForResume():
+                self._landed(msg.rows, msg.parts)
+                st["dropped:for-resume"] += msg.rows
+                self.cut_runs.add(msg.run)
             case DroppedDbError():
                 if msg.cut:
                     self.cut_runs.add(msg.cut)
+                    self.cut_rows += msg.rows
                 if not msg.from_spool:  # a spooled batch is no longer in flight
                     self._landed(msg.rows, msg.parts)
                 st["db:errors"] += 1

@@ -45,6 +45,7 @@ from .outcomes import (
     Counts,
     Drained,
     DroppedDbError,
+    DroppedForResume,
     DroppedSpoolFull,
     Outcome,
     Ready,
@@ -121,10 +122,11 @@ class WriterCore:
         self._lock = threading.RLock()  # db_insert_mode 2: the intake thread spools too
         #: replay runs (``_run_of`` their batch ids) that lost a batch a later reading of
         #: the file would store -- the spool full, or the database unreachable with no
-        #: spool -- and why: every later batch of theirs is dropped too (counted the same
-        #: way), even once the database is back, so that what a run stored is always a
-        #: beginning of its file, which ``replay --resume`` continues after its last
-        #: position; the capturing process stops reading (the outcomes say ``cut``)
+        #: spool -- and why: every later batch of theirs is not stored either
+        #: (DroppedForResume), even once the database is back, so that what a run stored
+        #: is always a beginning of its file, which ``replay --resume`` continues after
+        #: its last position; the capturing process stops reading (the outcomes say
+        #: ``cut``)
         self.cut_runs: dict[str, str] = {}
 
     # -- reporting -----------------------------------------------------------------------
@@ -206,15 +208,10 @@ class WriterCore:
         return run
 
     def _after_cut(self, run: str, table: str, n: int, parts: int) -> bool:
-        """A batch of a run that was cut (``cut_runs``): dropped as the lost one was."""
-        why = self.cut_runs.get(run)
-        if why is None:
+        """A batch of a run that was cut (``cut_runs``): not stored (DroppedForResume)."""
+        if run not in self.cut_runs:
             return False
-        text = (f"an earlier batch of this replay was lost ({why}): the rest of the "
-                "file is not stored, replay --resume stores it")
-        self.emit(DroppedSpoolFull(table, n, 0, text, parts, cut=run)
-                  if why == "spool-full" else
-                  DroppedDbError(table, n, 0, text, parts=parts, cut=run))
+        self.emit(DroppedForResume(table, n, run, parts))
         return True
 
     def batch(self, table: str, kind: str, n: int, payload: object, batch_id: str,
