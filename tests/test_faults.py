@@ -510,6 +510,31 @@ def test_collector_starts_with_the_database_down(postgres, collectors, server_up
     assert row["lost"] == 0 and row["duplicated"] == 0, row
 
 
+def _write_capture(path, n: int, start_us: int = 1_764_000_000_000_000) -> None:
+    """A classic pcap of ``n`` realistic SIP messages, from ``start_us`` on."""
+    from sipcaptool.testing.pcapgen import PcapWriter, realistic_messages, udp4_frame
+
+    with open(path, "wb") as f:
+        w = PcapWriter(f)
+        for ts, (src, sport, dst, dport, msg) in realistic_messages(n, start_us):
+            w.write(ts, udp4_frame(src, sport, dst, dport, msg))
+
+
+def _stored_once(srv, db: str, since_us: int = 0) -> int:
+    """The rows of sip_capture in ``db`` (from ``since_us`` on), each asserted to be
+    there once (every message of the captures has its own time)."""
+    c = srv._conn(db)
+    try:
+        with c.cursor() as cur:
+            cur.execute("SELECT COUNT(*), COUNT(DISTINCT micro_ts) FROM sip_capture "
+                        "WHERE micro_ts >= %s", (since_us,))
+            total, distinct = cur.fetchone()
+            assert total == distinct, (total, distinct)   # nothing twice
+            return int(total)
+    finally:
+        c.close()
+
+
 def test_replay_resumed_after_an_outage_stores_the_spooled_batches_once(
         postgres, server_up, tmp_path):
     """A replay during which the database stops: its batches wait in the spool and the
@@ -517,27 +542,14 @@ def test_replay_resumed_after_an_outage_stores_the_spooled_batches_once(
     back, ``replay --resume`` (what the refusal of a plain replay says to run) stores the
     rest: the spooled batches are written by its writer process, and the resumed reading
     skips them as it skips the committed ones -- every message once."""
-    from sipcaptool.testing.pcapgen import PcapWriter, realistic_messages, udp4_frame
-
     url = postgres.create_db("replay_outage")
     n = 150_000
     pcap = tmp_path / "big.pcap"
-    with open(pcap, "wb") as f:
-        w = PcapWriter(f)
-        for ts, (src, sport, dst, dport, msg) in realistic_messages(n):
-            w.write(ts, udp4_frame(src, sport, dst, dport, msg))
+    _write_capture(pcap, n)
     spool = str(tmp_path / "spool")
 
     def stored() -> int:
-        c = postgres._conn("replay_outage")
-        try:
-            with c.cursor() as cur:
-                cur.execute("SELECT COUNT(*), COUNT(DISTINCT micro_ts) FROM sip_capture")
-                total, distinct = cur.fetchone()
-                assert total == distinct, (total, distinct)   # nothing twice
-                return int(total)
-        finally:
-            c.close()
+        return _stored_once(postgres, "replay_outage")
 
     args = ["--db", url, "--spool-dir", spool, "--insert-retries", "0", "-q"]
     p = subprocess.Popen([sys.executable, "-m", "sipcaptool", "replay", *args, str(pcap)],
@@ -572,30 +584,16 @@ def test_replay_stops_before_a_file_it_cannot_remember(postgres, server_up, tmp_
     its messages twice once the spool is drained). The replay ends with exit 4 and says
     what to run; once the server is back, ``replay --resume`` stores the rest of the
     first and all of the second: every message once."""
-    from sipcaptool.testing.pcapgen import PcapWriter, realistic_messages, udp4_frame
-
     url = postgres.create_db("replay_unremembered")
     sizes = {"first.pcap": (150_000, 1_764_000_000_000_000),
              "second.pcap": (3_000, 1_765_000_000_000_000)}
     for name, (n, start) in sizes.items():
-        with open(tmp_path / name, "wb") as f:
-            w = PcapWriter(f)
-            for ts, (src, sport, dst, dport, msg) in realistic_messages(n, start):
-                w.write(ts, udp4_frame(src, sport, dst, dport, msg))
+        _write_capture(tmp_path / name, n, start)
     total = sum(n for n, _ in sizes.values())
     spool = str(tmp_path / "spool")
 
     def stored(since_us: int = 0) -> int:
-        c = postgres._conn("replay_unremembered")
-        try:
-            with c.cursor() as cur:
-                cur.execute("SELECT COUNT(*), COUNT(DISTINCT micro_ts) FROM sip_capture "
-                            "WHERE micro_ts >= %s", (since_us,))
-                n, distinct = cur.fetchone()
-                assert n == distinct, (n, distinct)   # nothing twice
-                return int(n)
-        finally:
-            c.close()
+        return _stored_once(postgres, "replay_unremembered", since_us)
 
     # (every file recorded on its own, as files larger than START_AHEAD_BYTES are)
     run = [sys.executable, "-c", "import sys; from sipcaptool.replay import _Book; "
@@ -632,28 +630,15 @@ def test_replay_stops_where_the_spool_is_full_and_resume_stores_the_rest(
     says to run ``--resume``; that stores the rest: every message once. (Before, the
     replay read on, stored what came once the server was back, and recorded the file as
     complete: the batches lost in between were not stored by any later replay.)"""
-    from sipcaptool.testing.pcapgen import PcapWriter, realistic_messages, udp4_frame
-
     url = postgres.create_db("replay_spool_full")
     n = 150_000
     pcap = tmp_path / "big.pcap"
-    with open(pcap, "wb") as f:
-        w = PcapWriter(f)
-        for ts, (src, sport, dst, dport, msg) in realistic_messages(n):
-            w.write(ts, udp4_frame(src, sport, dst, dport, msg))
+    _write_capture(pcap, n)
     spool = str(tmp_path / "spool")
     limit = 4 << 20         # (room for one batch)
 
     def stored() -> int:
-        c = postgres._conn("replay_spool_full")
-        try:
-            with c.cursor() as cur:
-                cur.execute("SELECT COUNT(*), COUNT(DISTINCT micro_ts) FROM sip_capture")
-                total, distinct = cur.fetchone()
-                assert total == distinct, (total, distinct)   # nothing twice
-                return int(total)
-        finally:
-            c.close()
+        return _stored_once(postgres, "replay_spool_full")
 
     args = ["--db", url, "--spool-dir", spool, "--spool-max-bytes", str(limit),
             "--insert-retries", "0", "-q"]
