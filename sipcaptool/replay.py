@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from .store.writer import Position, Writer
 
 __all__ = ["Explained", "FileIdentity", "FileReport", "Progress", "ReplayOptions",
-           "ReplayReport", "file_identity", "replay_files"]
+           "ReplayReport", "file_identity", "replay_files", "replay_settings"]
 
 log = logging.getLogger("sipcaptool.store")
 
@@ -279,6 +279,7 @@ def replay_files(paths: Sequence[str], settings: Settings, options: ReplayOption
         # what was replayed before: checked before anything is read (ConfigError, exit 2)
         book = _Book.plan(list(paths), settings, opts)
         stats: Stats = _Watch() if opts.explain is not None else Stats()
+        settings = replay_settings(settings)
         # a database that fails during the run: batches wait in the spool; one that is
         # unreachable at start: an error (nothing has been read yet)
         pipeline = Pipeline(settings, stats, background=not opts.foreground_writer,
@@ -370,6 +371,19 @@ def replay_files(paths: Sequence[str], settings: Settings, options: ReplayOption
                         seconds=round(time.monotonic() - started, 3),
                         interrupted_by=stop[0] if stop else None, spool=spool,
                         errors=tuple(errors))
+
+
+def replay_settings(settings: Settings) -> Settings:
+    """The settings a replay stores with: ``db_insert_mode`` 2 taken as 0. Mode 2 keeps
+    a collector from ever waiting for its writer process by taking batches into memory
+    and, past its limit, into the spool ahead of older ones; a replay can wait, and
+    ``--resume`` needs each file's batches kept in their order (it goes on after the
+    last position stored)."""
+    if settings.db_insert_mode != 2:
+        return settings
+    log.info("replay: db_insert_mode 2 taken as 0 (a replay waits for the database "
+             "instead; --resume needs its batches in order)")
+    return settings.with_value("db_insert_mode", 0, "replay")
 
 
 class _Watch(Stats):

@@ -15,7 +15,7 @@ import pytest
 from sipcaptool.config import Settings
 from sipcaptool.decode.packet import PacketDecoder
 from sipcaptool.errors import ConfigError, InputError
-from sipcaptool.replay import FileReport, ReplayOptions, replay_files
+from sipcaptool.replay import FileReport, ReplayOptions, replay_files, replay_settings
 from sipcaptool.sources.pcapfile import CaptureFile
 from sipcaptool.stats import Stats
 
@@ -82,6 +82,23 @@ def test_replay_files_reports_each_file(tmp_path):
         rows = db.execute("SELECT count(*) FROM sip_capture").fetchone()[0]
     assert rows == report.stats["stored:sip_capture"] == report.messages
     assert call.to_dict() == {"file": str(CALL), "linktype": 1, "packets": 30}
+
+
+def test_a_replay_takes_db_insert_mode_2_as_0(tmp_path, caplog):
+    """Mode 2 spools new batches ahead of older ones held in memory (a collector never
+    waits); a replay waits instead, so that its batches stay in their order, which
+    --resume relies on. The other modes and settings are left as they are; the replay
+    stores everything all the same."""
+    url = "sqlite:///" + str(tmp_path / "c.db")
+    two = Settings.load(cli={"db_url": url, "db_insert_mode": 2}, env={})
+    assert replay_settings(two).db_insert_mode == 0
+    assert replay_settings(two).db_url == url
+    one = Settings.load(cli={"db_url": url, "db_insert_mode": 1}, env={})
+    assert replay_settings(one) is one
+    with caplog.at_level("INFO", logger="sipcaptool.store"):
+        report = replay_files([str(CALL)], two)
+    assert "db_insert_mode 2 taken as 0" in caplog.text
+    assert report.errors == () and report.stats["stored:sip_capture"] == 30
 
 
 def test_replay_files_options_reach_the_decoder(tmp_path):
