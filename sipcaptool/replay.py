@@ -348,7 +348,7 @@ def replay_files(paths: Sequence[str], settings: Settings, options: ReplayOption
             f"{paths_left[0]}{more} not read: the replay cannot be remembered in "
             f"sipcaptool_replays ({why.error}); once the database is back, the same "
             "command with --resume stores what is missing"))
-    cut = set().union(*(w.cut_runs for w in pipeline.writers))
+    cut = _cut_runs(pipeline.writers)
     if cut:
         # (a loss reported while the next file was read stops that one too)
         cut_files = [r.path for r in file_reports
@@ -460,6 +460,20 @@ def _cut(writers: Sequence[Writer]) -> bool:
     """Whether a replay run lost a batch for want of the database (``Writer.cut_runs``):
     the writer processes drop the rest of its file, and the replay stops reading."""
     return any(w.cut_runs for w in writers)
+
+
+def _cut_runs(writers: Sequence[Writer]) -> set[str]:
+    """The replay runs (``r<run_id>``) that were cut (see :func:`_cut`)."""
+    return set().union(*(w.cut_runs for w in writers))
+
+
+def _hold(e: StoreError, writers: Sequence[Writer], held: list[StoreError]) -> None:
+    """An earlier batch's error, raised while the replay goes on (once the row it came
+    with was taken): kept in ``held`` where a replay run was cut (its reading stops,
+    the end of the run says why), raised again otherwise (it ends the replay)."""
+    if not _cut(writers):
+        raise e
+    held.append(e)
 
 
 class _UnrememberedError(Exception):
@@ -681,12 +695,10 @@ class _Book:
         try:
             pipeline.flush()
         except StoreError as e:
-            if not _cut(pipeline.writers):   # (a run cut: recorded as such below)
-                raise
-            self.held.append(e)
+            _hold(e, pipeline.writers, self.held)    # (a run cut: recorded as such below)
         done: list[tuple[Adapter, Any]] = []
         now = time.time_ns() // 1000
-        cut = set().union(*(w.cut_runs for w in pipeline.writers))
+        cut = _cut_runs(pipeline.writers)
         for report in self.ended:
             state = "interrupted" if report.interrupted else "complete"
             if report.packets is None:
@@ -751,10 +763,10 @@ def _when(us: int) -> str:
 
 def _replay_file(cap: CaptureFile, pipeline: Pipeline, stats: Stats, opts: ReplayOptions,
                  progress: Progress | None, total_bytes: int | None,
-                 stop: list[str], position: Position | None = None,
-                 held: list[StoreError] | None = None) -> FileReport:
+                 stop: list[str], position: Position | None,
+                 held: list[StoreError]) -> FileReport:
     """Read, decode and submit one capture file. ``held``: where the error of a lost
-    batch goes that cut this replay (:func:`_cut`), which stops the reading."""
+    batch goes that cut this replay (:func:`_hold`), which stops the reading."""
     from .decode.packet import PacketDecoder
 
     try:
@@ -818,11 +830,7 @@ def _replay_file(cap: CaptureFile, pipeline: Pipeline, stats: Stats, opts: Repla
                 messages += len(msgs)
                 submit_all(msgs)
         except StoreError as e:
-            # (an earlier batch's error, raised once its row was taken): where it is a
-            # replay run cut, the file's reading stops below, else it ends the replay
-            if not _cut(writers) or held is None:
-                raise
-            held.append(e)
+            _hold(e, writers, held)         # (a run cut: the reading stops below)
         stats["packets"] += n // 4
         if progress is not None:
             # on-disk size of the batch: frames plus 16-byte record headers (pcap)
@@ -835,9 +843,7 @@ def _replay_file(cap: CaptureFile, pipeline: Pipeline, stats: Stats, opts: Repla
     try:
         submit_all(msgs)
     except StoreError as e:
-        if not _cut(writers) or held is None:
-            raise
-        held.append(e)
+        _hold(e, writers, held)
     if isinstance(stats, _Watch):
         stats.take()  # (what the end of the file gave up belongs to no frame)
     stats.update(cap.counts)  # packets not handed on (a link type not decoded), blocks skipped

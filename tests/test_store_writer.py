@@ -882,7 +882,7 @@ def test_a_replay_run_that_loses_a_batch_loses_the_rest_of_it(tmp_path):
     assert spool.pending_batches == 0
     core.batch("sip_capture", "sip", 20, p, "rB:20:w-5")   # another run: spooled
     assert isinstance(_last(events), Spooled) and spool.pending_batches == 1
-    assert core.cut_runs == {"rA": "spool-full"}
+    assert core.cut_runs == {"rA"}
     spool.close()
 
 
@@ -899,4 +899,4 @@ def test_a_replay_run_with_no_spool_is_cut_by_an_unreachable_database(tmp_path):
     assert _last(events) == DroppedForResume("sip_capture", 20, "rA")
     core.batch("sip_capture", "sip", 20, p, "w-3")
     assert isinstance(_last(events), DroppedDbError) and _last(events).cut == ""
-    assert core.cut_runs == {"rA": "db-error"}
+    assert core.cut_runs == {"rA"}

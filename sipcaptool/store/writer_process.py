@@ -122,12 +122,13 @@ class WriterCore:
         self._lock = threading.RLock()  # db_insert_mode 2: the intake thread spools too
         #: replay runs (``_run_of`` their batch ids) that lost a batch a later reading of
         #: the file would store -- the spool full, or the database unreachable with no
-        #: spool -- and why: every later batch of theirs is not stored either
+        #: spool (the outcome of that batch says which): every later batch of theirs is
+        #: not stored either
         #: (DroppedForResume), even once the database is back, so that what a run stored
         #: is always a beginning of its file, which ``replay --resume`` continues after
         #: its last position; the capturing process stops reading (the outcomes say
         #: ``cut``)
-        self.cut_runs: dict[str, str] = {}
+        self.cut_runs: set[str] = set()
 
     # -- reporting -----------------------------------------------------------------------
     def status(self) -> None:
@@ -199,12 +200,12 @@ class WriterCore:
             self.emit(Counts(counts))
 
     # -- new batches ---------------------------------------------------------------------
-    def _cut(self, batch_id: str, why: str) -> str:
+    def _cut(self, batch_id: str) -> str:
         """A batch lost for want of the database: its replay run is cut (``cut_runs``);
         returns the run ('' for a batch of no replay)."""
         run = _run_of(batch_id)
         if run:
-            self.cut_runs.setdefault(run, why)
+            self.cut_runs.add(run)
         return run
 
     def _after_cut(self, run: str, table: str, n: int, parts: int) -> bool:
@@ -244,8 +245,7 @@ class WriterCore:
                 self._isolate_new(table, kind, n, payload, batch_id, used, err, parts)
             else:
                 self.emit(DroppedDbError(table, n, used, str(err), parts=parts,
-                                         cut=self._cut(batch_id, "db-error")
-                                         if err.transient else ""))
+                                         cut=self._cut(batch_id) if err.transient else ""))
 
     def _isolate_new(self, table: str, kind: str, n: int, payload: object, batch_id: str,
                      used: int, err: StoreError, parts: int = 1) -> None:
@@ -270,8 +270,7 @@ class WriterCore:
                     spooled += k
                 except SpoolFullError:
                     full += k
-        cut = self._cut(batch_id, "spool-full" if full else "db-error") \
-            if lost or full else ""
+        cut = self._cut(batch_id) if lost or full else ""
         if res.written == 0 and res.already == 0 and not spooled:
             self.emit(DroppedDbError(table, n, used, str(err), parts=parts, cut=cut))
             self.status()
@@ -296,8 +295,7 @@ class WriterCore:
                 log.critical("SPOOL FULL: %s; %d rows dropped (counted as dropped:spool-full)",
                              e, self._full_since_log)
                 self._last_full_log, self._full_since_log = now, 0
-            self.emit(DroppedSpoolFull(table, n, used, str(e), parts,
-                                       self._cut(batch_id, "spool-full")))
+            self.emit(DroppedSpoolFull(table, n, used, str(e), parts, self._cut(batch_id)))
             return
         self.emit(Spooled(table, n, used, parts))
         self.status()
