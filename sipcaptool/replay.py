@@ -453,7 +453,7 @@ class _Run:
     tables: str
     run_id: str
     stored: dict[str, int]
-    record: Any = None      # its row as mark_started wrote it (a ReplayRecord)
+    record: Any = None      # its row as mark_started_many wrote it (a ReplayRecord)
 
 
 def _cut(writers: Sequence[Writer]) -> bool:

@@ -355,30 +355,6 @@ def test_spool_drain_command_writes_a_clickhouse_spool_once(tmp_path, ch_servers
     a.close()
 
 
-def test_replay_bookkeeping_table(ch_url):
-    init_db(ch_url, ["sip_capture"])
-    a = open_adapter(ch_url)
-    assert replays.find(a, "k1") is None
-    rec = replays.ReplayRecord("k1", "/x.pcap", 10, "ab", "sip_capture", None, None, "run1",
-                               "running", 0, 0, 123, None)
-    replays.mark_started(a, rec)
-    assert replays.find(a, "k1") == rec
-    replays.mark_done(a, "k1", "run1", state="complete", packets=3, messages=2,
-                      first_us=1, last_us=2, finished_us=456)
-    got = replays.find(a, "k1")           # a new version of the row, read at once
-    assert got is not None and (got.state, got.messages, got.finished_us) == \
-        ("complete", 2, 456)
-    # another run of the file (--again): its row is the one read from its start on
-    rec2 = replays.ReplayRecord("k1", "/x.pcap", 10, "ab", "sip_capture", None, None, "run2",
-                                "running", 0, 0, 789, None)
-    replays.mark_started(a, rec2)
-    assert replays.find(a, "k1") == rec2
-    replays.mark_done(a, "k1", "run1", state="interrupted", packets=0, messages=0,
-                      first_us=None, last_us=None, finished_us=999)   # not its run: ignored
-    assert replays.find(a, "k1") == rec2
-    a.close()
-
-
 def test_a_batch_taken_but_not_recorded_counts_for_resume(ch_url):
     """The writer was killed after the server took a replay's batch and before its id
     was recorded: --resume still knows those rows are stored (the server's query log)."""

@@ -192,6 +192,10 @@ def test_records_written_and_read_many_at_a_time(book_url, monkeypatch):
         again = [replace(r, run_id="x" + r.run_id, started_us=9000) for r in recs]
         replays.mark_started_many(a, again)
         assert replays.find_many(a, keys) == {r.file_key: r for r in again}
+        # the end of an earlier run written after the new run began changes nothing
+        replays.mark_done_many(a, [replace(r, state="interrupted", finished_us=9500)
+                                   for r in recs[:3]])
+        assert replays.find_many(a, keys) == {r.file_key: r for r in again}
     finally:
         a.close()
 

@@ -35,8 +35,8 @@ from dataclasses import dataclass, replace
 from . import Adapter
 from .schema import BATCHES_TABLE, quote_ident
 
-__all__ = ["REPLAYS_TABLE", "UNSTARTED", "ReplayRecord", "find", "find_many", "mark_done",
-           "mark_done_many", "mark_started", "mark_started_many", "mark_unstarted_many",
+__all__ = ["REPLAYS_TABLE", "UNSTARTED", "ReplayRecord", "find", "find_many",
+           "mark_done_many", "mark_started_many", "mark_unstarted_many",
            "replays_table_sql", "stored_positions"]
 
 REPLAYS_TABLE = "sipcaptool_replays"
@@ -169,8 +169,8 @@ def _insert_many(adapter: Adapter, records: list[ReplayRecord]) -> None:
 
 
 def mark_started_many(adapter: Adapter, records: list[ReplayRecord]) -> None:
-    """:func:`mark_started` for several files at once (a statement or two, not one or
-    two a file): a replay of many files records those it reads next together, each
+    """Record (or replace) the rows of several files as ``running``, a statement or two
+    for all of them: a replay of many files records those it reads next together, each
     before any batch of it is written."""
     if not records:
         return
@@ -202,46 +202,25 @@ def mark_unstarted_many(adapter: Adapter, records: list[ReplayRecord],
                         f"AND {q('run_id', d)} = {ph}", (rec.file_key, rec.run_id))
 
 
-def mark_started(adapter: Adapter, rec: ReplayRecord) -> None:
-    """Record (or replace) the file's row as ``running``."""
-    mark_started_many(adapter, [rec])
-
-
-def mark_done(adapter: Adapter, file_key: str, run_id: str, *, state: str, packets: int,
-              messages: int, first_us: int | None, last_us: int | None,
-              finished_us: int) -> None:
-    """How the run ``run_id`` of the file ended (``complete`` or ``interrupted``): the
-    row updated, or where rows are versions a new version of it."""
-    d, ph = adapter.dialect, adapter.placeholder
-    if not adapter.updates_in_place:
-        rec = find(adapter, file_key)
-        if rec is not None and rec.run_id == run_id:
-            _insert_many(adapter, [replace(rec, state=state, packets=packets,
-                                           messages=messages, first_us=first_us,
-                                           last_us=last_us, finished_us=finished_us)])
-        return
-    sets = ", ".join(f"{q(c, d)} = {ph}" for c in ("state", "packets", "messages",
-                                                   "first_us", "last_us", "finished_us"))
-    adapter.execute(f"UPDATE {q(REPLAYS_TABLE, d)} SET {sets} WHERE {q('file_key', d)} = {ph} "
-                    f"AND {q('run_id', d)} = {ph}",
-                    (state, packets, messages, first_us, last_us, finished_us, file_key,
-                     run_id))
-
-
 def mark_done_many(adapter: Adapter, done: list[ReplayRecord]) -> None:
-    """How several runs ended, each given as its record from :func:`mark_started` with
-    the state, counts and times of its end: where rows are versions, one statement
+    """How several runs ended, each given as its record from :func:`mark_started_many`
+    with the state, counts and times of its end: where rows are versions, one statement
     inserts the new versions (a later run of the same file started later, so its row
-    stays the newest); elsewhere each row is updated."""
+    stays the newest, and a run's end written after another run began is not read);
+    elsewhere each run's row is updated (another run's row is left alone)."""
     if not done:
         return
-    if adapter.updates_in_place:
-        for rec in done:
-            mark_done(adapter, rec.file_key, rec.run_id, state=rec.state, packets=rec.packets,
-                      messages=rec.messages, first_us=rec.first_us, last_us=rec.last_us,
-                      finished_us=rec.finished_us or 0)
+    if not adapter.updates_in_place:
+        _insert_many(adapter, done)
         return
-    _insert_many(adapter, done)
+    d, ph = adapter.dialect, adapter.placeholder
+    sets = ", ".join(f"{q(c, d)} = {ph}" for c in ("state", "packets", "messages",
+                                                   "first_us", "last_us", "finished_us"))
+    for rec in done:
+        adapter.execute(f"UPDATE {q(REPLAYS_TABLE, d)} SET {sets} WHERE "
+                        f"{q('file_key', d)} = {ph} AND {q('run_id', d)} = {ph}",
+                        (rec.state, rec.packets, rec.messages, rec.first_us, rec.last_us,
+                         rec.finished_us or 0, rec.file_key, rec.run_id))
 
 
 def batch_run(run_id: str) -> str:
