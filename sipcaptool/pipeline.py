@@ -12,13 +12,14 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .config import Settings
-from .decode.sip import looks_like_sip, parse_sip, parse_sip_lenient
+from .decode.sip import looks_like_sip
 from .dedup import Dedup
-from .errors import DecodeError, StoreError
+from .errors import StoreError
 from .record import AUX_TABLES, HEP_TYPE_SIP, CapturedMessage
-from .row import Row, RowOptions, aux_row, hash_key, sip_row
+from .row import Row, RowOptions, aux_row, hash_key, parsed_row
 from .stats import Stats
 from .store.router import Router
+from .store.unparsed import ParseOptions, pack
 from .store.writer import Writer
 
 if TYPE_CHECKING:
@@ -102,13 +103,16 @@ class Pipeline:
         dedup_by_arrival: with ``dedup_window``, the window's entries expire by the
             arrival clock (``hep``, ``live``) instead of the messages' own time
             (``replay``); see :mod:`sipcaptool.dedup`.
+        writer_parses: ``replay``: the writer processes parse part of the messages
+            (``auto``, ``always``; ``never``), see :mod:`sipcaptool.store.unparsed` and
+            :meth:`submit_all`. None (``hep``, ``live``): they are handed rows only.
     """
 
     def __init__(self, settings: Settings, stats: Stats, *, background: bool = True,
                  capture_flag: Any = None, use_spool: bool = True,
                  require_db_at_start: bool = False, max_clock_skew: float = 0.0,
                  maintenance_clock: Callable[[], float] | None = None,
-                 dedup_by_arrival: bool = False) -> None:
+                 dedup_by_arrival: bool = False, writer_parses: str | None = None) -> None:
         self.settings = settings
         self.stats = stats
         self.capture_flag = (capture_flag if capture_flag is not None
@@ -140,7 +144,10 @@ class Pipeline:
                                insert_mode=settings.db_insert_mode,
                                require_db_at_start=require_db_at_start,
                                maintenance=_maintenance(settings, mode.db_url,
-                                                        maintenance_clock))
+                                                        maintenance_clock),
+                               parse=None if writer_parses is None
+                               else ParseOptions(self.opts, self.capture_bad),
+                               writer_parses=writer_parses or "never")
                     writers[mode.db_url] = w
                 router = Router(mode.tables, mode.mt_mode, mode.hash_source,
                                 dialect=parse_db_url(mode.db_url).dialect,
@@ -206,10 +213,12 @@ class Pipeline:
         first for each. Where every SIP row goes to one table (one target, a table
         without strftime codes, no routes), the rows are handed to the writer together
         at the end (:meth:`Writer.add_rows`, with each row's position: one call instead
-        of one a message, and a third less of the time it takes). A StoreError for an
-        earlier batch is raised once, after the row it came with was taken: by the SIP
-        rows' writer at the end; by an aux row's writer at its message, which ends the
-        loop there -- the rows made until then are handed over all the same."""
+        of one a message, and a third less of the time it takes); and where its writer
+        process parses (a replay's, :attr:`Writer.parses`), the batches it has time for
+        are handed to it unparsed (:meth:`Writer.share`). A StoreError for an earlier
+        batch is raised once, after the rows it came with were taken: by the SIP rows'
+        writer at the end; by an aux row's writer at its message, which ends the loop
+        there -- the rows made until then are handed over all the same."""
         target = self.targets[0] if self.single_target else None
         if target is None or target.table is None:
             for m in msgs:
@@ -217,6 +226,28 @@ class Pipeline:
                     position.seq += 1
                 self.submit(m)
             return
+        if position is None or not target.writer.parses:
+            self._submit_rows(msgs, position, target.writer, target.table)
+            return
+        writer, table = target.writer, target.table
+        error: StoreError | None = None
+        i, n = 0, len(msgs)
+        while i < n:
+            unparsed, room = writer.share(table)
+            chunk = msgs[i:i + room]
+            i += len(chunk)
+            try:
+                if unparsed and all(m.hep_type == HEP_TYPE_SIP for m in chunk):
+                    self._submit_unparsed(chunk, position, writer, table)
+                else:
+                    self._submit_rows(chunk, position, writer, table)
+            except StoreError as e:     # (the rest of the messages are handed over)
+                error = error or e
+        if error is not None:
+            raise error
+
+    def _submit_rows(self, msgs: Sequence[CapturedMessage], position: Position | None,
+                     writer: Writer, table: str) -> None:
         rows: list[Row] = []
         seqs: list[int] = []
         row_of = self._sip_row
@@ -231,8 +262,30 @@ class Pipeline:
                         seqs.append(position.seq)
         finally:
             if rows:
-                target.writer.add_rows(target.table, "sip", rows,
-                                       seqs if position is not None else None)
+                writer.add_rows(table, "sip", rows, seqs if position is not None else None)
+
+    def _submit_unparsed(self, msgs: Sequence[CapturedMessage], position: Position,
+                         writer: Writer, table: str) -> None:
+        """SIP messages handed to ``writer`` unparsed (:meth:`Writer.add_unparsed`): what
+        :meth:`_sip_row` does before parsing is done here (counted, the capture switch,
+        the dedup window), the parsing and the row by the writer process."""
+        stats, flag, dedup = self.stats, self.capture_flag, self.dedup
+        items: list[tuple[object, ...]] = []
+        seqs: list[int] = []
+        try:
+            for m in msgs:
+                position.seq += 1
+                stats["messages"] += 1
+                if not flag.value:
+                    stats["dropped:capture-off"] += 1
+                    continue
+                if dedup is not None and dedup.duplicate(m):
+                    continue    # counted as dedup:<node>
+                items.append(pack(m))
+                seqs.append(position.seq)
+        finally:
+            if items:
+                writer.add_unparsed(table, items, seqs)
 
     def _sip_row(self, msg: CapturedMessage) -> tuple[SipMessage, Row] | None:
         """The parsed message and its row, or None: not SIP (an aux row is added to its
@@ -247,20 +300,7 @@ class Pipeline:
         hep_type = msg.hep_type
         if hep_type != HEP_TYPE_SIP and not self._submit_aux(msg):
             return None
-        try:
-            sip = parse_sip(msg.payload)
-        except DecodeError as e:
-            stats["malformed:" + e.reason] += 1
-            if not self.capture_bad:
-                return None
-            sip = parse_sip_lenient(msg.payload)
-            stats["stored-bad:" + e.reason] += 1
-        if sip.lenient:  # stored as meant, counted (decode/sip.py names the leniencies)
-            for what in sip.lenient:
-                stats["lenient:" + what] += 1
-        if hep_type != HEP_TYPE_SIP:
-            stats[f"lenient:hep-type-{hep_type}"] += 1
-        return sip, sip_row(msg, sip, self.opts, stats)
+        return parsed_row(msg, self.opts, self.capture_bad, stats)
 
     def _submit_aux(self, msg: CapturedMessage) -> bool:
         """Store a HEP packet that is not of the SIP type; True when it is to be stored

@@ -78,6 +78,9 @@ class ReplayOptions:
         hep_ports: HEP is only looked for on these ports (None: any payload that looks
             like HEP).
         foreground_writer: write from this process (no writer process).
+        writer_parses: which batches the writer process parses itself, handed over
+            unparsed (``auto``: those it has time for; ``always``; ``never``), see
+            :mod:`sipcaptool.store.unparsed`.
         hep_send: also hand every message to this (``--hep-to``: a
             :class:`~sipcaptool.senders.hep.HepSender`'s ``send``), before storing it.
 
@@ -89,6 +92,7 @@ class ReplayOptions:
     ports: frozenset[int] | None = None
     hep_ports: frozenset[int] | None = None
     foreground_writer: bool = False
+    writer_parses: str = "auto"
     hep_send: Callable[[CapturedMessage], None] | None = None
     again: bool = False
     resume: bool = False
@@ -283,7 +287,7 @@ def replay_files(paths: Sequence[str], settings: Settings, options: ReplayOption
         # a database that fails during the run: batches wait in the spool; one that is
         # unreachable at start: an error (nothing has been read yet)
         pipeline = Pipeline(settings, stats, background=not opts.foreground_writer,
-                            require_db_at_start=True)
+                            require_db_at_start=True, writer_parses=opts.writer_parses)
     except BaseException:
         if book is not None:
             book.close()

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from operator import gt, itemgetter
 from typing import Any
 
-from .decode.sip import SipMessage, header_key
-from .errors import ConfigError
+from .decode.sip import SipMessage, header_key, parse_sip, parse_sip_lenient
+from .errors import ConfigError, DecodeError
 from .record import (
     AUX_COLUMN_NAMES,
     AUX_COLUMNS,
     AUX_TABLES,
     HASH_SOURCES,
+    HEP_TYPE_SIP,
     PROTO_NONE,
     PROTO_TCP,
     PROTO_UDP,
@@ -33,7 +34,8 @@ from .record import (
     CapturedMessage,
 )
 
-__all__ = ["RowOptions", "sip_row", "aux_row", "hash_key", "format_date", "HASH_SOURCES"]
+__all__ = ["RowOptions", "sip_row", "parsed_row", "aux_row", "hash_key", "format_date",
+           "HASH_SOURCES"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +243,30 @@ def sip_row(
 
 
 _AUX_PROTO: dict[int | None, int] = {6: PROTO_TCP, 17: PROTO_UDP}
+
+
+def parsed_row(msg: CapturedMessage, opts: RowOptions, capture_bad: bool,
+               stats: Counter[str]) -> tuple[SipMessage, Row] | None:
+    """The message parsed as SIP and its sip_capture row, or None: malformed
+    (``malformed:<reason>``) and not stored (``capture_bad`` off). With ``capture_bad``
+    a malformed message is parsed leniently and stored (``stored-bad:<reason>``); the
+    leniencies of a message are counted (``lenient:<what>``), and so is a HEP type other
+    than SIP (``lenient:hep-type-<n>``). The same in the capturing process and in a
+    writer process that parses (:mod:`sipcaptool.store.unparsed`)."""
+    try:
+        sip = parse_sip(msg.payload)
+    except DecodeError as e:
+        stats["malformed:" + e.reason] += 1
+        if not capture_bad:
+            return None
+        sip = parse_sip_lenient(msg.payload)
+        stats["stored-bad:" + e.reason] += 1
+    if sip.lenient:  # stored as meant, counted (decode/sip.py names the leniencies)
+        for what in sip.lenient:
+            stats["lenient:" + what] += 1
+    if msg.hep_type != HEP_TYPE_SIP:
+        stats[f"lenient:hep-type-{msg.hep_type}"] += 1
+    return sip, sip_row(msg, sip, opts, stats)
 
 
 def aux_row(msg: CapturedMessage, opts: RowOptions, stats: Counter[str] | None = None) -> Row:

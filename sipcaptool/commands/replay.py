@@ -33,6 +33,10 @@ from .hep_out import hep_out_from, hep_out_summary, hep_to_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--foreground-writer", is_flag=True, hidden=True,
               help="Write from this process (no writer process).")
+@click.option("--writer-parses", type=click.Choice(["auto", "always", "never"]),
+              default="auto", hidden=True,
+              help="Which batches the writer process parses itself (auto: those it has "
+                   "time for).")
 @click.option("--again", is_flag=True,
               help="Store a file again although it was replayed into the database before "
                    "(its rows are then there twice).")
@@ -48,7 +52,8 @@ from .hep_out import hep_out_from, hep_out_summary, hep_to_options
 @storage_options
 @dedup_options
 def command(files: tuple[str, ...], quiet: bool,
-            as_json: bool, foreground_writer: bool, again: bool, resume: bool,
+            as_json: bool, foreground_writer: bool, writer_parses: str, again: bool,
+            resume: bool,
             explain: bool, settings: Settings) -> int:
     """Read pcap/pcapng FILE(s) and store every SIP message as one row.
 
@@ -100,7 +105,8 @@ def command(files: tuple[str, ...], quiet: bool,
     explained: list[Explained] = []
     options = ReplayOptions(ports=parse_ports(settings.ports or None),
                             hep_ports=parse_ports(settings.hep_ports or None, "--hep-ports"),
-                            foreground_writer=foreground_writer, again=again,
+                            foreground_writer=foreground_writer,
+                            writer_parses=writer_parses, again=again,
                             resume=resume,
                             explain=explained.append if explain and as_json else
                             _print_explained if explain else None)

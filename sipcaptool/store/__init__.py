@@ -169,6 +169,12 @@ class Adapter(ABC):
         with other payloads and ``part_rows`` has its own)."""
         return b"".join(payload_bytes(p) for p in parts)
 
+    def local_payload(self, kind: str, rows: list[Row]) -> object:
+        """The payload of rows made in the writer process (of messages handed over
+        unparsed, :mod:`~sipcaptool.store.unparsed`): :meth:`format_batch`'s; an adapter
+        whose :meth:`write` takes a list of rows returns it as it is."""
+        return self.format_batch(kind, rows)
+
     def payload_rows(self, payload: object) -> list[Row] | None:
         """The rows of a formatted batch, where they can be joined with another batch's
         (:func:`~sipcaptool.store.writer_process.coalesce`): a list of rows as it is;

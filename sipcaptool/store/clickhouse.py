@@ -749,6 +749,9 @@ class ClickHouseAdapter(Adapter):
             rows.extend(self.payload_rows(p))
         return rows
 
+    def local_payload(self, kind: str, rows: list[Row]) -> object:
+        return rows     # (write() and payload_rows() take the list: no marshal here)
+
     def payload_rows(self, payload: object) -> list[Row]:
         if isinstance(payload, (bytes, bytearray, memoryview)):
             rows = marshal.loads(payload)

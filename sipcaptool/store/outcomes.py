@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = ["Closed", "Counts", "Drained", "DroppedDbError", "DroppedSpoolFull", "Outcome",
-           "Ready", "Split", "Spooled", "SpoolStatus", "StartFailed", "Synced", "Warnings",
-           "Written"]
+           "Parsed", "Ready", "Split", "Spooled", "SpoolStatus", "StartFailed", "Synced",
+           "Warnings", "Written"]
 
 
 # -- the writer process's life ----------------------------------------------------------
@@ -172,6 +172,16 @@ class Counts:
 
 
 @dataclass(frozen=True, slots=True)
+class Parsed:
+    """A batch of unparsed messages (:mod:`sipcaptool.store.unparsed`) was parsed: what
+    parsing counted (``malformed:<reason>``, ``lenient:<what>``, ...), and ``unstored``,
+    the messages of it that made no row (the batch's outcome counts its rows)."""
+
+    counts: Mapping[str, int]
+    unstored: int
+
+
+@dataclass(frozen=True, slots=True)
 class SpoolStatus:
     """What the spool holds now (the gauges ``spool_batches``, ``spool_bytes``); sent when
     it changes."""
@@ -183,4 +193,4 @@ class SpoolStatus:
 
 Outcome = (Ready | StartFailed | Synced | Closed | Written | Spooled | Drained
            | DroppedSpoolFull | DroppedForResume | DroppedDbError | Split | Warnings | Counts
-           | SpoolStatus)
+           | Parsed | SpoolStatus)

@@ -84,6 +84,7 @@ from .outcomes import (
     DroppedForResume,
     DroppedSpoolFull,
     Outcome,
+    Parsed,
     Ready,
     Split,
     Spooled,
@@ -93,6 +94,7 @@ from .outcomes import (
     Warnings,
     Written,
 )
+from .unparsed import PAYLOAD_INDEX, ParseOptions, Unparsed, format_part
 from .url import DbUrl, parse_db_url
 from .writer_process import MSG_INDEX, WriterCore, writer_main
 
@@ -125,10 +127,12 @@ class _Buffer:
     (:attr:`~sipcaptool.store.Adapter.part_rows` at a time; ``formatted`` rows in all),
     then ``rows`` not yet formatted. ``check_at``: the length of ``rows`` at which
     :meth:`Writer.add` must look at the buffer again (a part to format, or the batch
-    full); ``msg``: where a row of this kind holds its message (None: nowhere)."""
+    full); ``msg``: where a row of this kind holds its message (None: nowhere); ``raw``:
+    the buffer holds messages to be parsed by the writer process instead of rows
+    (:mod:`~sipcaptool.store.unparsed`)."""
 
     __slots__ = ("rows", "parts", "formatted", "size", "first", "last_seq", "check_at",
-                 "msg")
+                 "msg", "raw")
 
     def __init__(self, first: float, check_at: int, msg: int | None) -> None:
         self.rows: list[tuple[Any, ...]] = []
@@ -139,6 +143,7 @@ class _Buffer:
         self.last_seq = 0       # a replay's file position of its last row
         self.check_at = check_at
         self.msg = msg
+        self.raw = False
 
     def __len__(self) -> int:
         return self.formatted + len(self.rows)
@@ -173,6 +178,12 @@ class Writer:
             has it, 2 the writer process takes batches off the queue at once).
         maintenance: hep, live: the tables (and MySQL partitions) of today and tomorrow
             made ahead by the writer process (:class:`~sipcaptool.store.retention.Maintenance`).
+        parse: a replay's: how the writer process parses messages handed over
+            unparsed (:meth:`share`, :mod:`~sipcaptool.store.unparsed`); None: it is
+            handed rows only.
+        writer_parses: with ``parse``, which batches are handed over unparsed:
+            ``auto`` (when the writer process has taken every batch sent), ``always``,
+            ``never``.
 
     Raises:
         ConfigError: a bad db_url.
@@ -187,7 +198,8 @@ class Writer:
                  mp_context: str | None = None, spool_dir: str | None = None,
                  spool_max_bytes: int = 1 << 30, insert_mode: int = 0,
                  require_db_at_start: bool = False,
-                 maintenance: Maintenance | None = None) -> None:
+                 maintenance: Maintenance | None = None,
+                 parse: ParseOptions | None = None, writer_parses: str = "auto") -> None:
         self.url = parse_db_url(db_url) if isinstance(db_url, str) else db_url
         self.stats = stats
         self.batch_size = max(1, int(batch_size))
@@ -215,6 +227,11 @@ class Writer:
         self.insert_mode = int(insert_mode)
         self.require_db_at_start = bool(require_db_at_start)
         self.maintenance = maintenance
+        if writer_parses not in ("auto", "always", "never"):
+            raise ValueError(f"writer_parses: {writer_parses!r}")
+        # (only a writer process parses: in one process there is no core to share)
+        self._parse = parse if self.background and writer_parses != "never" else None
+        self._parse_always = writer_parses == "always"
         self._batch_prefix = uuid.uuid4().hex[:16] + "-"
         self._batch_seq = itertools.count(1)
         # a replay's bookkeeping (follow()): the run's batch id tag, the file position of
@@ -279,7 +296,8 @@ class Writer:
             target=writer_main, name="sipcaptool-writer", daemon=True,
             args=(self.url, partition_days, jobs, results, self.retries,
                   self.retry_timeout, os.getpid(), self.spool_dir, self.spool_max_bytes,
-                  self.insert_mode, self.require_db_at_start, self.maintenance))
+                  self.insert_mode, self.require_db_at_start, self.maintenance,
+                  self._parse))
         self._jobs, self._results, self._proc = jobs, results, proc
         proc.start()
         deadline = time.monotonic() + _START_TIMEOUT
@@ -404,6 +422,10 @@ class Writer:
             case Counts():
                 for k, v in msg.counts.items():
                     st[k] += v
+            case Parsed():
+                for k, v in msg.counts.items():
+                    st[k] += v
+                self._in_flight -= msg.unstored     # (handed over as messages)
             case Synced():
                 self._synced.add(msg.token)
             case Ready() | StartFailed() | Closed():
@@ -496,7 +518,7 @@ class Writer:
         lock.acquire()      # (not a with statement: a third of this method's time)
         try:
             buf = self._buffers.get((table, kind))
-            if buf is None:
+            if buf is None or buf.raw:
                 buf = self._new_buffer(table, kind)
             if pos is not None:
                 buf.last_seq = pos.seq
@@ -531,6 +553,8 @@ class Writer:
         lock.acquire()
         try:
             buf = self._buffers.get(key)
+            if buf is not None and buf.raw:
+                buf = self._new_buffer(table, kind)
             for i, row in enumerate(rows):
                 if seqs is not None and seqs[i] <= skip:
                     self.stats["dropped:stored-before"] += 1
@@ -553,10 +577,85 @@ class Writer:
         if self._error is not None:
             self._raise_pending()
 
-    def _new_buffer(self, table: str, kind: str) -> _Buffer:
-        buf = self._buffers[(table, kind)] = _Buffer(
-            time.monotonic(), self._check_at(0, self.batch_size), MSG_INDEX.get(kind))
+    def _new_buffer(self, table: str, kind: str, raw: bool = False) -> _Buffer:
+        """A new batch of ``(table, kind)`` (caller holds the lock); one of the other
+        sort (rows, unparsed messages) in its place is handed over first, so that a
+        table's batches hold its rows in their order."""
+        key = (table, kind)
+        if key in self._buffers:
+            self._flush_key(key)
+        buf = self._buffers[key] = _Buffer(
+            time.monotonic(), self._check_at(0, self.batch_size),
+            PAYLOAD_INDEX if raw else MSG_INDEX.get(kind))
+        buf.raw = raw
         return buf
+
+    @property
+    def parses(self) -> bool:
+        """Whether this writer's process parses messages handed over unparsed
+        (:meth:`share`, :meth:`add_unparsed`)."""
+        return self._parse is not None
+
+    def share(self, table: str) -> tuple[bool, int]:
+        """For the SIP rows of ``table``, whether the next messages are to be handed
+        over unparsed (:meth:`add_unparsed`) or as rows, and how many more the batch being
+        filled takes (at least 1). Decided for each new batch: unparsed when this writer
+        :attr:`parses` and its process has taken every batch sent so far (it has time
+        to spare; ``writer_parses`` ``always``: whenever it parses)."""
+        key = (table, "sip")
+        with self._lock:
+            buf = self._buffers.get(key)
+            if buf is None:
+                buf = self._new_buffer(table, "sip", self._parse is not None
+                                       and (self._parse_always or self._writer_idle()))
+            return buf.raw, max(1, self.batch_size - len(buf))
+
+    def _writer_idle(self) -> bool:
+        """The writer process has taken every batch sent (none waits in the queue)."""
+        jobs = self._jobs
+        if jobs is None or self._unsent:
+            return False
+        try:
+            return jobs.qsize() <= 1
+        except (NotImplementedError, OSError):     # (a platform without sem_getvalue)
+            return False
+
+    def add_unparsed(self, table: str, items: Sequence[tuple[object, ...]],
+                     seqs: Sequence[int]) -> None:
+        """:meth:`add_rows` for SIP messages the writer process parses and makes rows of
+        (each packed by :func:`~sipcaptool.store.unparsed.pack`; ``seqs``, a replay's
+        file position of each). Batches are cut as for rows, a message counted as a
+        row; one that makes no row is counted by the writer process."""
+        if self._closed:
+            raise StoreError(f"{self.url.redacted()}: writer is closed")
+        if self._parse is None:
+            raise ValueError("this writer does not parse")
+        skip = self._stored_before.get(table, 0)
+        key = (table, "sip")
+        limit = self.batch_max_bytes
+        lock = self._lock
+        lock.acquire()
+        try:
+            buf = self._buffers.get(key)
+            if buf is not None and not buf.raw:
+                buf = None
+            for item, seq in zip(items, seqs, strict=True):
+                if seq <= skip:
+                    self.stats["dropped:stored-before"] += 1
+                    continue
+                if buf is None:
+                    buf = self._new_buffer(table, "sip", True)
+                buf.last_seq = seq
+                pending = buf.rows
+                pending.append(item)
+                size = buf.size = buf.size + 2 * len(item[PAYLOAD_INDEX]) + _ROW_OVERHEAD  # type: ignore[arg-type]
+                if len(pending) >= buf.check_at or size >= limit:
+                    self._look_at(key, buf)
+                    buf = self._buffers.get(key)
+        finally:
+            lock.release()
+        if self._error is not None:
+            self._raise_pending()
 
     def _check_at(self, pending: int, left: int) -> int:
         """The length of a buffer's unformatted rows at which to look at it again: when
@@ -572,7 +671,8 @@ class Writer:
         rows = buf.rows
         if len(rows) == self._part_rows and self.adapter is not None:
             # formatted now, while these rows are still in the processor's cache
-            buf.parts.append(self.adapter.format_batch(key[1], rows))
+            buf.parts.append(format_part(rows) if buf.raw
+                             else self.adapter.format_batch(key[1], rows))
             buf.rows = []
             buf.formatted += len(rows)
         left = self.batch_size - buf.formatted - len(buf.rows)
@@ -597,7 +697,10 @@ class Writer:
         batch_id = self._batch_prefix + str(next(self._batch_seq))
         if self._tag:  # a replay's: the file position of the batch's last row first
             batch_id = f"{self._tag}{buf.last_seq}:{batch_id}"
-        if buf.parts:
+        if buf.raw:
+            payload: object = Unparsed(tuple(cast("list[bytes]", buf.parts))
+                                       + ((format_part(buf.rows),) if buf.rows else ()))
+        elif buf.parts:
             parts = buf.parts + [self.adapter.format_batch(kind, buf.rows)] if buf.rows \
                 else buf.parts
             payload = self.adapter.join_parts(kind, parts)

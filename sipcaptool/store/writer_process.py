@@ -48,6 +48,7 @@ from .outcomes import (
     DroppedForResume,
     DroppedSpoolFull,
     Outcome,
+    Parsed,
     Ready,
     Split,
     Spooled,
@@ -58,6 +59,7 @@ from .outcomes import (
     Written,
 )
 from .retry import BACKOFF_FIRST, BACKOFF_MAX, write_retrying
+from .unparsed import ParseOptions, Unparsed, rows_of
 from .url import DbUrl
 
 if TYPE_CHECKING:
@@ -444,25 +446,44 @@ class _FromParent:
     (only the parent sends), so that a parent that is gone -- killed in the middle of
     sending a batch, say -- is the end of the pipe instead of a read that waits forever
     for the rest; that end is taken as a Close (what this process holds is written, then
-    it ends)."""
+    it ends). A batch of unparsed messages (:mod:`~sipcaptool.store.unparsed`) is parsed
+    as it is taken: whatever takes it sees a batch of rows (``parse``; its counts go to
+    ``report``)."""
 
-    def __init__(self, jobs: Queue[Job]) -> None:
+    def __init__(self, jobs: Queue[Job], adapter: Adapter | None = None,
+                 parse: ParseOptions | None = None,
+                 report: Callable[[Outcome], None] | None = None) -> None:
         self.jobs = jobs
+        self.adapter, self.parse, self.report = adapter, parse, report
         sending = getattr(jobs, "_writer", None)    # (multiprocessing's Queue)
         if sending is not None:
             sending.close()
 
     def get(self, *, timeout: float | None = None) -> Job:
         try:
-            return self.jobs.get(timeout=timeout)
+            job = self.jobs.get(timeout=timeout)
         except (EOFError, OSError):
             return Close()
+        return self._parsed(job) if isinstance(job, Batch) \
+            and isinstance(job.payload, Unparsed) else job
 
     def get_nowait(self) -> Job:
         try:
-            return self.jobs.get_nowait()
+            job = self.jobs.get_nowait()
         except (EOFError, OSError):
             return Close()
+        return self._parsed(job) if isinstance(job, Batch) \
+            and isinstance(job.payload, Unparsed) else job
+
+    def _parsed(self, job: Batch) -> Batch:
+        assert self.parse is not None and self.adapter is not None \
+            and self.report is not None, "unparsed messages for a writer that cannot parse"
+        rows, counts = rows_of(cast(Unparsed, job.payload), self.parse)
+        unstored = job.rows - len(rows)
+        if counts or unstored:
+            self.report(Parsed(dict(counts), unstored))
+        return Batch(job.table, job.kind, len(rows),
+                     self.adapter.local_payload(job.kind, rows), job.batch_id, job.parts)
 
 
 def _message_bytes(kind: str, rows: list[Any], cols: list[list[Any]] | None = None) -> int:
@@ -565,8 +586,10 @@ def writer_main(url: DbUrl, partition_days: int | None, jobs: Queue[Job],
                 results: Queue[Outcome], retries: int, retry_timeout: float,
                 parent_pid: int, spool_dir: str | None = None, spool_max_bytes: int = 0,
                 insert_mode: int = 0, require_db: bool = False,
-                maintenance: Maintenance | None = None) -> None:
-    """The writer process: execute ready-made batches until told to close."""
+                maintenance: Maintenance | None = None,
+                parse: ParseOptions | None = None) -> None:
+    """The writer process: execute ready-made batches until told to close (``parse``:
+    how to parse the messages of a batch handed over unparsed)."""
     # Ctrl-C, a terminal hang-up or a stop of the whole process group must not end this
     # process before the parent has handed over everything: it ends on Close (or when
     # the parent is gone)
@@ -595,7 +618,7 @@ def writer_main(url: DbUrl, partition_days: int | None, jobs: Queue[Job],
         results.put(StartFailed(f"{url.redacted()}: {type(e).__name__}: {e}"))
         return
     results.put(Ready())
-    parent = _FromParent(jobs)
+    parent = _FromParent(jobs, adapter, parse, results.put)
     source: _JobSource = AsyncIntake(parent, core) if insert_mode == 2 else parent
     held: Job | None = None    # taken off the source by coalesce() and not yet handled
     try:
