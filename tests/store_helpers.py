@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sipcaptool.record import AUX_COLUMNS, SIP_COLUMN_NAMES, SIP_COLUMNS
+from sipcaptool.store import open_adapter
 from sipcaptool.store.url import parse_db_url
 
 AWKWARD = [
@@ -140,3 +141,16 @@ def tables(url: str) -> set[str]:
         return {r[0] for r in cur.fetchall()}
     finally:
         conn.close()
+
+
+def batch_positions(url: str, tag: str) -> list[int]:
+    """The file positions a replay's batches (ids ``<tag><position>:...``) were marked
+    with, in ``sipcaptool_batches``."""
+    ad = open_adapter(url)
+    ad.connect()
+    try:
+        ids = ad.select(f"SELECT batch_id FROM sipcaptool_batches WHERE batch_id LIKE "
+                        f"{ad.placeholder}", (tag + "%",))
+    finally:
+        ad.close()
+    return sorted(int(str(i)[len(tag):].split(":", 1)[0]) for (i,) in ids)

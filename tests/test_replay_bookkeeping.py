@@ -208,14 +208,18 @@ def test_standard_input_is_not_remembered(sqlite_url):
     assert count(sqlite_url) == 60
 
 
-def test_resume_after_kill_stores_every_message_once(book_url, tmp_path):
+@pytest.mark.parametrize("parses", ["auto", "always"])
+def test_resume_after_kill_stores_every_message_once(book_url, tmp_path, parses):
+    """(``parses``: the batches the writer process parses: those it has time for, or
+    all of them -- see sipcaptool.store.unparsed)"""
     any_db_url = book_url
     n = 40_000
     pcap = tmp_path / "big.pcap"
     make_pcap(pcap, n)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     p = subprocess.Popen(cmd("replay", "-q", "--db", any_db_url, "--batch-size", "50",
-                             str(pcap)), env=env, start_new_session=True,
+                             "--writer-parses", parses, str(pcap)), env=env,
+                         start_new_session=True,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stored = 0
     try:
@@ -238,7 +242,7 @@ def test_resume_after_kill_stores_every_message_once(book_url, tmp_path):
     assert r.returncode == 2 and "--resume" in r.stderr, r.stderr
     assert count(any_db_url) == stored
     r = run("replay", "--json", "--resume", "--db", any_db_url, "--batch-size", "500",
-            str(pcap))
+            "--writer-parses", parses, str(pcap))
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["dropped"]["stored-before"] == stored

@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from store_helpers import aux_row, count, read_rows, rows_refusable_by_method, sip_row
+from store_helpers import (
+    aux_row,
+    batch_positions,
+    count,
+    read_rows,
+    rows_refusable_by_method,
+    sip_row,
+)
 
 from sipcaptool.errors import ConfigError, StoreError
 from sipcaptool.stats import Stats
@@ -724,19 +731,6 @@ def test_a_batch_of_parts_is_written_when_its_first_row_is_old(text_db_url):
     assert read_rows(text_db_url, "sip_capture") == rows
 
 
-def _batch_positions(url: str, tag: str) -> list[int]:
-    """The file positions a replay's batches (ids ``<tag><position>:...``) were marked
-    with, in ``sipcaptool_batches``."""
-    ad = open_adapter(url)
-    ad.connect()
-    try:
-        ids = ad.select(f"SELECT batch_id FROM sipcaptool_batches WHERE batch_id LIKE "
-                        f"{ad.placeholder}", (tag + "%",))
-    finally:
-        ad.close()
-    return sorted(int(str(i)[len(tag):].split(":", 1)[0]) for (i,) in ids)
-
-
 @pytest.mark.parametrize("fixture", ["sqlite_url", "pg_url"])
 def test_rows_added_together_are_cut_where_add_cuts_them(request, fixture):
     """A replay hands the rows of a decoded batch over in one call (add_rows); the
@@ -768,7 +762,7 @@ def test_rows_added_together_are_cut_where_add_cuts_them(request, fixture):
         assert st["dropped:stored-before"] == 100
         assert st["stored:" + table] == 1000 and st["db:batches"] == 2
         assert read_rows(url, table) == rows[100:]
-        got[how] = _batch_positions(url, tag)
+        got[how] = batch_positions(url, tag)
     assert got["add"] == got["add_rows"] == [seqs[699], seqs[1099]]
 
 
@@ -826,7 +820,7 @@ def test_add_rows_is_add_row_by_row(pg_url, data):
         kept = sum(1 for s in seqs if s > stored)
         assert st_["stored:" + table] == kept
         assert st_["dropped:stored-before"] == n - kept
-        got[how] = (st_["db:batches"], _batch_positions(pg_url, tag) if kept else [],
+        got[how] = (st_["db:batches"], batch_positions(pg_url, tag) if kept else [],
                     read_rows(pg_url, table) if kept else [])
     assert got["add"] == got["add_rows"]
     assert got["add"][2] == [r for r, s in zip(rows, seqs, strict=True) if s > stored]
