@@ -7,9 +7,10 @@ here differ by up to 3x from day to day, so the figures that mean something are 
                                           # --rcvbuf 4M; the collector with the CPU
                                           # priority its systemd unit gives it; the three
                                           # take turns at each rate)
-    python bench/clickhouse.py replay     # replay into ClickHouse vs --db none (and the
-                                          # hand-over alone: a writer process that
-                                          # throws the batches away)
+    python bench/clickhouse.py replay     # replay into ClickHouse vs --db none (and
+                                          # with every message parsed by the capturing
+                                          # process; the hand-over of rows alone: a
+                                          # writer process that throws them away)
     python bench/clickhouse.py writes     # a cluster: through the Distributed table vs
                                           # straight to the shard of each row
     python bench/clickhouse.py lookups    # Call-ID and user-in-an-hour on 10,000,000 rows
@@ -193,12 +194,18 @@ def cmd_replay(a: argparse.Namespace) -> dict:
         # busy -- what the machine's sharing alone costs a replay (the writer process and
         # the server keep that core busy during a replay into a database)
         # "hand-over only": into ClickHouse with a writer process that throws each batch
-        # away (bench/handover_only.py) -- what handing the rows to any writer process
-        # costs the capturing process, the floor of a replay into a database
+        # of rows away (bench/handover_only.py; every message parsed by the capturing
+        # process) -- what handing rows to any writer process costs the capturing
+        # process, the floor of a replay that parses in one process
+        # "clickhouse, rows only": every message parsed by the capturing process and
+        # handed over as a row (the hidden --writer-parses never), as before the writer
+        # process parsed the batches it has time for (sipcaptool.store.unparsed)
         # "clickhouse, one process": the writer's work done in the capturing process
         # (the hidden --foreground-writer), no hand-over at all
+        never = ("--writer-parses", "never")
         runs = [("none", "none", ()), ("none, core busy", "none", ()),
-                ("hand-over only", url, ()), ("clickhouse", url, ()),
+                ("hand-over only", url, never), ("clickhouse", url, ()),
+                ("clickhouse, rows only", url, never),
                 ("clickhouse, one process", url, ("--foreground-writer",))]
         if a.pg:
             try:
@@ -221,8 +228,9 @@ def cmd_replay(a: argparse.Namespace) -> dict:
                 cpu[name].append(own)
                 if name == "clickhouse":
                     server.append(srv)
-        # (two of the runs store into ClickHouse: the replay as it is, and in one process)
-        expected = 2 * a.n * a.repeat
+        # (three of the runs store into ClickHouse: the replay as it is, with rows only,
+        # and in one process)
+        expected = 3 * a.n * a.repeat
         stored = wait_count(url, "sip_capture", expected)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"replay of {a.n} messages, median of {a.repeat} runs (alternated):")

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """``sipcaptool`` with a ClickHouse writer process that takes every batch and throws it
 away: what handing the rows over to a writer process costs the capturing process, with
-no database work at all (the floor of any replay into a database through the writer
-process). Used by ``bench/clickhouse.py replay``; nothing is stored::
+no database work at all (the floor of a replay whose capturing process parses every
+message). Used by ``bench/clickhouse.py replay``; nothing is stored::
 
-    python bench/handover_only.py replay --again --db clickhouse://... file.pcap
+    python bench/handover_only.py replay --again --writer-parses never --db clickhouse://... file.pcap
+
+(``--writer-parses never``: every message parsed by the capturing process and handed over
+as a row; otherwise the writer process would parse some before throwing them away.)
 """
 
 from __future__ import annotations

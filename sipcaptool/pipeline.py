@@ -16,10 +16,9 @@ from .decode.sip import looks_like_sip
 from .dedup import Dedup
 from .errors import StoreError
 from .record import AUX_TABLES, HEP_TYPE_SIP, CapturedMessage
-from .row import Row, RowOptions, aux_row, hash_key, parsed_row
+from .row import Row, RowMaker, RowOptions, aux_row, hash_key, pack, parsed_row
 from .stats import Stats
 from .store.router import Router
-from .store.unparsed import ParseOptions, pack
 from .store.writer import Writer
 
 if TYPE_CHECKING:
@@ -146,7 +145,7 @@ class Pipeline:
                                maintenance=_maintenance(settings, mode.db_url,
                                                         maintenance_clock),
                                parse=None if writer_parses is None
-                               else ParseOptions(self.opts, self.capture_bad),
+                               else RowMaker(self.opts, self.capture_bad),
                                writer_parses=writer_parses or "never")
                     writers[mode.db_url] = w
                 router = Router(mode.tables, mode.mt_mode, mode.hash_source,

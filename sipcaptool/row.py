@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import gt, itemgetter
 from typing import Any
@@ -34,8 +34,8 @@ from .record import (
     CapturedMessage,
 )
 
-__all__ = ["RowOptions", "sip_row", "parsed_row", "aux_row", "hash_key", "format_date",
-           "HASH_SOURCES"]
+__all__ = ["RowOptions", "RowMaker", "sip_row", "parsed_row", "pack", "aux_row", "hash_key",
+           "format_date", "HASH_SOURCES"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +267,37 @@ def parsed_row(msg: CapturedMessage, opts: RowOptions, capture_bad: bool,
     if msg.hep_type != HEP_TYPE_SIP:
         stats[f"lenient:hep-type-{msg.hep_type}"] += 1
     return sip, sip_row(msg, sip, opts, stats)
+
+
+def pack(msg: CapturedMessage) -> tuple[Any, ...]:
+    """A SIP message as a replay hands it to its writer process unparsed
+    (:mod:`sipcaptool.store.unparsed`): the fields of :class:`CapturedMessage` that make
+    its row, in their order (HEP type SIP; the capture point stays behind). Its
+    ``payload`` is at index 7 (``unparsed.PAYLOAD_INDEX``)."""
+    return (msg.ts_us, msg.src_ip, msg.src_port, msg.dst_ip, msg.dst_port, msg.proto,
+            msg.family, msg.payload, msg.node_id, msg.correlation_id)
+
+
+@dataclass(frozen=True)
+class RowMaker:
+    """Makes the rows of packed messages (:func:`pack`) as the capturing process makes
+    them (:func:`parsed_row`): what a writer process that parses is given."""
+
+    opts: RowOptions
+    capture_bad: bool
+
+    def rows(self, items: Iterable[tuple[Any, ...]]) -> tuple[list[Row], Counter[str]]:
+        """The rows of ``items`` in order, and what parsing them counted; a message that
+        makes no row (malformed, ``capture_bad`` off) is counted and left out."""
+        stats: Counter[str] = Counter()
+        rows: list[Row] = []
+        add = rows.append
+        opts, bad = self.opts, self.capture_bad
+        for item in items:
+            got = parsed_row(CapturedMessage(*item), opts, bad, stats)
+            if got is not None:
+                add(got[1])
+        return rows, stats
 
 
 def aux_row(msg: CapturedMessage, opts: RowOptions, stats: Counter[str] | None = None) -> Row:

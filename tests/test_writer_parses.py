@@ -17,10 +17,10 @@ from store_helpers import batch_positions, read_rows
 
 from sipcaptool.export.pcap import PcapWriter
 from sipcaptool.record import SIP_COLUMN_NAMES, CapturedMessage
-from sipcaptool.row import RowOptions, parsed_row
+from sipcaptool.row import RowMaker, RowOptions, pack, parsed_row
 from sipcaptool.stats import Stats
 from sipcaptool.store import open_adapter
-from sipcaptool.store.unparsed import ParseOptions, Unparsed, format_part, pack, rows_of
+from sipcaptool.store.unparsed import Unparsed, format_part, rows_of
 from sipcaptool.store.url import parse_db_url
 from sipcaptool.store.writer import Position, Writer
 from sipcaptool.testing.pcapgen import realistic_messages, udp4_frame
@@ -66,7 +66,7 @@ def test_the_writer_process_makes_the_rows_the_capturing_process_makes(capture_b
     # in parts, as a batch of them arrives
     parts = tuple(format_part([pack(m) for m in msgs[k:k + 150]])
                   for k in range(0, len(msgs), 150))
-    rows, counts = rows_of(Unparsed(parts), ParseOptions(opts, capture_bad))
+    rows, counts = rows_of(Unparsed(parts), RowMaker(opts, capture_bad))
     assert rows == want and counts == here
     assert counts["lenient:lf-line-ends"] > 0 and counts["truncated:from_user"] > 0
     assert counts["malformed:sip-no-via"] > 0 and counts["malformed:sip-bad-cseq"] > 0
@@ -86,7 +86,7 @@ def test_unparsed_and_rows_in_one_table_keep_their_order_and_count(request, fixt
     st = Stats()
     pos = Position()
     w = Writer(url, st, batch_size=8, flush_interval=0, background=True,
-               parse=ParseOptions(opts, False), writer_parses="always")
+               parse=RowMaker(opts, False), writer_parses="always")
     try:
         assert w.parses
         w.follow("rt:", pos, {"sip_capture": 4})      # messages 1-4: an earlier run's

@@ -4,16 +4,17 @@ A replay into a database runs in two processes: the capturing process reads, dec
 and parses, and hands each batch of rows to the writer process, which writes it. On a
 machine with two cores the capturing process was the slower one, and the hand-over of
 its rows alone cost it 17-26% of a replay without a database. So whole batches of the
-messages a replay reads are handed over as they were captured instead (a tuple of a
-few fields each, :func:`pack`: less to marshal than a row of 44 values), and the writer
-process parses them and makes the rows itself, the same way
-(:func:`~sipcaptool.row.parsed_row`), before anything else sees the batch -- its spool,
-its retries and its joined inserts see rows as always.
+messages a replay reads are handed over as they were captured instead (a tuple of a few
+fields each, :func:`~sipcaptool.row.pack`: less to marshal than a row of 44 values),
+and the writer process parses them and makes the rows itself, the same way
+(:class:`~sipcaptool.row.RowMaker`, given to it by the pipeline), before anything else
+sees the batch -- its spool, its retries and its joined inserts see rows as always.
 
 Which batches: :meth:`~sipcaptool.store.writer.Writer.share` decides for each new batch
 of a table, handing it over unparsed when the writer process has taken every batch sent
-so far (it has time to spare); otherwise the capturing process parses it. So the
-parsing is shared by what each process has time for, whatever the database costs.
+before the last one (it has time to spare); otherwise the capturing process parses it.
+So the parsing is shared by what each process has time for, whatever the database
+costs.
 
 Only a replay's batches of one SIP table are handed over unparsed (one target, a table
 without strftime codes, no routes: :meth:`~sipcaptool.pipeline.Pipeline.submit_all`);
@@ -27,27 +28,29 @@ made no row.
 from __future__ import annotations
 
 import marshal
-from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-from ..record import CapturedMessage
-from ..row import Row, RowOptions, parsed_row
+__all__ = ["MakesRows", "PAYLOAD_INDEX", "Unparsed", "format_part", "rows_of"]
 
-__all__ = ["ParseOptions", "Unparsed", "format_part", "pack", "rows_of"]
+Row = tuple[Any, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class ParseOptions:
-    """What the writer process needs to make a row as the capturing process would."""
+class MakesRows(Protocol):
+    """What makes the rows of packed messages in the writer process (the pipeline's
+    :class:`~sipcaptool.row.RowMaker`)."""
 
-    row: RowOptions
-    capture_bad: bool
+    def rows(self, items: Iterable[tuple[Any, ...]]) -> tuple[list[Row], Mapping[str, int]]:
+        """The rows of ``items`` in order, and what making them counted; an item that
+        makes no row is counted and left out."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
 class Unparsed:
     """The payload of a :class:`~sipcaptool.store.jobs.Batch` of unparsed messages:
-    ``parts``, each a list of :func:`pack`'s tuples marshalled (:func:`format_part`)."""
+    ``parts``, each a list of packed messages marshalled (:func:`format_part`)."""
 
     parts: tuple[bytes, ...]
 
@@ -56,28 +59,14 @@ class Unparsed:
 PAYLOAD_INDEX = 7
 
 
-def pack(msg: CapturedMessage) -> tuple[object, ...]:
-    """A SIP message as it is handed over: the fields of :class:`CapturedMessage` that
-    make its row, in their order (HEP type SIP; the capture point stays behind)."""
-    return (msg.ts_us, msg.src_ip, msg.src_port, msg.dst_ip, msg.dst_port, msg.proto,
-            msg.family, msg.payload, msg.node_id, msg.correlation_id)
-
-
-def format_part(items: list[tuple[object, ...]]) -> bytes:
+def format_part(items: list[tuple[Any, ...]]) -> bytes:
     """Packed messages as one part of an :class:`Unparsed` payload."""
     return marshal.dumps(items, 4)
 
 
-def rows_of(payload: Unparsed, opts: ParseOptions) -> tuple[list[Row], Counter[str]]:
-    """The rows of the messages of ``payload``, in order, and what parsing them counted;
-    a message that makes no row (malformed, ``capture_bad`` off) is counted and left out."""
-    stats: Counter[str] = Counter()
-    rows: list[Row] = []
-    add = rows.append
-    row_opts, bad = opts.row, opts.capture_bad
+def rows_of(payload: Unparsed, maker: MakesRows) -> tuple[list[Row], Mapping[str, int]]:
+    """The rows of the messages of ``payload``, in order, and what making them counted."""
+    items: list[tuple[Any, ...]] = []
     for part in payload.parts:
-        for item in marshal.loads(part):
-            got = parsed_row(CapturedMessage(*item), row_opts, bad, stats)
-            if got is not None:
-                add(got[1])
-    return rows, stats
+        items.extend(marshal.loads(part))
+    return maker.rows(items)

@@ -94,7 +94,7 @@ from .outcomes import (
     Warnings,
     Written,
 )
-from .unparsed import PAYLOAD_INDEX, ParseOptions, Unparsed, format_part
+from .unparsed import PAYLOAD_INDEX, MakesRows, Unparsed, format_part
 from .url import DbUrl, parse_db_url
 from .writer_process import MSG_INDEX, WriterCore, writer_main
 
@@ -178,9 +178,9 @@ class Writer:
             has it, 2 the writer process takes batches off the queue at once).
         maintenance: hep, live: the tables (and MySQL partitions) of today and tomorrow
             made ahead by the writer process (:class:`~sipcaptool.store.retention.Maintenance`).
-        parse: a replay's: how the writer process parses messages handed over
-            unparsed (:meth:`share`, :mod:`~sipcaptool.store.unparsed`); None: it is
-            handed rows only.
+        parse: a replay's: what makes the rows of messages handed to the writer
+            process unparsed (:meth:`share`, :mod:`~sipcaptool.store.unparsed`; the
+            pipeline's :class:`~sipcaptool.row.RowMaker`); None: it is handed rows only.
         writer_parses: with ``parse``, which batches are handed over unparsed:
             ``auto`` (when the writer process has taken every batch sent), ``always``,
             ``never``.
@@ -199,7 +199,7 @@ class Writer:
                  spool_max_bytes: int = 1 << 30, insert_mode: int = 0,
                  require_db_at_start: bool = False,
                  maintenance: Maintenance | None = None,
-                 parse: ParseOptions | None = None, writer_parses: str = "auto") -> None:
+                 parse: MakesRows | None = None, writer_parses: str = "auto") -> None:
         self.url = parse_db_url(db_url) if isinstance(db_url, str) else db_url
         self.stats = stats
         self.batch_size = max(1, int(batch_size))
@@ -623,7 +623,7 @@ class Writer:
     def add_unparsed(self, table: str, items: Sequence[tuple[object, ...]],
                      seqs: Sequence[int]) -> None:
         """:meth:`add_rows` for SIP messages the writer process parses and makes rows of
-        (each packed by :func:`~sipcaptool.store.unparsed.pack`; ``seqs``, a replay's
+        (each packed by :func:`~sipcaptool.row.pack`; ``seqs``, a replay's
         file position of each). Batches are cut as for rows, a message counted as a
         row; one that makes no row is counted by the writer process."""
         if self._closed:

@@ -59,7 +59,7 @@ from .outcomes import (
     Written,
 )
 from .retry import BACKOFF_FIRST, BACKOFF_MAX, write_retrying
-from .unparsed import ParseOptions, Unparsed, rows_of
+from .unparsed import MakesRows, Unparsed, rows_of
 from .url import DbUrl
 
 if TYPE_CHECKING:
@@ -451,7 +451,7 @@ class _FromParent:
     ``report``)."""
 
     def __init__(self, jobs: Queue[Job], adapter: Adapter | None = None,
-                 parse: ParseOptions | None = None,
+                 parse: MakesRows | None = None,
                  report: Callable[[Outcome], None] | None = None) -> None:
         self.jobs = jobs
         self.adapter, self.parse, self.report = adapter, parse, report
@@ -587,7 +587,7 @@ def writer_main(url: DbUrl, partition_days: int | None, jobs: Queue[Job],
                 parent_pid: int, spool_dir: str | None = None, spool_max_bytes: int = 0,
                 insert_mode: int = 0, require_db: bool = False,
                 maintenance: Maintenance | None = None,
-                parse: ParseOptions | None = None) -> None:
+                parse: MakesRows | None = None) -> None:
     """The writer process: execute ready-made batches until told to close (``parse``:
     how to parse the messages of a batch handed over unparsed)."""
     # Ctrl-C, a terminal hang-up or a stop of the whole process group must not end this
