@@ -13,10 +13,12 @@ more rows come).
 With ``background=True`` (the fast path) the batch is formatted in the calling process
 (the adapter's pure ``format_batch``: COPY text, LOAD DATA buffer; where the adapter has
 ``part_rows``, that many rows at a time as they come, put together by ``join_parts``) and
-handed over a bounded queue to a separate writer process, which only executes it. The
+handed over a bounded queue to a separate writer process, which executes it. The
 capturing process never waits for the database unless the queue is full (back-pressure:
 memory stays bounded at about ``queue_batches`` batches). The writer process ends when
-:meth:`Writer.close` tells it to (or when its parent has gone).
+:meth:`Writer.close` tells it to (or when its parent has gone). A replay hands the
+writer process the batches it has time for as unparsed messages instead, for it to
+parse (:meth:`Writer.share`, :mod:`~sipcaptool.store.unparsed`).
 
 This module is the capturing process's side. The rest of the house:
 

@@ -588,8 +588,8 @@ def writer_main(url: DbUrl, partition_days: int | None, jobs: Queue[Job],
                 insert_mode: int = 0, require_db: bool = False,
                 maintenance: Maintenance | None = None,
                 parse: MakesRows | None = None) -> None:
-    """The writer process: execute ready-made batches until told to close (``parse``:
-    how to parse the messages of a batch handed over unparsed)."""
+    """The writer process: execute the batches handed over until told to close
+    (``parse``: what makes the rows of a batch handed over unparsed)."""
     # Ctrl-C, a terminal hang-up or a stop of the whole process group must not end this
     # process before the parent has handed over everything: it ends on Close (or when
     # the parent is gone)
