@@ -548,6 +548,12 @@ class Writer:
         if seqs is None:
             pos = self._position
             seqs = [pos.seq] * len(rows) if pos is not None else None
+        self._take(table, kind, rows, seqs, False)
+
+    def _take(self, table: str, kind: str, items: Sequence[tuple[Any, ...]],
+              seqs: Sequence[int] | None, raw: bool) -> None:
+        """Rows (``raw``: unparsed messages) into the buffer of ``(table, kind)``, each
+        with its file position (``seqs``), a batch handed over whenever one is full."""
         skip = self._stored_before.get(table, 0) if seqs is not None else 0
         key = (table, kind)
         limit = self.batch_max_bytes
@@ -555,14 +561,14 @@ class Writer:
         lock.acquire()
         try:
             buf = self._buffers.get(key)
-            if buf is not None and buf.raw:
-                buf = self._new_buffer(table, kind)
-            for i, row in enumerate(rows):
+            if buf is not None and buf.raw != raw:
+                buf = self._new_buffer(table, kind, raw)    # (the other sort goes first)
+            for i, row in enumerate(items):
                 if seqs is not None and seqs[i] <= skip:
                     self.stats["dropped:stored-before"] += 1
                     continue
                 if buf is None:
-                    buf = self._new_buffer(table, kind)
+                    buf = self._new_buffer(table, kind, raw)
                 if seqs is not None:
                     buf.last_seq = seqs[i]
                 pending = buf.rows
@@ -625,42 +631,19 @@ class Writer:
         except (NotImplementedError, OSError):     # (a platform without sem_getvalue)
             return False
 
-    def add_unparsed(self, table: str, items: Sequence[tuple[object, ...]],
+    def add_unparsed(self, table: str, items: Sequence[tuple[Any, ...]],
                      seqs: Sequence[int]) -> None:
         """:meth:`add_rows` for SIP messages the writer process parses and makes rows of
-        (each packed by :func:`~sipcaptool.row.pack`; ``seqs``, a replay's
-        file position of each). Batches are cut as for rows, a message counted as a
-        row; one that makes no row is counted by the writer process."""
+        (each packed by :func:`~sipcaptool.row.pack`; ``seqs``, a replay's file position
+        of each). Batches are cut as for rows, a message counted as a row; one that
+        makes no row is counted by the writer process."""
         if self._closed:
             raise StoreError(f"{self.url.redacted()}: writer is closed")
         if self._parse is None:
             raise ValueError("this writer does not parse")
-        skip = self._stored_before.get(table, 0)
-        key = (table, "sip")
-        limit = self.batch_max_bytes
-        lock = self._lock
-        lock.acquire()
-        try:
-            buf = self._buffers.get(key)
-            if buf is not None and not buf.raw:
-                buf = None
-            for item, seq in zip(items, seqs, strict=True):
-                if seq <= skip:
-                    self.stats["dropped:stored-before"] += 1
-                    continue
-                if buf is None:
-                    buf = self._new_buffer(table, "sip", True)
-                buf.last_seq = seq
-                pending = buf.rows
-                pending.append(item)
-                size = buf.size = buf.size + 2 * len(item[PAYLOAD_INDEX]) + _ROW_OVERHEAD  # type: ignore[arg-type]
-                if len(pending) >= buf.check_at or size >= limit:
-                    self._look_at(key, buf)
-                    buf = self._buffers.get(key)
-        finally:
-            lock.release()
-        if self._error is not None:
-            self._raise_pending()
+        if len(items) != len(seqs):
+            raise ValueError(f"{len(items)} messages, {len(seqs)} positions")
+        self._take(table, "sip", items, seqs, True)
 
     def _check_at(self, pending: int, left: int) -> int:
         """The length of a buffer's unformatted rows at which to look at it again: when
