@@ -210,9 +210,12 @@ class WriterCore:
             self.cut_runs.add(run)
         return run
 
-    def _after_cut(self, run: str, table: str, n: int, parts: int) -> bool:
+    def _after_cut(self, batch_id: str, table: str, n: int, parts: int) -> bool:
         """A batch of a run that was cut (``cut_runs``): not stored (DroppedForResume)."""
-        if run not in self.cut_runs:
+        if not self.cut_runs:
+            return False
+        run = _run_of(batch_id)
+        if run not in self.cut_runs:    # ('' for a batch of no replay: never there)
             return False
         self.emit(DroppedForResume(table, n, run, parts))
         return True
@@ -220,8 +223,7 @@ class WriterCore:
     def batch(self, table: str, kind: str, n: int, payload: object, batch_id: str,
               parts: int = 1) -> None:
         """Write (or spool) one new batch of ``n`` rows; its outcome is emitted."""
-        run = _run_of(batch_id) if self.cut_runs else ""
-        if run and self._after_cut(run, table, n, parts):
+        if self._after_cut(batch_id, table, n, parts):
             return
         with self._lock:
             if self.spool is not None and (self.down or self.spool.pending_batches):
@@ -286,7 +288,7 @@ class WriterCore:
                  used: int, parts: int = 1) -> None:
         from .spool import SpoolFullError
         assert self.spool is not None  # callers spool only with a spool
-        if self.cut_runs and self._after_cut(_run_of(batch_id), table, n, parts):
+        if self._after_cut(batch_id, table, n, parts):
             return      # (db_insert_mode 2 spools without batch())
         try:
             self.spool.append(batch_id, table, kind, n, payload, parts)
@@ -464,21 +466,23 @@ class _FromParent:
             job = self.jobs.get(timeout=timeout)
         except (EOFError, OSError):
             return Close()
-        return self._parsed(job) if isinstance(job, Batch) \
-            and isinstance(job.payload, Unparsed) else job
+        return self._rows(job)
 
     def get_nowait(self) -> Job:
         try:
             job = self.jobs.get_nowait()
         except (EOFError, OSError):
             return Close()
-        return self._parsed(job) if isinstance(job, Batch) \
-            and isinstance(job.payload, Unparsed) else job
+        return self._rows(job)
 
-    def _parsed(self, job: Batch) -> Batch:
+    def _rows(self, job: Job) -> Job:
+        """The job as the rest of this process takes it: a batch of unparsed messages
+        parsed into a batch of rows, any other job as it is."""
+        if not isinstance(job, Batch) or not isinstance(job.payload, Unparsed):
+            return job
         assert self.parse is not None and self.adapter is not None \
             and self.report is not None, "unparsed messages for a writer that cannot parse"
-        rows, counts = rows_of(cast(Unparsed, job.payload), self.parse)
+        rows, counts = rows_of(job.payload, self.parse)
         unstored = job.rows - len(rows)
         if counts or unstored:
             self.report(Parsed(dict(counts), unstored))
