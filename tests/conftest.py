@@ -278,6 +278,25 @@ def any_db_url(request):
     return request.getfixturevalue(name)
 
 
+@pytest.fixture(params=["sqlite", "mysql", "postgresql", "clickhouse"])
+def book_url(request):
+    """Each database that remembers replays, in turn (ClickHouse's created by db init, as
+    a user makes it)."""
+    if request.param == "clickhouse":
+        import subprocess
+        import sys
+        from pathlib import Path
+        url = request.getfixturevalue("ch_url")
+        root = Path(__file__).resolve().parents[1]
+        r = subprocess.run([sys.executable, "-m", "sipcaptool", "db", "init", "--db", url],
+                           capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, PYTHONPATH=str(root)))
+        assert r.returncode == 0, r.stderr
+        return url
+    name = {"sqlite": "sqlite_url", "mysql": "mysql_url", "postgresql": "pg_url"}[request.param]
+    return request.getfixturevalue(name)
+
+
 @pytest.fixture
 def collectors():
     """Start ``sipcaptool hep`` processes (``test_hep_collector.Collector``); those still

@@ -75,19 +75,6 @@ def make_pcap(path: Path, n: int) -> None:
             w.write(ts, udp4_frame(src, sport, dst, dport, msg))
 
 
-@pytest.fixture(params=["sqlite", "mysql", "postgresql", "clickhouse"])
-def book_url(request):
-    """Each database that remembers replays, in turn (ClickHouse's created by db init, as
-    a user makes it)."""
-    if request.param == "clickhouse":
-        url = request.getfixturevalue("ch_url")
-        r = run("db", "init", "--db", url)
-        assert r.returncode == 0, r.stderr
-        return url
-    name = {"sqlite": "sqlite_url", "mysql": "mysql_url", "postgresql": "pg_url"}[request.param]
-    return request.getfixturevalue(name)
-
-
 def test_second_replay_refused_then_again(book_url):
     any_db_url = book_url
     r = run("replay", "-q", "--db", any_db_url, str(EXAMPLE))
